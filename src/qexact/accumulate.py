@@ -1,0 +1,104 @@
+"""Integer dot products, exactly, at BLAS speed; and the int16 pair saturation of ``vpmaddubsw``.
+
+Reference semantics (docs/arithmetic.md eq. 5):
+
+    acc[m, n] = sum_k (x[m, k] - zx) * (w[n, k] - zw[n])          exact integer
+
+NumPy's integer matmul is ~400x slower than BLAS, so ``exact_matmul`` runs float32 BLAS on
+blocks of at most ``EXACT_FLOAT32_BLOCK`` terms. Bound: |x - zx| <= 255 and |w - zw| <= 255, so a
+term is at most 65025 < 2**16 (exact in float32) and a block's partial sums, in whatever order
+and with whatever FMA contraction BLAS uses, stay below 256 * 65025 = 16,646,400 < 2**24, where
+every integer is a float32. Blocks are summed in float64, exact below 2**53 (K < 1.3e11).
+``tests/test_accumulate.py`` holds it equal to an int64 loop.
+
+Pair saturation (AVX2 and AVX512 without VNNI; FBGEMM ``src/GenerateKernelU8S8S32ACC32.cc``,
+``GenerateI8Depthwise.cc``): ``vpmaddubsw`` multiplies *raw* uint8 activations by int8 weights and
+adds adjacent products into an int16 with saturation, so the raw dot product is
+
+    acc_raw = sum_t sat16(x[2t] * w[2t] + x[2t+1] * w[2t+1])          (pairs (0,1), (2,3), ...)
+
+and the zero points are corrected exactly afterwards. Hence
+``acc = exact_acc + sum_t (sat16(p_t) - p_t)``, which ``pair_saturation_correction`` computes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .rounding import saturate_int16
+
+EXACT_FLOAT32_BLOCK = 256
+"""Largest number of terms summed in one float32 BLAS call (256 * 255 * 255 < 2**24)."""
+
+
+def exact_matmul(x_centered: np.ndarray, w_centered_t: np.ndarray) -> np.ndarray:
+    """``x_centered @ w_centered_t`` exactly, as int64.
+
+    ``x_centered`` (M, K) and ``w_centered_t`` (K, N) are float32 arrays holding integers of
+    magnitude <= 255 (zero points already subtracted).
+    """
+    depth = x_centered.shape[-1]
+    if depth <= EXACT_FLOAT32_BLOCK:
+        return (x_centered @ w_centered_t).astype(np.int64)
+    total = np.zeros((x_centered.shape[0], w_centered_t.shape[1]), dtype=np.float64)
+    for start in range(0, depth, EXACT_FLOAT32_BLOCK):
+        stop = start + EXACT_FLOAT32_BLOCK
+        total += x_centered[:, start:stop] @ w_centered_t[start:stop]
+    return total.astype(np.int64)
+
+
+def reference_matmul(x_centered: np.ndarray, w_centered_t: np.ndarray) -> np.ndarray:
+    """The plain int64 definition of ``exact_matmul`` (slow; for tests and explain)."""
+    return x_centered.astype(np.int64) @ w_centered_t.astype(np.int64)
+
+
+def saturating_weight_pairs(weight_pairs: np.ndarray) -> np.ndarray:
+    """Which (row, pair) of int8 weights can saturate for *some* uint8 input: (N, T) bool.
+
+    ``weight_pairs`` is (N, T, 2) int64. A pair sum x0*w0 + x1*w1 over x in [0, 255] reaches
+    ``255 * (w0+ + w1+)`` at most and ``255 * (w0- + w1-)`` at least.
+    """
+    positive = np.clip(weight_pairs, 0, None).sum(axis=-1) * 255
+    negative = np.clip(weight_pairs, None, 0).sum(axis=-1) * 255
+    return (positive > 32767) | (negative < -32768)
+
+
+def pair_saturation_correction(x_raw: np.ndarray, weight_pairs: np.ndarray,
+                               risky_pairs: np.ndarray) -> np.ndarray:
+    """``sum_t (sat16(p_t) - p_t)`` for every (m, n): what int16 pair saturation takes away.
+
+    ``x_raw`` (M, K) raw uint8 activations; ``weight_pairs`` (N, T, 2) raw int8 weights with K
+    zero-padded to 2T; ``risky_pairs`` from ``saturating_weight_pairs``. Returns (M, N) int64.
+    Only (m, t) with ``x0 + x1 > 256`` can reach |p| > 32767 (|w| <= 128), so only those are formed.
+    """
+    rows, depth = x_raw.shape
+    pairs = weight_pairs.shape[1]
+    correction = np.zeros((rows, weight_pairs.shape[0]), dtype=np.int64)
+    if not risky_pairs.any():
+        return correction
+    x_padded = np.zeros((rows, 2 * pairs), dtype=np.int64)
+    x_padded[:, :depth] = x_raw
+    x_pairs = x_padded.reshape(rows, pairs, 2)
+    candidate_rows, candidate_pairs = np.nonzero(x_pairs.sum(axis=-1) > 256)
+    risky_columns = risky_pairs.any(axis=0)
+    keep = risky_columns[candidate_pairs]
+    candidate_rows, candidate_pairs = candidate_rows[keep], candidate_pairs[keep]
+    chunk = max(1, (1 << 22) // max(1, weight_pairs.shape[0]))
+    for start in range(0, len(candidate_rows), chunk):
+        row_index = candidate_rows[start:start + chunk]
+        pair_index = candidate_pairs[start:start + chunk]
+        x0 = x_pairs[row_index, pair_index, 0][:, None]
+        x1 = x_pairs[row_index, pair_index, 1][:, None]
+        w0 = weight_pairs[:, pair_index, 0].T
+        w1 = weight_pairs[:, pair_index, 1].T
+        pair_sum = x0 * w0 + x1 * w1
+        np.add.at(correction, row_index, saturate_int16(pair_sum) - pair_sum)
+    return correction
+
+
+def weight_pairs_of(weight: np.ndarray) -> np.ndarray:
+    """Raw int8 weights (N, K) as (N, ceil(K/2), 2) int64, zero-padded: the ``vpmaddubsw`` pairs."""
+    rows, depth = weight.shape
+    padded = np.zeros((rows, depth + depth % 2), dtype=np.int64)
+    padded[:, :depth] = weight
+    return padded.reshape(rows, -1, 2)

@@ -1,0 +1,131 @@
+"""What an engine is: a backend's numerics, stated as data.
+
+An ``Engine`` names a PyTorch quantized engine (``torch.backends.quantized.engine``) and an ISA,
+and says which *kernel numerics* each op runs on. A ``GemmNumerics`` describes one kernel family
+(FBGEMM's, QNNPACK's, oneDNN's) for the accumulate-then-requantize ops (Linear; Conv in 0.2):
+
+- ``bias``: where the bias enters (float32 in the epilogue, or int32 re-derived from the input scale);
+- ``requantization``: the float32/integer steps from the int32 accumulator to output bytes, in the
+  kernel's own order (a tuple of ``qexact.requantize.Step``);
+- ``pair_saturation_isas``: the ISAs on which the u8 x s8 dot product saturates int16 pair sums;
+- ``allows_weight_zero_point``: whether the kernel accepts non-zero weight zero points.
+
+Ops are written once and ask the engine; no op tests an engine's name.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UnsupportedError
+from ..qparams import QParams
+from ..requantize import Step
+
+AVX512_VNNI = "avx512_vnni"
+AVX2 = "avx2"
+ISAS = (AVX512_VNNI, AVX2)
+"""``avx512_vnni``: u8 x s8 dot products are exact (``vpdpbusd``). ``avx2``: no VNNI (AVX2, or
+AVX512 without VNNI), so FBGEMM's GEMM sums u8 x s8 pairs with int16 saturation (``vpmaddubsw``)."""
+
+# FBGEMM_ENABLE_INSTRUCTIONS values (FBGEMM src/Utils.cc, fbgemmEnvGetIsa) and whether they use VNNI.
+_FBGEMM_ISA_OVERRIDES = {"AVX2": AVX2, "AVX512": AVX2, "AVX512_256": AVX2,
+                         "AVX512_E1": AVX512_VNNI, "AVX512_E1_256": AVX512_VNNI}
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of this machine (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def detect_isa() -> str:
+    """The ISA PyTorch's FBGEMM kernels take in a process started now on this machine.
+
+    VNNI needs ``avx512_vnni`` with AVX512 F/BW/DQ/VL; ``FBGEMM_ENABLE_INSTRUCTIONS`` can only
+    lower that choice, never raise it.
+    """
+    flags = cpu_flags()
+    has_vnni = {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"} <= flags
+    override = os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").strip().upper()
+    if has_vnni and _FBGEMM_ISA_OVERRIDES.get(override, AVX512_VNNI) == AVX512_VNNI:
+        return AVX512_VNNI
+    return AVX2
+
+
+def check_isa(isa: str) -> str:
+    if isa not in ISAS:
+        raise UnsupportedError(f"isa {isa!r} is not supported; supported: {list(ISAS)}")
+    return isa
+
+
+class BiasMode(enum.Enum):
+    FLOAT32 = "float32, added in the float epilogue"
+    INT32_AT_INPUT_SCALE = "int32, quantized with scale s_x * s_w whenever s_x changes"
+
+
+@dataclass(frozen=True, eq=False)
+class Requantization:
+    """A kernel's epilogue for one layer: the steps and the constants a porter needs.
+
+    ``bias`` is the bias as the kernel adds it (float32, or int32 at the input scale), or None.
+    ``multiplier`` is the float32 factor(s) the accumulator is multiplied by (one per output
+    channel, or a scalar); for kernels that apply several factors in turn, their product is not
+    computed anywhere and ``multiplier`` holds them in order.
+    """
+
+    steps: tuple[Step, ...]
+    bias: np.ndarray | None
+    bias_mode: BiasMode
+    multiplier: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class GemmNumerics:
+    """One kernel family's arithmetic for accumulate-then-requantize ops."""
+
+    name: str
+    source: str
+    bias_mode: BiasMode
+    pair_saturation_isas: frozenset[str]
+    allows_weight_zero_point: bool
+    requantization: Callable[..., Requantization]
+    weight_offset: int = 0
+    """Added to int8 weights before the kernel sees them (QNNPACK stores ``w + 128`` as uint8)."""
+
+    def saturates_pairs(self, isa: str) -> bool:
+        return isa in self.pair_saturation_isas
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A PyTorch quantized engine on one ISA: which kernel numerics each op uses."""
+
+    name: str
+    isa: str
+    linear: GemmNumerics
+    description: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.isa})"
+
+
+@dataclass(frozen=True)
+class LayerQuantization:
+    """What a requantization needs to know about one layer (offline; floats allowed)."""
+
+    input_scale: float
+    weight_qparams: QParams
+    bias: np.ndarray | None
+    output_qparams: QParams
+    relu: bool

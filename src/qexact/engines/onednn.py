@@ -1,0 +1,77 @@
+"""oneDNN (engine ``onednn``; ``x86`` conv when dispatched there): scales applied one by one.
+
+PyTorch hands oneDNN reciprocal scales (qlinear.cpp, qlinear_prepack.cpp), ideep inverts them back
+(ideep/operators/matmul.hpp), and oneDNN inverts the output scale once more
+(src/cpu/x64/matmul/brgemm_matmul.cpp); post-ops run in the order of
+src/cpu/x64/brgemm/jit_brgemm_kernel.cpp ``store_accumulators_apply_post_ops``:
+
+    s_in  = f32(1.0 / double(f32(1.0 / s_x)))
+    s_w'  = f32(1.0 / double(f32(1.0 / s_w)))            per-tensor (linear)
+          = f32(1.0 / double(f32(1.0f / f32(s_w[n]))))    per-channel (linear)
+    inv   = f32(1.0f / f32(1.0f / f32(1.0 / s_out)))
+    t = f32(f32(f32(acc) * s_in) * s_w'[n]);  t = f32(t + bias[n]);  relu: t = max(t, 0)
+    t = f32(f32(t * inv) + f32(z_out));  q = round_half_even(clamp(t, 0, 255))   zp before rounding
+
+Non-zero weight zero points are refused, as ``PackedLinearWeightsOnednn::prepack`` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..requantize import (AddFloat32, ClampFloat32, MultiplyFloat32, RoundHalfEvenToInt32,
+                          ToFloat32)
+from ..rounding import f32
+from .base import AVX2, BiasMode, Engine, GemmNumerics, LayerQuantization, Requantization
+
+
+def _round_trip(scale_float32_reciprocal) -> np.ndarray:
+    """``f32(1.0 / double(r))``: ideep turning PyTorch's reciprocal scale back into a scale."""
+    return f32(1.0 / np.asarray(scale_float32_reciprocal, dtype=np.float32).astype(np.float64))
+
+
+def requantization(layer: LayerQuantization) -> Requantization:
+    weight = layer.weight_qparams
+    output = layer.output_qparams
+    input_scale = _round_trip(f32(1.0 / layer.input_scale))
+    if weight.is_per_channel:
+        weight_scale = _round_trip(f32(np.float32(1.0) / f32(weight.scale)))
+    else:
+        weight_scale = _round_trip(f32(1.0 / weight.scale))
+    output_scale = f32(np.float32(1.0) / f32(1.0 / output.scale))
+    inverse_output_scale = f32(np.float32(1.0) / output_scale)
+    steps = [
+        ToFloat32("accumulator to float32"),
+        MultiplyFloat32("input scale (reciprocal round trip)", factor=input_scale),
+        MultiplyFloat32("weight scale (reciprocal round trip)", factor=weight_scale),
+    ]
+    bias = None
+    if layer.bias is not None:
+        bias = f32(layer.bias)
+        steps.append(AddFloat32("float bias", term=bias))
+    if layer.relu:
+        steps.append(ClampFloat32("fused ReLU", low=0.0))
+    steps += [
+        MultiplyFloat32("1 / output scale", factor=inverse_output_scale),
+        AddFloat32("output zero point, before rounding", term=f32(output.zero_point)),
+        ClampFloat32("saturate to the output range", low=float(output.dtype.qmin),
+                     high=float(output.dtype.qmax)),
+        RoundHalfEvenToInt32("round half to even (cvtps2dq)"),
+    ]
+    multipliers = (input_scale, weight_scale, inverse_output_scale)
+    return Requantization(tuple(steps), bias, BiasMode.FLOAT32, multipliers)
+
+
+ONEDNN_MATMUL = GemmNumerics(
+    name="onednn",
+    source="oneDNN brgemm matmul via ideep",
+    bias_mode=BiasMode.FLOAT32,
+    pair_saturation_isas=frozenset({AVX2}),
+    allows_weight_zero_point=False,
+    requantization=requantization,
+)
+
+
+def engine(isa: str) -> Engine:
+    return Engine("onednn", isa, linear=ONEDNN_MATMUL,
+                  description="oneDNN kernels through ideep")

@@ -1,0 +1,75 @@
+"""QNNPACK (engine ``qnnpack``): int32 bias at the current input scale, one float32 scale.
+
+pytorch aten/src/ATen/native/quantized/cpu/qlinear.cpp ``PackedLinearWeightsQnnp::apply_impl``,
+QnnpackUtils.h ``generate_requantization_scales``, QuantUtils.h ``QuantizeBias``, and the SSE2 kernel
+qnnpack/src/q8gemm/4x4c2-sse2.c:
+
+    b_q[n]   = quantize(bias[n], scale = double(s_w[n]) * double(s_x), zp = 0, qint32)
+             = clamp(round_half_even(f32(f32(bias * f32(1/f32(scale))) + 0)), int32)
+    scale[n] = f32(f32(f32(s_w[n]) * f32(s_x)) * f32(1.0f / f32(s_out)))   times 1/out, not /out
+    q = clamp(round_half_even(f32(f32(wrap_int32(acc + b_q)) * scale[n])) + z_out,
+              relu ? z_out : 0, 255)
+
+Weights are stored as ``w + 128`` (uint8) with zero point ``z_w + 128``; the difference
+``w - z_w`` is unchanged, so the int16 ``pmaddwd`` accumulator is exact on every ISA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import QINT32
+from ..ops.quantize import quantize_per_channel, quantize_per_tensor
+from ..requantize import (AddInt, AddInt32, ClampInt, MultiplyFloat32, RoundHalfEvenToInt32,
+                          ToFloat32)
+from ..rounding import f32
+from .base import BiasMode, Engine, GemmNumerics, LayerQuantization, Requantization
+
+
+def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale) -> np.ndarray:
+    """The int32 bias QNNPACK adds: ``quantize(bias, s_w * s_x, 0, qint32)`` (QuantizeBias)."""
+    bias = f32(bias)
+    bias_scale = np.asarray(weight_scale, dtype=np.float64) * float(input_scale)
+    if bias_scale.ndim:
+        quantized = quantize_per_channel(bias, bias_scale, np.zeros(bias.shape, np.int64), 0, QINT32)
+    else:
+        quantized = quantize_per_tensor(bias, float(bias_scale), 0, QINT32)
+    return quantized.values.astype(np.int64)
+
+
+def requantization(layer: LayerQuantization) -> Requantization:
+    weight = layer.weight_qparams
+    output = layer.output_qparams
+    scale = f32(f32(f32(weight.scale) * f32(layer.input_scale))
+                * f32(np.float32(1.0) / f32(output.scale)))
+    steps = []
+    bias = None
+    if layer.bias is not None:
+        bias = quantize_bias(layer.bias, layer.input_scale, weight.scale)
+        steps.append(AddInt32("int32 bias, quantized at scale s_x*s_w", term=bias))
+    steps += [
+        ToFloat32("to float32"),
+        MultiplyFloat32("scale = (s_w*s_x) * (1/s_out)", factor=scale),
+        RoundHalfEvenToInt32("round half to even (cvtps2dq)"),
+        AddInt("output zero point", term=int(output.zero_point)),
+        ClampInt("output range" + (" with fused ReLU" if layer.relu else ""),
+                 low=int(output.zero_point) if layer.relu else output.dtype.qmin,
+                 high=output.dtype.qmax),
+    ]
+    return Requantization(tuple(steps), bias, BiasMode.INT32_AT_INPUT_SCALE, (scale,))
+
+
+QNNPACK_GEMM = GemmNumerics(
+    name="qnnpack",
+    source="QNNPACK q8gemm 4x4c2-sse2 with fp32 requantization",
+    bias_mode=BiasMode.INT32_AT_INPUT_SCALE,
+    pair_saturation_isas=frozenset(),
+    allows_weight_zero_point=True,
+    requantization=requantization,
+    weight_offset=128,
+)
+
+
+def engine(isa: str) -> Engine:
+    return Engine("qnnpack", isa, linear=QNNPACK_GEMM,
+                  description="QNNPACK kernels (mobile; PyTorch's ARM default)")

@@ -1,0 +1,169 @@
+"""A tiny graph IR, and ``Net``: a graph prepared for one engine, callable like the model.
+
+A ``Graph`` is an ordered list of ``Node``s. A node names its op (a key of ``OP_REGISTRY``), its
+inputs (references to earlier values by name, or JSON constants), JSON attributes, and raw NumPy
+arrays (int8 weights, float32 biases). Graphs hold only what the source model holds; everything an
+engine derives (multipliers, int32 biases) is computed by ``Net`` when it prepares each node, so a
+saved graph runs with the numerics of the qexact that loads it.
+
+Values flowing through a graph are ``QuantizedArray`` (quantized tensors), float32 ``np.ndarray``,
+or Python ints and tuples (shapes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .engines import Engine, get_engine
+from .errors import QexactError, ShapeError, UnsupportedError
+from .ops import load_all_ops
+from .ops._registry import OP_REGISTRY, OpDefinition
+from .qparams import QParams, QuantizedArray
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to the value named ``name`` (a graph input or a node's output)."""
+
+    name: str
+
+
+@dataclass(eq=False)
+class Node:
+    """One operation. ``source`` is where it came from in the original model (for messages)."""
+
+    name: str
+    op: str
+    inputs: tuple = ()
+    attrs: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""
+
+
+@dataclass(eq=False)
+class Graph:
+    """Inputs, nodes in execution order, and outputs (``Ref``s or a tuple of them)."""
+
+    inputs: list[str]
+    nodes: list[Node]
+    outputs: list[Ref]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --- Net ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedNode:
+    node: Node
+    definition: OpDefinition
+    params: Any
+    output_qparams: QParams | None
+
+
+class Net:
+    """A model prepared for one engine: ``net(x)`` gives PyTorch's float32 output, exactly.
+
+    - ``net(*inputs)``: float32 arrays (or torch tensors) in, float32 arrays out;
+    - ``net.run_quantized(*inputs)``: the quantized outputs (``QuantizedArray``: integers with
+      their scale and zero point) before the final dequantization;
+    - ``net.layers``: each node's prepared parameters by name (``LinearParams`` for Linear layers);
+    - ``net.engine``, ``net.graph``.
+    """
+
+    def __init__(self, graph: Graph, engine: Engine | str, isa: str | None = None):
+        self.graph = graph
+        self.engine = get_engine(engine, isa)
+        load_all_ops()
+        self._prepared = self._prepare()
+
+    def _prepare(self) -> list[PreparedNode]:
+        qparams_of: dict[str, QParams | None] = {name: None for name in self.graph.inputs}
+        prepared = []
+        for node in self.graph.nodes:
+            definition = OP_REGISTRY.get(node.op)
+            if definition is None:
+                raise UnsupportedError(
+                    f"node {node.name!r} ({node.source or 'no source'}) has op {node.op!r}, "
+                    f"which this qexact does not know; known ops: {sorted(OP_REGISTRY)}"
+                )
+            input_qparams = [qparams_of[item.name] if isinstance(item, Ref) else None
+                             for item in node.inputs]
+            try:
+                params, output_qparams = definition.prepare(node, input_qparams, self.engine)
+            except QexactError as error:
+                raise type(error)(f"{_where(node)}: {error}") from None
+            qparams_of[node.name] = output_qparams
+            prepared.append(PreparedNode(node, definition, params, output_qparams))
+        return prepared
+
+    @property
+    def layers(self) -> dict[str, Any]:
+        """Prepared parameters of every node that has any, by node name, in execution order."""
+        return {item.node.name: item.params for item in self._prepared if item.params is not None}
+
+    @property
+    def isa(self) -> str:
+        return self.engine.isa
+
+    def run_values(self, *inputs) -> dict[str, Any]:
+        """Every value the graph computes, by name (inputs included)."""
+        if len(inputs) != len(self.graph.inputs):
+            raise ShapeError(f"the model takes {len(self.graph.inputs)} input(s), got {len(inputs)}")
+        values: dict[str, Any] = {
+            name: _as_numpy(value) for name, value in zip(self.graph.inputs, inputs)
+        }
+        for item in self._prepared:
+            arguments = [values[ref.name] if isinstance(ref, Ref) else ref
+                         for ref in item.node.inputs]
+            try:
+                values[item.node.name] = item.definition.run(item.params, arguments)
+            except QexactError as error:
+                raise type(error)(f"{_where(item.node)}: {error}") from None
+        return values
+
+    def __call__(self, *inputs):
+        values = self.run_values(*inputs)
+        return self._select_outputs(values)
+
+    def run_quantized(self, *inputs):
+        """The outputs as ``QuantizedArray``s, taken before a final ``dequantize``."""
+        values = self.run_values(*inputs)
+        by_name = {item.node.name: item.node for item in self._prepared}
+        results = []
+        for ref in self.graph.outputs:
+            node = by_name.get(ref.name)
+            if node is not None and node.op == "dequantize":
+                ref = node.inputs[0]
+            value = values[ref.name]
+            if not isinstance(value, QuantizedArray):
+                raise QexactError(f"output {ref.name!r} is not a quantized tensor")
+            results.append(value)
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _select_outputs(self, values):
+        results = [values[ref.name] for ref in self.graph.outputs]
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def __repr__(self) -> str:
+        ops = ", ".join(f"{item.node.name}:{item.node.op}" for item in self._prepared)
+        return f"Net(engine={self.engine.name!r}, isa={self.engine.isa!r}, nodes=[{ops}])"
+
+
+def _where(node: Node) -> str:
+    source = f" (model: {node.source})" if node.source and node.source != node.name else ""
+    return f"node {node.name!r} [{node.op}]{source}"
+
+
+def _as_numpy(value):
+    """A NumPy array from a NumPy array or a torch tensor (without importing torch)."""
+    if isinstance(value, (np.ndarray, QuantizedArray)):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        if getattr(value, "is_quantized", False):
+            raise ShapeError("pass float tensors; quantized torch tensors are not accepted as inputs")
+        return value.detach().cpu().numpy()
+    return np.asarray(value)

@@ -1,0 +1,290 @@
+"""Read eager-mode quantized PyTorch models (``torch.ao.quantization`` prepare/convert).
+
+The model's ``forward`` is captured with ``torch.fx`` symbolic tracing: quantized modules stay
+leaves (``call_module``), and functions called between them (``torch.flatten``, ``x.view``,
+``F.relu``, shape arithmetic) become nodes, so the data flow is the model's own. Each module type
+has a handler registered with ``@module_handler``; anything else raises ``UnsupportedError`` naming
+the module, its place in the model and the supported list.
+
+torch is imported only inside these functions: ``import qexact`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ImporterError, UnsupportedError
+from ..graph import Graph, Net, Node, Ref
+from ..qparams import QParams, qparams_to_fields
+from ..dtypes import dtype_named
+
+_MODULE_HANDLERS: list[tuple[str, Callable]] = []
+"""(dotted class path, handler) pairs; the first whose class the module is an instance of wins."""
+
+
+def module_handler(*class_paths: str):
+    """Register ``handler(module, node_name, inputs) -> Node`` for modules of these classes."""
+
+    def register(handler):
+        for path in class_paths:
+            _MODULE_HANDLERS.append((path, handler))
+        return handler
+
+    return register
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise ImporterError(
+            "reading a PyTorch model needs torch; install qexact[torch] (torch==2.13.0)"
+        ) from None
+    return torch
+
+
+def _resolve(path: str):
+    module_name, _, attribute = path.rpartition(".")
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError):
+        return None
+
+
+def supported_modules() -> list[str]:
+    return sorted({path for path, _ in _MODULE_HANDLERS})
+
+
+# --- Module handlers -------------------------------------------------------------------------
+
+
+def _qparams_of_tensor(tensor) -> QParams:
+    """QParams of a quantized torch tensor (per-tensor or per-channel affine)."""
+    torch = _import_torch()
+    dtype = dtype_named(str(tensor.dtype).replace("torch.", ""))
+    scheme = tensor.qscheme()
+    if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return QParams.per_tensor(tensor.q_scale(), tensor.q_zero_point(), dtype)
+    if scheme in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return QParams.per_channel(
+            tensor.q_per_channel_scales().double().numpy(),
+            tensor.q_per_channel_zero_points().numpy(), tensor.q_per_channel_axis(), dtype,
+        )
+    raise UnsupportedError(f"quantization scheme {scheme} is not supported")
+
+
+def _output_fields(module, dtype: str = "quint8") -> tuple[dict, dict]:
+    qparams = QParams.per_tensor(float(module.scale), int(module.zero_point), dtype_named(dtype))
+    return qparams_to_fields(qparams, "output")
+
+
+@module_handler("torch.ao.nn.quantized.Quantize")
+def _quantize(module, name, inputs):
+    dtype = str(module.dtype).replace("torch.", "")
+    attrs, arrays = _output_fields(module, dtype)
+    return Node(name, "quantize", inputs, attrs, arrays)
+
+
+@module_handler("torch.ao.nn.quantized.DeQuantize")
+def _dequantize(module, name, inputs):
+    return Node(name, "dequantize", inputs)
+
+
+@module_handler("torch.ao.nn.intrinsic.quantized.LinearReLU", "torch.ao.nn.quantized.Linear")
+def _linear(module, name, inputs):
+    torch = _import_torch()
+    weight = module.weight()
+    attrs, arrays = _output_fields(module)
+    weight_attrs, weight_arrays = qparams_to_fields(_qparams_of_tensor(weight), "weight")
+    attrs.update(weight_attrs)
+    arrays.update(weight_arrays)
+    arrays["weight"] = weight.int_repr().numpy().astype(np.int8)
+    bias = module.bias()
+    if bias is not None:
+        arrays["bias"] = bias.detach().to(torch.float32).numpy().copy()
+    relu_class = _resolve("torch.ao.nn.intrinsic.quantized.LinearReLU")
+    attrs["relu"] = relu_class is not None and isinstance(module, relu_class)
+    return Node(name, "linear", inputs, attrs, arrays)
+
+
+@module_handler("torch.nn.ReLU")
+def _relu(module, name, inputs):
+    return Node(name, "relu", inputs)
+
+
+@module_handler("torch.nn.Identity", "torch.nn.Dropout")
+def _identity(module, name, inputs):
+    return Node(name, "identity", inputs)
+
+
+@module_handler("torch.nn.Flatten")
+def _flatten(module, name, inputs):
+    return Node(name, "flatten", inputs, {"start_dim": module.start_dim, "end_dim": module.end_dim})
+
+
+# --- Functions and methods called in forward --------------------------------------------------
+
+
+def _function_node(name: str, function, args, kwargs) -> Node:
+    torch = _import_torch()
+    functional = torch.nn.functional
+    if function in (torch.flatten,):
+        return Node(name, "flatten", args[:1], {"start_dim": _arg(args, kwargs, 1, "start_dim", 0),
+                                                "end_dim": _arg(args, kwargs, 2, "end_dim", -1)})
+    if function in (torch.relu, functional.relu, torch.relu_):
+        return Node(name, "relu", args[:1])
+    if function is torch.reshape:
+        return Node(name, "reshape", (args[0], *_sizes(args[1:], kwargs.get("shape"))))
+    if function is functional.dropout:
+        return Node(name, "identity", args[:1])
+    if function is operator.getitem:
+        return Node(name, "getitem", tuple(args))
+    raise UnsupportedError(
+        f"function {getattr(function, '__module__', '')}.{getattr(function, '__name__', function)} "
+        f"is not supported; supported functions: torch.flatten, torch.relu, F.relu, "
+        f"torch.reshape, F.dropout, indexing of shapes"
+    )
+
+
+def _method_node(name: str, method: str, args, kwargs) -> Node:
+    if method == "flatten":
+        return Node(name, "flatten", args[:1], {"start_dim": _arg(args, kwargs, 1, "start_dim", 0),
+                                                "end_dim": _arg(args, kwargs, 2, "end_dim", -1)})
+    if method in ("view", "reshape"):
+        return Node(name, "reshape", (args[0], *_sizes(args[1:], kwargs.get("shape"))))
+    if method == "size":
+        return Node(name, "size", args[:1], {"dim": _arg(args, kwargs, 1, "dim", None)})
+    if method in ("relu", "relu_"):
+        return Node(name, "relu", args[:1])
+    if method == "contiguous":
+        return Node(name, "identity", args[:1])
+    if method == "dequantize":
+        return Node(name, "dequantize", args[:1])
+    raise UnsupportedError(
+        f"tensor method .{method}() is not supported; supported methods: flatten, view, reshape, "
+        "size, relu, contiguous, dequantize"
+    )
+
+
+def _arg(args, kwargs, index, keyword, default):
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(keyword, default)
+
+
+def _sizes(positional, keyword) -> tuple:
+    sizes = positional if positional else (keyword,)
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    return tuple(sizes)
+
+
+# --- Capture -----------------------------------------------------------------------------------
+
+
+def capture(model) -> Graph:
+    """Trace an eager-mode converted model into a qexact ``Graph``."""
+    torch = _import_torch()
+    if not isinstance(model, torch.nn.Module):
+        raise ImporterError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    model = model.eval()
+    try:
+        traced = torch.fx.Tracer().trace(model)
+    except Exception as error:  # torch.fx raises many types
+        raise ImporterError(
+            f"could not capture {type(model).__name__}.forward with torch.fx symbolic tracing: "
+            f"{type(error).__name__}: {error}. forward must not branch on tensor values; move such "
+            "logic out of forward, or wrap it in a submodule qexact supports"
+        ) from None
+    modules = dict(model.named_modules())
+    handlers = [(cls, handler) for path, handler in _MODULE_HANDLERS
+                if (cls := _resolve(path)) is not None]
+    inputs: list[str] = []
+    nodes: list[Node] = []
+    outputs: list[Ref] = []
+    used_names: set[str] = set()
+    renamed: dict[str, str] = {}  # fx node name -> qexact node name
+
+    def convert(value):
+        if isinstance(value, torch.fx.Node):
+            return Ref(renamed.get(value.name, value.name))
+        if isinstance(value, (tuple, list)):
+            return type(value)(convert(item) for item in value)
+        if isinstance(value, (int, float, bool, str)) or value is None:
+            return value
+        raise UnsupportedError(f"argument {value!r} of type {type(value).__name__} is not supported")
+
+    for fx_node in traced.nodes:
+        args = tuple(convert(arg) for arg in fx_node.args)
+        kwargs = {key: convert(value) for key, value in fx_node.kwargs.items()}
+        where = fx_node.target if fx_node.op == "call_module" else fx_node.name
+        try:
+            if fx_node.op == "placeholder":
+                inputs.append(fx_node.name)
+                used_names.add(fx_node.name)
+                continue
+            if fx_node.op == "output":
+                result = args[0]
+                outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+                continue
+            if fx_node.op == "call_module":
+                module = modules[fx_node.target]
+                handler = next((h for cls, h in handlers if isinstance(module, cls)), None)
+                if handler is None:
+                    raise _unsupported_module(fx_node.target, module)
+                node = handler(module, fx_node.name, args)
+            elif fx_node.op == "call_function":
+                node = _function_node(fx_node.name, fx_node.target, args, kwargs)
+            elif fx_node.op == "call_method":
+                node = _method_node(fx_node.name, fx_node.target, args, kwargs)
+            else:
+                raise UnsupportedError(f"graph operation {fx_node.op} ({fx_node.target}) is not supported")
+        except UnsupportedError as error:
+            if str(error).startswith("module "):
+                raise
+            raise UnsupportedError(f"at {where!r} in {type(model).__name__}.forward: {error}") from None
+        node.source = str(where)
+        if fx_node.op == "call_module" and fx_node.target not in used_names:
+            node.name = fx_node.target  # the module's qualified name, when first called
+            renamed[fx_node.name] = node.name
+        used_names.add(node.name)
+        nodes.append(node)
+    return Graph(inputs, nodes, [item for item in outputs if isinstance(item, Ref)],
+                 {"source_model": type(model).__name__})
+
+
+def _unsupported_module(qualified_name: str, module) -> UnsupportedError:
+    cls = type(module)
+    hint = ""
+    if cls.__module__.startswith("torch.nn.modules") and hasattr(module, "weight"):
+        hint = (" It is a float module: prepare, calibrate and convert the model with "
+                "torch.ao.quantization (or give it qconfig=None only where it must stay float).")
+    return UnsupportedError(
+        f"module {qualified_name!r} of type {cls.__module__}.{cls.__qualname__} is not supported."
+        f"{hint} Supported modules: {', '.join(supported_modules())}"
+    )
+
+
+def from_torch(model, example_inputs: tuple | None = None, engine: str | None = None,
+               isa: str | None = None) -> Net:
+    """Import a quantized PyTorch model; returns a ``Net`` that computes what ``model`` does.
+
+    ``engine`` defaults to ``torch.backends.quantized.engine`` (it must be the engine the model
+    was converted under: PyTorch packs weights for it). ``isa`` defaults to this CPU's.
+    ``example_inputs``, if given, are run once through the imported net to check it.
+    """
+    torch = _import_torch()
+    graph = capture(model)
+    engine = engine or torch.backends.quantized.engine
+    graph.metadata.update({"torch_version": torch.__version__, "engine": engine})
+    net = Net(graph, engine, isa)
+    if example_inputs is not None:
+        if not isinstance(example_inputs, (tuple, list)):
+            example_inputs = (example_inputs,)
+        net(*example_inputs)
+    return net

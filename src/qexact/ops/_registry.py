@@ -1,0 +1,39 @@
+"""The graph-op registry: ``@graph_op("linear", ...)`` on a class with ``prepare`` and ``run``.
+
+Kept free of engine imports so every op module (and the engines) can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class OpDefinition:
+    """How a graph op is prepared (offline) and run.
+
+    ``prepare(node, input_qparams, engine) -> (params, output_qparams)``: ``input_qparams`` lists
+    the static qparams of each input (None for values that are not quantized tensors).
+    ``run(params, inputs) -> value``.
+    """
+
+    name: str
+    prepare: Callable
+    run: Callable
+    summary: str
+
+
+OP_REGISTRY: dict[str, OpDefinition] = {}
+
+
+def graph_op(name: str, summary: str):
+    """Register a class with static ``prepare`` and ``run`` methods as graph op ``name``."""
+
+    def register(cls):
+        if name in OP_REGISTRY:
+            raise RuntimeError(f"graph op {name!r} registered twice")
+        OP_REGISTRY[name] = OpDefinition(name, cls.prepare, cls.run, summary)
+        return cls
+
+    return register

@@ -1,0 +1,212 @@
+"""Static quantized Linear and LinearReLU (``torch.ao.nn.quantized.Linear``, ``intrinsic.LinearReLU``).
+
+    acc[m, n] = sum_k (x[m, k] - z_x) * (w[n, k] - z_w[n])        (docs/arithmetic.md eq. 5)
+    y[m, n]   = requantize(acc[m, n])                             (the engine's epilogue, eq. 6)
+
+As a loop nest:
+
+    for out_row in range(M):
+        for out_channel in range(N):
+            acc = 0
+            for depth in range(K):
+                acc += (x[out_row, depth] - z_x) * (w[out_channel, depth] - z_w[out_channel])
+            acc += pair_saturation(...)          # only where the engine's ISA saturates pairs
+            y[out_row, out_channel] = requantize(acc, out_channel)
+
+``prepare_linear`` runs once (offline, floats allowed, validates everything); ``linear`` is the
+integer kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..accumulate import (exact_matmul, pair_saturation_correction, saturating_weight_pairs,
+                          weight_pairs_of)
+from ..dtypes import QINT8, QUINT8
+from ..engines import Engine, LayerQuantization, get_engine
+from ..engines.base import BiasMode
+from ..errors import QuantParamError, ShapeError
+from ..qparams import QParams, QuantizedArray, qparams_from_fields
+from ..requantize import Step, requantize
+from ._registry import graph_op
+from .quantize import require_quantized
+
+
+@dataclass(frozen=True, eq=False)
+class LinearParams:
+    """A quantized Linear prepared for one engine. Public fields (stable names):
+
+    - ``weight``: (out_features, in_features) int8; ``weight_scale``, ``weight_zero_point``:
+      float64 / int64, scalars (per-tensor) or (out_features,) arrays (per-channel);
+    - ``bias``: the bias *as the engine adds it*: float32 (fbgemm, x86, onednn) or int32 quantized
+      at ``input_scale * weight_scale`` (qnnpack), or None; ``bias_mode`` says which;
+      ``float_bias``: the model's float32 bias;
+    - ``input_scale``, ``input_zero_point``, ``output_scale``, ``output_zero_point``;
+    - ``multiplier``: the float32 factor(s) the epilogue applies, in order;
+    - ``requantization``: the epilogue's steps (``qexact.requantize``); ``relu``: fused ReLU;
+    - ``kernel``: the kernel family PyTorch runs; ``pair_saturation``: whether int16 pair sums
+      saturate on this engine's ISA; ``engine``, ``isa``.
+    """
+
+    weight: np.ndarray
+    weight_qparams: QParams
+    float_bias: np.ndarray | None
+    input_qparams: QParams
+    output_qparams: QParams
+    relu: bool
+    engine: str
+    isa: str
+    kernel: str
+    bias: np.ndarray | None
+    bias_mode: BiasMode
+    multiplier: tuple[np.ndarray, ...]
+    requantization: tuple[Step, ...]
+    pair_saturation: bool
+    # Run-time caches, derived from the above.
+    weight_centered_t: np.ndarray
+    weight_pairs: np.ndarray | None
+    risky_pairs: np.ndarray | None
+
+    @property
+    def weight_scale(self):
+        return self.weight_qparams.scale
+
+    @property
+    def weight_zero_point(self):
+        return self.weight_qparams.zero_point
+
+    @property
+    def input_scale(self) -> float:
+        return self.input_qparams.scale
+
+    @property
+    def input_zero_point(self) -> int:
+        return self.input_qparams.zero_point
+
+    @property
+    def output_scale(self) -> float:
+        return self.output_qparams.scale
+
+    @property
+    def output_zero_point(self) -> int:
+        return self.output_qparams.zero_point
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+
+def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams,
+                   output_qparams: QParams, *, relu: bool = False,
+                   engine: Engine | str = "fbgemm", isa: str | None = None) -> LinearParams:
+    """Validate a quantized Linear and derive everything its integer kernel needs.
+
+    ``weight``: (N, K) int8; ``weight_qparams``: qint8, per-tensor or per-channel on axis 0;
+    ``bias``: (N,) float32 or None; ``input_qparams``/``output_qparams``: per-tensor quint8.
+    Raises ``QuantParamError`` where PyTorch's engine would refuse the parameters.
+    """
+    engine = get_engine(engine, isa)
+    weight = np.asarray(weight)
+    if weight.ndim != 2 or weight.dtype != np.int8:
+        raise ShapeError(f"weight must be a 2-D int8 array, got {weight.dtype} {weight.shape}")
+    if weight_qparams.dtype != QINT8:
+        raise QuantParamError(f"weights must be qint8, got {weight_qparams.dtype.name}")
+    if weight_qparams.is_per_channel and (weight_qparams.axis != 0
+                                          or len(weight_qparams.scale) != weight.shape[0]):
+        raise QuantParamError(
+            f"per-channel weight qparams must be on axis 0 with {weight.shape[0]} channels, "
+            f"got axis {weight_qparams.axis} with {len(weight_qparams.scale)}"
+        )
+    for role, qparams in (("input", input_qparams), ("output", output_qparams)):
+        if qparams.is_per_channel or qparams.dtype != QUINT8:
+            raise QuantParamError(
+                f"quantized Linear needs per-tensor quint8 {role}s, got {qparams.describe()}"
+            )
+    numerics = engine.linear
+    if not numerics.allows_weight_zero_point and np.any(np.asarray(weight_qparams.zero_point) != 0):
+        raise QuantParamError(
+            f"engine {engine.name!r} supports only symmetric weights (zero point 0), got "
+            f"{weight_qparams.zero_point!r}, as PyTorch's {numerics.name} prepack refuses them"
+        )
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.dtype != np.float32 or bias.shape != (weight.shape[0],):
+            raise ShapeError(
+                f"bias must be float32 of shape ({weight.shape[0]},), got {bias.dtype} {bias.shape}"
+            )
+    epilogue = numerics.requantization(
+        LayerQuantization(input_qparams.scale, weight_qparams, bias, output_qparams, relu)
+    )
+    zero_points = np.asarray(weight_qparams.zero_point, dtype=np.int64)
+    centered = weight.astype(np.int64) - (zero_points[:, None] if zero_points.ndim else zero_points)
+    weight_pairs = risky = None
+    saturates = numerics.saturates_pairs(engine.isa)
+    if saturates:
+        weight_pairs = weight_pairs_of(weight)
+        risky = saturating_weight_pairs(weight_pairs)
+    return LinearParams(
+        weight=weight, weight_qparams=weight_qparams, float_bias=bias,
+        input_qparams=input_qparams, output_qparams=output_qparams, relu=relu,
+        engine=engine.name, isa=engine.isa, kernel=numerics.name,
+        bias=epilogue.bias, bias_mode=epilogue.bias_mode, multiplier=epilogue.multiplier,
+        requantization=epilogue.steps, pair_saturation=saturates,
+        weight_centered_t=np.ascontiguousarray(centered.T.astype(np.float32)),
+        weight_pairs=weight_pairs, risky_pairs=risky,
+    )
+
+
+def linear_accumulator(x_values: np.ndarray, params: LinearParams) -> np.ndarray:
+    """The int32 accumulator (as int64) for (M, K) uint8 activations, as the kernel forms it."""
+    x_centered = x_values.astype(np.float32) - np.float32(params.input_qparams.zero_point)
+    acc = exact_matmul(x_centered, params.weight_centered_t)
+    if params.pair_saturation:
+        acc += pair_saturation_correction(x_values, params.weight_pairs, params.risky_pairs)
+    return acc
+
+
+def linear(x: QuantizedArray, params: LinearParams) -> QuantizedArray:
+    """Run the prepared Linear on quint8 activations of shape (..., in_features)."""
+    values = x.values
+    if values.ndim < 2 or values.shape[-1] != params.in_features:
+        raise ShapeError(
+            f"Linear expects input of shape (..., {params.in_features}) with rank >= 2, "
+            f"got {values.shape}"
+        )
+    if x.qparams != params.input_qparams:
+        raise QuantParamError(
+            f"Linear was prepared for input {params.input_qparams.describe()}, "
+            f"got {x.qparams.describe()}; prepare it again for these qparams"
+        )
+    rows = values.reshape(-1, params.in_features)
+    acc = linear_accumulator(rows, params)
+    out = requantize(acc, params.requantization, np.uint8)
+    return QuantizedArray(out.reshape(values.shape[:-1] + (params.out_features,)),
+                          params.output_qparams)
+
+
+@graph_op("linear", "quantized Linear / LinearReLU (nnq.Linear, nniq.LinearReLU)")
+class LinearOp:
+    """Graph node: arrays ``weight`` (int8), ``bias`` (float32, optional), per-channel
+    ``weight_scale``/``weight_zero_point``; attrs ``relu``, weight and output qparams."""
+
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        input_qparams = require_quantized(node, input_qparams)
+        params = prepare_linear(
+            node.arrays["weight"], qparams_from_fields(node.attrs, node.arrays, "weight"),
+            node.arrays.get("bias"), input_qparams,
+            qparams_from_fields(node.attrs, node.arrays, "output"),
+            relu=bool(node.attrs.get("relu", False)), engine=engine,
+        )
+        return params, params.output_qparams
+
+    @staticmethod
+    def run(params, inputs):
+        return linear(inputs[0], params)

@@ -1,0 +1,165 @@
+"""The one requantization pipeline: int32 accumulator -> output integers.
+
+Every backend turns ``acc = sum (x - zx)(w - zw)`` into output bytes by a short sequence of
+float32 and integer operations whose *order* is the whole difference between backends. qexact
+writes that sequence as data: an engine's ``requantization`` returns a tuple of ``Step`` values,
+prepared offline (float allowed), and ``requantize`` applies them at run time. The same steps drive
+``explain`` (each step names its formula) and the exporters.
+
+Per-channel constants are 1-D arrays over the output channel, which is the last axis of ``acc``.
+Values flow as int64 (integer steps) or float32 (float steps); each step states which it takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .rounding import f32, fma_float32, round_half_even_to_int32, wrap_int32
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One operation of a requantization pipeline; ``label`` says what it stands for."""
+
+    label: str
+
+    formula = ""
+
+    def apply(self, value: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def constants(self) -> dict[str, np.ndarray]:
+        """The step's constants by name (for ``net.layers``, explain and export)."""
+        return {}
+
+
+@dataclass(frozen=True, eq=False)
+class AddInt32(Step):
+    """``v = wrap_int32(v + term)``: a 32-bit integer add, as the int32 bias enters in QNNPACK."""
+
+    term: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    formula = "v + {term} (int32, wraps)"
+
+    def apply(self, value):
+        return wrap_int32(value + self.term)
+
+    def constants(self):
+        return {"term": self.term}
+
+
+@dataclass(frozen=True, eq=False)
+class ToFloat32(Step):
+    """``v = f32(v)``: int32 to float32 (``cvtdq2ps``), exact below 2**24, ties to even above."""
+
+    formula = "f32(v)"
+
+    def apply(self, value):
+        return f32(value)
+
+
+@dataclass(frozen=True, eq=False)
+class FusedMultiplyAdd(Step):
+    """``v = fmaf(a, b, v)``: one rounding (FBGEMM's per-tensor float bias, contracted to FMA)."""
+
+    a: np.ndarray = field(default_factory=lambda: np.zeros(1, np.float32))
+    b: np.ndarray = field(default_factory=lambda: np.zeros(1, np.float32))
+    formula = "fmaf({a}, {b}, v)"
+
+    def apply(self, value):
+        return fma_float32(self.a, self.b, value)
+
+    def constants(self):
+        return {"a": self.a, "b": self.b}
+
+
+@dataclass(frozen=True, eq=False)
+class AddFloat32(Step):
+    """``v = f32(v + term)``."""
+
+    term: np.ndarray = field(default_factory=lambda: np.zeros(1, np.float32))
+    formula = "f32(v + {term})"
+
+    def apply(self, value):
+        return f32(value + self.term)
+
+    def constants(self):
+        return {"term": self.term}
+
+
+@dataclass(frozen=True, eq=False)
+class MultiplyFloat32(Step):
+    """``v = f32(v * factor)``."""
+
+    factor: np.ndarray = field(default_factory=lambda: np.ones(1, np.float32))
+    formula = "f32(v * {factor})"
+
+    def apply(self, value):
+        return f32(value * self.factor)
+
+    def constants(self):
+        return {"factor": self.factor}
+
+
+@dataclass(frozen=True, eq=False)
+class ClampFloat32(Step):
+    """``v = min(max(v, low), high)`` on floats (a fused ReLU, or a saturation before conversion)."""
+
+    low: float = float("-inf")
+    high: float = float("inf")
+    formula = "min(max(v, {low}), {high})"
+
+    def apply(self, value):
+        return np.minimum(np.maximum(value, np.float32(self.low)), np.float32(self.high))
+
+
+@dataclass(frozen=True, eq=False)
+class RoundHalfEvenToInt32(Step):
+    """``v = cvtps2dq(v)``: to int32, ties to even; NaN and out-of-range give INT32_MIN."""
+
+    formula = "round_half_even(v)"
+
+    def apply(self, value):
+        return round_half_even_to_int32(value)
+
+
+@dataclass(frozen=True, eq=False)
+class AddInt(Step):
+    """``v = v + term`` on integers (the output zero point after rounding)."""
+
+    term: int = 0
+    formula = "v + {term}"
+
+    def apply(self, value):
+        return value + self.term
+
+
+@dataclass(frozen=True, eq=False)
+class ClampInt(Step):
+    """``v = min(max(v, low), high)`` on integers: the output range, raised to ``zp`` by a fused ReLU."""
+
+    low: int = 0
+    high: int = 255
+    formula = "clamp(v, {low}, {high})"
+
+    def apply(self, value):
+        return np.clip(value, self.low, self.high)
+
+
+def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype) -> np.ndarray:
+    """Apply ``steps`` to the int64 accumulator ``acc``; the last step must leave integers in range."""
+    value = acc
+    for step in steps:
+        value = step.apply(value)
+    return value.astype(out_dtype)
+
+
+def trace_requantize(acc: np.ndarray, steps: tuple[Step, ...]) -> list[tuple[Step, np.ndarray]]:
+    """Every intermediate value of ``requantize``: ``[(step, value after it), ...]``."""
+    trace = []
+    value = acc
+    for step in steps:
+        value = step.apply(value)
+        trace.append((step, value))
+    return trace
