@@ -1,0 +1,30 @@
+"""Shared fixtures. Differential tests need torch and are marked ``torch``; hypothesis runs
+derandomized (fixed seeds) so every run tests the same cases."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+settings.register_profile(
+    "qexact", derandomize=True, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("qexact")
+
+ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """Each PyTorch engine in turn, with torch.backends.quantized.engine set to it."""
+    torch = pytest.importorskip("torch")
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = request.param
+    yield request.param
+    torch.backends.quantized.engine = previous
