@@ -1,0 +1,205 @@
+"""The ``qexact`` command line: parses arguments, calls one public function, renders the result.
+
+Exit codes: 0 OK, 1 a bit-exactness mismatch, 2 a usage error or a ``QexactError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+
+from . import __version__
+from .errors import QexactError
+
+WIDTH = 80
+
+
+def _load_model(path: str, engine: str | None, isa: str | None):
+    from .serialization import load
+
+    return load(path, engine=engine, isa=isa)
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+def _render_demo(demo) -> str:
+    def row(values):
+        return " ".join(f"{value:8.4f}" for value in values)
+
+    sw = np.atleast_1d(demo.weight_scale)
+    weight_scale = f"{sw[0]:.6g}" if sw.size == 1 else f"per channel, {sw.min():.3g}..{sw.max():.3g}"
+    lines = [
+        f"== engine {demo.engine} (isa {demo.isa}) " + "=" * max(0, WIDTH - 20 - len(demo.engine)
+                                                              - len(demo.isa)),
+        f"fc_1: s_x={demo.input_scale:.6g} z_x={demo.input_zero_point}  s_w={weight_scale}",
+        f"      s_out={demo.output_scale:.6g} z_out={demo.output_zero_point}  bias: "
+        + ("int32 at scale s_x*s_w" if demo.bias_mode.startswith("int32") else "float32"),
+        "",
+        f"  PyTorch         {row(demo.torch_output)}",
+        f"  qexact          {row(demo.qexact_output)}"
+        + ("   identical" if demo.identical else "   DIFFERENT"),
+        f"  forum formula   {row(demo.forum_output)}",
+        "",
+        "  What the forum formula skips, per output element (q = output integer):",
+    ]
+    for element in demo.elements:
+        lines.append(f"  [{element.index}] forum {element.forum:+.4f} -> PyTorch {element.torch:+.4f}"
+                     f"  (q = {element.code})")
+        for name, before, after in element.steps:
+            if before is None:
+                scaled = element.forum / demo.output_scale
+                lines.append(f"      output requantization: q = round({scaled:+.3f}) + "
+                             f"{demo.output_zero_point} = {after}")
+            elif name.startswith("clamp"):
+                lines.append(f"      clamp: q {before} -> {after} (the range calibrated on 5 inputs)")
+            else:
+                lines.append(f"      {name}: q {before} -> {after}")
+    lines += [
+        "",
+        f"  Over {demo.checked_inputs} more inputs: qexact == PyTorch on "
+        f"{demo.checked_identical}/{demo.checked_inputs};",
+        f"  the forum formula is off by over half a step on "
+        f"{demo.forum_beyond_half_step:.1%} of outputs,",
+        f"  by up to {demo.forum_max_error:.4f};",
+        f"  {demo.clipped_fraction:.1%} of PyTorch's outputs sit at the clamp (q = 0 or 255).",
+    ]
+    return "\n".join(lines)
+
+
+def command_demo(arguments) -> int:
+    from .demo import run_forum_demo
+    from .engines import detect_isa
+
+    engines = arguments.engine or ["qnnpack", "x86"]
+    print(textwrap.fill(
+        "The forum question: QuantStub -> nn.Linear(10, 5) -> DeQuantStub, qconfig "
+        "get_default_qconfig(engine), calibrated on 5 inputs of torch.rand(1, 10), converted. "
+        "The user computed sum((xq-zx)*(wq-zw))*sx*sw + bias and got numbers close to "
+        "PyTorch's, but not equal. qexact computes PyTorch's numbers exactly, and shows the "
+        f"steps the formula skips. This CPU runs isa {detect_isa()}.", WIDTH))
+    status = 0
+    for engine in engines:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's deprecation notices for torch.ao
+            demo = run_forum_demo(engine, seed=arguments.seed)
+        print()
+        print(_render_demo(demo))
+        if not demo.identical or demo.checked_identical != demo.checked_inputs:
+            status = 1
+    return status
+
+
+# --- run / layers / info -----------------------------------------------------------------------
+
+
+def command_run(arguments) -> int:
+    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    inputs = [np.load(path, allow_pickle=False) for path in arguments.input]
+    if arguments.quantized:
+        result = net.run_quantized(*inputs)
+        values = result.values
+        summary = {"shape": list(values.shape), "dtype": result.dtype.name,
+                   "scale": result.scale, "zero_point": result.zero_point}
+    else:
+        values = net(*inputs)
+        summary = {"shape": list(values.shape), "dtype": str(values.dtype)}
+    if arguments.out:
+        np.save(arguments.out, values, allow_pickle=False)
+        summary["written"] = arguments.out
+    print(json.dumps(summary) if arguments.json else
+          ", ".join(f"{key}: {value}" for key, value in summary.items()))
+    return 0
+
+
+def command_layers(arguments) -> int:
+    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    rows = []
+    for name, params in net.layers.items():
+        if not hasattr(params, "requantization"):
+            continue
+        multiplier = " ".join(
+            f"{np.asarray(m).ravel()[0]:.6g}" + ("..." if np.asarray(m).size > 1 else "")
+            for m in params.multiplier)
+        rows.append({"layer": name, "kernel": params.kernel,
+                     "shape": f"{params.out_features}x{params.in_features}",
+                     "bias": params.bias_mode.name.lower(), "multiplier": multiplier,
+                     "pair_saturation": params.pair_saturation})
+    if arguments.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"engine {net.engine.name}, isa {net.engine.isa}")
+    print(f"{'layer':<20} {'kernel':<8} {'shape':<10} {'bias':<22} {'saturation':<10} multiplier")
+    for row in rows:
+        print(f"{row['layer']:<20.20} {row['kernel']:<8} {row['shape']:<10} {row['bias']:<22.22} "
+              f"{'int16 pairs' if row['pair_saturation'] else 'exact':<10} {row['multiplier']}")
+    return 0
+
+
+def command_info(arguments) -> int:
+    from .engines import ENGINES, ISAS, detect_isa
+
+    info = {"qexact": __version__, "engines": sorted(ENGINES), "isas": list(ISAS),
+            "this_cpu_isa": detect_isa()}
+    print(json.dumps(info) if arguments.json else
+          "\n".join(f"{key}: {value}" for key, value in info.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qexact",
+        description="Bit-exact, explainable integer reference for quantized PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"qexact {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="the forum scenario, end to end (needs torch)")
+    demo.add_argument("--engine", action="append", choices=["fbgemm", "x86", "qnnpack", "onednn"],
+                      help="engine(s) to show (default: qnnpack and x86)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(handler=command_demo)
+
+    def model_command(name, help_text, handler):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("model", help="a model saved with qexact.save")
+        command.add_argument("--engine", help="override the saved engine")
+        command.add_argument("--isa", choices=["avx512_vnni", "avx2"], help="override the saved ISA")
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+        command.set_defaults(handler=handler)
+        return command
+
+    run = model_command("run", "run a saved model on .npy inputs", command_run)
+    run.add_argument("--input", action="append", required=True, help="float32 .npy (repeatable)")
+    run.add_argument("--out", help="write the output to this .npy file")
+    run.add_argument("--quantized", action="store_true", help="output the integers")
+    model_command("layers", "list a saved model's layers and their numerics", command_layers)
+
+    info = commands.add_parser("info", help="engines, ISAs, and what this CPU runs")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(handler=command_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return arguments.handler(arguments)
+    except QexactError as error:
+        if arguments.debug:
+            raise
+        print(f"qexact: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
