@@ -76,23 +76,18 @@ def pair_saturation_correction(x_raw: np.ndarray, weight_pairs: np.ndarray,
     correction = np.zeros((rows, weight_pairs.shape[0]), dtype=np.int64)
     if not risky_pairs.any():
         return correction
-    x_padded = np.zeros((rows, 2 * pairs), dtype=np.int64)
+    x_padded = np.zeros((rows, 2 * pairs), dtype=np.int32)
     x_padded[:, :depth] = x_raw
     x_pairs = x_padded.reshape(rows, pairs, 2)
-    candidate_rows, candidate_pairs = np.nonzero(x_pairs.sum(axis=-1) > 256)
-    risky_columns = risky_pairs.any(axis=0)
-    keep = risky_columns[candidate_pairs]
-    candidate_rows, candidate_pairs = candidate_rows[keep], candidate_pairs[keep]
-    chunk = max(1, (1 << 22) // max(1, weight_pairs.shape[0]))
-    for start in range(0, len(candidate_rows), chunk):
-        row_index = candidate_rows[start:start + chunk]
-        pair_index = candidate_pairs[start:start + chunk]
-        x0 = x_pairs[row_index, pair_index, 0][:, None]
-        x1 = x_pairs[row_index, pair_index, 1][:, None]
-        w0 = weight_pairs[:, pair_index, 0].T
-        w1 = weight_pairs[:, pair_index, 1].T
-        pair_sum = x0 * w0 + x1 * w1
-        np.add.at(correction, row_index, saturate_int16(pair_sum) - pair_sum)
+    candidate = x_pairs.sum(axis=-1) > 256                        # (M, T)
+    candidate &= risky_pairs.any(axis=0)[None, :]
+    for pair in np.flatnonzero(candidate.any(axis=0)):
+        rows = np.flatnonzero(candidate[:, pair])
+        columns = np.flatnonzero(risky_pairs[:, pair])
+        weights = weight_pairs[columns, pair].astype(np.int32)      # (C, 2)
+        pair_sum = (x_pairs[rows, pair, 0][:, None] * weights[None, :, 0]
+                    + x_pairs[rows, pair, 1][:, None] * weights[None, :, 1])
+        correction[np.ix_(rows, columns)] += saturate_int16(pair_sum) - pair_sum
     return correction
 
 
