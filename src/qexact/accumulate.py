@@ -55,30 +55,30 @@ def reference_matmul(x_centered: np.ndarray, w_centered_t: np.ndarray) -> np.nda
 def saturating_weight_pairs(weight_pairs: np.ndarray) -> np.ndarray:
     """Which (row, pair) of int8 weights can saturate for *some* uint8 input: (N, T) bool.
 
-    ``weight_pairs`` is (N, T, 2) int64. A pair sum x0*w0 + x1*w1 over x in [0, 255] reaches
+    ``weight_pairs`` is (N, T, 2) integers. A pair sum x0*w0 + x1*w1 over x in [0, 255] reaches
     ``255 * (w0+ + w1+)`` at most and ``255 * (w0- + w1-)`` at least.
     """
-    positive = np.clip(weight_pairs, 0, None).sum(axis=-1) * 255
-    negative = np.clip(weight_pairs, None, 0).sum(axis=-1) * 255
+    positive = np.clip(weight_pairs, 0, None).sum(axis=-1).astype(np.int64) * 255
+    negative = np.clip(weight_pairs, None, 0).sum(axis=-1).astype(np.int64) * 255
     return (positive > 32767) | (negative < -32768)
 
 
 def pair_saturation_correction(x_raw: np.ndarray, weight_pairs: np.ndarray,
-                               risky_pairs: np.ndarray) -> np.ndarray:
+                               risky_pairs: np.ndarray,
+                               positions: np.ndarray | None = None) -> np.ndarray:
     """``sum_t (sat16(p_t) - p_t)`` for every (m, n): what int16 pair saturation takes away.
 
-    ``x_raw`` (M, K) raw uint8 activations; ``weight_pairs`` (N, T, 2) raw int8 weights with K
-    zero-padded to 2T; ``risky_pairs`` from ``saturating_weight_pairs``. Returns (M, N) int64.
+    ``x_raw`` (M, K) raw uint8 activations; ``weight_pairs`` (N, T, 2) raw int8 weights laid out
+    by ``positions`` (default: one K block); ``risky_pairs`` from ``saturating_weight_pairs``.
+    Returns (M, N) int64.
     Only (m, t) with ``x0 + x1 > 256`` can reach |p| > 32767 (|w| <= 128), so only those are formed.
     """
-    rows, depth = x_raw.shape
-    pairs = weight_pairs.shape[1]
-    correction = np.zeros((rows, weight_pairs.shape[0]), dtype=np.int64)
+    correction = np.zeros((x_raw.shape[0], weight_pairs.shape[0]), dtype=np.int64)
     if not risky_pairs.any():
         return correction
-    x_padded = np.zeros((rows, 2 * pairs), dtype=np.int32)
-    x_padded[:, :depth] = x_raw
-    x_pairs = x_padded.reshape(rows, pairs, 2)
+    if positions is None:
+        positions = pair_positions(x_raw.shape[1])
+    x_pairs = gather_pairs(x_raw, positions)
     candidate = x_pairs.sum(axis=-1) > 256                        # (M, T)
     candidate &= risky_pairs.any(axis=0)[None, :]
     for pair in np.flatnonzero(candidate.any(axis=0)):
@@ -91,9 +91,33 @@ def pair_saturation_correction(x_raw: np.ndarray, weight_pairs: np.ndarray,
     return correction
 
 
-def weight_pairs_of(weight: np.ndarray) -> np.ndarray:
-    """Raw int8 weights (N, K) as (N, ceil(K/2), 2) int64, zero-padded: the ``vpmaddubsw`` pairs."""
-    rows, depth = weight.shape
-    padded = np.zeros((rows, depth + depth % 2), dtype=np.int64)
-    padded[:, :depth] = weight
-    return padded.reshape(rows, -1, 2)
+def pair_positions(depth: int, block_starts: tuple[int, ...] = (0,)) -> np.ndarray:
+    """The K positions ``vpmaddubsw`` pairs: (T, 2) int64, -1 where a pair is padded with zero.
+
+    Pairs are formed from the start of each K block: ``(b, b+1), (b+2, b+3), ...``; a block of
+    odd length leaves its last element paired with padding. One block is FBGEMM's layout.
+    """
+    bounds = list(block_starts) + [depth]
+    positions = []
+    for begin, end in zip(bounds[:-1], bounds[1:]):
+        first = np.arange(begin, end, 2)
+        second = first + 1
+        second[second >= end] = -1
+        positions.append(np.stack([first, second], axis=1))
+    if not positions:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.concatenate(positions).astype(np.int64)
+
+
+def gather_pairs(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(R, K) integers as (R, T, 2) int32 laid out by ``positions`` (padding reads as 0)."""
+    padded = np.concatenate([values.astype(np.int32), np.zeros((values.shape[0], 1), np.int32)],
+                            axis=1)
+    return padded[:, positions]  # index -1 reads the zero column
+
+
+def weight_pairs_of(weight: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+    """Raw int8 weights (N, K) as (N, T, 2) int32: the ``vpmaddubsw`` pairs (one K block by default)."""
+    if positions is None:
+        positions = pair_positions(weight.shape[1])
+    return gather_pairs(weight, positions)

@@ -279,6 +279,15 @@ def _check_dequantize(engine, q, tq, context, inputs):
     assert_bitexact(qexact.dequantize(q), expected, "dequantize " + context, inputs)
 
 
+def _exact_ties(x, scale, zp, dtype) -> int:
+    """How many elements have a pre-rounding value ``t`` exactly halfway between two integers."""
+    from qexact.ops.quantize import quantize_values, reciprocal_float32, torch_zero_point_entry
+
+    t = quantize_values(x, reciprocal_float32(scale), zp, torch_zero_point_entry(dtype, False))
+    t = t.astype(np.float64)
+    return int(np.sum(np.isfinite(t) & (t - np.floor(t) == 0.5)))
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @DIFF_SETTINGS
@@ -295,6 +304,7 @@ def test_quantize_per_tensor_vs_torch(engine, dtype, seed, scale, data):
     assert_bitexact(q.values, tq.int_repr().numpy(), context, {"scale": scale, "zp": zp})
     _check_dequantize(engine, q, tq, context, {"scale": scale, "zp": zp})
     COMPARED[(engine, dtype.name, "per_tensor")] += x.size
+    COMPARED[(engine, dtype.name, "per_tensor_exact_ties")] += _exact_ties(x, scale, zp, dtype)
 
 
 @pytest.mark.torch
@@ -420,4 +430,7 @@ def test_zz_elements_compared_per_cell():
         pytest.skip("not every differential cell ran in this session")
     for cell in cells:
         assert COMPARED[cell] >= MIN_ELEMENTS_PER_CELL, (cell, COMPARED[cell])
+    for engine in ENGINE_NAMES:
+        for dtype in DTYPES:
+            assert COMPARED[(engine, dtype.name, "per_tensor_exact_ties")] >= 1000
     print("\nelements compared:", dict(sorted(COMPARED.items())))
