@@ -461,7 +461,7 @@ def test_header_json_not_an_object(tmp_path, valid_file):
             qexact.load(write(tmp_path, struct.pack("<Q", len(text)) + text + body))
 
 
-# --- Known defects: crafted files that escape as other exception types --------------------------
+# --- Crafted files whose defects surface only while nodes are prepared -------------------------
 
 
 def _crafted(valid_file, tmp_path, update_document=None, update_header=None):
@@ -475,7 +475,7 @@ def _crafted(valid_file, tmp_path, update_document=None, update_header=None):
 
 
 ESCAPING_DOCUMENTS = {
-    # label: (mutation of the graph document, exception type that escapes today)
+    # label: mutation of the graph document (and the exception type it once escaped as)
     "attr missing (KeyError)": lambda d: d["nodes"][1]["attrs"].pop("output_dtype"),
     "scale a string (ValueError)": lambda d: d["nodes"][1]["attrs"].update(output_scale="abc"),
     "scale a list (TypeError)": lambda d: d["nodes"][1]["attrs"].update(output_scale=[1]),
@@ -489,11 +489,6 @@ ESCAPING_DOCUMENTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: serialization.load only maps KeyError/TypeError raised while *parsing* the graph to "
-    "FormatError; errors raised while Net prepares the nodes (qparams_from_fields: KeyError, "
-    "float()/int() ValueError/TypeError, unhashable dtype/engine names, inputs[0] IndexError) "
-    "escape as KeyError/TypeError/ValueError/IndexError instead of FormatError"))
 @pytest.mark.parametrize("label", sorted(ESCAPING_DOCUMENTS))
 def test_bad_node_fields_raise_format_error(label, valid_file, tmp_path):
     path = _crafted(valid_file, tmp_path, update_document=ESCAPING_DOCUMENTS[label])
@@ -501,9 +496,6 @@ def test_bad_node_fields_raise_format_error(label, valid_file, tmp_path):
         qexact.load(path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: read_safetensors converts shapes with int() and multiplies them with np.prod: a shape "
-    "of [1e30] or [inf] escapes as OverflowError instead of FormatError"))
 @pytest.mark.parametrize("shape", [[10**30], [float("inf")]], ids=["1e30", "inf"])
 def test_overflowing_shape_raises_format_error(shape, valid_file, tmp_path):
     path = _crafted(valid_file, tmp_path,
@@ -512,9 +504,6 @@ def test_overflowing_shape_raises_format_error(shape, valid_file, tmp_path):
         qexact.load(path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: read_safetensors accepts overlapping data_offsets (two arrays sharing bytes), which "
-    "the safetensors format forbids (the safetensors package refuses such files)"))
 def test_overlapping_offsets_raise_format_error(valid_file, tmp_path):
     def overlap(header):
         entries = sorted((entry["data_offsets"], name) for name, entry in header.items()

@@ -102,8 +102,10 @@ class Net:
 
     @property
     def layers(self) -> dict[str, Any]:
-        """Prepared parameters of every node that has any, by node name, in execution order."""
-        return {item.node.name: item.params for item in self._prepared if item.params is not None}
+        """Prepared parameters by node name, in execution order: ``LinearParams`` for Linear
+        layers, ``QParams`` for quantize nodes (every node whose parameters are a dataclass)."""
+        return {item.node.name: item.params for item in self._prepared
+                if hasattr(item.params, "__dataclass_fields__")}
 
     @property
     def isa(self) -> str:

@@ -61,8 +61,12 @@ def round_half_even(value) -> np.ndarray:
 def round_half_away(value) -> np.ndarray:
     """Nearest integer, ties away from zero (C ``round``; TFLite's reference rounding)."""
     value = np.asarray(value)
-    magnitude = np.floor(np.abs(value).astype(np.float64) + 0.5)
-    return (np.sign(value) * magnitude).astype(value.dtype if value.dtype.kind == "f" else np.float64)
+    if value.dtype.kind != "f":
+        value = value.astype(np.float64)
+    magnitude = np.abs(value)
+    whole = np.floor(magnitude)
+    rounded = whole + (magnitude - whole >= 0.5)  # the fraction is exact; no rounding in the add
+    return np.copysign(rounded, value).astype(value.dtype)
 
 
 def round_toward_zero(value) -> np.ndarray:

@@ -22,7 +22,7 @@ import struct
 
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, QexactError, UnsupportedError
 from .graph import Graph, Net, Node, Ref
 
 FORMAT_NAME = "qexact-model"
@@ -121,22 +121,39 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarra
     metadata = header.pop("__metadata__", {})
     body = memoryview(data)[8 + header_length:]
     arrays = {}
+    extents = []
     for name, entry in header.items():
         try:
             dtype = np.dtype(_DTYPE_CODES[entry["dtype"]]).newbyteorder("<")
-            shape = tuple(int(size) for size in entry["shape"])
-            begin, end = (int(offset) for offset in entry["data_offsets"])
+            shape = tuple(_exact_int(size) for size in entry["shape"])
+            begin, end = (_exact_int(offset) for offset in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"array entry {name!r} is malformed: {entry!r}") from None
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = 1
+        for size in shape:
+            count *= size  # Python ints: no overflow
         if (any(size < 0 for size in shape) or not 0 <= begin <= end <= len(body)
                 or end - begin != count * dtype.itemsize):
             raise FormatError(f"array {name!r} does not fit the file (truncated or corrupt)")
+        extents.append((begin, end, name))
         arrays[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).astype(
             dtype.newbyteorder("="))
+    position = 0
+    for begin, end, name in sorted(extents):
+        if begin != position:  # safetensors: arrays tile the data section, in order, no gaps
+            raise FormatError(f"array {name!r} overlaps another or leaves a gap (corrupt file)")
+        position = end
+    if position != len(body):
+        raise FormatError(f"{len(body) - position} unexpected bytes after the last array")
     if not isinstance(metadata, dict):
         raise FormatError("__metadata__ is not a JSON object")
     return metadata, arrays
+
+
+def _exact_int(value) -> int:
+    if type(value) is not int:
+        raise ValueError(f"{value!r} is not an integer")
+    return value
 
 
 def load(path: str | os.PathLike, engine: str | None = None, isa: str | None = None) -> Net:
@@ -147,7 +164,19 @@ def load(path: str | os.PathLike, engine: str | None = None, isa: str | None = N
     except (KeyError, TypeError, json.JSONDecodeError):
         raise FormatError(f"{os.fspath(path)!r} is a safetensors file without a qexact graph") from None
     graph = graph_from_json(document, arrays)
-    return Net(graph, engine or document["engine"], isa or document["isa"])
+    engine = engine or document.get("engine")
+    isa = isa or document.get("isa")
+    if not isinstance(engine, str) or not isinstance(isa, str):
+        raise FormatError(f"engine {engine!r} and isa {isa!r} must be strings")
+    try:
+        return Net(graph, engine, isa)
+    except (UnsupportedError, FormatError):
+        raise
+    except QexactError as error:
+        raise FormatError(f"{os.fspath(path)!r} holds invalid parameters: {error}") from None
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as error:
+        raise FormatError(f"{os.fspath(path)!r} holds a malformed node: "
+                          f"{type(error).__name__}: {error}") from None
 
 
 def graph_from_json(document: dict, arrays: dict[str, np.ndarray]) -> Graph:
@@ -155,7 +184,7 @@ def graph_from_json(document: dict, arrays: dict[str, np.ndarray]) -> Graph:
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise FormatError("not a qexact model (missing format marker)")
     version = document.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise FormatError(f"format version {version!r} is not supported; this qexact reads "
                           f"version {FORMAT_VERSION}")
     try:
@@ -183,6 +212,8 @@ def graph_from_json(document: dict, arrays: dict[str, np.ndarray]) -> Graph:
             if ref.name not in known:
                 raise FormatError(f"output {ref.name!r} is not defined")
         metadata = document.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise FormatError(f"metadata must be a JSON object, got {metadata!r}")
         return Graph(list(document["inputs"]), nodes, outputs, dict(metadata))
     except (KeyError, TypeError) as error:
         raise FormatError(f"graph is malformed: missing or wrong field {error}") from None

@@ -28,6 +28,20 @@ from qexact.requantize import RoundHalfEvenToInt32, trace_requantize
 ENGINE_NAMES = ("fbgemm", "x86", "qnnpack", "onednn")
 RANDOM_CASES_PER_ENGINE = 2000
 KBLOCK_REASON = "oneDNN AVX2 K-blocking of int16 pairs not modelled yet"
+COMBINED_SCALE_REASON = (
+    "oneDNN on AVX2 (gemm_x8s8s32x matmul, not brgemm) multiplies the accumulator by the combined "
+    "f32(s_in * s_w') in one step; qexact applies s_in then s_w' separately (semantics.md 2.3, "
+    "measured on AVX512-VNNI); see test_onednn_avx2_combined_scale_reproducer")
+ONEDNN_COMBINED_SCALE_SWEEPS = ("grid_bias_decimal_per_channel", "output_saturates_both_ends",
+                                "huge_bias_qint32_wraps")
+
+
+def xfail_onednn_combined_scale(request, engine):
+    """Mark a test known to hit the oneDNN AVX2 combined-scale mismatch (strict: it must fail)."""
+    if engine == "onednn" and qexact.detect_isa() == "avx2":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=COMBINED_SCALE_REASON))
+
+
 SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 
 
@@ -277,8 +291,10 @@ SWEEPS = {
 
 @pytest.mark.torch
 @pytest.mark.parametrize("name", list(SWEEPS))
-def test_linear_boundary_sweep_vs_torch(engine, name, report):
+def test_linear_boundary_sweep_vs_torch(engine, name, report, request):
     """Each configuration evaluated on all 65,281 accumulators in [-32640, 32640] per channel."""
+    if name in ONEDNN_COMBINED_SCALE_SWEEPS:
+        xfail_onednn_combined_scale(request, engine)
     s_x, s_w, s_out, z_out, bias_units, relu, expect_ties = SWEEPS[name]
     per_channel = isinstance(s_w, list)
     channels = len(s_w) if per_channel else (len(bias_units) if bias_units is not None else 4)
@@ -310,34 +326,62 @@ def test_linear_boundary_sweep_vs_torch(engine, name, report):
         assert max(np.abs(v.astype(np.float64)).max() for v in intermediates) >= 2.0**31
 
 
-@pytest.mark.torch
-@given(seed=st.integers(0, 2**32 - 1), per_channel=st.booleans(), relu=st.booleans(),
-       z_out=st.integers(0, 255))
-@settings(max_examples=15, suppress_health_check=SUPPRESS)
-def test_linear_boundary_sweep_random_scales_vs_torch(engine, seed, per_channel, relu, z_out,
-                                                      report):
-    """Random log-uniform scales and on-grid/half-grid biases, each on every accumulator; the
-    near-ties (pre-rounding value within 2**-10 of k + 0.5) are counted."""
-    rng = np.random.default_rng(seed)
-    channels = 4
-    s_x, s_out = 10.0 ** rng.uniform(-4, 1, size=2)
-    s_w = 10.0 ** rng.uniform(-4, 1, size=channels) if per_channel else 10.0 ** rng.uniform(-4, 1)
-    # choose s_out so that accumulators map onto the whole output range (many boundaries)
-    s_out = float(np.clip(s_x * np.max(s_w) * 32640 / 127 * rng.uniform(0.3, 3), 1e-4, 10.0))
-    w = np.tile(ACC_WEIGHTS, (channels, 1))
-    w_qp = weight_qparams(s_w if per_channel else float(s_w), per_channel)
-    units = rng.integers(-3000, 3000, size=channels) + rng.choice([0.0, 0.5], size=channels)
-    bias = (units * s_x * np.asarray(s_w)).astype(np.float32)
-    x_qp = QParams.per_tensor(s_x, 0, QUINT8)
-    out_qp = QParams.per_tensor(s_out, z_out, QUINT8)
-    expected = check_vs_torch(engine, SWEEP_X, x_qp, w, w_qp, bias, out_qp, relu,
-                              context=f"seed {seed}")
-    values, _ = pre_rounding_values(engine, SWEEP_X, x_qp, w, w_qp, bias, out_qp, relu)
-    fraction = np.abs(values.astype(np.float64) % 1.0 - 0.5)
+def sweep_random_scales(engine, report, examples, shrink=True):
     stats = report[f"{engine} boundary"]
-    stats["cases"] += 1
-    stats["elements"] += expected.size
-    stats["near_ties"] += int((fraction < 2.0**-10).sum())
+    phases = tuple(Phase) if shrink else (Phase.explicit, Phase.generate)
+
+    @given(seed=st.integers(0, 2**32 - 1), per_channel=st.booleans(), relu=st.booleans(),
+           z_out=st.integers(0, 255))
+    @settings(max_examples=examples, suppress_health_check=SUPPRESS, phases=phases)
+    def check(seed, per_channel, relu, z_out):
+        rng = np.random.default_rng(seed)
+        channels = 4
+        s_x = 10.0 ** rng.uniform(-4, 1)
+        s_w = 10.0 ** rng.uniform(-4, 1, size=channels) if per_channel else 10.0 ** rng.uniform(-4, 1)
+        # s_out maps the accumulators onto the whole output range (many rounding boundaries)
+        s_out = float(np.clip(s_x * np.max(s_w) * 32640 / 127 * rng.uniform(0.3, 3), 1e-4, 10.0))
+        w = np.tile(ACC_WEIGHTS, (channels, 1))
+        w_qp = weight_qparams(s_w if per_channel else float(s_w), per_channel)
+        units = rng.integers(-3000, 3000, size=channels) + rng.choice([0.0, 0.5], size=channels)
+        bias = (units * s_x * np.asarray(s_w)).astype(np.float32)
+        x_qp = QParams.per_tensor(s_x, 0, QUINT8)
+        out_qp = QParams.per_tensor(s_out, z_out, QUINT8)
+        expected = check_vs_torch(engine, SWEEP_X, x_qp, w, w_qp, bias, out_qp, relu,
+                                  context=f"seed {seed}")
+        values, _ = pre_rounding_values(engine, SWEEP_X, x_qp, w, w_qp, bias, out_qp, relu)
+        fraction = np.abs(values.astype(np.float64) % 1.0 - 0.5)
+        stats["cases"] += 1
+        stats["elements"] += expected.size
+        stats["near_ties"] += int((fraction < 2.0**-10).sum())
+
+    check()
+
+
+@pytest.mark.torch
+def test_linear_boundary_sweep_random_scales_vs_torch(engine, report):
+    """Random log-uniform scales with on-grid/half-grid biases, each on every accumulator in
+    [-32640, 32640]; near-ties (pre-rounding value within 2**-10 of k + 0.5) are counted."""
+    sweep_random_scales(engine, report, 15)
+
+
+@pytest.mark.torch
+@pytest.mark.xfail(condition=qexact.detect_isa() == "avx2", strict=True,
+                   reason=COMBINED_SCALE_REASON)
+def test_onednn_avx2_combined_scale_reproducer():
+    """Minimal reproducer. acc = -128*9 - 113 = -1265; s_x=0.05, s_w=0.02, s_out=0.01, z_out=128.
+    oneDNN on AVX2: t = f32(acc) * f32(s_in*s_w') -> 1 (torch); separate multiplies -> 2."""
+    torch = pytest.importorskip("torch")
+    x = np.array([[0, 9, 0, 113]], np.uint8)
+    args = (QParams.per_tensor(0.05, 0, QUINT8), ACC_WEIGHTS[None],
+            QParams.per_tensor(0.02, 0, QINT8), None, QParams.per_tensor(0.01, 128, QUINT8),
+            False)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "onednn"
+    try:
+        expected = torch_linear(x, *args)
+    finally:
+        torch.backends.quantized.engine = previous
+    assert_bitexact(qexact_linear(x, *args, "onednn"), expected, "onednn combined scale")
 
 
 @pytest.mark.torch

@@ -34,7 +34,7 @@ def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale) -> np.ndar
         quantized = quantize_per_channel(bias, bias_scale, np.zeros(bias.shape, np.int64), 0, QINT32)
     else:
         quantized = quantize_per_tensor(bias, float(bias_scale), 0, QINT32)
-    return quantized.values.astype(np.int64)
+    return quantized.values  # int32
 
 
 def requantization(layer: LayerQuantization) -> Requantization:

@@ -7,7 +7,7 @@ PyTorch's formulas (torch 2.13, every engine; docs/arithmetic.md eq. 2-4):
     per-tensor qint32, per-channel: t = f32(f32(x * inv) + f32(zp))   # two roundings
     q = clamp(round_half_even(t), qmin, qmax)
     dequantize per-tensor:  r = f32(f32(scale) * f32(wrap_int32(q - zp)))
-    dequantize per-channel: r = f32(float64(f32(q - zp)) * scale_c)
+    dequantize per-channel: r = f32(float64(f32(f32(q) - f32(zp))) * scale_c)
 
 Sources: pytorch aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp
 (``quantize_tensor_per_tensor_affine_cpu`` -> ``fbgemm::Quantize``), aten/src/ATen/native/quantized/
@@ -135,10 +135,12 @@ def quantize(x, qparams: QParams) -> QuantizedArray:
 def dequantize(q: QuantizedArray) -> np.ndarray:
     """Float32 values of a quantized array (``Tensor.dequantize``)."""
     qparams = q.qparams
-    centered = q.values.astype(np.int64) - _broadcast(qparams.zero_point, q)
     if qparams.is_per_channel:
-        return f32(f32(centered).astype(np.float64) * _broadcast(qparams.scale, q))
-    # Per-tensor ``q - zp`` is an int32 subtraction: it wraps for qint32 values near the ends.
+        # Per channel, q and zp become float32 first and are subtracted in float32.
+        centered = f32(f32(q.values) - f32(_broadcast(qparams.zero_point, q)))
+        return f32(centered.astype(np.float64) * _broadcast(qparams.scale, q))
+    # Per tensor, ``q - zp`` is an int32 subtraction: it wraps for qint32 values near the ends.
+    centered = q.values.astype(np.int64) - qparams.zero_point
     return f32(f32(qparams.scale) * f32(wrap_int32(centered)))
 
 
