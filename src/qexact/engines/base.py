@@ -102,6 +102,8 @@ class GemmNumerics:
     requantization: Callable[..., Requantization]
     weight_offset: int = 0
     """Added to int8 weights before the kernel sees them (QNNPACK stores ``w + 128`` as uint8)."""
+    pair_block_starts: Callable[[int], tuple[int, ...]] = lambda depth: (0,)
+    """Where K blocks start when pairs saturate: pairs are formed from each block's start."""
 
     def saturates_pairs(self, isa: str) -> bool:
         return isa in self.pair_saturation_isas

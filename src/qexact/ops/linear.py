@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..accumulate import (exact_matmul, pair_saturation_correction, saturating_weight_pairs,
-                          weight_pairs_of)
+from ..accumulate import (exact_matmul, pair_positions, pair_saturation_correction,
+                          saturating_weight_pairs, weight_pairs_of)
 from ..dtypes import QINT8, QUINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import BiasMode
@@ -67,6 +67,7 @@ class LinearParams:
     pair_saturation: bool
     # Run-time caches, derived from the above.
     weight_centered_t: np.ndarray
+    pair_positions: np.ndarray | None
     weight_pairs: np.ndarray | None
     risky_pairs: np.ndarray | None
 
@@ -146,10 +147,11 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
     )
     zero_points = np.asarray(weight_qparams.zero_point, dtype=np.int64)
     centered = weight.astype(np.int64) - (zero_points[:, None] if zero_points.ndim else zero_points)
-    weight_pairs = risky = None
+    positions = weight_pairs = risky = None
     saturates = numerics.saturates_pairs(engine.isa)
     if saturates:
-        weight_pairs = weight_pairs_of(weight)
+        positions = pair_positions(weight.shape[1], numerics.pair_block_starts(weight.shape[1]))
+        weight_pairs = weight_pairs_of(weight, positions)
         risky = saturating_weight_pairs(weight_pairs)
     return LinearParams(
         weight=weight, weight_qparams=weight_qparams, float_bias=bias,
@@ -158,7 +160,7 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
         bias=epilogue.bias, bias_mode=epilogue.bias_mode, multiplier=epilogue.multiplier,
         requantization=epilogue.steps, pair_saturation=saturates,
         weight_centered_t=np.ascontiguousarray(centered.T.astype(np.float32)),
-        weight_pairs=weight_pairs, risky_pairs=risky,
+        pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
     )
 
 
@@ -167,7 +169,8 @@ def linear_accumulator(x_values: np.ndarray, params: LinearParams) -> np.ndarray
     x_centered = x_values.astype(np.float32) - np.float32(params.input_qparams.zero_point)
     acc = exact_matmul(x_centered, params.weight_centered_t)
     if params.pair_saturation:
-        acc += pair_saturation_correction(x_values, params.weight_pairs, params.risky_pairs)
+        acc += pair_saturation_correction(x_values, params.weight_pairs, params.risky_pairs,
+                                          params.pair_positions)
     return acc
 
 
