@@ -107,6 +107,20 @@ class Net:
         return {item.node.name: item.params for item in self._prepared
                 if hasattr(item.params, "__dataclass_fields__")}
 
+    def prepared_node(self, name: str) -> PreparedNode:
+        """The prepared node called ``name``; ``QexactError`` listing the names if there is none."""
+        for item in self._prepared:
+            if item.node.name == name:
+                return item
+        raise QexactError(f"no layer or node {name!r}; nodes: "
+                          f"{[item.node.name for item in self._prepared]}")
+
+    def explain(self, x, layer: str | None = None, index=None):
+        """Every stage of one output element's arithmetic (``qexact.explain.explain``)."""
+        from .explain import explain
+
+        return explain(self, x, layer=layer, index=index)
+
     @property
     def isa(self) -> str:
         return self.engine.isa

@@ -16,12 +16,16 @@ class OpDefinition:
     ``prepare(node, input_qparams, engine) -> (params, output_qparams)``: ``input_qparams`` lists
     the static qparams of each input (None for values that are not quantized tensors).
     ``run(params, inputs) -> value``.
+    ``explain(params, inputs, output, index) -> (stages, upstream)``, optional: the ``Stage``s
+    that produce element ``index`` of the output, and ``(input position, input index)`` pairs
+    to explain before them (see ``qexact.explain``).
     """
 
     name: str
     prepare: Callable
     run: Callable
     summary: str
+    explain: Callable | None = None
 
 
 OP_REGISTRY: dict[str, OpDefinition] = {}
@@ -33,7 +37,8 @@ def graph_op(name: str, summary: str):
     def register(cls):
         if name in OP_REGISTRY:
             raise RuntimeError(f"graph op {name!r} registered twice")
-        OP_REGISTRY[name] = OpDefinition(name, cls.prepare, cls.run, summary)
+        OP_REGISTRY[name] = OpDefinition(name, cls.prepare, cls.run, summary,
+                                         getattr(cls, "explain", None))
         return cls
 
     return register

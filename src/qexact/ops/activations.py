@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..qparams import QuantizedArray
+from ..stages import Stage
 from ._registry import graph_op
 from .quantize import require_quantized
 
@@ -37,3 +38,9 @@ class ReluOp:
     @staticmethod
     def run(params, inputs):
         return relu(inputs[0])
+
+    @staticmethod
+    def explain(params, inputs, result, index):
+        q = inputs[0]
+        return [Stage("relu", "q = max(q, z): z stands for 0.0",
+                      {"q": q.values[index], "z": q.zero_point}, result.values[index])], [(0, index)]

@@ -34,6 +34,7 @@ import numpy as np
 from ..dtypes import QINT32, QDType
 from ..errors import QuantParamError, ShapeError
 from ..qparams import QParams, QuantizedArray, qparams_from_fields
+from ..stages import Stage
 from ._registry import graph_op
 from ..rounding import INT32_MIN, f32, fma_float32, round_half_even, wrap_int32
 
@@ -166,6 +167,29 @@ class QuantizeOp:
             raise ShapeError("quantize expects a float32 array, got an already quantized array")
         return quantize(x, output)
 
+    @staticmethod
+    def explain(output: QParams, inputs, result, index):
+        x = np.asarray(inputs[0])[index]
+        inv = reciprocal_float32(output.scale)
+        entry = torch_zero_point_entry(output.dtype, per_channel=False)
+        scaled = quantize_values(x, inv, output.zero_point, entry)
+        formulas = {
+            ZeroPointEntry.FUSED_BEFORE_ROUNDING: "t = fmaf(x, inv, z): one rounding, z before rounding",
+            ZeroPointEntry.ADDED_BEFORE_ROUNDING: "t = f32(f32(x * inv) + z)",
+            ZeroPointEntry.ADDED_AFTER_ROUNDING: "t = round(f32(x * inv)) + z",
+        }
+        dtype = output.dtype
+        return [
+            Stage("input quantization: scale", "inv = f32(1.0f / f32(s))",
+                  {"s": output.scale}, inv[()] if np.ndim(inv) == 0 else inv),
+            Stage("input quantization: multiply-add", formulas[entry],
+                  {"x": x, "inv": inv[()], "z": output.zero_point}, scaled),
+            Stage("input quantization: round and clamp",
+                  f"q = clamp(round_half_even(t), {dtype.qmin}, {dtype.qmax}); NaN -> "
+                  f"{INT32_MIN if dtype == QINT32 else dtype.qmax}",
+                  {"t": scaled}, result.values[index]),
+        ], []
+
 
 @graph_op("dequantize", "quantized -> float32 (DeQuantStub / nnq.DeQuantize)")
 class DequantizeOp:
@@ -180,6 +204,14 @@ class DequantizeOp:
         if not isinstance(x, QuantizedArray):
             raise ShapeError("dequantize expects a quantized array")
         return dequantize(x)
+
+    @staticmethod
+    def explain(params, inputs, result, index):
+        q = inputs[0]
+        formula = ("r = f32(float64(f32(f32(q) - f32(z))) * s)" if q.qparams.is_per_channel
+                   else "r = f32(f32(s) * f32(q - z))")
+        return [Stage("dequantize", formula, {"q": q.values[index], "s": q.scale,
+                                              "z": q.zero_point}, result[index])], [(0, index)]
 
 
 def require_quantized(node, input_qparams, index: int = 0) -> QParams:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..qparams import QuantizedArray
+from ..stages import Stage
 from ._registry import graph_op
 
 
@@ -45,6 +46,21 @@ def reshape(x, shape: tuple[int, ...]):
         raise ShapeError(f"cannot reshape an array of shape {values.shape} into {shape}") from None
 
 
+def _explain_move(name):
+    """An explain hook for ops that only move elements: which input element this one is."""
+
+    def explain(params, inputs, result, index):
+        source = _values(inputs[0])
+        flat = int(np.ravel_multi_index(index, _values(result).shape))
+        input_index = tuple(int(i) for i in np.unravel_index(flat, source.shape))
+        stage = Stage(name, "the same integer, moved", {"from_index": list(input_index),
+                                                        "to_index": list(index)},
+                      _values(result)[index])
+        return [stage], [(0, input_index)]
+
+    return staticmethod(explain)
+
+
 @graph_op("flatten", "torch.flatten / Tensor.flatten / nn.Flatten")
 class FlattenOp:
     @staticmethod
@@ -54,6 +70,8 @@ class FlattenOp:
     @staticmethod
     def run(params, inputs):
         return flatten(inputs[0], *params)
+
+    explain = _explain_move("flatten")
 
 
 @graph_op("reshape", "Tensor.reshape / view / torch.reshape (inputs: tensor, then sizes)")
@@ -69,6 +87,8 @@ class ReshapeOp:
             sizes = sizes[0]
         return reshape(inputs[0], tuple(sizes))
 
+    explain = _explain_move("reshape")
+
 
 @graph_op("identity", "nn.Identity, nn.Dropout in eval, Tensor.contiguous")
 class IdentityOp:
@@ -79,6 +99,8 @@ class IdentityOp:
     @staticmethod
     def run(params, inputs):
         return inputs[0]
+
+    explain = _explain_move("identity")
 
 
 @graph_op("size", "Tensor.size / shape: a tuple, or one size with attr dim")
