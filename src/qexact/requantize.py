@@ -21,9 +21,14 @@ from .rounding import f32, fma_float32, round_half_even_to_int32, wrap_int32
 
 @dataclass(frozen=True, eq=False)
 class Step:
-    """One operation of a requantization pipeline; ``label`` says what it stands for."""
+    """One operation of a requantization pipeline; ``label`` says what it stands for.
+
+    ``role`` marks the steps other code looks for: ``"bias"``, ``"round"``, ``"relu"``,
+    ``"output_clamp"`` (explain and diagnose use it; the arithmetic does not).
+    """
 
     label: str
+    role: str = ""
 
     formula = ""
 

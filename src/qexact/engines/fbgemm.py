@@ -34,17 +34,17 @@ def requantization(layer: LayerQuantization) -> Requantization:
     if layer.bias is not None:
         bias = f32(layer.bias)
         if weight.is_per_channel:
-            steps.append(AddFloat32("bias / (s_x*s_w), float32 division",
+            steps.append(AddFloat32("bias / (s_x*s_w), float32 division", role="bias",
                                     term=f32(bias / act_times_w_scale)))
         else:
             reciprocal = f32(1.0 / act_times_w_scale.astype(np.float64))
-            steps.append(FusedMultiplyAdd("bias * 1/(s_x*s_w), fused multiply-add",
+            steps.append(FusedMultiplyAdd("bias * 1/(s_x*s_w), fused multiply-add", role="bias",
                                           a=bias, b=reciprocal))
     steps += [
         MultiplyFloat32("multiplier M = f32(s_x*s_w) / s_out", factor=multiplier),
-        RoundHalfEvenToInt32("round half to even (cvtps2dq)"),
+        RoundHalfEvenToInt32("round half to even (cvtps2dq)", role="round"),
         AddInt("output zero point", term=int(output.zero_point)),
-        ClampInt("output range" + (" with fused ReLU" if layer.relu else ""),
+        ClampInt("output range" + (" with fused ReLU" if layer.relu else ""), role="output_clamp",
                  low=int(output.zero_point) if layer.relu else output.dtype.qmin,
                  high=output.dtype.qmax),
     ]

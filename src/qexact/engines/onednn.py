@@ -55,15 +55,15 @@ def requantization(layer: LayerQuantization) -> Requantization:
     bias = None
     if layer.bias is not None:
         bias = f32(layer.bias)
-        steps.append(AddFloat32("float bias", term=bias))
+        steps.append(AddFloat32("float bias", role="bias", term=bias))
     if layer.relu:
-        steps.append(ClampFloat32("fused ReLU", low=0.0))
+        steps.append(ClampFloat32("fused ReLU", role="relu", low=0.0))
     steps += [
         MultiplyFloat32("1 / output scale", factor=inverse_output_scale),
         AddFloat32("output zero point, before rounding", term=f32(output.zero_point)),
-        ClampFloat32("saturate to the output range", low=float(output.dtype.qmin),
+        ClampFloat32("saturate to the output range", role="output_clamp", low=float(output.dtype.qmin),
                      high=float(output.dtype.qmax)),
-        RoundHalfEvenToInt32("round half to even (cvtps2dq)"),
+        RoundHalfEvenToInt32("round half to even (cvtps2dq)", role="round"),
     ]
     multipliers = (input_scale, weight_scale, inverse_output_scale)
     return Requantization(tuple(steps), bias, BiasMode.FLOAT32, multipliers)

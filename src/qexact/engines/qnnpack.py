@@ -46,13 +46,13 @@ def requantization(layer: LayerQuantization) -> Requantization:
     bias = None
     if layer.bias is not None:
         bias = quantize_bias(layer.bias, layer.input_scale, weight.scale)
-        steps.append(AddInt32("int32 bias, quantized at scale s_x*s_w", term=bias))
+        steps.append(AddInt32("int32 bias, quantized at scale s_x*s_w", role="bias", term=bias))
     steps += [
         ToFloat32("to float32"),
         MultiplyFloat32("scale = (s_w*s_x) * (1/s_out)", factor=scale),
-        RoundHalfEvenToInt32("round half to even (cvtps2dq)"),
+        RoundHalfEvenToInt32("round half to even (cvtps2dq)", role="round"),
         AddInt("output zero point", term=int(output.zero_point)),
-        ClampInt("output range" + (" with fused ReLU" if layer.relu else ""),
+        ClampInt("output range" + (" with fused ReLU" if layer.relu else ""), role="output_clamp",
                  low=int(output.zero_point) if layer.relu else output.dtype.qmin,
                  high=output.dtype.qmax),
     ]

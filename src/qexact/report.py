@@ -1,0 +1,133 @@
+"""Renderers for diagnoses: text (80 columns), markdown, and a self-contained HTML page."""
+
+from __future__ import annotations
+
+import html
+import textwrap
+
+WIDTH = 80
+
+
+def _indices(indices, limit: int = 6) -> str:
+    shown = ", ".join(str(list(index)) for index in indices[:limit])
+    return shown + (f", ... ({len(indices)} in all)" if len(indices) > limit else "")
+
+
+def bucket_steps(step_differences: dict[int, int]) -> list[tuple[str, int]]:
+    """Differences in output steps grouped as 0 (under half a step), 1, 2, 3-4, 5-8, ..."""
+    buckets: dict[str, int] = {}
+    for steps, count in sorted(step_differences.items()):
+        if steps == 0:
+            label = "under half a step"
+        elif steps <= 2:
+            label = f"{steps} step{'s' * (steps != 1)}"
+        else:
+            high = 1 << (steps - 1).bit_length()
+            label = f"{high // 2 + 1}-{high} steps"
+        buckets[label] = buckets.get(label, 0) + count
+    return list(buckets.items())
+
+
+def render_diagnosis_text(diagnosis) -> str:
+    kind = "integers" if diagnosis.integer else "floats"
+    lines = [f"diagnosis of {diagnosis.layer} ({kind}), engine {diagnosis.engine}, "
+             f"isa {diagnosis.isa}",
+             f"{diagnosis.differing} of {diagnosis.elements} elements differ from the exact "
+             "output" + (":" if diagnosis.step_differences else "."), ]
+    if diagnosis.step_differences:
+        lines += textwrap.wrap("by " + ", ".join(
+            f"{label}: {count}" for label, count in bucket_steps(diagnosis.step_differences)),
+            WIDTH, initial_indent="  ", subsequent_indent="  ")
+    lines += [""] + textwrap.wrap(diagnosis.summary, WIDTH) + [""]
+    for rank, finding in enumerate(diagnosis.findings, 1):
+        together = (f", with {', '.join(finding.combined_with)}" if finding.combined_with else "")
+        lines.append(f"{rank}. {finding.id}: {finding.explained_count} element(s) "
+                     f"({finding.share:.0%}{together})")
+        lines += textwrap.wrap(finding.message, WIDTH, initial_indent="   ",
+                               subsequent_indent="   ")
+        if finding.explained:
+            lines += textwrap.wrap("elements: " + _indices(finding.explained), WIDTH,
+                                   initial_indent="   ", subsequent_indent="     ")
+    if diagnosis.residual and diagnosis.findings:
+        lines += [""] + textwrap.wrap("unexplained: " + _indices(diagnosis.residual), WIDTH)
+    return "\n".join(lines)
+
+
+def render_diagnosis_markdown(diagnosis) -> str:
+    lines = [f"## Diagnosis of `{diagnosis.layer}`", "",
+             f"Engine `{diagnosis.engine}`, ISA `{diagnosis.isa}`; {diagnosis.differing} of "
+             f"{diagnosis.elements} elements differ.", "", diagnosis.summary, ""]
+    if diagnosis.findings:
+        lines += ["| rank | id | explains | share | with | what it means |",
+                  "|---|---|---|---|---|---|"]
+        for rank, finding in enumerate(diagnosis.findings, 1):
+            lines.append(f"| {rank} | `{finding.id}` | {finding.explained_count} | "
+                         f"{finding.share:.0%} | {', '.join(finding.combined_with)} | "
+                         f"{finding.message} |")
+    if diagnosis.residual and diagnosis.findings:
+        lines += ["", f"Unexplained: {_indices(diagnosis.residual)}"]
+    return "\n".join(lines)
+
+
+def _histogram_svg(step_differences: dict[int, int]) -> str:
+    if not step_differences:
+        return "<p>No element differs.</p>"
+    width, height, pad = 640, 240, 30
+    items = bucket_steps(step_differences)
+    peak = max(count for _, count in items)
+    bar = (width - 2 * pad) / len(items)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'role="img" aria-label="histogram of differences">',
+             f'<rect width="{width}" height="{height}" fill="#ffffff"/>']
+    for position, (steps, count) in enumerate(items):
+        bar_height = (height - 2 * pad) * count / peak
+        x = pad + position * bar
+        y = height - pad - bar_height
+        parts.append(f'<rect x="{x + 2:.1f}" y="{y:.1f}" width="{bar - 4:.1f}" '
+                     f'height="{bar_height:.1f}" fill="#c0392b"/>')
+        parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - pad + 16}" font-size="12" '
+                     f'text-anchor="middle">{steps}</text>')
+        parts.append(f'<text x="{x + bar / 2:.1f}" y="{y - 4:.1f}" font-size="12" '
+                     f'text-anchor="middle">{count}</text>')
+    parts.append(f'<text x="{width / 2}" y="{height - 4}" font-size="12" '
+                 'text-anchor="middle">difference in output steps</text></svg>')
+    return "".join(parts)
+
+
+def render_diagnosis_html(diagnosis, explanation=None) -> str:
+    """A self-contained page (inline CSS and SVG, no network): counts, histogram, findings,
+    and the explain trace of the worst element."""
+    escape = html.escape
+    rows = "".join(
+        f"<tr><td>{rank}</td><td><code>{escape(f.id)}</code></td><td>{f.explained_count}</td>"
+        f"<td>{f.share:.0%}</td><td>{escape(', '.join(f.combined_with))}</td>"
+        f"<td>{escape(f.message)}</td></tr>"
+        for rank, f in enumerate(diagnosis.findings, 1))
+    findings = (f"<table><tr><th>#</th><th>id</th><th>explains</th><th>share</th><th>with</th>"
+                f"<th>what it means</th></tr>{rows}</table>" if rows else "")
+    trace = ""
+    if explanation is not None:
+        trace = ("<h2>The worst element, step by step</h2><pre>"
+                 + escape(explanation.render("text")) + "</pre>")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>qexact diagnosis: {escape(diagnosis.layer)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; background: #fafafa; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #bbb; padding: 4px 8px; vertical-align: top; }}
+th {{ background: #e8e8e8; }}
+.summary {{ font-size: 1.2em; padding: 0.6em; background: #fdecea; border-left: 6px solid #c0392b; }}
+pre {{ background: #fff; border: 1px solid #ccc; padding: 1em; font-size: 12px; }}
+</style></head><body>
+<h1>qexact diagnosis</h1>
+<table><tr><th>layer</th><th>engine</th><th>isa</th><th>elements</th><th>differing</th></tr>
+<tr><td><code>{escape(diagnosis.layer)}</code></td><td>{escape(diagnosis.engine)}</td>
+<td>{escape(diagnosis.isa)}</td><td>{diagnosis.elements}</td><td>{diagnosis.differing}</td></tr></table>
+<p class="summary">{escape(diagnosis.summary)}</p>
+<h2>How far your numbers are from the exact ones</h2>
+{_histogram_svg(diagnosis.step_differences)}
+<h2>Findings</h2>
+{findings or "<p>No known deviation explains this.</p>"}
+{trace}
+</body></html>
+"""
