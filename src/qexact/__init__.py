@@ -21,6 +21,8 @@ from .ops.quantize import dequantize, quantize_per_channel, quantize_per_tensor
 from .ops.shape import flatten, reshape
 from .qparams import QParams, QuantizedArray
 from .serialization import load, save
+from .diagnose import CATALOG_IDS, Diagnosis, Finding, diagnose
+from .explain import Explanation, Stage, explain
 
 
 def from_torch(model, example_inputs=None, engine=None, isa=None) -> Net:
@@ -31,6 +33,7 @@ def from_torch(model, example_inputs=None, engine=None, isa=None) -> Net:
 
 
 __all__ = [
+    "CATALOG_IDS", "Diagnosis", "Explanation", "Finding", "Stage", "diagnose", "explain",
     "ENGINES", "ISAS", "QINT8", "QINT32", "QUINT8", "Engine", "FormatError", "Graph",
     "ImporterError", "LinearParams", "Net", "Node", "QDType", "QParams", "QexactError",
     "QuantParamError", "QuantizedArray", "Ref", "ShapeError", "UnsupportedError", "__version__",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 import warnings
@@ -34,40 +35,26 @@ def _render_demo(demo) -> str:
 
     sw = np.atleast_1d(demo.weight_scale)
     weight_scale = f"{sw[0]:.6g}" if sw.size == 1 else f"per channel, {sw.min():.3g}..{sw.max():.3g}"
+    bias = "int32 at scale s_x*s_w" if demo.bias_mode.startswith("int32") else "float32"
     lines = [
-        f"== engine {demo.engine} (isa {demo.isa}) " + "=" * max(0, WIDTH - 20 - len(demo.engine)
-                                                              - len(demo.isa)),
+        f"== engine {demo.engine} (isa {demo.isa}) ".ljust(WIDTH, "="),
         f"fc_1: s_x={demo.input_scale:.6g} z_x={demo.input_zero_point}  s_w={weight_scale}",
-        f"      s_out={demo.output_scale:.6g} z_out={demo.output_zero_point}  bias: "
-        + ("int32 at scale s_x*s_w" if demo.bias_mode.startswith("int32") else "float32"),
+        f"      s_out={demo.output_scale:.6g} z_out={demo.output_zero_point}  bias: {bias}",
         "",
         f"  PyTorch         {row(demo.torch_output)}",
         f"  qexact          {row(demo.qexact_output)}"
         + ("   identical" if demo.identical else "   DIFFERENT"),
         f"  forum formula   {row(demo.forum_output)}",
         "",
-        "  What the forum formula skips, per output element (q = output integer):",
-    ]
-    for element in demo.elements:
-        lines.append(f"  [{element.index}] forum {element.forum:+.4f} -> PyTorch {element.torch:+.4f}"
-                     f"  (q = {element.code})")
-        for name, before, after in element.steps:
-            if before is None:
-                scaled = element.forum / demo.output_scale
-                lines.append(f"      output requantization: q = round({scaled:+.3f}) + "
-                             f"{demo.output_zero_point} = {after}")
-            elif name.startswith("clamp"):
-                lines.append(f"      clamp: q {before} -> {after} (the range calibrated on 5 inputs)")
-            else:
-                lines.append(f"      {name}: q {before} -> {after}")
-    lines += [
+        f"qexact == PyTorch on {demo.checked_identical} of {demo.checked_inputs} more inputs. "
+        "On them, qexact.diagnose",
+        "finds what the forum formula skipped:",
         "",
-        f"  Over {demo.checked_inputs} more inputs: qexact == PyTorch on "
-        f"{demo.checked_identical}/{demo.checked_inputs};",
-        f"  the forum formula is off by over half a step on "
-        f"{demo.forum_beyond_half_step:.1%} of outputs,",
-        f"  by up to {demo.forum_max_error:.4f};",
-        f"  {demo.clipped_fraction:.1%} of PyTorch's outputs sit at the clamp (q = 0 or 255).",
+        demo.diagnosis.render("text"),
+        "",
+        f"The worst element of the input above, step by step (Net.explain):",
+        "",
+        demo.explanation.render("text"),
     ]
     return "\n".join(lines)
 
@@ -81,8 +68,8 @@ def command_demo(arguments) -> int:
         "The forum question: QuantStub -> nn.Linear(10, 5) -> DeQuantStub, qconfig "
         "get_default_qconfig(engine), calibrated on 5 inputs of torch.rand(1, 10), converted. "
         "The user computed sum((xq-zx)*(wq-zw))*sx*sw + bias and got numbers close to "
-        "PyTorch's, but not equal. qexact computes PyTorch's numbers exactly, and shows the "
-        f"steps the formula skips. This CPU runs isa {detect_isa()}.", WIDTH))
+        "PyTorch's, but not equal. qexact computes PyTorch's numbers exactly, names the "
+        f"steps the formula skips, and shows each. This CPU runs isa {detect_isa()}.", WIDTH))
     status = 0
     for engine in engines:
         with warnings.catch_warnings():
@@ -141,6 +128,57 @@ def command_layers(arguments) -> int:
     return 0
 
 
+def _parse_index(text: str | None):
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise QexactError(f"--index takes comma-separated integers, got {text!r}") from None
+
+
+def _load_inputs(paths: list[str]) -> list[np.ndarray]:
+    inputs = []
+    for path in paths:
+        try:
+            inputs.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as error:
+            raise QexactError(f"cannot read input {path!r}: {error}") from None
+    return inputs
+
+
+def command_explain(arguments) -> int:
+    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    explanation = net.explain(_load_inputs(arguments.input), layer=arguments.layer,
+                              index=_parse_index(arguments.index))
+    print(explanation.render(arguments.format))
+    return 0
+
+
+def command_diagnose(arguments) -> int:
+    from .diagnose import diagnose
+    from .report import render_diagnosis_html
+
+    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    inputs = _load_inputs(arguments.input)
+    (theirs,) = _load_inputs([arguments.theirs])
+    diagnosis = diagnose(net, inputs, theirs, layer=arguments.layer, rtol=arguments.rtol,
+                         atol=arguments.atol)
+    if arguments.html:
+        explanation = None
+        if diagnosis.differing:
+            worst = np.unravel_index(int(np.argmax(np.abs(diagnosis.theirs - diagnosis.exact))),
+                                     diagnosis.exact.shape)
+            layer = arguments.layer or net.graph.outputs[0].name
+            explanation = net.explain(inputs, layer=layer if not diagnosis.integer or
+                                      arguments.layer else diagnosis.layer,
+                                      index=tuple(int(i) for i in worst))
+        with open(arguments.html, "w", encoding="utf-8") as page:
+            page.write(render_diagnosis_html(diagnosis, explanation))
+    print(diagnosis.render(arguments.format))
+    return 0 if diagnosis.differing == 0 else 1
+
+
 def command_info(arguments) -> int:
     from .engines import ENGINES, ISAS, detect_isa
 
@@ -180,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quantized", action="store_true", help="output the integers")
     model_command("layers", "list a saved model's layers and their numerics", command_layers)
 
+    explain = model_command("explain", "every stage of one output element", command_explain)
+    explain.add_argument("--input", action="append", required=True, help="float32 .npy")
+    explain.add_argument("--layer", help="node to explain (default: the model output)")
+    explain.add_argument("--index", help="element index, comma-separated (default: first)")
+    explain.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+
+    diagnose = model_command("diagnose", "which known mistake reproduces your numbers",
+                             command_diagnose)
+    diagnose.add_argument("--input", action="append", required=True, help="float32 .npy")
+    diagnose.add_argument("--theirs", required=True,
+                          help=".npy of your output: floats, or the quantized integers")
+    diagnose.add_argument("--layer", help="a Linear layer (your numbers for it, given its "
+                          "exact input); default: the model output")
+    diagnose.add_argument("--html", help="also write a self-contained HTML report here")
+    diagnose.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    diagnose.add_argument("--rtol", type=float, default=1e-5, help="float matching tolerance")
+    diagnose.add_argument("--atol", type=float, default=1e-6, help="float matching tolerance")
+
     info = commands.add_parser("info", help="engines, ISAs, and what this CPU runs")
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=command_info)
@@ -194,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return arguments.handler(arguments)
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except QexactError as error:
         if arguments.debug:
             raise

@@ -6,13 +6,9 @@ five ``torch.rand(1, 10)``) as
     out[j] = sum_h (xq[h] - zx) * (wq[j, h] - zw) * sx * sw + bias[j]          (the forum formula)
 
 and got numbers close to PyTorch's but not equal. ``run_forum_demo`` builds that model on an
-engine, runs PyTorch, qexact and the forum formula on one input, and walks each output element
-through the steps the formula skips, in the order PyTorch takes them:
-
-1. output requantization: the result is rounded to the grid of ``fc``'s output scale;
-2. clamping: outputs outside the range calibrated on five samples saturate at q = 0 or 255;
-3. (qnnpack) the bias is quantized to int32 at scale ``sx * sw`` before it is added;
-4. float32 arithmetic in the kernel's order (multiplier formed in float32, FMA or not).
+engine, runs PyTorch, qexact and the forum formula on one input, diagnoses the formula's numbers
+on a batch (``qexact.diagnose``: which known mistakes reproduce them) and explains the worst
+element step by step (``Net.explain``).
 
 The result is data (``ForumDemo``); ``qexact.cli`` renders it. Needs torch.
 """
@@ -23,33 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .diagnose import Diagnosis, diagnose
 from .errors import ImporterError
+from .explain import Explanation
 from .importers.torch import from_torch
 from .ops.quantize import quantize_per_tensor
-
-
-@dataclass(frozen=True)
-class ElementAccount:
-    """One output element: the output integer after each step the forum formula skips."""
-
-    index: int
-    forum: float              # the forum formula, float64
-    requantized_code: int     # step 1: round(forum / s_out) + z_out, not clamped
-    clamped_code: int         # step 2: clamped to [0, 255]
-    int32_bias_code: int      # step 3: with the bias quantized to int32 (qnnpack), else unchanged
-    code: int                 # step 4: PyTorch's (and qexact's) output integer
-    torch: float              # PyTorch's float32 output: f32(s_out * (code - z_out))
-    qexact: float
-
-    @property
-    def steps(self) -> list[tuple[str, int | None, int]]:
-        """(step, code before, code after) for each skipped step that changed the integer."""
-        chain = [("output requantization", None, self.requantized_code),
-                 ("clamp to the calibrated range", self.requantized_code, self.clamped_code),
-                 ("int32 bias", self.clamped_code, self.int32_bias_code),
-                 ("float32 arithmetic in kernel order", self.int32_bias_code, self.code)]
-        return [(name, before, after) for name, before, after in chain
-                if before is None or before != after]
 
 
 @dataclass(frozen=True)
@@ -68,12 +42,10 @@ class ForumDemo:
     output_scale: float
     output_zero_point: int
     bias_mode: str
-    elements: list[ElementAccount]
+    diagnosis: Diagnosis             # qexact.diagnose on the forum formula's numbers (the batch)
+    explanation: Explanation         # the worst element of the shown input, step by step
     checked_inputs: int
     checked_identical: int
-    forum_beyond_half_step: float    # checked outputs where |forum - PyTorch| > s_out / 2
-    forum_max_error: float
-    clipped_fraction: float          # outputs PyTorch clamps at q = 0 or 255
 
 
 def _build_forum_model(engine: str, seed: int):
@@ -140,35 +112,20 @@ def run_forum_demo(engine: str, seed: int = 7, checks: int = 1000) -> ForumDemo:
     x, batch = x.numpy(), batch.numpy()
     qexact_output = net(x)
     checked_identical = int(np.all(net(batch) == batch_torch, axis=1).sum())
-    batch_forum, _ = _forum_formula(net, batch)
-    batch_codes = net.run_quantized(batch).values
 
-    forum, acc = _forum_formula(net, x)
-    sw = np.asarray(layer.weight_scale, dtype=np.float64)
-    so, zo = layer.output_scale, layer.output_zero_point
-    requantized = np.rint(forum[0] / so) + zo
-    clamped = np.clip(requantized, 0, 255)
-    if layer.bias_mode.name == "INT32_AT_INPUT_SCALE":
-        with_int32 = ((acc + layer.bias) * (layer.input_scale * sw))[0]
-        int32_codes = np.clip(np.rint(with_int32 / so) + zo, 0, 255)
-    else:
-        int32_codes = clamped
-    codes = net.run_quantized(x).values[0]
-    elements = [
-        ElementAccount(j, float(forum[0, j]), int(requantized[j]), int(clamped[j]),
-                       int(int32_codes[j]), int(codes[j]), float(torch_output[0, j]),
-                       float(qexact_output[0, j]))
-        for j in range(forum.shape[1])
-    ]
+    forum, _ = _forum_formula(net, x)
+    batch_forum, _ = _forum_formula(net, batch)
+    diagnosis = diagnose(net, batch, batch_forum)
+    worst = int(np.argmax(np.abs(forum[0] - torch_output[0])))
+    explanation = net.explain(x, index=(0, worst))
     return ForumDemo(
         engine=engine, isa=net.isa, input_values=x[0], torch_output=torch_output[0],
         qexact_output=qexact_output[0], forum_output=forum[0].astype(np.float32),
         identical=bool(np.array_equal(qexact_output, torch_output)),
         input_scale=layer.input_scale, input_zero_point=layer.input_zero_point,
-        weight_scale=sw, weight_zero_point=np.asarray(layer.weight_zero_point),
-        output_scale=so, output_zero_point=zo, bias_mode=layer.bias_mode.value,
-        elements=elements, checked_inputs=checks, checked_identical=checked_identical,
-        forum_beyond_half_step=float(np.mean(np.abs(batch_forum - batch_torch) > so / 2)),
-        forum_max_error=float(np.abs(batch_forum - batch_torch).max()),
-        clipped_fraction=float(np.mean((batch_codes == 0) | (batch_codes == 255))),
+        weight_scale=np.asarray(layer.weight_scale), weight_zero_point=np.asarray(
+            layer.weight_zero_point), output_scale=layer.output_scale,
+        output_zero_point=layer.output_zero_point, bias_mode=layer.bias_mode.value,
+        diagnosis=diagnosis, explanation=explanation, checked_inputs=checks,
+        checked_identical=checked_identical,
     )
