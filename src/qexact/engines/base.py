@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from ..qparams import QParams
-from ..requantize import Step
+from ..requantize import AddInt, ClampInt, RoundHalfEvenToInt32, Step
 
 AVX512_VNNI = "avx512_vnni"
 AVX2 = "avx2"
@@ -120,6 +120,18 @@ class Engine:
 
     def __str__(self) -> str:
         return f"{self.name} ({self.isa})"
+
+
+def integer_output_steps(output: QParams, relu: bool) -> list[Step]:
+    """The SIMD epilogue tail FBGEMM and QNNPACK share: ``cvtps2dq``, then ``+ z_out`` and a clamp
+    in integers (``packs``/``packus`` saturation), raised to ``z_out`` by a fused ReLU."""
+    return [
+        RoundHalfEvenToInt32("round half to even (cvtps2dq)", role="round"),
+        AddInt("output zero point", term=int(output.zero_point)),
+        ClampInt("output range" + (" with fused ReLU" if relu else ""), role="output_clamp",
+                 low=int(output.zero_point) if relu else output.dtype.qmin,
+                 high=output.dtype.qmax),
+    ]
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..requantize import (AddFloat32, AddInt, ClampInt, FusedMultiplyAdd, MultiplyFloat32,
-                          RoundHalfEvenToInt32, ToFloat32)
+from ..requantize import AddFloat32, FusedMultiplyAdd, MultiplyFloat32, ToFloat32
 from ..rounding import f32
-from .base import AVX2, BiasMode, Engine, GemmNumerics, LayerQuantization, Requantization
+from .base import (AVX2, BiasMode, Engine, GemmNumerics, LayerQuantization, Requantization,
+                   integer_output_steps)
 
 
 def requantization(layer: LayerQuantization) -> Requantization:
@@ -40,14 +40,8 @@ def requantization(layer: LayerQuantization) -> Requantization:
             reciprocal = f32(1.0 / act_times_w_scale.astype(np.float64))
             steps.append(FusedMultiplyAdd("bias * 1/(s_x*s_w), fused multiply-add", role="bias",
                                           a=bias, b=reciprocal))
-    steps += [
-        MultiplyFloat32("multiplier M = f32(s_x*s_w) / s_out", factor=multiplier),
-        RoundHalfEvenToInt32("round half to even (cvtps2dq)", role="round"),
-        AddInt("output zero point", term=int(output.zero_point)),
-        ClampInt("output range" + (" with fused ReLU" if layer.relu else ""), role="output_clamp",
-                 low=int(output.zero_point) if layer.relu else output.dtype.qmin,
-                 high=output.dtype.qmax),
-    ]
+    steps.append(MultiplyFloat32("multiplier M = f32(s_x*s_w) / s_out", factor=multiplier))
+    steps += integer_output_steps(output, layer.relu)
     return Requantization(tuple(steps), bias, BiasMode.FLOAT32, (multiplier,))
 
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from ..dtypes import QINT32
 from ..ops.quantize import quantize_per_channel, quantize_per_tensor
-from ..requantize import (AddInt, AddInt32, ClampInt, MultiplyFloat32, RoundHalfEvenToInt32,
-                          ToFloat32)
+from ..requantize import AddInt32, MultiplyFloat32, ToFloat32
 from ..rounding import f32
-from .base import BiasMode, Engine, GemmNumerics, LayerQuantization, Requantization
+from .base import (BiasMode, Engine, GemmNumerics, LayerQuantization, Requantization,
+                   integer_output_steps)
 
 
 def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale) -> np.ndarray:
@@ -47,15 +47,9 @@ def requantization(layer: LayerQuantization) -> Requantization:
     if layer.bias is not None:
         bias = quantize_bias(layer.bias, layer.input_scale, weight.scale)
         steps.append(AddInt32("int32 bias, quantized at scale s_x*s_w", role="bias", term=bias))
-    steps += [
-        ToFloat32("to float32"),
-        MultiplyFloat32("scale = (s_w*s_x) * (1/s_out)", factor=scale),
-        RoundHalfEvenToInt32("round half to even (cvtps2dq)", role="round"),
-        AddInt("output zero point", term=int(output.zero_point)),
-        ClampInt("output range" + (" with fused ReLU" if layer.relu else ""), role="output_clamp",
-                 low=int(output.zero_point) if layer.relu else output.dtype.qmin,
-                 high=output.dtype.qmax),
-    ]
+    steps += [ToFloat32("to float32"),
+              MultiplyFloat32("scale = (s_w*s_x) * (1/s_out)", factor=scale)]
+    steps += integer_output_steps(output, layer.relu)
     return Requantization(tuple(steps), bias, BiasMode.INT32_AT_INPUT_SCALE, (scale,))
 
 

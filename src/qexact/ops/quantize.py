@@ -34,9 +34,9 @@ import numpy as np
 from ..dtypes import QINT32, QDType
 from ..errors import QuantParamError, ShapeError
 from ..qparams import QParams, QuantizedArray, qparams_from_fields
+from ..rounding import INT32_MIN, f32, fma_float32, round_half_even, wrap_int32
 from ..stages import Stage
 from ._registry import graph_op
-from ..rounding import INT32_MIN, f32, fma_float32, round_half_even, wrap_int32
 
 
 class ZeroPointEntry(enum.Enum):
