@@ -157,7 +157,7 @@ def test_stages_reproduce_every_node_element(model_name, engine):
     ops = {net.prepared_node(name).node.op for name in array_names}
     assert {"quantize", "linear", "dequantize"} <= ops
 
-    @settings(max_examples=6)
+    @settings(max_examples=4)
     @given(st.data())
     def walk(data):
         seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
@@ -325,11 +325,24 @@ def test_tiny_linear_json_and_formats():
 def test_non_finite_floats_are_strings_in_json():
     net = Net(tiny_graph(), "fbgemm", "avx2")
     x = np.float32([[np.nan, np.inf, -np.inf]])
-    explanation = net.explain(x, layer="quant", index=(0, 0))
+    explanation = net.explain(x, layer="fc", index=(0, 0))      # quantize stages of a whole row
     document = explanation.to_json()
     jsonschema.validate(document, EXPLAIN_SCHEMA)
     json.dumps(document, allow_nan=False)
-    assert document["output"] == 255                                  # NaN -> qmax
+    quantized = next(stage for stage in document["stages"]
+                     if stage["name"] == "input quantization: multiply-add")
+    assert quantized["result"] == ["nan", "inf", "-inf"]
+    assert document["stages"][2]["result"] == [255, 255, 0]           # NaN -> qmax
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_json_of_a_quantize_element(engine):
+    net = Net(tiny_graph(), engine, "avx2")
+    explanation = net.explain(TINY_X, layer="quant", index=(0, 2))
+    assert explanation.stages[-1].result == 17
+    document = explanation.to_json()
+    jsonschema.validate(document, EXPLAIN_SCHEMA)
+    assert document["stages"][1]["result"] == 17.0                      # fmaf(3.5, 2, 10)
 
 
 # --- Errors -------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def _render_demo(demo) -> str:
         "",
         demo.diagnosis.render("text"),
         "",
-        f"The worst element of the input above, step by step (Net.explain):",
+        "The worst element of the input above, step by step (Net.explain):",
         "",
         demo.explanation.render("text"),
     ]

@@ -17,7 +17,6 @@ stable; ``CATALOG`` lists them with their paragraphs.
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field, replace
 
@@ -34,8 +33,8 @@ from .graph import Net, Ref
 from .ops.linear import LinearParams, linear, prepare_linear
 from .ops.quantize import ZeroPointEntry, dequantize, quantize_values, reciprocal_float32
 from .qparams import QParams, QuantizedArray
-from .requantize import AddFloat32, AddInt32, ClampInt, Step, ToFloat32, requantize
-from .rounding import f32, round_half_away, round_half_even, round_toward_zero, wrap_int32
+from .requantize import AddFloat32, AddInt32, ClampInt, Step, ToFloat32
+from .rounding import f32, round_half_away, round_half_even, round_toward_zero
 
 MIN_PRECISION = 0.9
 MAX_COMBINED = 3

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -120,7 +120,7 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
     if isinstance(value, np.ndarray):
-        return [_jsonable(item) for item in value.tolist()]
+        return _jsonable(value[()]) if value.ndim == 0 else [_jsonable(item) for item in value]
     if isinstance(value, (np.floating, float)):
         number = float(value)
         return number if math.isfinite(number) else str(number)

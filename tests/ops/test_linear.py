@@ -4,9 +4,9 @@ Sections (style.md 8.4): goldens (none yet: no goldens directory exists), proper
 differential against PyTorch (random cases per engine, exhaustive accumulator sweeps built on
 rounding boundaries, int16 pair saturation). Every comparison is exact (``assert_bitexact``).
 
-The default ISA is ``qexact.detect_isa()``, i.e. what PyTorch runs in this process. The known
-open issue: oneDNN on AVX2 forms int16 pairs per K block (K > 256, K % 4 != 0); qexact does not
-model it yet, so those cases live in their own ``xfail(strict=False)`` tests.
+The default ISA is ``qexact.detect_isa()``, i.e. what PyTorch runs in this process. oneDNN on
+AVX2 forms int16 pairs per K block (K > 256, K % 4 != 0) and combines its input and weight scales;
+``test_linear_random_onednn_kblocking_vs_torch`` and the reproducer below hold both.
 """
 
 from __future__ import annotations
@@ -23,28 +23,10 @@ from support.torch_ref import qexact_linear, torch_linear
 import qexact
 from qexact import QINT8, QUINT8, QParams, QuantParamError, ShapeError
 from qexact.ops.linear import linear_accumulator
-from qexact.requantize import MultiplyFloat32, RoundHalfEvenToInt32, requantize, trace_requantize
-from qexact.rounding import f32
+from qexact.requantize import RoundHalfEvenToInt32, trace_requantize
 
 ENGINE_NAMES = ("fbgemm", "x86", "qnnpack", "onednn")
 RANDOM_CASES_PER_ENGINE = 2000
-KBLOCK_REASON = "oneDNN AVX2 K-blocking of int16 pairs not modelled yet"
-COMBINED_SCALE_REASON = (
-    "oneDNN on AVX2 (gemm_x8s8s32x matmul, not brgemm) multiplies the accumulator by the combined "
-    "f32(s_in * s_w') in one step; qexact applies s_in then s_w' separately (semantics.md 2.3, "
-    "measured on AVX512-VNNI); see test_onednn_avx2_combined_scale_reproducer")
-ONEDNN_COMBINED_SCALE_SWEEPS = ("grid_bias_decimal_per_channel", "output_saturates_both_ends",
-                                "huge_bias_qint32_wraps")
-
-
-def xfail_onednn_combined_scale(request, engine):
-    """Mark a test known to hit the oneDNN AVX2 combined-scale mismatch (strict: it must fail, and
-    only with OnednnCombinedScaleMismatch; any other failure stays a failure)."""
-    if engine == "onednn" and qexact.detect_isa() == "avx2":
-        request.applymarker(pytest.mark.xfail(strict=True, raises=OnednnCombinedScaleMismatch,
-                                              reason=COMBINED_SCALE_REASON))
-
-
 SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 
 
@@ -53,47 +35,19 @@ def allows_weight_zero_point(engine: str) -> bool:
 
 
 def onednn_kblocking_case(engine: str, full_range: bool, depth: int) -> bool:
-    """The known unmodelled case: oneDNN, AVX2, activations above 127, K > 256, K % 4 != 0."""
+    """oneDNN on AVX2 with activations above 127, K > 256, K % 4 != 0: pairs per K block."""
     return (engine == "onednn" and qexact.detect_isa() == "avx2" and full_range
             and depth > 256 and depth % 4 != 0)
 
 
-class OnednnCombinedScaleMismatch(Exception):
-    """qexact differs from PyTorch's oneDNN on AVX2 exactly as the combined-scale model predicts
-    (see COMBINED_SCALE_REASON). Any other mismatch is an AssertionError (a real failure)."""
-
-
-def onednn_combined_scale_model(x, x_qp, w, w_qp, bias, out_qp, relu):
-    """qexact's oneDNN steps with the src and weight scales multiplied first: f32(s_in * s_w')."""
-    params = qexact.prepare_linear(w, w_qp, bias, x_qp, out_qp, relu=relu, engine="onednn")
-    steps = list(params.requantization)
-    assert all(isinstance(step, MultiplyFloat32) for step in steps[1:3]), steps
-    combined = f32(np.float32(steps[1].factor) * np.asarray(steps[2].factor, np.float32))
-    steps[1:3] = [MultiplyFloat32("combined src*wei scale", factor=combined)]
-    acc = linear_accumulator(x.reshape(-1, w.shape[1]), params)
-    return requantize(acc, tuple(steps), np.uint8).reshape(x.shape[:-1] + (w.shape[0],))
-
-
 def check_vs_torch(engine, x, x_qp, w, w_qp, bias, out_qp, relu, isa=None, context=""):
-    """One case, both sides, bit for bit. Returns the torch output.
-
-    On oneDNN/AVX2, a mismatch that the combined-scale model reproduces bit for bit raises
-    ``OnednnCombinedScaleMismatch`` (tests expecting it are xfail(strict, raises=...)); any other
-    mismatch fails with ``assert_bitexact``'s report."""
+    """One case, both sides, bit for bit. Returns the torch output."""
     import torch
 
     expected = torch_linear(x, x_qp, w, w_qp, bias, out_qp, relu)
     actual = qexact_linear(x, x_qp, w, w_qp, bias, out_qp, relu, engine, isa=isa)
     message = (f"{engine} (torch {torch.__version__}, backend {torch.backends.quantized.engine}, "
                f"isa {isa or qexact.detect_isa()}) {context}")
-    if (engine == "onednn" and (isa or qexact.detect_isa()) == "avx2"
-            and not np.array_equal(actual, expected)
-            and np.array_equal(onednn_combined_scale_model(x, x_qp, w, w_qp, bias, out_qp, relu),
-                               expected)):
-        mismatch = OnednnCombinedScaleMismatch(
-            f"{message}: {int((actual != expected).sum())} of {expected.size} elements differ")
-        mismatch.expected = expected
-        raise mismatch
     assert_bitexact(actual, expected, message)
     return expected
 
@@ -204,49 +158,34 @@ def linear_cases(draw, engine, kblocking=False):
 
 
 def run_random_cases(engine, report, examples, kblocking=False):
-    """Run ``examples`` hypothesis cases; returns how many ran. Known oneDNN/AVX2 combined-scale
-    mismatches are counted and raised once at the end, so every case still runs."""
+    """Run ``examples`` hypothesis cases; returns how many ran."""
     stats = report[f"{engine}{' kblocking' if kblocking else ''}"]
-    combined_scale = []
-    # no shrinking for the known-failing K-blocking cases: a failure there is expected
-    phases = (Phase.explicit, Phase.generate) if kblocking else tuple(Phase)
 
-    @settings(max_examples=examples, suppress_health_check=SUPPRESS, phases=phases)
+    @settings(max_examples=examples, suppress_health_check=SUPPRESS)
     @given(case=linear_cases(engine, kblocking))
     def check(case):
         label = case.pop("label")
         stats["cases"] += 1
-        try:
-            expected = check_vs_torch(engine, **case, context=label)
-        except OnednnCombinedScaleMismatch as mismatch:
-            combined_scale.append(str(mismatch))
-            stats["combined_scale_mismatched_cases"] += 1
-            expected = mismatch.expected
+        expected = check_vs_torch(engine, **case, context=label)
         stats["elements"] += expected.size
         stats["unsaturated_elements"] += int(((expected > 0) & (expected < 255)).sum())
 
     before = stats["cases"]
     check()
-    if combined_scale:
-        raise OnednnCombinedScaleMismatch(
-            f"{len(combined_scale)} cases differ as the combined-scale model predicts; first: "
-            + combined_scale[0])
     return stats["cases"] - before
 
 
 @pytest.mark.torch
-def test_linear_random_vs_torch(engine, report, request):
+def test_linear_random_vs_torch(engine, report):
     """>= 2,000 random Linear/LinearReLU cases per engine, every output byte equal to PyTorch."""
-    xfail_onednn_combined_scale(request, engine)
     ran = run_random_cases(engine, report, RANDOM_CASES_PER_ENGINE)
     assert ran >= RANDOM_CASES_PER_ENGINE
 
 
 @pytest.mark.torch
-@pytest.mark.xfail(strict=False, reason=KBLOCK_REASON)
 @pytest.mark.parametrize("engine", ["onednn"], indirect=True)
 def test_linear_random_onednn_kblocking_vs_torch(engine, report):
-    """Full-range activations with K in (256, 512], K % 4 != 0 on oneDNN (the open issue)."""
+    """Full-range activations with K in (256, 512], K % 4 != 0 on oneDNN: pairs per K block."""
     if qexact.detect_isa() != "avx2":
         pytest.skip("K-blocking of int16 pairs only matters without VNNI")
     run_random_cases(engine, report, 100, kblocking=True)
@@ -337,10 +276,8 @@ SWEEPS = {
 
 @pytest.mark.torch
 @pytest.mark.parametrize("name", list(SWEEPS))
-def test_linear_boundary_sweep_vs_torch(engine, name, report, request):
+def test_linear_boundary_sweep_vs_torch(engine, name, report):
     """Each configuration evaluated on all 65,281 accumulators in [-32640, 32640] per channel."""
-    if name in ONEDNN_COMBINED_SCALE_SWEEPS:
-        xfail_onednn_combined_scale(request, engine)
     s_x, s_w, s_out, z_out, bias_units, relu, expect_ties = SWEEPS[name]
     per_channel = isinstance(s_w, list)
     channels = len(s_w) if per_channel else (len(bias_units) if bias_units is not None else 4)
@@ -412,13 +349,12 @@ def test_linear_boundary_sweep_random_scales_vs_torch(engine, report):
 
 
 @pytest.mark.torch
-@pytest.mark.xfail(condition=qexact.detect_isa() == "avx2", strict=True,
-                   raises=OnednnCombinedScaleMismatch, reason=COMBINED_SCALE_REASON)
 @pytest.mark.parametrize("engine", ["onednn"], indirect=True)
 def test_onednn_avx2_combined_scale_reproducer(engine):
-    """Minimal reproducer: one element. x = [0, 9, 0, 113], w = [127, -128, 1, -1] (acc = -1265),
-    s_x = 0.05, z_x = 0, s_w = 0.02, z_w = 0, s_out = 0.01, z_out = 128, no bias, no ReLU.
-    PyTorch (onednn, AVX2) gives 1 = the combined-scale model; qexact gives 2."""
+    """One element where the scale order shows: x = [0, 9, 0, 113], w = [127, -128, 1, -1]
+    (acc = -1265), s_x = 0.05, s_w = 0.02, s_out = 0.01, z_out = 128. PyTorch's oneDNN on AVX2
+    (gemm:jit, one combined factor f32(s_in * s_w')) gives 1; applying the two scales one by one
+    (brgemm, VNNI) would give 2."""
     x = np.array([[0, 9, 0, 113]], np.uint8)
     args = (QParams.per_tensor(0.05, 0, QUINT8), ACC_WEIGHTS[None],
             QParams.per_tensor(0.02, 0, QINT8), None, QParams.per_tensor(0.01, 128, QUINT8),
@@ -479,10 +415,7 @@ SATURATION_DEPTHS = [1, 2, 3, 4, 5, 64, 255, 256, 257, 258, 259, 260, 384, 511, 
 def saturation_params():
     for depth in SATURATION_DEPTHS:
         for engine in ENGINE_NAMES:
-            marks = ()
-            if engine == "onednn" and depth > 256 and depth % 4:
-                marks = (pytest.mark.xfail(strict=False, reason=KBLOCK_REASON),)
-            yield pytest.param(engine, depth, marks=marks, id=f"{engine}-K{depth}")
+            yield pytest.param(engine, depth, id=f"{engine}-K{depth}")
 
 
 @pytest.mark.torch
@@ -517,10 +450,7 @@ PAIR_PROBE_DEPTHS = [2, 3, 4, 5, 64, 255, 256, 257, 258, 259, 260, 262, 384, 511
 def pair_probe_params():
     for depth in PAIR_PROBE_DEPTHS:
         for engine in ENGINE_NAMES:
-            marks = ()
-            if engine == "onednn" and depth > 256 and depth % 4:
-                marks = (pytest.mark.xfail(strict=False, reason=KBLOCK_REASON),)
-            yield pytest.param(engine, depth, marks=marks, id=f"{engine}-K{depth}")
+            yield pytest.param(engine, depth, id=f"{engine}-K{depth}")
 
 
 @pytest.mark.torch
@@ -542,8 +472,11 @@ def test_linear_pair_structure_probe_vs_torch(engine, depth, report):
     expected = check_vs_torch(engine, x, *args, context=f"pair probe K={depth}")
     report[f"{engine} saturation"]["cases"] += 1
     report[f"{engine} saturation"]["elements"] += expected.size
-    if qexact.detect_isa() == "avx2" and engine != "qnnpack":  # pairs (2t, 2t+1) saturate
-        assert set(expected[0, 0::2]) == {64} and set(expected[0, 1::2]) <= {127}
+    params = qexact.prepare_linear(w, args[2], None, args[0], args[4], engine=engine)
+    if params.pair_saturation and depth > 1:  # channel i is 64 iff (i, i+1) is a pair
+        pairs = {tuple(pair) for pair in params.pair_positions.tolist()}
+        saturated = np.array([(i, i + 1) in pairs for i in range(depth - 1)])
+        assert_bitexact(expected[0], np.where(saturated, 64, 127).astype(np.uint8), "pairs")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ src/cpu/x64/brgemm/jit_brgemm_kernel.cpp ``store_accumulators_apply_post_ops``:
 
 Non-zero weight zero points are refused, as ``PackedLinearWeightsOnednn::prepack`` does.
 
-Without VNNI (``avx2``) the int8 ``gemm:jit`` driver sums u8 x s8 pairs with int16 saturation, in
+Without VNNI (``avx2``) oneDNN runs its int8 ``gemm:jit`` matmul instead of brgemm. It multiplies
+the accumulator by one combined factor ``f32(s_in * s_w')`` (measured; brgemm applies the two
+one by one), and its driver sums u8 x s8 pairs with int16 saturation, in
 K blocks (src/cpu/x64/gemm/gemm_driver.cpp ``get_k_padd``; AVX2 s8u8s32 blocking ``bk = 384``,
 ``bk_traditional = 256`` in gemm_info.cpp): one block up to K = 256, two halves of ceil(K/2) below
 K = 768, blocks of 384 beyond. Pairs start at each block's start; this moves the pairing only when
@@ -24,12 +26,15 @@ not enter (measured K = 1..2100, M up to 200, N up to 1024, 1 and 2 threads).
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from ..requantize import (AddFloat32, ClampFloat32, MultiplyFloat32, RoundHalfEvenToInt32,
                           ToFloat32)
 from ..rounding import f32
-from .base import AVX2, BiasMode, Engine, GemmNumerics, LayerQuantization, Requantization
+from .base import (AVX2, AVX512_VNNI, BiasMode, Engine, GemmNumerics, LayerQuantization,
+                   Requantization)
 
 
 def _round_trip(scale_float32_reciprocal) -> np.ndarray:
@@ -37,7 +42,9 @@ def _round_trip(scale_float32_reciprocal) -> np.ndarray:
     return f32(1.0 / np.asarray(scale_float32_reciprocal, dtype=np.float32).astype(np.float64))
 
 
-def requantization(layer: LayerQuantization) -> Requantization:
+def requantization(layer: LayerQuantization, combined_scales: bool = False) -> Requantization:
+    """The post-ops; ``combined_scales``: one factor ``f32(s_in * s_w')`` (the AVX2 gemm:jit
+    path), else the two scales applied one by one (brgemm)."""
     weight = layer.weight_qparams
     output = layer.output_qparams
     input_scale = _round_trip(f32(1.0 / layer.input_scale))
@@ -47,11 +54,16 @@ def requantization(layer: LayerQuantization) -> Requantization:
         weight_scale = _round_trip(f32(1.0 / weight.scale))
     output_scale = f32(np.float32(1.0) / f32(1.0 / output.scale))
     inverse_output_scale = f32(np.float32(1.0) / output_scale)
-    steps = [
-        ToFloat32("accumulator to float32"),
-        MultiplyFloat32("input scale (reciprocal round trip)", factor=input_scale),
-        MultiplyFloat32("weight scale (reciprocal round trip)", factor=weight_scale),
-    ]
+    steps = [ToFloat32("accumulator to float32")]
+    if combined_scales:
+        combined = f32(input_scale * weight_scale)
+        steps.append(MultiplyFloat32("s_in * s_w' (reciprocal round trips), one factor",
+                                     factor=combined))
+        multipliers = (combined,)
+    else:
+        steps += [MultiplyFloat32("input scale (reciprocal round trip)", factor=input_scale),
+                  MultiplyFloat32("weight scale (reciprocal round trip)", factor=weight_scale)]
+        multipliers = (input_scale, weight_scale)
     bias = None
     if layer.bias is not None:
         bias = f32(layer.bias)
@@ -65,8 +77,8 @@ def requantization(layer: LayerQuantization) -> Requantization:
                      high=float(output.dtype.qmax)),
         RoundHalfEvenToInt32("round half to even (cvtps2dq)", role="round"),
     ]
-    multipliers = (input_scale, weight_scale, inverse_output_scale)
-    return Requantization(tuple(steps), bias, BiasMode.FLOAT32, multipliers)
+    return Requantization(tuple(steps), bias, BiasMode.FLOAT32,
+                          multipliers + (inverse_output_scale,))
 
 
 def k_block_starts(depth: int) -> tuple[int, ...]:
@@ -80,17 +92,27 @@ def k_block_starts(depth: int) -> tuple[int, ...]:
     return tuple(range(0, depth, max(block, 1)))
 
 
-ONEDNN_MATMUL = GemmNumerics(
-    name="onednn",
-    source="oneDNN brgemm matmul via ideep",
+ONEDNN_BRGEMM_MATMUL = GemmNumerics(
+    name="onednn brgemm",
+    source="oneDNN brgemm matmul via ideep (AVX512-VNNI)",
+    bias_mode=BiasMode.FLOAT32,
+    pair_saturation_isas=frozenset(),
+    allows_weight_zero_point=False,
+    requantization=requantization,
+)
+
+ONEDNN_GEMM_JIT_MATMUL = GemmNumerics(
+    name="onednn gemm:jit",
+    source="oneDNN int8 gemm:jit matmul via ideep (no VNNI)",
     bias_mode=BiasMode.FLOAT32,
     pair_saturation_isas=frozenset({AVX2}),
     allows_weight_zero_point=False,
-    requantization=requantization,
+    requantization=partial(requantization, combined_scales=True),
     pair_block_starts=k_block_starts,
 )
 
 
 def engine(isa: str) -> Engine:
-    return Engine("onednn", isa, linear=ONEDNN_MATMUL,
-                  description="oneDNN kernels through ideep")
+    """oneDNN picks brgemm on VNNI CPUs and its int8 ``gemm:jit`` elsewhere (ONEDNN_VERBOSE)."""
+    linear = ONEDNN_BRGEMM_MATMUL if isa == AVX512_VNNI else ONEDNN_GEMM_JIT_MATMUL
+    return Engine("onednn", isa, linear=linear, description="oneDNN kernels through ideep")

@@ -12,7 +12,7 @@ torch is imported only inside these functions: ``import qexact`` never imports t
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
