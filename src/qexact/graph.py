@@ -74,9 +74,10 @@ class Net:
     - ``net.engine``, ``net.graph``.
     """
 
-    def __init__(self, graph: Graph, engine: Engine | str, isa: str | None = None):
+    def __init__(self, graph: Graph, engine: Engine | str, isa: str | None = None,
+                 aten_capability: str | None = None):
         self.graph = graph
-        self.engine = get_engine(engine, isa)
+        self.engine = get_engine(engine, isa, aten_capability)
         load_all_ops()
         self._prepared = self._prepare()
 

@@ -54,7 +54,8 @@ def _decode_input(item):
     raise FormatError(f"bad node input {item!r}")
 
 
-def graph_to_json(graph: Graph, engine: str, isa: str) -> tuple[dict, dict[str, np.ndarray]]:
+def graph_to_json(graph: Graph, engine: str, isa: str,
+                  aten_capability: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """The graph as a JSON document plus its arrays, keyed ``<node>.<array>``."""
     from . import __version__
 
@@ -67,7 +68,8 @@ def graph_to_json(graph: Graph, engine: str, isa: str) -> tuple[dict, dict[str, 
                       "inputs": [_encode_input(item) for item in node.inputs],
                       "attrs": node.attrs, "arrays": sorted(node.arrays), "source": node.source})
     document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "engine": engine,
-                "isa": isa, "torch_version": graph.metadata.get("torch_version"),
+                "isa": isa, "aten_capability": aten_capability,
+                "torch_version": graph.metadata.get("torch_version"),
                 "qexact_version": __version__, "metadata": graph.metadata,
                 "inputs": list(graph.inputs), "outputs": [ref.name for ref in graph.outputs],
                 "nodes": nodes}
@@ -76,7 +78,8 @@ def graph_to_json(graph: Graph, engine: str, isa: str) -> tuple[dict, dict[str, 
 
 def save(net: Net, path: str | os.PathLike) -> None:
     """Write ``net`` (graph, engine, isa, versions) to ``path`` as a safetensors file."""
-    document, tensors = graph_to_json(net.graph, net.engine.name, net.engine.isa)
+    document, tensors = graph_to_json(net.graph, net.engine.name, net.engine.isa,
+                                      net.engine.aten_capability)
     header = {"__metadata__": {"qexact": json.dumps(document, sort_keys=True)}}
     offset = 0
     blobs = []
@@ -166,10 +169,13 @@ def load(path: str | os.PathLike, engine: str | None = None, isa: str | None = N
     graph = graph_from_json(document, arrays)
     engine = engine or document.get("engine")
     isa = isa or document.get("isa")
-    if not isinstance(engine, str) or not isinstance(isa, str):
-        raise FormatError(f"engine {engine!r} and isa {isa!r} must be strings")
+    aten_capability = document.get("aten_capability")
+    if not isinstance(engine, str) or not isinstance(isa, str) or not isinstance(
+            aten_capability, (str, type(None))):
+        raise FormatError(f"engine {engine!r}, isa {isa!r} and aten_capability "
+                          f"{aten_capability!r} must be strings")
     try:
-        return Net(graph, engine, isa)
+        return Net(graph, engine, isa, aten_capability)
     except (UnsupportedError, FormatError):
         raise
     except QexactError as error:

@@ -63,6 +63,27 @@ def detect_isa() -> str:
     return AVX2
 
 
+ATEN_CAPABILITIES = ("avx512", "avx2", "default")
+"""ATen's CPU capability (``torch.backends.cpu.get_cpu_capability()``): the SIMD width of its
+elementwise quantized kernels (64-byte vectors on avx512, 32 on avx2), which decides where the
+vectorized body of a tensor ends and its scalar tail begins."""
+
+
+def detect_aten_capability() -> str:
+    """What ATen dispatches to in a process started now: ``ATEN_CPU_CAPABILITY`` can lower it."""
+    flags = cpu_flags()
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        best = "avx512"
+    elif {"avx2", "fma"} <= flags:
+        best = "avx2"
+    else:
+        best = "default"
+    requested = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if requested in ATEN_CAPABILITIES and ATEN_CAPABILITIES.index(requested) > ATEN_CAPABILITIES.index(best):
+        return requested
+    return best
+
+
 def check_isa(isa: str) -> str:
     if isa not in ISAS:
         raise UnsupportedError(f"isa {isa!r} is not supported; supported: {list(ISAS)}")
@@ -117,6 +138,7 @@ class Engine:
     isa: str
     linear: GemmNumerics
     description: str
+    aten_capability: str = "avx2"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.isa})"

@@ -11,7 +11,6 @@ torch is imported only inside these functions: ``import qexact`` never imports t
 
 from __future__ import annotations
 
-import operator
 from typing import Callable
 
 import numpy as np
@@ -47,13 +46,29 @@ def _import_torch():
 
 
 def _resolve(path: str):
-    module_name, _, attribute = path.rpartition(".")
+    """The object at a dotted path (``torch.ao.nn.quantized.Linear``, ``torch.ops.quantized.add``),
+    or None where this torch has none."""
     import importlib
 
+    parts = path.split(".")
     try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError):
+        value = importlib.import_module(parts[0])
+        for part in parts[1:]:
+            value = getattr(value, part)
+    except (ImportError, AttributeError, RuntimeError):
         return None
+    return value
+
+
+HANDLER_MODULES = ()
+"""Modules of this package that register more handlers (one per op family), loaded by capture."""
+
+
+def _load_handler_modules() -> None:
+    import importlib
+
+    for module in HANDLER_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
 
 
 def supported_modules() -> list[str]:
@@ -129,46 +144,82 @@ def _flatten(module, name, inputs):
 
 # --- Functions and methods called in forward --------------------------------------------------
 
+_FUNCTION_HANDLERS: list[tuple[str, Callable]] = []
+"""(dotted path of a function, handler) pairs: ``torch.flatten``, ``torch.ops.quantized.add``."""
+_METHOD_HANDLERS: dict[str, Callable] = {}
+
+
+def function_handler(*paths: str):
+    """Register ``handler(name, args, kwargs) -> Node`` for calls of these functions."""
+
+    def register(handler):
+        for path in paths:
+            _FUNCTION_HANDLERS.append((path, handler))
+        return handler
+
+    return register
+
+
+def method_handler(*names: str):
+    """Register ``handler(name, args, kwargs) -> Node`` for these tensor methods."""
+
+    def register(handler):
+        for method in names:
+            _METHOD_HANDLERS[method] = handler
+        return handler
+
+    return register
+
+
+def _flatten_node(name, args, kwargs) -> Node:
+    return Node(name, "flatten", args[:1], {"start_dim": _arg(args, kwargs, 1, "start_dim", 0),
+                                            "end_dim": _arg(args, kwargs, 2, "end_dim", -1)})
+
+
+def _reshape_node(name, args, kwargs) -> Node:
+    return Node(name, "reshape", (args[0], *_sizes(args[1:], kwargs.get("shape"))))
+
+
+def _first_input(op: str):
+    def handler(name, args, kwargs) -> Node:
+        return Node(name, op, args[:1])
+
+    return handler
+
+
+function_handler("torch.flatten")(_flatten_node)
+function_handler("torch.reshape")(_reshape_node)
+function_handler("torch.relu", "torch.relu_", "torch.nn.functional.relu")(_first_input("relu"))
+function_handler("torch.nn.functional.dropout")(_first_input("identity"))
+function_handler("operator.getitem")(lambda name, args, kwargs: Node(name, "getitem", tuple(args)))
+method_handler("flatten")(_flatten_node)
+method_handler("view", "reshape")(_reshape_node)
+method_handler("relu", "relu_")(_first_input("relu"))
+method_handler("contiguous")(_first_input("identity"))
+method_handler("dequantize")(_first_input("dequantize"))
+method_handler("size")(lambda name, args, kwargs: Node(
+    name, "size", args[:1], {"dim": _arg(args, kwargs, 1, "dim", None)}))
+
 
 def _function_node(name: str, function, args, kwargs) -> Node:
-    torch = _import_torch()
-    functional = torch.nn.functional
-    if function in (torch.flatten,):
-        return Node(name, "flatten", args[:1], {"start_dim": _arg(args, kwargs, 1, "start_dim", 0),
-                                                "end_dim": _arg(args, kwargs, 2, "end_dim", -1)})
-    if function in (torch.relu, functional.relu, torch.relu_):
-        return Node(name, "relu", args[:1])
-    if function is torch.reshape:
-        return Node(name, "reshape", (args[0], *_sizes(args[1:], kwargs.get("shape"))))
-    if function is functional.dropout:
-        return Node(name, "identity", args[:1])
-    if function is operator.getitem:
-        return Node(name, "getitem", tuple(args))
+    for path, handler in _FUNCTION_HANDLERS:
+        target = _resolve(path)
+        if target is not None and function is target:
+            return handler(name, args, kwargs)
     raise UnsupportedError(
         f"function {getattr(function, '__module__', '')}.{getattr(function, '__name__', function)} "
-        f"is not supported; supported functions: torch.flatten, torch.relu, F.relu, "
-        f"torch.reshape, F.dropout, indexing of shapes"
+        f"is not supported; supported functions: {', '.join(sorted({p for p, _ in _FUNCTION_HANDLERS}))}"
     )
 
 
 def _method_node(name: str, method: str, args, kwargs) -> Node:
-    if method == "flatten":
-        return Node(name, "flatten", args[:1], {"start_dim": _arg(args, kwargs, 1, "start_dim", 0),
-                                                "end_dim": _arg(args, kwargs, 2, "end_dim", -1)})
-    if method in ("view", "reshape"):
-        return Node(name, "reshape", (args[0], *_sizes(args[1:], kwargs.get("shape"))))
-    if method == "size":
-        return Node(name, "size", args[:1], {"dim": _arg(args, kwargs, 1, "dim", None)})
-    if method in ("relu", "relu_"):
-        return Node(name, "relu", args[:1])
-    if method == "contiguous":
-        return Node(name, "identity", args[:1])
-    if method == "dequantize":
-        return Node(name, "dequantize", args[:1])
-    raise UnsupportedError(
-        f"tensor method .{method}() is not supported; supported methods: flatten, view, reshape, "
-        "size, relu, contiguous, dequantize"
-    )
+    handler = _METHOD_HANDLERS.get(method)
+    if handler is None:
+        raise UnsupportedError(
+            f"tensor method .{method}() is not supported; supported methods: "
+            f"{', '.join(sorted(_METHOD_HANDLERS))}"
+        )
+    return handler(name, args, kwargs)
 
 
 def _arg(args, kwargs, index, keyword, default):
@@ -193,6 +244,7 @@ def capture(model) -> Graph:
     if not isinstance(model, torch.nn.Module):
         raise ImporterError(f"expected a torch.nn.Module, got {type(model).__name__}")
     model = model.eval()
+    _load_handler_modules()
     try:
         traced = torch.fx.Tracer().trace(model)
     except Exception as error:  # torch.fx raises many types
