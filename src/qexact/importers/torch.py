@@ -60,7 +60,7 @@ def _resolve(path: str):
     return value
 
 
-HANDLER_MODULES = ()
+HANDLER_MODULES = ("torch_conv", "torch_elementwise", "torch_pooling", "torch_normalization")
 """Modules of this package that register more handlers (one per op family), loaded by capture."""
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-OP_MODULES = ("quantize", "linear", "activations", "shape")
+OP_MODULES = ("quantize", "linear", "activations", "shape", "conv", "elementwise", "pooling",
+              "normalization")
 
 
 def load_all_ops() -> None:

@@ -1,0 +1,1 @@
+"""(in progress) torch import handlers for pooling ops."""
