@@ -21,8 +21,18 @@ WIDTH = 80
 
 
 def _load_model(path: str, engine: str | None, isa: str | None):
+    """A qexact model file, or a TorchScript file (a zip archive; needs torch)."""
     from .serialization import load
 
+    try:
+        with open(path, "rb") as file:
+            is_zip = file.read(4) == b"PK\x03\x04"
+    except OSError as error:
+        raise QexactError(f"cannot read {path!r}: {error.strerror}") from None
+    if is_zip:
+        from .importers.torch import from_torch
+
+        return from_torch(path, engine=engine, isa=isa)
     return load(path, engine=engine, isa=isa)
 
 
@@ -205,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_command(name, help_text, handler):
         command = commands.add_parser(name, help=help_text)
-        command.add_argument("model", help="a model saved with qexact.save")
+        command.add_argument("model", help="a model saved with qexact.save, or a TorchScript "
+                             "file (torch.jit.save; needs torch)")
         command.add_argument("--engine", help="override the saved engine")
         command.add_argument("--isa", choices=["avx512_vnni", "avx2"], help="override the saved ISA")
         command.add_argument("--json", action="store_true", help="machine-readable output")

@@ -131,6 +131,59 @@ class GemmNumerics:
 
 
 @dataclass(frozen=True)
+class ConvGeometry:
+    """What decides a convolution's kernel: shapes and hyper-parameters as the backend sees them
+    (a Conv1d is the 2-D convolution PyTorch runs: kernel ``(1, k)``)."""
+
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    symmetric_weights: bool
+    output_padding: tuple[int, ...] = ()
+    transposed: bool = False
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.kernel_size)
+
+
+PAD_ZERO_POINT = "input zero point"
+PAD_ZERO = "zero"
+
+
+@dataclass(frozen=True)
+class ConvKernel:
+    """The convolution kernel an engine runs for one geometry, and how its accumulator is formed.
+
+    The exact accumulator is ``sum (x - z_x)(w - z_w)`` over the receptive field, padded taps
+    holding ``z_x`` (so they add 0). Where the kernel saturates int16 pairs (``pair_saturation_isas``),
+    the pairs are formed on raw values in the order of a group's im2col row ``(taps..., channel)``
+    with the channel fastest: from the row's start (``pairs_per_tap`` False: a pair may join the
+    last channel of one tap to the first of the next), or from each tap's first channel
+    (``pairs_per_tap`` True); ``padded_tap`` is the raw value a padded tap holds in those pairs.
+    ``numerics`` gives the bias handling and the requantization (per output channel).
+    """
+
+    name: str
+    source: str
+    numerics: GemmNumerics
+    pair_saturation_isas: frozenset[str]
+    pairs_per_tap: bool = False
+    padded_tap: str = PAD_ZERO_POINT
+
+    def saturates_pairs(self, isa: str) -> bool:
+        return isa in self.pair_saturation_isas
+
+
+def _no_conv(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    raise UnsupportedError("this engine has no quantized convolution")
+
+
+@dataclass(frozen=True)
 class Engine:
     """A PyTorch quantized engine on one ISA: which kernel numerics each op uses."""
 
@@ -139,6 +192,12 @@ class Engine:
     linear: GemmNumerics
     description: str
     aten_capability: str = "avx2"
+    conv: Callable[[ConvGeometry, str], ConvKernel] = _no_conv
+    """``conv(geometry, isa)``: the convolution kernel PyTorch runs (see ``conv_kernel``)."""
+
+    def conv_kernel(self, geometry: ConvGeometry) -> ConvKernel:
+        """The kernel (and its numerics) this engine runs for a convolution of ``geometry``."""
+        return self.conv(geometry, self.isa)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.isa})"

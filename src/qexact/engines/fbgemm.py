@@ -20,8 +20,8 @@ import numpy as np
 
 from ..requantize import AddFloat32, FusedMultiplyAdd, MultiplyFloat32, ToFloat32
 from ..rounding import f32
-from .base import (AVX2, BiasMode, Engine, GemmNumerics, LayerQuantization, Requantization,
-                   integer_output_steps)
+from .base import (AVX2, AVX512_VNNI, BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics,
+                   LayerQuantization, Requantization, integer_output_steps)
 
 
 def requantization(layer: LayerQuantization) -> Requantization:
@@ -55,6 +55,67 @@ FBGEMM_GEMM = GemmNumerics(
 )
 
 
+def _all(values, wanted) -> bool:
+    return all(value in wanted for value in values)
+
+
+def is_depthwise(geometry: ConvGeometry) -> bool:
+    """FBGEMM src/FbgemmConv.cc ``takeDepthWiseFastPath``: one channel per group, G % 8 == 0,
+    stride 1 or 2, a cubic 3 (or 2-D 5) kernel, dilation 1, "same" padding (K - 1) / 2."""
+    kernel = geometry.kernel_size
+    return (geometry.groups == geometry.in_channels == geometry.out_channels
+            and geometry.groups % 8 == 0 and geometry.spatial_dims >= 2
+            and _all(geometry.stride, (1, 2)) and len(set(kernel)) == 1
+            and (kernel[0] == 3 or (geometry.spatial_dims == 2 and kernel[0] == 5))
+            and _all(geometry.dilation, (1,)) and _all(geometry.padding, ((kernel[0] - 1) // 2,))
+            and not geometry.transposed)
+
+
+def is_groupwise(geometry: ConvGeometry, isa: str) -> bool:
+    """FBGEMM src/GroupwiseConv.cc ``fbgemmOptimizedGConv``: C/G == K/G in {2, 4, 8, 16}, 3x3,
+    padding 1, dilation 1, stride 1 or 2, enough groups to fill a SIMD register."""
+    per_group = geometry.in_channels // geometry.groups
+    lanes = 16 if isa == AVX512_VNNI else 8
+    return (geometry.spatial_dims == 2 and per_group == geometry.out_channels // geometry.groups
+            and per_group in (2, 4, 8, 16) and geometry.groups >= max(1, lanes // per_group)
+            and _all(geometry.kernel_size, (3,)) and _all(geometry.padding, (1,))
+            and _all(geometry.dilation, (1,)) and _all(geometry.stride, (1, 2))
+            and not geometry.transposed)
+
+
+def is_pointwise(geometry: ConvGeometry) -> bool:
+    """FBGEMM ``takePointWiseFastPath``: 1x1 kernel, stride 1, dilation 1, no padding."""
+    return (_all(geometry.kernel_size, (1,)) and _all(geometry.stride, (1,))
+            and _all(geometry.dilation, (1,)) and _all(geometry.padding, (0,)))
+
+
+# Every FBGEMM conv kernel pairs a group's im2col row (taps, channel fastest) from its start, on
+# raw values with padded taps holding z_x (measured on AVX2: im2col, pointwise, groupwise and
+# depthwise alike, for C/G even and odd). The depthwise kernel is generated for AVX2 only
+# (src/GenerateI8Depthwise.cc: vpmaddubsw even on VNNI CPUs); the others use vpdpbusd with VNNI.
+FBGEMM_CONV_KERNELS = {
+    "depthwise": ConvKernel("fbgemm depthwise", "FBGEMM src/FbgemmI8DepthwiseAvx2.cc, "
+                            "GenerateI8Depthwise.cc", FBGEMM_GEMM, frozenset({AVX2, AVX512_VNNI})),
+    "groupwise": ConvKernel("fbgemm groupwise", "FBGEMM src/GroupwiseConv.cc", FBGEMM_GEMM,
+                            frozenset({AVX2})),
+    "pointwise": ConvKernel("fbgemm pointwise", "FBGEMM src/FbgemmConv.cc (fbgemmPacked, "
+                            "PackAWithRowOffset)", FBGEMM_GEMM, frozenset({AVX2})),
+    "im2col": ConvKernel("fbgemm im2col", "FBGEMM src/FbgemmConv.cc (fbgemmPacked, "
+                         "PackAWithIm2Col)", FBGEMM_GEMM, frozenset({AVX2})),
+}
+
+
+def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    """FBGEMM src/FbgemmConv.cc ``ConvFastPath``: depthwise, groupwise, pointwise, else im2col."""
+    if is_depthwise(geometry):
+        return FBGEMM_CONV_KERNELS["depthwise"]
+    if is_groupwise(geometry, isa):
+        return FBGEMM_CONV_KERNELS["groupwise"]
+    if is_pointwise(geometry):
+        return FBGEMM_CONV_KERNELS["pointwise"]
+    return FBGEMM_CONV_KERNELS["im2col"]
+
+
 def engine(isa: str) -> Engine:
-    return Engine("fbgemm", isa, linear=FBGEMM_GEMM,
+    return Engine("fbgemm", isa, linear=FBGEMM_GEMM, conv=conv_kernel,
                   description="FBGEMM kernels (server x86 CPUs)")

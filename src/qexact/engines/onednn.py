@@ -26,6 +26,7 @@ not enter (measured K = 1..2100, M up to 200, N up to 1024, 1 and 2 threads).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -33,8 +34,8 @@ import numpy as np
 from ..requantize import (AddFloat32, ClampFloat32, MultiplyFloat32, RoundHalfEvenToInt32,
                           ToFloat32)
 from ..rounding import f32
-from .base import (AVX2, AVX512_VNNI, BiasMode, Engine, GemmNumerics, LayerQuantization,
-                   Requantization)
+from .base import (AVX2, AVX512_VNNI, PAD_ZERO, BiasMode, ConvGeometry, ConvKernel, Engine,
+                   GemmNumerics, LayerQuantization, Requantization)
 
 
 def _round_trip(scale_float32_reciprocal) -> np.ndarray:
@@ -42,13 +43,17 @@ def _round_trip(scale_float32_reciprocal) -> np.ndarray:
     return f32(1.0 / np.asarray(scale_float32_reciprocal, dtype=np.float32).astype(np.float64))
 
 
-def requantization(layer: LayerQuantization, combined_scales: bool = False) -> Requantization:
+def requantization(layer: LayerQuantization, combined_scales: bool = False,
+                   direct_weight_scale: bool = False) -> Requantization:
     """The post-ops; ``combined_scales``: one factor ``f32(s_in * s_w')`` (the AVX2 gemm:jit
-    path), else the two scales applied one by one (brgemm)."""
+    path), else the two scales applied one by one (brgemm). ``direct_weight_scale``: the
+    convolution's ``s_w' = f32(s_w)`` (qconv_prepack.cpp passes weight scales as they are)."""
     weight = layer.weight_qparams
     output = layer.output_qparams
     input_scale = _round_trip(f32(1.0 / layer.input_scale))
-    if weight.is_per_channel:
+    if direct_weight_scale:
+        weight_scale = f32(weight.scale)
+    elif weight.is_per_channel:
         weight_scale = _round_trip(f32(np.float32(1.0) / f32(weight.scale)))
     else:
         weight_scale = _round_trip(f32(1.0 / weight.scale))
@@ -57,12 +62,13 @@ def requantization(layer: LayerQuantization, combined_scales: bool = False) -> R
     steps = [ToFloat32("accumulator to float32")]
     if combined_scales:
         combined = f32(input_scale * weight_scale)
-        steps.append(MultiplyFloat32("s_in * s_w' (reciprocal round trips), one factor",
+        steps.append(MultiplyFloat32("s_in * s_w', one factor",
                                      factor=combined))
         multipliers = (combined,)
     else:
         steps += [MultiplyFloat32("input scale (reciprocal round trip)", factor=input_scale),
-                  MultiplyFloat32("weight scale (reciprocal round trip)", factor=weight_scale)]
+                  MultiplyFloat32("weight scale" + ("" if direct_weight_scale else
+                                                    " (reciprocal round trip)"), factor=weight_scale)]
         multipliers = (input_scale, weight_scale)
     bias = None
     if layer.bias is not None:
@@ -112,7 +118,37 @@ ONEDNN_GEMM_JIT_MATMUL = GemmNumerics(
 )
 
 
+ONEDNN_CONV_VNNI = ConvKernel(
+    "onednn conv", "oneDNN jit int8 convolution via ideep (AVX512-VNNI; vpdpbusd, exact)",
+    GemmNumerics("onednn conv", "oneDNN int8 convolution post-ops", BiasMode.FLOAT32, frozenset(),
+                 False, partial(requantization, direct_weight_scale=True)),
+    frozenset())
+
+ONEDNN_CONV_AVX2 = ConvKernel(
+    "onednn jit_uni_int8:avx2", "oneDNN src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp via ideep",
+    GemmNumerics("onednn jit_uni_int8:avx2", "oneDNN int8 convolution post-ops (AVX2)",
+                 BiasMode.FLOAT32, frozenset(), False,
+                 partial(requantization, combined_scales=True, direct_weight_scale=True)),
+    frozenset({AVX2}), pairs_per_tap=True, padded_tap=PAD_ZERO)
+
+ONEDNN_DEPTHWISE_AVX2 = replace(ONEDNN_CONV_AVX2, name="onednn jit_uni_int8:avx2 depthwise",
+                                source="oneDNN src/cpu/x64/jit_uni_x8s8s32x_dw_conv_kernel.cpp",
+                                pair_saturation_isas=frozenset())
+
+
+def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    """ONEDNN_VERBOSE: ``jit_uni_int8:avx2`` without VNNI. Its u8 x s8 products go through
+    ``vpmaddubsw`` pairing the input channels of one tap (weights blocked ``...8a4b``; padded taps
+    are skipped, raw 0), except one channel per group (depthwise), which is exact (measured)."""
+    if isa == AVX512_VNNI:
+        return ONEDNN_CONV_VNNI
+    if geometry.in_channels == geometry.groups:
+        return ONEDNN_DEPTHWISE_AVX2
+    return ONEDNN_CONV_AVX2
+
+
 def engine(isa: str) -> Engine:
     """oneDNN picks brgemm on VNNI CPUs and its int8 ``gemm:jit`` elsewhere (ONEDNN_VERBOSE)."""
     linear = ONEDNN_BRGEMM_MATMUL if isa == AVX512_VNNI else ONEDNN_GEMM_JIT_MATMUL
-    return Engine("onednn", isa, linear=linear, description="oneDNN kernels through ideep")
+    return Engine("onednn", isa, linear=linear, conv=conv_kernel,
+                  description="oneDNN kernels through ideep")

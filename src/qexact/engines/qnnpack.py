@@ -22,8 +22,8 @@ from ..dtypes import QINT32
 from ..ops.quantize import quantize_per_channel, quantize_per_tensor
 from ..requantize import AddInt32, MultiplyFloat32, ToFloat32
 from ..rounding import f32
-from .base import (BiasMode, Engine, GemmNumerics, LayerQuantization, Requantization,
-                   integer_output_steps)
+from .base import (BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics, LayerQuantization,
+                   Requantization, integer_output_steps)
 
 
 def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale) -> np.ndarray:
@@ -64,6 +64,28 @@ QNNPACK_GEMM = GemmNumerics(
 )
 
 
+QNNPACK_CONV_KERNELS = {
+    name: ConvKernel(f"qnnpack {name}", f"pytorch aten/src/ATen/native/quantized/cpu/qnnpack/src/{path}",
+                     QNNPACK_GEMM, frozenset())
+    for name, path in (("dwconv", "q8dwconv/up8x9-sse2.c, mp8x25-sse2.c"),
+                       ("gemm", "q8gemm/4x4c2-sse2.c"), ("conv", "q8conv/4x4c2-sse2.c"))
+}
+
+
+def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    """pytorch QnnpackUtils.h / qnnpack src/convolution.c: depthwise (one channel per group, 3x3
+    or 5x5), 1x1 gemm (stride 1, no padding), else the indirect conv. All exact (int16 ``pmaddwd``
+    on ``x - z_x`` and ``w - z_w``); padded taps read the zero point."""
+    kernel = geometry.kernel_size
+    if (geometry.in_channels == geometry.groups and geometry.spatial_dims == 2
+            and kernel in ((3, 3), (5, 5))):
+        return QNNPACK_CONV_KERNELS["dwconv"]
+    if (all(k == 1 for k in kernel) and all(s == 1 for s in geometry.stride)
+            and all(p == 0 for p in geometry.padding)):
+        return QNNPACK_CONV_KERNELS["gemm"]
+    return QNNPACK_CONV_KERNELS["conv"]
+
+
 def engine(isa: str) -> Engine:
-    return Engine("qnnpack", isa, linear=QNNPACK_GEMM,
+    return Engine("qnnpack", isa, linear=QNNPACK_GEMM, conv=conv_kernel,
                   description="QNNPACK kernels (mobile; PyTorch's ARM default)")

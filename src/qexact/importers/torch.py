@@ -11,6 +11,8 @@ torch is imported only inside these functions: ``import qexact`` never imports t
 
 from __future__ import annotations
 
+import os
+
 from typing import Callable
 
 import numpy as np
@@ -187,6 +189,20 @@ def _first_input(op: str):
     return handler
 
 
+@function_handler("torch.quantize_per_tensor")
+def _quantize_function(name, args, kwargs) -> Node:
+    """FX-converted models quantize with ``torch.quantize_per_tensor(x, scale, zp, dtype)``."""
+    scale = _arg(args, kwargs, 1, "scale", None)
+    zero_point = _arg(args, kwargs, 2, "zero_point", None)
+    dtype = str(_arg(args, kwargs, 3, "dtype", None)).replace("torch.", "")
+    if not isinstance(scale, (int, float)) or not isinstance(zero_point, int):
+        raise UnsupportedError("quantize_per_tensor with a computed (not constant) scale or "
+                               "zero point is not supported")
+    attrs, arrays = qparams_to_fields(QParams.per_tensor(scale, zero_point, dtype_named(dtype)),
+                                      "output")
+    return Node(name, "quantize", args[:1], attrs, arrays)
+
+
 function_handler("torch.flatten")(_flatten_node)
 function_handler("torch.reshape")(_reshape_node)
 function_handler("torch.relu", "torch.relu_", "torch.nn.functional.relu")(_first_input("relu"))
@@ -262,9 +278,15 @@ def capture(model) -> Graph:
     used_names: set[str] = set()
     renamed: dict[str, str] = {}  # fx node name -> qexact node name
 
+    constants: dict[str, object] = {}  # get_attr nodes: scales and zero points of FX models
+
     def convert(value):
         if isinstance(value, torch.fx.Node):
+            if value.name in constants:
+                return constants[value.name]
             return Ref(renamed.get(value.name, value.name))
+        if isinstance(value, torch.dtype):
+            return str(value)
         if isinstance(value, (tuple, list)):
             return type(value)(convert(item) for item in value)
         if isinstance(value, (int, float, bool, str)) or value is None:
@@ -279,6 +301,9 @@ def capture(model) -> Graph:
             if fx_node.op == "placeholder":
                 inputs.append(fx_node.name)
                 used_names.add(fx_node.name)
+                continue
+            if fx_node.op == "get_attr":
+                constants[fx_node.name] = _constant(model, fx_node.target)
                 continue
             if fx_node.op == "output":
                 result = args[0]
@@ -310,6 +335,18 @@ def capture(model) -> Graph:
                  {"source_model": type(model).__name__})
 
 
+def _constant(model, target: str):
+    """The value of a ``get_attr``: a one-element tensor becomes a Python number."""
+    torch = _import_torch()
+    value = model
+    for part in target.split("."):
+        value = getattr(value, part)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_quantized:
+        return value.item()
+    raise UnsupportedError(f"attribute {target!r} ({type(value).__name__}) used in forward is "
+                           "not supported; only scalar constants (scales, zero points) are")
+
+
 def _unsupported_module(qualified_name: str, module) -> UnsupportedError:
     cls = type(module)
     hint = ""
@@ -326,12 +363,20 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
                isa: str | None = None) -> Net:
     """Import a quantized PyTorch model; returns a ``Net`` that computes what ``model`` does.
 
+    ``model``: an eager-mode model converted with ``torch.ao.quantization`` (``prepare``/``convert``),
+    an FX-converted ``GraphModule`` (``prepare_fx``/``convert_fx``), a ``ScriptModule`` of either
+    (``torch.jit.trace``), or the path of a TorchScript file (``torch.jit.save``).
+
     ``engine`` defaults to ``torch.backends.quantized.engine`` (it must be the engine the model
     was converted under: PyTorch packs weights for it). ``isa`` defaults to this CPU's.
     ``example_inputs``, if given, are run once through the imported net to check it.
     """
     torch = _import_torch()
-    graph = capture(model)
+    from .torchscript import capture_script, is_script_module, load_script
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_script(model)
+    graph = capture_script(model) if is_script_module(model) else capture(model)
     engine = engine or torch.backends.quantized.engine
     graph.metadata.update({"torch_version": torch.__version__, "engine": engine})
     net = Net(graph, engine, isa)

@@ -12,7 +12,6 @@ from ..errors import ShapeError
 from ..qparams import QuantizedArray
 from ..stages import Stage
 from ._registry import graph_op
-from .quantize import require_quantized
 
 
 def relu(x: QuantizedArray) -> QuantizedArray:
@@ -29,18 +28,28 @@ def relu(x: QuantizedArray) -> QuantizedArray:
     return QuantizedArray(np.maximum(x.values, floor), x.qparams)
 
 
-@graph_op("relu", "quantized ReLU (nn.ReLU, F.relu, torch.relu)")
+def relu_float(x: np.ndarray) -> np.ndarray:
+    """``torch.relu`` on floats: ``x < 0 ? 0 : x`` (keeps -0.0 and NaN, as torch does)."""
+    return np.where(x < 0, np.zeros((), x.dtype), x)
+
+
+@graph_op("relu", "ReLU (nn.ReLU, F.relu, torch.relu): quantized, or float between dequantize "
+          "and quantize as FX-converted models run it")
 class ReluOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        return None, require_quantized(node, input_qparams)
+        return None, input_qparams[0]
 
     @staticmethod
     def run(params, inputs):
-        return relu(inputs[0])
+        x = inputs[0]
+        return relu(x) if isinstance(x, QuantizedArray) else relu_float(np.asarray(x))
 
     @staticmethod
     def explain(params, inputs, result, index):
-        q = inputs[0]
+        x = inputs[0]
+        if not isinstance(x, QuantizedArray):
+            return [Stage("relu (float)", "y = x < 0 ? 0 : x", {"x": np.asarray(x)[index]},
+                          np.asarray(result)[index])], [(0, index)]
         return [Stage("relu", "q = max(q, z): z stands for 0.0",
-                      {"q": q.values[index], "z": q.zero_point}, result.values[index])], [(0, index)]
+                      {"q": x.values[index], "z": x.zero_point}, result.values[index])], [(0, index)]
