@@ -82,7 +82,7 @@ def _first(op: str):
 
 torchscript_handler("aten::relu", "aten::relu_")(_first("relu"))
 torchscript_handler("aten::contiguous", "aten::dropout", "aten::dropout_",
-                    "aten::feature_dropout")(_first("identity"))
+                    "aten::feature_dropout", "prim::NumToTensor", "aten::Int")(_first("identity"))
 torchscript_handler("aten::flatten")(lambda name, inputs, module_path: Node(
     name, "flatten", inputs[:1], {"start_dim": inputs[1], "end_dim": inputs[2]}))
 torchscript_handler("aten::view", "aten::reshape")(lambda name, inputs, module_path: Node(
@@ -113,6 +113,11 @@ def capture_script(module) -> Graph:
 
     eager._load_handler_modules()
     graph = module.inlined_graph
+    branching = [node.kind() for node in graph.nodes() if node.kind() in ("prim::If", "prim::Loop")]
+    if branching:
+        raise UnsupportedError(
+            f"the TorchScript graph has control flow ({', '.join(sorted(set(branching)))}), which "
+            "qexact cannot follow: export the model with torch.jit.trace instead of torch.jit.script")
     graph_inputs = list(graph.inputs())
     values: dict = {graph_inputs[0].unique(): module}   # self
     paths: dict = {graph_inputs[0].unique(): ""}
@@ -146,10 +151,8 @@ def capture_script(module) -> Graph:
         handler = _HANDLERS.get(kind)
         location = _location(ts_node)
         if handler is None:
-            hint = (" (scripted control flow: export with torch.jit.trace instead)"
-                    if kind in ("prim::If", "prim::Loop") else "")
             raise UnsupportedError(
-                f"TorchScript op {kind} at {location} is not supported{hint}; supported: "
+                f"TorchScript op {kind} at {location} is not supported; supported: "
                 f"{', '.join(sorted(_HANDLERS))}")
         module_path = next((paths[item.unique()] for item in ts_node.inputs()
                             if item.unique() in paths and paths[item.unique()]), "")
