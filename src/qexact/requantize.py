@@ -155,8 +155,9 @@ class ClampInt(Step):
 def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype) -> np.ndarray:
     """Apply ``steps`` to the int64 accumulator ``acc``; the last step must leave integers in range."""
     value = acc
-    for step in steps:
-        value = step.apply(value)
+    with np.errstate(over="ignore", invalid="ignore"):  # float overflow is modelled, not an error
+        for step in steps:
+            value = step.apply(value)
     return value.astype(out_dtype)
 
 
@@ -164,7 +165,8 @@ def trace_requantize(acc: np.ndarray, steps: tuple[Step, ...]) -> list[tuple[Ste
     """Every intermediate value of ``requantize``: ``[(step, value after it), ...]``."""
     trace = []
     value = acc
-    for step in steps:
-        value = step.apply(value)
-        trace.append((step, value))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for step in steps:
+            value = step.apply(value)
+            trace.append((step, value))
     return trace

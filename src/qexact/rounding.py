@@ -38,16 +38,17 @@ def fma_float32(a, b, c) -> np.ndarray:
     a64 = np.asarray(a, dtype=np.float32).astype(np.float64)
     b64 = np.asarray(b, dtype=np.float32).astype(np.float64)
     c64 = np.asarray(c, dtype=np.float32).astype(np.float64)
-    product = a64 * b64
-    total = product + c64
-    # TwoSum (Knuth): total + error == product + c exactly.
-    c_part = total - product
-    error = (product - (total - c_part)) + (c64 - c_part)
-    inexact = np.isfinite(total) & (error != 0)
-    lowest_bit_even = (total.view(np.int64) & 1) == 0
-    toward = np.where(error > 0, np.inf, -np.inf)
-    rounded_to_odd = np.where(inexact & lowest_bit_even, np.nextafter(total, toward), total)
-    return rounded_to_odd.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # infinities and NaN pass through
+        product = a64 * b64
+        total = product + c64
+        # TwoSum (Knuth): total + error == product + c exactly.
+        c_part = total - product
+        error = (product - (total - c_part)) + (c64 - c_part)
+        inexact = np.isfinite(total) & (error != 0)
+        lowest_bit_even = (total.view(np.int64) & 1) == 0
+        toward = np.where(error > 0, np.inf, -np.inf)
+        rounded_to_odd = np.where(inexact & lowest_bit_even, np.nextafter(total, toward), total)
+        return rounded_to_odd.astype(np.float32)
 
 
 def round_half_even(value) -> np.ndarray:

@@ -85,9 +85,10 @@ def quantize_values(x: np.ndarray, inv, zero_point, entry: ZeroPointEntry) -> np
     zero_point = f32(zero_point)
     if entry is ZeroPointEntry.FUSED_BEFORE_ROUNDING:
         return fma_float32(x, inv, zero_point)
-    if entry is ZeroPointEntry.ADDED_BEFORE_ROUNDING:
-        return f32(f32(x * inv) + zero_point)
-    return round_half_even(f32(x * inv)) + zero_point
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values become inf, as in C
+        if entry is ZeroPointEntry.ADDED_BEFORE_ROUNDING:
+            return f32(f32(x * inv) + zero_point)
+        return round_half_even(f32(x * inv)) + zero_point
 
 
 def quantize_per_tensor(x, scale: float, zero_point: int, dtype: QDType,
