@@ -114,27 +114,29 @@ def command_run(arguments) -> int:
     return 0
 
 
-def command_layers(arguments) -> int:
+def command_inspect(arguments) -> int:
+    from .summary import inspect_net
+
     net = _load_model(arguments.model, arguments.engine, arguments.isa)
-    rows = []
-    for name, params in net.layers.items():
-        if not hasattr(params, "requantization"):
-            continue
-        multiplier = " ".join(
-            f"{np.asarray(m).ravel()[0]:.6g}" + ("..." if np.asarray(m).size > 1 else "")
-            for m in params.multiplier)
-        rows.append({"layer": name, "kernel": params.kernel,
-                     "shape": f"{params.out_features}x{params.in_features}",
-                     "bias": params.bias_mode.name.lower(), "multiplier": multiplier,
-                     "pair_saturation": params.pair_saturation})
+    inputs = tuple(_load_inputs(arguments.input)) if getattr(arguments, "input", None) else None
+    reports = inspect_net(net, inputs)
     if arguments.json:
-        print(json.dumps(rows))
+        print(json.dumps({"engine": net.engine.name, "isa": net.engine.isa,
+                          "layers": [report.to_json() for report in reports]}))
         return 0
-    print(f"engine {net.engine.name}, isa {net.engine.isa}")
-    print(f"{'layer':<20} {'kernel':<8} {'shape':<10} {'bias':<22} {'saturation':<10} multiplier")
-    for row in rows:
-        print(f"{row['layer']:<20.20} {row['kernel']:<8} {row['shape']:<10} {row['bias']:<22.22} "
-              f"{'int16 pairs' if row['pair_saturation'] else 'exact':<10} {row['multiplier']}")
+    print(f"engine {net.engine.name}, isa {net.engine.isa}, aten {net.engine.aten_capability}")
+    print(f"{'layer':<16} {'op':<10} {'kernel':<16} {'in -> out':<22} {'int16 pairs'}")
+    for report in reports:
+        shapes = ""
+        if report.input_shape is not None or report.output_shape is not None:
+            shapes = (f"{'x'.join(map(str, report.input_shape or ()))}->"
+                      f"{'x'.join(map(str, report.output_shape or ()))}")
+        print(f"{report.name:<16.16} {report.op:<10.10} {report.kernel:<16.16} {shapes:<22.22} "
+              f"{report.saturation}")
+        if report.multiplier or report.output_qparams:
+            multipliers = " ".join(f"{m:.6g}" for m in report.multiplier)
+            print(f"{'':<16} out {report.output_qparams:<24.24} {('M ' + multipliers)[:36]}"
+                  if report.multiplier else f"{'':<16} out {report.output_qparams}")
     return 0
 
 
@@ -227,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", action="append", required=True, help="float32 .npy (repeatable)")
     run.add_argument("--out", help="write the output to this .npy file")
     run.add_argument("--quantized", action="store_true", help="output the integers")
-    model_command("layers", "list a saved model's layers and their numerics", command_layers)
+    for name in ("inspect", "layers"):
+        inspect = model_command(name, "per-layer table: op, kernel PyTorch uses, shapes, "
+                                "qparams, multipliers, int16 saturation", command_inspect)
+        inspect.add_argument("--input", action="append",
+                             help="float32 .npy inputs: adds shapes and observed saturation")
 
     explain = model_command("explain", "every stage of one output element", command_explain)
     explain.add_argument("--input", action="append", required=True, help="float32 .npy")

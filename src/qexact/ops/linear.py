@@ -104,6 +104,15 @@ class LinearParams:
     def out_features(self) -> int:
         return self.weight.shape[0]
 
+    def saturated_outputs(self, x: QuantizedArray) -> int:
+        """How many outputs int16 pair saturation changes for input ``x`` (0 without it)."""
+        if not self.pair_saturation:
+            return 0
+        rows = x.values.reshape(-1, self.in_features)
+        lost = pair_saturation_correction(rows, self.weight_pairs, self.risky_pairs,
+                                          self.pair_positions)
+        return int(np.count_nonzero(lost))
+
 
 def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                    output_qparams: QParams, *, relu: bool = False,
