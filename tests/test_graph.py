@@ -221,10 +221,17 @@ def test_run_error_carries_node_name_and_source():
         net(np.zeros((4, 2, 3), np.float32))
 
 
-def test_relu_of_float_input_names_node():
+def test_relu_of_float_input_is_torch_float_relu():
+    """FX-converted models run relu in float between dequantize and quantize."""
     graph = Graph(["x"], [Node("r", "relu", (Ref("x"),))], [Ref("r")])
-    with pytest.raises(qexact.QuantParamError, match=r"^node 'r' \[relu\]: input 0 of 'relu' must "
-                                                     r"be a quantized tensor"):
+    x = np.float32([-1.0, -0.0, 0.0, 2.5, np.nan])
+    assert_bitexact(Net(graph, "fbgemm")(x), np.float32([0.0, -0.0, 0.0, 2.5, np.nan]), "relu")
+
+
+def test_dequantize_of_float_input_names_node():
+    graph = Graph(["x"], [Node("d", "dequantize", (Ref("x"),))], [Ref("d")])
+    with pytest.raises(qexact.QuantParamError, match=r"^node 'd' \[dequantize\]: input 0 of "
+                                                     r"'dequantize' must be a quantized tensor"):
         Net(graph, "fbgemm")
 
 

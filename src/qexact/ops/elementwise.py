@@ -1,1 +1,268 @@
-"""(in progress) elementwise ops."""
+"""Quantized elementwise binary ops: add, add_relu, mul, mul_relu, add_scalar, mul_scalar, cat.
+
+ATen kernels (pytorch aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp), each
+element either in the SIMD body or the scalar tail (``qexact.engines.aten.simd_mask``):
+
+    add (qadd_kernel):   SIMD   d = fmaf(f32(s), f32(q), f32(f32(s) f32(-z)))    per input
+                                c = f32(d_a + d_b); relu: max(c, 0)
+                                q = clamp(rne(f32(c inv)) + z_o)          inv = f32(1 / f32(s_o))
+                         scalar d = f32(f32(s) f32(q - z)); c likewise
+                                q = clamp(rne(f32(f32(c inv) + f32(z_o))))
+    mul (qmul_kernel):   m = f32(f32(f32(s_a) f32(s_b)) f32(1 / f32(s_o)))
+                         q = clamp(rne(f32(f32((q_a - z_a)(q_b - z_b)) m)) + z_o); relu: max(q, z_o)
+                         (same on both paths)
+    add_scalar (BinaryOps.cpp _add_scalar_out): c_q = rne(c / s); output qparams chosen so that
+                         the integers are unchanged when z - c_q is in range, else requantized
+                         with m = f32(f32(s) f32(1 / f32(s'))): q' = clamp(rne(f32(f32(q - z + c_q) m)) + z')
+    mul_scalar (_mul_scalar_out): integers copied, scale |c| s (c < 0: q' = qmax + qmin - q)
+    cat (quantized_cat_impl): quantize_per_tensor(cat(dequantize(x_i)), s, z)
+
+On the qnnpack engine, quint8 add/add_relu of equal shapes run QNNPACK's fixed-point add
+(``qexact.engines.qnnpack_elementwise``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dtypes import QDType
+from ..engines.aten import ElementwiseNumerics, default_num_threads, elementwise_numerics, simd_mask
+from ..engines.qnnpack_elementwise import (QnnpackAddParams, prepare_qnnpack_add, qnnpack_add,
+                                           qnnpack_add_stages)
+from ..errors import QuantParamError, ShapeError, UnsupportedError
+from ..qparams import QParams, QuantizedArray
+from ..rounding import f32, fma_float32
+from ..stages import Stage
+from ._registry import graph_op
+from .quantize import require_quantized
+
+INT32_FLOAT_MAX = np.float32(2147483520.0)
+"""The float32 below INT32_MAX that QuantizeAvx2 clips to before cvtps2dq."""
+
+
+# --- The two quantization paths of ATen's elementwise kernels --------------------------------
+
+
+def dequantize_simd(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """``Vectorized<quint8>::dequantize``: ``fmaf(f32(s), f32(q), f32(f32(s) * f32(-z)))``."""
+    scale32 = f32(scale)
+    return fma_float32(scale32, f32(q), f32(scale32 * f32(-zero_point)))
+
+
+def dequantize_scalar(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """``dequantize_val(float scale, z, q)``: ``f32(f32(s) * f32(q - z))``."""
+    return f32(f32(scale) * f32(q.astype(np.int64) - int(zero_point)))
+
+
+def quantize_simd(y: np.ndarray, inv, zero_point: int, dtype: QDType) -> np.ndarray:
+    """``QuantizeAvx2``: ``clamp(cvtps2dq(min(f32(y * inv), 2147483520)) + z)`` (NaN -> qmax)."""
+    scaled = f32(f32(y) * f32(inv))
+    scaled = np.where(np.isnan(scaled) | (scaled > INT32_FLOAT_MAX), INT32_FLOAT_MAX, scaled)
+    rounded = np.rint(scaled.astype(np.float64))
+    rounded = np.where(rounded < -2.0 ** 31, -2.0 ** 31, rounded)
+    return np.clip(rounded + zero_point, dtype.qmin, dtype.qmax).astype(np.int64)
+
+
+def quantize_scalar(y: np.ndarray, inv, zero_point: int, dtype: QDType) -> np.ndarray:
+    """``quantize_val`` (FBGEMM ``Quantize``): ``clamp(rne(f32(f32(y * inv) + f32(z))))``."""
+    scaled = f32(f32(f32(y) * f32(inv)) + f32(zero_point))
+    scaled = np.where(np.isnan(scaled), np.float32(dtype.qmax), scaled)
+    return np.clip(np.rint(scaled.astype(np.float64)), dtype.qmin, dtype.qmax).astype(np.int64)
+
+
+def inverse_scale(scale: float) -> np.float32:
+    """``1.0f / (float)scale``."""
+    return f32(np.float32(1.0) / f32(scale))[()]
+
+
+# --- add / mul ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BinaryParams:
+    """A quantized add/mul prepared for one engine.
+
+    ``op``: "add" or "mul"; ``relu``: fused ReLU; ``a_qparams``, ``b_qparams``,
+    ``output_qparams``; ``numerics``: ATen's elementwise numerics on this engine;
+    ``num_threads``: PyTorch's intra-op threads (large tensors are cut into one chunk per
+    thread); ``qnnpack``: QNNPACK add constants (quint8 add on qnnpack), or None;
+    ``qnnpack_error``: why PyTorch would refuse the QNNPACK add, or "".
+    """
+
+    op: str
+    relu: bool
+    a_qparams: QParams
+    b_qparams: QParams
+    output_qparams: QParams
+    numerics: ElementwiseNumerics
+    num_threads: int
+    qnnpack: QnnpackAddParams | None
+    qnnpack_error: str = ""
+
+    @property
+    def mul_multiplier(self) -> np.float32:
+        """``f32(f32(f32(s_a) f32(s_b)) f32(1 / f32(s_o)))``."""
+        product = f32(f32(self.a_qparams.scale) * f32(self.b_qparams.scale))
+        return f32(product * inverse_scale(self.output_qparams.scale))[()]
+
+
+def prepare_binary(op: str, a_qparams: QParams, b_qparams: QParams, output_qparams: QParams,
+                   relu: bool = False, engine="fbgemm", num_threads: int | None = None,
+                   isa: str | None = None) -> BinaryParams:
+    """Validate and prepare ``quantized::add``/``add_relu``/``mul``/``mul_relu``."""
+    from ..engines import get_engine
+
+    if op not in ("add", "mul"):
+        raise UnsupportedError(f"binary op {op!r} is not supported; supported: ['add', 'mul']")
+    for name, qparams in (("a", a_qparams), ("b", b_qparams), ("output", output_qparams)):
+        if qparams.is_per_channel:
+            raise QuantParamError(f"quantized {op}: {name} must be per-tensor quantized")
+    if not a_qparams.dtype == b_qparams.dtype == output_qparams.dtype:
+        raise QuantParamError(f"quantized {op}: dtypes differ ({a_qparams.dtype}, "
+                              f"{b_qparams.dtype}, {output_qparams.dtype})")
+    if a_qparams.dtype.bits != 8:
+        raise UnsupportedError(f"quantized {op} on {a_qparams.dtype} is not supported (8-bit only)")
+    engine = get_engine(engine, isa)
+    numerics = elementwise_numerics(engine)
+    qnnpack, error = None, ""
+    if op == "add" and numerics.qnnpack_add and a_qparams.dtype.name == "quint8":
+        try:
+            qnnpack = prepare_qnnpack_add(a_qparams.scale, a_qparams.zero_point, b_qparams.scale,
+                                          b_qparams.zero_point, output_qparams.scale,
+                                          output_qparams.zero_point, relu)
+        except UnsupportedError as failure:
+            error = str(failure)
+    return BinaryParams(op, bool(relu), a_qparams, b_qparams, output_qparams, numerics,
+                        int(num_threads or default_num_threads()), qnnpack, error)
+
+
+def _uses_qnnpack(p: BinaryParams, a: np.ndarray, b: np.ndarray) -> bool:
+    return (p.op == "add" and p.numerics.qnnpack_add and p.a_qparams.dtype.name == "quint8"
+            and a.shape == b.shape)
+
+
+def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedArray:
+    """Quantized ``a + b`` or ``a * b`` (broadcasting) with ``p.output_qparams``."""
+    try:
+        out_shape = np.broadcast_shapes(a.values.shape, b.values.shape)
+    except ValueError:
+        raise ShapeError(f"quantized {p.op}: shapes {a.values.shape} and {b.values.shape} "
+                         "do not broadcast") from None
+    dtype = p.output_qparams.dtype
+    if _uses_qnnpack(p, a.values, b.values):
+        if p.qnnpack is None:
+            raise UnsupportedError(p.qnnpack_error)
+        return QuantizedArray(qnnpack_add(a.values, b.values, p.qnnpack), p.output_qparams)
+    qa = np.broadcast_to(a.values, out_shape)
+    qb = np.broadcast_to(b.values, out_shape)
+    zo = int(p.output_qparams.zero_point)
+    if p.op == "mul":
+        product = (qa.astype(np.int64) - p.a_qparams.zero_point) * \
+            (qb.astype(np.int64) - p.b_qparams.zero_point)
+        rounded = np.rint(f32(f32(product) * p.mul_multiplier).astype(np.float64))
+        out = np.clip(rounded + zo, dtype.qmin, dtype.qmax)
+        if p.relu:
+            out = np.maximum(out, zo)
+        return QuantizedArray(out.astype(dtype.numpy_dtype), p.output_qparams)
+    inv = inverse_scale(p.output_qparams.scale)
+    mask = simd_mask(p.numerics, out_shape, [a.values.shape, b.values.shape], p.num_threads)
+    out = np.empty(out_shape, np.int64)
+    for simd, dequant, quant in ((True, dequantize_simd, quantize_simd),
+                                 (False, dequantize_scalar, quantize_scalar)):
+        where = mask if simd else ~mask
+        if not where.any():
+            continue
+        total = f32(dequant(qa[where], p.a_qparams.scale, p.a_qparams.zero_point)
+                    + dequant(qb[where], p.b_qparams.scale, p.b_qparams.zero_point))
+        if p.relu:
+            total = np.maximum(total, np.float32(0))
+        out[where] = quant(total, inv, zo, dtype)
+    return QuantizedArray(out.astype(dtype.numpy_dtype), p.output_qparams)
+
+
+def explain_binary(p: BinaryParams, a: QuantizedArray, b: QuantizedArray, result, index):
+    out_shape = result.values.shape
+    qa = np.broadcast_to(a.values, out_shape)[index]
+    qb = np.broadcast_to(b.values, out_shape)[index]
+    za, zb, zo = p.a_qparams.zero_point, p.b_qparams.zero_point, p.output_qparams.zero_point
+    out = result.values[index]
+    if _uses_qnnpack(p, a.values, b.values):
+        return [Stage(name, formula, values, res) for name, formula, values, res
+                in qnnpack_add_stages(qa, qb, p.qnnpack)]
+    if p.op == "mul":
+        product = (int(qa) - za) * (int(qb) - zb)
+        return [
+            Stage("mul: multiplier (offline)", "m = f32(f32(f32(s_a) f32(s_b)) f32(1/f32(s_o)))",
+                  {"s_a": p.a_qparams.scale, "s_b": p.b_qparams.scale, "s_o": p.output_qparams.scale},
+                  p.mul_multiplier),
+            Stage("mul: integer product", "c = (q_a - z_a)(q_b - z_b)",
+                  {"q_a": qa, "z_a": za, "q_b": qb, "z_b": zb}, product),
+            Stage("mul: requantize", "q = clamp(rne(f32(f32(c) m)) + z_o)"
+                  + ("; relu: max(q, z_o)" if p.relu else "") + " (SIMD and scalar alike)",
+                  {"c": product, "m": p.mul_multiplier, "z_o": zo}, out)]
+    mask = simd_mask(p.numerics, out_shape, [a.values.shape, b.values.shape], p.num_threads)
+    simd = bool(mask[index])
+    inv = inverse_scale(p.output_qparams.scale)
+    dequant = dequantize_simd if simd else dequantize_scalar
+    da = dequant(np.asarray(qa), p.a_qparams.scale, za)[()]
+    db = dequant(np.asarray(qb), p.b_qparams.scale, zb)[()]
+    total = f32(da + db)[()]
+    path = (f"SIMD body ({p.numerics.capability}, units of {p.numerics.body_unit})" if simd
+            else "scalar tail (basic_loop)")
+    deq_formula = ("d = fmaf(f32(s), f32(q), f32(f32(s) f32(-z)))" if simd
+                   else "d = f32(f32(s) f32(q - z))")
+    stages = [
+        Stage("add: path", "which lambda of cpu_kernel_vec runs this element", {"path": path}),
+        Stage("add: dequantize a", deq_formula, {"q": qa, "s": p.a_qparams.scale, "z": za}, da),
+        Stage("add: dequantize b", deq_formula, {"q": qb, "s": p.b_qparams.scale, "z": zb}, db),
+        Stage("add: float sum", "c = f32(d_a + d_b)" + ("; relu: max(c, 0)" if p.relu else ""),
+              {"d_a": da, "d_b": db}, np.maximum(total, 0) if p.relu else total),
+        Stage("add: requantize", ("q = clamp(rne(f32(c inv)) + z_o): zero point after rounding"
+                                  if simd else
+                                  "q = clamp(rne(f32(f32(c inv) + f32(z_o)))): zero point before "
+                                  "rounding"), {"inv": inv, "z_o": zo}, out)]
+    return stages
+
+
+def _binary_prepare(op: str, relu: bool):
+    def prepare(node, input_qparams, engine):
+        a_qparams = require_quantized(node, input_qparams, 0)
+        b_qparams = require_quantized(node, input_qparams, 1)
+        output = QParams.per_tensor(node.attrs["output_scale"], node.attrs["output_zero_point"],
+                                    a_qparams.dtype)
+        params = prepare_binary(op, a_qparams, b_qparams, output, relu=relu, engine=engine,
+                                num_threads=node.attrs.get("num_threads"))
+        return params, output
+
+    return staticmethod(prepare)
+
+
+def _binary_class(op: str, relu: bool):
+    class BinaryOp:
+        prepare = _binary_prepare(op, relu)
+
+        @staticmethod
+        def run(params, inputs):
+            return binary(inputs[0], inputs[1], params)
+
+        @staticmethod
+        def explain(params, inputs, result, index):
+            out_shape = result.values.shape
+            upstream = []
+            for position in (0, 1):
+                shape = inputs[position].values.shape
+                offset = len(out_shape) - len(shape)
+                upstream.append((position, tuple(0 if size == 1 else index[offset + d]
+                                                 for d, size in enumerate(shape))))
+            return explain_binary(params, inputs[0], inputs[1], result, index), upstream
+
+    return BinaryOp
+
+
+for _op, _relu in (("add", False), ("add", True), ("mul", False), ("mul", True)):
+    _name = _op + ("_relu" if _relu else "")
+    graph_op(_name, f"quantized::{_name} (QFunctional.{_name})")(_binary_class(_op, _relu))
+
+
