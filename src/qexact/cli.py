@@ -97,7 +97,7 @@ def command_demo(arguments) -> int:
 
 def command_run(arguments) -> int:
     net = _load_model(arguments.model, arguments.engine, arguments.isa)
-    inputs = [np.load(path, allow_pickle=False) for path in arguments.input]
+    inputs = _load_inputs(arguments.input)
     if arguments.quantized:
         result = net.run_quantized(*inputs)
         values = result.values
@@ -191,6 +191,30 @@ def command_diagnose(arguments) -> int:
     return 0 if diagnosis.differing == 0 else 1
 
 
+def command_conformance(arguments) -> int:
+    from .conformance import run_conformance
+
+    def progress(done: int, total: int, label: str) -> None:
+        if arguments.quiet:
+            return
+        filled = int(30 * done / total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {label:<28.28}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    split = (lambda text: [item for item in text.split(",") if item] if text else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notices
+        report = run_conformance(split(arguments.ops), split(arguments.engines), arguments.cases,
+                                 arguments.seed, progress)
+    print(report.to_text())
+    if arguments.report:
+        with open(arguments.report, "w", encoding="utf-8") as file:
+            file.write(report.to_markdown())
+    return 1 if report.mismatches else 0
+
+
 def command_info(arguments) -> int:
     from .engines import ENGINES, ISAS, detect_isa
 
@@ -252,6 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--format", choices=["text", "markdown", "json"], default="text")
     diagnose.add_argument("--rtol", type=float, default=1e-5, help="float matching tolerance")
     diagnose.add_argument("--atol", type=float, default=1e-6, help="float matching tolerance")
+
+    conformance = commands.add_parser(
+        "conformance", help="randomized differential sweep of every op x engine vs torch")
+    conformance.add_argument("--cases", type=int, default=50, help="cases per op and engine")
+    conformance.add_argument("--ops", help="comma-separated ops (default: all)")
+    conformance.add_argument("--engines", help="comma-separated engines (default: all four)")
+    conformance.add_argument("--seed", type=int, default=0)
+    conformance.add_argument("--report", default="conformance.md",
+                             help="markdown report path (default: conformance.md)")
+    conformance.add_argument("--quiet", action="store_true", help="no progress bar")
+    conformance.set_defaults(handler=command_conformance)
 
     info = commands.add_parser("info", help="engines, ISAs, and what this CPU runs")
     info.add_argument("--json", action="store_true")

@@ -70,27 +70,32 @@ def render_diagnosis_markdown(diagnosis) -> str:
 
 
 def _histogram_svg(step_differences: dict[int, int]) -> str:
+    """Bars on a square-root scale with a 3 px minimum, so one-element buckets stay visible."""
     if not step_differences:
         return "<p>No element differs.</p>"
-    width, height, pad = 640, 240, 30
     items = bucket_steps(step_differences)
-    peak = max(count for _, count in items)
-    bar = (width - 2 * pad) / len(items)
+    bar, top, label_band = 90, 24, 56
+    width = max(320, 40 + bar * len(items))
+    plot = 200
+    height = top + plot + label_band
+    peak = max(count for _, count in items) ** 0.5
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'role="img" aria-label="histogram of differences">',
              f'<rect width="{width}" height="{height}" fill="#ffffff"/>']
-    for position, (steps, count) in enumerate(items):
-        bar_height = (height - 2 * pad) * count / peak
-        x = pad + position * bar
-        y = height - pad - bar_height
-        parts.append(f'<rect x="{x + 2:.1f}" y="{y:.1f}" width="{bar - 4:.1f}" '
-                     f'height="{bar_height:.1f}" fill="#c0392b"/>')
-        parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - pad + 16}" font-size="12" '
-                     f'text-anchor="middle">{steps}</text>')
-        parts.append(f'<text x="{x + bar / 2:.1f}" y="{y - 4:.1f}" font-size="12" '
+    for position, (label, count) in enumerate(items):
+        bar_height = max(3.0, plot * count ** 0.5 / peak)
+        x = 20 + position * bar
+        y = top + plot - bar_height
+        parts.append(f'<rect x="{x + 6}" y="{y:.1f}" width="{bar - 12}" height="{bar_height:.1f}" '
+                     'fill="#c0392b"/>')
+        parts.append(f'<text x="{x + bar / 2}" y="{y - 5:.1f}" font-size="12" '
                      f'text-anchor="middle">{count}</text>')
-    parts.append(f'<text x="{width / 2}" y="{height - 4}" font-size="12" '
-                 'text-anchor="middle">difference in output steps</text></svg>')
+        for line_number, line in enumerate(label.replace(" steps", " steps").split(" ", 1)):
+            parts.append(f'<text x="{x + bar / 2}" y="{top + plot + 16 + 13 * line_number}" '
+                         f'font-size="11" text-anchor="middle">{line}</text>')
+    parts.append(f'<text x="{width / 2}" y="{height - 6}" font-size="12" text-anchor="middle" '
+                 'fill="#555">difference in output steps (bar height: square root of the count)'
+                 '</text></svg>')
     return "".join(parts)
 
 
