@@ -287,16 +287,18 @@ class _FloatLeftOver(torch.nn.Module):
         return self.block(self.dequant(self.fc(self.quant(x))))
 
 
-class _ConvModel(torch.nn.Module):
+class _GeluModel(torch.nn.Module):
+    """A module qexact lacks (GELU has no quantized kernel; it stays a float module)."""
+
     def __init__(self):
         super().__init__()
         self.quant = torch.ao.quantization.QuantStub()
         self.block = torch.nn.Module()
-        self.block.conv = torch.nn.Conv2d(1, 2, 3)
+        self.block.act = torch.nn.GELU()
         self.dequant = torch.ao.quantization.DeQuantStub()
 
     def forward(self, x):
-        return self.dequant(torch.flatten(self.block.conv(self.quant(x)), 1))
+        return self.dequant(torch.flatten(self.block.act(self.quant(x)), 1))
 
 
 class _SigmoidModel(torch.nn.Module):
@@ -307,7 +309,7 @@ class _SigmoidModel(torch.nn.Module):
         self.dequant = torch.ao.quantization.DeQuantStub()
 
     def forward(self, x):
-        return self.dequant(torch.sigmoid(self.fc(self.quant(x))))
+        return self.dequant(torch.softmax(self.fc(self.quant(x)), dim=1))
 
 
 class _BranchingModel(_SigmoidModel):
@@ -342,24 +344,23 @@ def test_unconverted_float_linear_is_unsupported():
     assert "torch.ao.nn.quantized.Linear" in message and "torch.nn.ReLU" in message
 
 
-def test_quantized_conv2d_is_unsupported():
-    model = _convert(_ConvModel(), (2, 1, 5, 5))
-    assert isinstance(model.block.conv, torch.ao.nn.quantized.Conv2d)
+def test_unsupported_module_is_named_with_its_place():
+    model = _convert(_GeluModel(), (2, 1, 5, 5))
     with pytest.raises(qexact.UnsupportedError) as info:
         qexact.from_torch(model)
     message = str(info.value)
-    assert "'block.conv'" in message
-    assert "Conv2d" in message and "torch.ao.nn.quantized.modules.conv" in message
+    assert "'block.act'" in message
+    assert "GELU" in message and "torch.nn.modules.activation" in message
     assert "Supported modules:" in message
     assert "torch.ao.nn.quantized.Linear" in message
 
 
-def test_sigmoid_in_forward_is_unsupported():
+def test_unsupported_function_in_forward():
     model = _convert(_SigmoidModel(), (4, 6))
     with pytest.raises(qexact.UnsupportedError) as info:
         qexact.from_torch(model)
     message = str(info.value)
-    assert "sigmoid" in message
+    assert "softmax" in message
     assert "_SigmoidModel.forward" in message
     assert "supported functions" in message and "torch.flatten" in message
 
