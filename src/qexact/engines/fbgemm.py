@@ -76,7 +76,8 @@ def is_groupwise(geometry: ConvGeometry, isa: str) -> bool:
     padding 1, dilation 1, stride 1 or 2, enough groups to fill a SIMD register."""
     per_group = geometry.in_channels // geometry.groups
     lanes = 16 if isa == AVX512_VNNI else 8
-    return (geometry.spatial_dims == 2 and per_group == geometry.out_channels // geometry.groups
+    return (geometry.spatial_dims == 2 and geometry.groups > 1
+            and per_group == geometry.out_channels // geometry.groups
             and per_group in (2, 4, 8, 16) and geometry.groups >= max(1, lanes // per_group)
             and _all(geometry.kernel_size, (3,)) and _all(geometry.padding, (1,))
             and _all(geometry.dilation, (1,)) and _all(geometry.stride, (1, 2))

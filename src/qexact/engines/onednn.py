@@ -136,14 +136,26 @@ ONEDNN_DEPTHWISE_AVX2 = replace(ONEDNN_CONV_AVX2, name="onednn jit_uni_int8:avx2
                                 pair_saturation_isas=frozenset())
 
 
+ONEDNN_REF_AVX2 = replace(ONEDNN_CONV_AVX2, name="onednn ref:any",
+                          source="oneDNN src/cpu/ref_convolution_int8.cpp",
+                          pair_saturation_isas=frozenset())
+
+
 def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     """ONEDNN_VERBOSE: ``jit_uni_int8:avx2`` without VNNI. Its u8 x s8 products go through
     ``vpmaddubsw`` pairing the input channels of one tap (weights blocked ``...8a4b``; padded taps
-    are skipped, raw 0), except one channel per group (depthwise), which is exact (measured)."""
+    are skipped, raw 0), except one channel per group (depthwise), which is exact (measured).
+    A grouped convolution whose channels per group (in or out) are not multiples of 4 has no
+    jit kernel (src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp ``init_conf``: "bad blocking
+    parameters"), nor has a 3-D depthwise one: oneDNN runs ``ref:any``, exact."""
     if isa == AVX512_VNNI:
         return ONEDNN_CONV_VNNI
-    if geometry.in_channels == geometry.groups:
-        return ONEDNN_DEPTHWISE_AVX2
+    in_per_group = geometry.in_channels // geometry.groups
+    out_per_group = geometry.out_channels // geometry.groups
+    if geometry.groups > 1 and in_per_group == out_per_group == 1:
+        return ONEDNN_REF_AVX2 if geometry.spatial_dims == 3 else ONEDNN_DEPTHWISE_AVX2
+    if geometry.groups > 1 and (in_per_group % 4 or out_per_group % 4):
+        return ONEDNN_REF_AVX2
     return ONEDNN_CONV_AVX2
 
 

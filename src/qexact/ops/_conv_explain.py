@@ -1,0 +1,125 @@
+"""``explain`` for quantized convolutions: the receptive field's taps as terms, the dot product,
+int16 pair saturation where the kernel has it, then every requantization step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engines.base import PAD_ZERO
+from ..requantize import trace_requantize
+from ..stages import Stage
+
+
+def _per_channel(value, channel: int):
+    value = np.asarray(value)
+    return value[()] if value.ndim == 0 else value.reshape(-1)[channel]
+
+
+def _fmt(value) -> str:
+    return str(value) if isinstance(value, (np.floating, np.integer)) else repr(value)
+
+
+def _field(params, x_values: np.ndarray, index, pad_value: int):
+    """The receptive field of output ``index`` = (n, out_channel, *out) as im2col row of its
+    group: (taps * C/G,) raw values, plus the input index of every term (None when padded)."""
+    from .conv import _padded_input
+
+    batch, channel, out = index[0], index[1], tuple(index[2:])
+    values, padding = _padded_input(x_values[batch:batch + 1], params)
+    per_group = params.weight.shape[1]
+    group = channel // (params.out_channels // params.groups)
+    spatial = values.shape[2:]
+    row, where = [], []
+    for tap in np.ndindex(*params.kernel_size):
+        position = tuple(o * s - p + t * d for o, s, p, t, d in
+                         zip(out, params.stride, padding, tap, params.dilation))
+        inside = all(0 <= i < n for i, n in zip(position, spatial))
+        for c in range(group * per_group, (group + 1) * per_group):
+            row.append(int(values[(0, c) + position]) if inside else pad_value)
+            where.append((batch, c) + position if inside and params.padding_mode == "zeros"
+                         else None)
+    return np.array(row, dtype=np.int64), where
+
+
+def receptive_field_index(params, x, index):
+    """Upstream: the box of input elements the receptive field reads (one slice per axis)."""
+    index = tuple(int(i) for i in index)
+    unbatched = x.values.ndim == len(params.kernel_size) + 1
+    if unbatched:
+        index = (0,) + index
+    per_group = params.weight.shape[1]
+    group = index[1] // (params.out_channels // params.groups)
+    box = [index[0], slice(group * per_group, (group + 1) * per_group)]
+    spatial = x.values.shape[-len(params.kernel_size):]
+    for out, stride, pad, kernel, dilation, size in zip(index[2:], params.stride, params.padding,
+                                                        params.kernel_size, params.dilation,
+                                                        spatial):
+        if params.padding_mode != "zeros":
+            return [(0, (slice(None),) * (x.values.ndim - 1) if unbatched
+                     else (index[0],) + (slice(None),) * (x.values.ndim - 1))]
+        first = out * stride - pad
+        last = first + (kernel - 1) * dilation
+        box.append(slice(max(first, 0), max(min(last + 1, size), max(first, 0))))
+    return [(0, tuple(box[1:]) if unbatched else tuple(box))]
+
+
+def explain_conv(params, x, index) -> list[Stage]:
+    """The stages that produce output element ``index`` = (n, out_channel, *out_position)."""
+    from .conv import grouped_rows
+
+    values = x.values
+    index = tuple(int(i) for i in index)
+    if values.ndim == len(params.kernel_size) + 1:
+        values, index = values[None], (0,) + index
+    channel = index[1]
+    per_out_group = params.out_channels // params.groups
+    z_x = int(params.input_zero_point)
+    x_row, _ = _field(params, values, index, z_x)
+    weight_row = grouped_rows(params.weight, params.groups)[channel // per_out_group,
+                                                            channel % per_out_group]
+    weight_row = weight_row.astype(np.int64)
+    z_w = int(_per_channel(params.weight_zero_point, channel))
+    terms = (x_row - z_x) * (weight_row - z_w)
+    exact = int(terms.sum())
+    stages = [
+        Stage("receptive field", f"taps of kernel {params.kernel_size} x {params.weight.shape[1]} "
+              f"channels (channel fastest); stride {params.stride}, padding {params.padding} "
+              f"({params.padding_mode}), dilation {params.dilation}, groups {params.groups}; "
+              "padded taps read z_x",
+              {"x_q": x_row, "z_x": z_x, "s_x": params.input_scale}),
+        Stage("weights", f"w_q[{channel}, c, tap] in the same order",
+              {"w_q": weight_row, "z_w": z_w, "s_w": _per_channel(params.weight_scale, channel)}),
+        Stage("dot product", "acc = sum_t (x_q[t] - z_x) * (w_q[t] - z_w)  (exact integers)",
+              {"terms": terms, "running_sum": np.cumsum(terms)}, exact),
+    ]
+    acc = exact
+    if params.pair_saturation:
+        raw_x = x_row
+        if params.padded_tap == PAD_ZERO:
+            raw_x, _ = _field(params, values, index, 0)
+        pairs = params.pair_positions
+        x_pairs = np.where(pairs >= 0, raw_x[pairs], 0)
+        w_pairs = np.where(pairs >= 0, weight_row[pairs], 0)
+        raw = (x_pairs * w_pairs).sum(axis=1)
+        saturated = np.flatnonzero((raw > 32767) | (raw < -32768))
+        lost = int((np.clip(raw, -32768, 32767) - raw).sum())
+        acc = exact + lost
+        stages.append(Stage(
+            "int16 pair saturation (vpmaddubsw)",
+            "acc = sum_t sat16(x[i_t]*w[i_t] + x[j_t]*w[j_t]) - z_x*sum(w) - z_w*sum(x) + K*z_x*z_w",
+            {"saturated_pairs": [[int(p) for p in pairs[t]] for t in saturated],
+             "raw_pair_sums": raw[saturated], "lost": lost}, acc,
+            note=f"{params.kernel} on {params.isa}: raw u8*s8 pairs are summed in int16 "
+                 f"({'per tap' if params.pairs_per_tap else 'along the im2col row'}; padded taps "
+                 f"read {params.padded_tap})"))
+    acc_row = np.zeros((1, params.out_channels), dtype=np.int64)
+    acc_row[0, channel] = acc
+    for step, after in trace_requantize(acc_row, params.requantization):
+        constants = {name: _per_channel(value, channel) for name, value in step.constants().items()}
+        shown = dict(constants)
+        for attribute in ("low", "high", "term"):
+            if hasattr(step, attribute) and attribute not in shown:
+                shown[attribute] = getattr(step, attribute)
+        stages.append(Stage(step.label, step.formula.format(**{k: _fmt(v) for k, v in shown.items()}),
+                            constants, after[0, channel]))
+    return stages

@@ -1,0 +1,403 @@
+"""quantized Conv1d/2d/3d and ConvReLU: properties, errors, and bit-exact differential tests vs
+PyTorch on every engine (style.md 8.4; no goldens directory exists yet).
+
+Kernels on this machine (AVX2, no VNNI): FBGEMM depthwise / groupwise / pointwise / im2col all sum
+raw u8 x s8 pairs of a group's im2col row (taps, channel fastest) in int16 with padded taps
+holding z_x; x86 runs FBGEMM; oneDNN's ``jit_uni_int8:avx2`` pairs the channels of one tap with
+padded taps skipped (its depthwise and ``ref:any`` kernels are exact); QNNPACK is exact.
+Activations span 0..127 (reduce_range) and 0..255, and adversarial corners.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.assertions import assert_bitexact
+from support.torch_ref import torch_quantized
+
+import qexact
+from qexact import QINT8, QUINT8, QParams, QuantizedArray, QuantParamError, ShapeError
+from qexact.errors import UnsupportedError
+from qexact.ops.conv import conv, conv_accumulator, prepare_conv
+from qexact.ops._conv_explain import explain_conv
+
+SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+CASES_2D = 500
+CASES_1D_3D = 100
+
+
+def torch_conv(x, x_qp, w, w_qp, bias, out_qp, stride, padding, dilation, groups, relu):
+    """``quantized::conv{1,2,3}d[_relu]`` under the current torch engine; uint8 outputs."""
+    import torch
+
+    dims = w.ndim - 2
+    prepack = getattr(torch.ops.quantized, f"conv{dims}d_prepack")
+    op = getattr(torch.ops.quantized, f"conv{dims}d" + ("_relu" if relu else ""))
+    packed = prepack(torch_quantized(w, w_qp), None if bias is None else torch.from_numpy(bias),
+                     [stride] * dims, [padding] * dims, [dilation] * dims, groups)
+    return op(torch_quantized(x, x_qp), packed, out_qp.scale, out_qp.zero_point).int_repr().numpy()
+
+
+def qexact_conv(x, x_qp, w, w_qp, bias, out_qp, stride, padding, dilation, groups, relu, engine):
+    params = prepare_conv(w, w_qp, bias, x_qp, out_qp, stride=stride, padding=padding,
+                          dilation=dilation, groups=groups, relu=relu, engine=engine)
+    return conv(QuantizedArray(x, x_qp), params).values, params
+
+
+def check_vs_torch(engine, case, context=""):
+    import torch
+
+    expected = torch_conv(**case)
+    actual, params = qexact_conv(**case, engine=engine)
+    assert_bitexact(actual, expected, f"{engine} (torch {torch.__version__}, backend "
+                    f"{torch.backends.quantized.engine}, isa {qexact.detect_isa()}, kernel "
+                    f"{params.kernel}) {context}")
+    return expected, params
+
+
+@pytest.fixture(scope="module")
+def report(request):
+    stats = collections.defaultdict(collections.Counter)
+    yield stats
+    writer = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if writer is None or capture is None or not stats:
+        return
+    with capture.global_and_fixture_disabled():
+        writer.write_line("")
+        for key, counter in sorted(stats.items()):
+            writer.write_line(f"test_conv {key}: " + ", ".join(f"{k}={v}" for k, v in
+                                                               sorted(counter.items())))
+
+
+def allows_weight_zero_point(engine: str) -> bool:
+    return engine != "onednn"  # PackedConvWeightsOnednn::prepack refuses z_w != 0
+
+
+@st.composite
+def conv_cases(draw, engine, dims):
+    rng = np.random.default_rng(draw(st.integers(0, 2**63 - 1)))
+    kind = draw(st.sampled_from(["general", "depthwise", "grouped", "pointwise"]))
+    kernel = draw(st.sampled_from([1, 2, 3, 5] if dims < 3 else [1, 2, 3]))
+    stride = draw(st.sampled_from([1, 1, 2, 3]))
+    dilation = draw(st.sampled_from([1, 1, 2]))
+    padding = draw(st.integers(0, 2))
+    if kind == "depthwise":  # FBGEMM's fast path: G % 8 == 0, 3x3 / 5x5, "same" padding
+        kernel = draw(st.sampled_from([3, 5] if dims == 2 else [3]))
+        groups = draw(st.sampled_from([8, 16, 24, 3, 5]))
+        channels, out_channels = groups, groups * draw(st.sampled_from([1, 1, 2]))
+        padding, dilation, stride = (kernel - 1) // 2, 1, draw(st.sampled_from([1, 2]))
+    elif kind == "grouped":  # FBGEMM groupwise (C/G == K/G in 2..16, 3x3, pad 1) and others
+        groups = draw(st.sampled_from([2, 3, 4, 8]))
+        per_group = draw(st.sampled_from([1, 2, 3, 4, 8, 16]))
+        channels = groups * per_group
+        out_channels = groups * draw(st.sampled_from([per_group, per_group, 1, 2, 5]))
+        if draw(st.booleans()):
+            kernel, padding, dilation = 3, 1, 1
+    elif kind == "pointwise":
+        groups, channels, out_channels = 1, draw(st.integers(1, 40)), draw(st.integers(1, 40))
+        kernel, padding, stride, dilation = 1, 0, 1, 1
+    else:
+        groups, channels, out_channels = 1, draw(st.integers(1, 20)), draw(st.integers(1, 24))
+    span = (kernel - 1) * dilation + 1
+    spatial = [draw(st.integers(max(1, span - 2 * padding), span + (7 if dims < 3 else 3)))
+               for _ in range(dims)]
+    batch = draw(st.integers(1, 2))
+    full_range = draw(st.booleans())
+    data = draw(st.sampled_from(["uniform", "uniform", "extreme", "high"]))
+    hi = 256 if full_range else 128
+    x_shape = [batch, channels] + spatial
+    w_shape = [out_channels, channels // groups] + [kernel] * dims
+    if data == "uniform":
+        x = rng.integers(0, hi, size=x_shape)
+        w = rng.integers(-128, 128, size=w_shape)
+    elif data == "extreme":  # corners: int16 pair sums saturate
+        x = rng.choice([0, 1, hi - 2, hi - 1], size=x_shape)
+        w = rng.choice([-128, -127, -1, 0, 1, 126, 127], size=w_shape)
+    else:  # high activations, same-sign weights per output channel
+        x = rng.integers(hi * 3 // 4, hi, size=x_shape)
+        sign = rng.choice([-1, 1], size=[out_channels] + [1] * (dims + 1))
+        w = np.clip(sign * rng.integers(64, 129, size=w_shape), -128, 127)
+    x, w = x.astype(np.uint8), w.astype(np.int8)
+    s_x = 10.0 ** draw(st.floats(-3.0, 0.0))
+    z_x = draw(st.sampled_from([0, 128, 255]) | st.integers(0, 255))
+    nonzero_zw = allows_weight_zero_point(engine) and draw(st.integers(0, 3)) == 0
+    if draw(st.booleans()):
+        s_w = 10.0 ** rng.uniform(-3, -1, size=out_channels)
+        z_w = (rng.integers(-128, 128, size=out_channels) if nonzero_zw
+               else np.zeros(out_channels, np.int64))
+        w_qp = QParams.per_channel(s_w, z_w, 0, QINT8)
+    else:
+        w_qp = QParams.per_tensor(10.0 ** draw(st.floats(-3.0, -1.0)),
+                                  draw(st.integers(-128, 127)) if nonzero_zw else 0, QINT8)
+    depth = channels // groups * kernel ** dims
+    s_out = float(np.median(w_qp.scale) * s_x * 40.0 * np.sqrt(depth) * rng.uniform(0.5, 2.0))
+    bias_kind = draw(st.sampled_from(["none", "relative", "relative", "half_grid"]))
+    grid = s_x * np.asarray(w_qp.scale, np.float64) * np.ones(out_channels)
+    if bias_kind == "none":
+        bias = None
+    elif bias_kind == "relative":
+        bias = (rng.standard_normal(out_channels) * grid * 10.0 ** draw(st.floats(-3.0, 5.0)))
+    else:
+        bias = (rng.integers(-40000, 40000, size=out_channels) + 0.5) * grid
+    return dict(x=x, x_qp=QParams.per_tensor(s_x, z_x, QUINT8), w=w, w_qp=w_qp,
+                bias=None if bias is None else bias.astype(np.float32),
+                out_qp=QParams.per_tensor(s_out, draw(st.integers(0, 255)), QUINT8),
+                stride=stride, padding=padding, dilation=dilation, groups=groups,
+                relu=draw(st.booleans())), f"{kind}/{data}/{'full' if full_range else 'rr'}"
+
+
+def run_random(engine, report, dims, examples):
+    stats = report[f"conv{dims}d {engine}"]
+
+    @settings(max_examples=examples, suppress_health_check=SUPPRESS)
+    @given(drawn=conv_cases(engine, dims))
+    def check(drawn):
+        case, label = drawn
+        expected, params = check_vs_torch(engine, case, label)
+        stats["cases"] += 1
+        stats["elements"] += expected.size
+        stats[f"kernel {params.kernel}"] += 1
+        stats["saturating_cases"] += int(params.pair_saturation)
+
+    before = stats["cases"]
+    check()
+    return stats["cases"] - before
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties and errors
+# ---------------------------------------------------------------------------------------------
+
+def _reference_accumulator(x, w, z_x, z_w, stride, padding, dilation, groups):
+    """Direct int64 loop over output positions (2-D), padded taps reading z_x."""
+    batch, channels, height, width = x.shape
+    out_channels, per_group, kh, kw = w.shape
+    padded = np.full((batch, channels, height + 2 * padding, width + 2 * padding), z_x, np.int64)
+    padded[:, :, padding:padding + height, padding:padding + width] = x
+    out_h = (height + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    out_w = (width + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    acc = np.zeros((batch, out_channels, out_h, out_w), np.int64)
+    for oc in range(out_channels):
+        group = oc // (out_channels // groups)
+        for oy in range(out_h):
+            for ox in range(out_w):
+                field = padded[:, group * per_group:(group + 1) * per_group,
+                               oy * stride:oy * stride + dilation * (kh - 1) + 1:dilation,
+                               ox * stride:ox * stride + dilation * (kw - 1) + 1:dilation]
+                acc[:, oc, oy, ox] = ((field - z_x) * (w[oc].astype(np.int64) - z_w)).sum(
+                    axis=(1, 2, 3))
+    return acc
+
+
+@settings(max_examples=60, suppress_health_check=SUPPRESS)
+@given(seed=st.integers(0, 2**32 - 1), groups=st.sampled_from([1, 2, 3]),
+       stride=st.integers(1, 3), padding=st.integers(0, 2), dilation=st.integers(1, 2))
+def test_exact_accumulator_matches_direct_loop(seed, groups, stride, padding, dilation):
+    """QNNPACK's accumulator (exact) is the definition, computed by an int64 loop."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(2, 2 * groups, 7, 6)).astype(np.uint8)
+    w = rng.integers(-128, 128, size=(3 * groups, 2, 3, 2)).astype(np.int8)
+    z_x, z_w = int(rng.integers(0, 256)), int(rng.integers(-128, 128))
+    params = prepare_conv(w, QParams.per_tensor(0.01, z_w, QINT8), None,
+                          QParams.per_tensor(0.1, z_x, QUINT8), QParams.per_tensor(1.0, 0, QUINT8),
+                          stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          engine="qnnpack")
+    acc = conv_accumulator(x, params)
+    expected = _reference_accumulator(x, w, z_x, z_w, stride, padding, dilation, groups)
+    assert_bitexact(np.moveaxis(acc.reshape(expected.shape[0], expected.shape[2],
+                                            expected.shape[3], -1), -1, 1), expected)
+
+
+def test_relu_output_at_least_zero_point():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(1, 4, 6, 6)).astype(np.uint8)
+    w = rng.integers(-128, 128, size=(5, 4, 3, 3)).astype(np.int8)
+    for engine in ("fbgemm", "x86", "qnnpack", "onednn"):
+        params = prepare_conv(w, QParams.per_tensor(0.01, 0, QINT8), None,
+                              QParams.per_tensor(0.05, 7, QUINT8),
+                              QParams.per_tensor(0.5, 100, QUINT8), relu=True, engine=engine)
+        out = conv(QuantizedArray(x, params.input_qparams), params).values
+        assert out.min() >= 100 and out.dtype == np.uint8
+
+
+def _qp(zero_point=0):
+    return QParams.per_tensor(0.1, zero_point, QUINT8)
+
+
+def test_errors():
+    w = np.zeros((4, 2, 3, 3), np.int8)
+    wqp = QParams.per_tensor(0.01, 0, QINT8)
+    with pytest.raises(ShapeError, match="int8"):
+        prepare_conv(w.astype(np.int16), wqp, None, _qp(), _qp())
+    with pytest.raises(ShapeError, match="multiple of groups"):
+        prepare_conv(w, wqp, None, _qp(), _qp(), groups=3)
+    with pytest.raises(QuantParamError, match="symmetric"):
+        prepare_conv(w, QParams.per_tensor(0.01, 3, QINT8), None, _qp(), _qp(), engine="onednn")
+    with pytest.raises(QuantParamError, match="axis 0"):
+        prepare_conv(w, QParams.per_channel(np.ones(3), np.zeros(3), 0, QINT8), None, _qp(), _qp())
+    with pytest.raises(QuantParamError, match="qint8"):
+        prepare_conv(w, QParams.per_tensor(0.1, 0, QUINT8), None, _qp(), _qp())
+    with pytest.raises(UnsupportedError, match="padding_mode"):
+        prepare_conv(w, wqp, None, _qp(), _qp(), padding_mode="mirror")
+    with pytest.raises(ShapeError, match="bias"):
+        prepare_conv(w, wqp, np.zeros(3, np.float32), _qp(), _qp())
+    with pytest.raises(ShapeError, match="stride"):
+        prepare_conv(w, wqp, None, _qp(), _qp(), stride=(1, 2, 3))
+    params = prepare_conv(w, wqp, None, _qp(), _qp(), groups=2)
+    with pytest.raises(ShapeError, match="expects input"):
+        conv(QuantizedArray(np.zeros((1, 3, 5, 5), np.uint8), _qp()), params)
+    with pytest.raises(ShapeError, match="too small"):
+        conv(QuantizedArray(np.zeros((1, 4, 2, 2), np.uint8), _qp()), params)
+    with pytest.raises(QuantParamError, match="prepared for input"):
+        conv(QuantizedArray(np.zeros((1, 4, 5, 5), np.uint8), _qp(5)), params)
+
+
+def test_kernel_choice_on_avx2():
+    """The kernel each engine names (FBGEMM ConvFastPath; oneDNN jit / ref; QNNPACK)."""
+    def kernel(engine, c, oc, g, k, padding=1, isa="avx2"):
+        w = np.zeros((oc, c // g, k, k), np.int8)
+        return prepare_conv(w, QParams.per_tensor(0.01, 0, QINT8), None, _qp(), _qp(),
+                            padding=padding, groups=g, engine=engine, isa=isa).kernel
+
+    assert kernel("fbgemm", 16, 16, 16, 3) == "fbgemm depthwise"
+    assert kernel("fbgemm", 32, 32, 8, 3) == "fbgemm groupwise"
+    assert kernel("fbgemm", 8, 8, 1, 1, padding=0) == "fbgemm pointwise"
+    assert kernel("fbgemm", 8, 8, 1, 3) == "fbgemm im2col"
+    assert kernel("x86", 16, 16, 16, 3) == "fbgemm depthwise"
+    assert kernel("x86", 16, 16, 1, 3, isa="avx512_vnni") == "onednn conv"
+    assert kernel("onednn", 16, 16, 16, 3) == "onednn jit_uni_int8:avx2 depthwise"
+    assert kernel("onednn", 6, 6, 3, 3) == "onednn ref:any"
+    assert kernel("onednn", 16, 16, 4, 3) == "onednn jit_uni_int8:avx2"
+    assert kernel("qnnpack", 16, 16, 16, 3) == "qnnpack dwconv"
+
+
+# ---------------------------------------------------------------------------------------------
+# Differential against PyTorch
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.torch
+def test_conv2d_random_vs_torch(engine, report):
+    """>= 500 random Conv2d/ConvReLU2d cases per engine: every output byte equal to PyTorch."""
+    assert run_random(engine, report, 2, CASES_2D) >= 500
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dims", [1, 3])
+def test_conv1d_conv3d_random_vs_torch(engine, report, dims):
+    assert run_random(engine, report, dims, CASES_1D_3D) >= 100
+
+
+def _pair_probe_case(positions, kernel, channels, groups, z_x=0, x_value=255, padding=0, size=None):
+    """Weights 127 at two (channel, tap) positions of every output channel, activations
+    ``x_value``: the two terms saturate together only if they form one ``vpmaddubsw`` pair."""
+    out_channels = groups
+    w = np.zeros((out_channels, channels // groups, kernel, kernel), np.int8)
+    for c, r, s in positions:
+        w[:, c, r, s] = 127
+    size = size or kernel + 2 * padding
+    x = np.full((1, channels, size, size), x_value, np.uint8)
+    return dict(x=x, x_qp=QParams.per_tensor(1.0, z_x, QUINT8), w=w,
+                w_qp=QParams.per_tensor(1.0, 0, QINT8), bias=None,
+                out_qp=QParams.per_tensor(300.0, 128, QUINT8), stride=1, padding=padding,
+                dilation=1, groups=groups, relu=False)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("channels,groups,kernel,padding", [
+    (16, 16, 3, 1), (16, 16, 5, 2), (32, 8, 3, 1), (3, 1, 3, 0), (5, 1, 1, 0), (8, 1, 3, 1),
+    (16, 4, 3, 1)])
+def test_pair_layout_vs_torch(engine, channels, groups, kernel, padding):
+    """Every pair of positions of a group's im2col row (ch, tap): saturating together or not,
+    with activations 255 (and with padded taps holding z_x = 200 against x = 0)."""
+    per_group = channels // groups
+    positions = [(c, r, s) for r in range(kernel) for s in range(kernel) for c in range(per_group)]
+    for i in range(0, len(positions), 5):
+        for j in range(i + 1, min(len(positions), i + 3)):
+            check_vs_torch(engine, _pair_probe_case([positions[i], positions[j]], kernel, channels,
+                                                    groups, padding=padding), f"pair {i},{j}")
+            if padding:
+                check_vs_torch(engine, _pair_probe_case([positions[i], positions[j]], kernel,
+                                                        channels, groups, z_x=200, x_value=0,
+                                                        padding=padding), f"padded pair {i},{j}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole eager models through qexact.from_torch, and explain
+# ---------------------------------------------------------------------------------------------
+
+def _model(dims):
+    import torch
+    from torch import nn
+
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    batchnorm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = torch.ao.quantization.QuantStub()
+            self.conv1 = conv(3, 16, 3, padding=1)
+            self.bn1 = batchnorm(16)
+            self.relu1 = nn.ReLU()
+            self.conv2 = conv(16, 16, 3, padding=1, groups=16)
+            self.relu2 = nn.ReLU()
+            self.conv3 = conv(16, 8, 1, bias=False)
+            self.conv4 = conv(8, 8, 3, stride=2, padding=1, groups=2,
+                              padding_mode="reflect" if dims < 3 else "zeros")
+            self.dequant = torch.ao.quantization.DeQuantStub()
+
+        def forward(self, x):
+            x = self.relu1(self.bn1(self.conv1(self.quant(x))))
+            x = self.relu2(self.conv2(x))
+            return self.dequant(self.conv4(self.conv3(x)))
+
+    return Model()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_eager_model_vs_torch(engine, dims):
+    """Conv+BN+ReLU fused, depthwise+ReLU, pointwise, grouped with reflect padding."""
+    import torch
+
+    if engine == "qnnpack" and dims == 3:
+        pytest.skip("torch cannot unpack QNNPACK conv3d weights (conv2d_unpack only), so no "
+                    "Conv3d model converted for qnnpack can be read; covered by the op tests")
+    torch.manual_seed(dims)
+    model = _model(dims).eval()
+    model.qconfig = torch.ao.quantization.get_default_qconfig(engine)
+    torch.ao.quantization.fuse_modules(model, [["conv1", "bn1", "relu1"], ["conv2", "relu2"]],
+                                       inplace=True)
+    torch.ao.quantization.prepare(model, inplace=True)
+    shape = (2, 3) + (10,) * dims if dims < 3 else (2, 3, 6, 6, 6)
+    for _ in range(3):
+        model(torch.randn(shape))
+    torch.ao.quantization.convert(model, inplace=True)
+    net = qexact.from_torch(model)
+    for scale in (1.0, 4.0):  # 4.0: inputs past the calibrated range reach x_q = 255
+        x = torch.randn(shape) * scale
+        assert_bitexact(np.asarray(net(x.numpy())), model(x).numpy(), f"{engine} conv{dims}d model")
+    explanation = net.explain(torch.randn(shape).numpy() * 4, layer="conv4")
+    assert "dot product" in explanation.render("text")
+
+
+@pytest.mark.parametrize("engine_name", ["fbgemm", "onednn", "qnnpack"])
+def test_explain_conv_reproduces_output(engine_name):
+    rng = np.random.default_rng(5)
+    x = rng.integers(200, 256, size=(1, 16, 5, 5)).astype(np.uint8)
+    w = rng.choice([-128, 127, 126], size=(16, 1, 3, 3)).astype(np.int8)
+    for groups, weight in ((16, w), (1, np.repeat(w, 16, axis=1))):
+        params = prepare_conv(weight, QParams.per_tensor(0.01, 0, QINT8), None,
+                              QParams.per_tensor(0.05, 3, QUINT8),
+                              QParams.per_tensor(20.0, 128, QUINT8), padding=1, groups=groups,
+                              engine=engine_name)
+        x_q = QuantizedArray(x, params.input_qparams)
+        out = conv(x_q, params).values
+        for index in [(0, 0, 0, 0), (0, 5, 2, 3), (0, 15, 4, 4)]:
+            stages = explain_conv(params, x_q, index)
+            assert stages[-1].result == out[index], (engine_name, groups, index)
