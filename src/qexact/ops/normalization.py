@@ -1,1 +1,475 @@
-"""(in progress) normalization ops."""
+"""Quantized BatchNorm2d/3d (+ReLU), LayerNorm, GroupNorm and InstanceNorm1d/2d/3d.
+
+These are ATen float32 kernels, the same on every quantized engine (only ATen's CPU capability
+matters, ``engines/normalization_numerics.py``); the inputs and outputs are integers, the middle is
+float32 arithmetic reproduced operation by operation. Sources: pytorch
+aten/src/ATen/native/quantized/cpu/qbatch_norm.cpp (``compute_fused_params``), qnormalization.cpp,
+kernels/QuantizedOpKernels.cpp (``q_batch_norm_kernel``, ``quantized_normalize_kernel``,
+``quantized_groupnorm_nhwc_kernel``, ``hsum``/``hsum_sq``). ``fma`` is ``fmaf`` where the capability
+fuses, else ``f32(f32(a*b) + c)``.
+
+BatchNorm (offline, float64 where C++ promotes to double)::
+
+    inv_sigma = f32(1.0 / double(sqrtf(f32(var + f32(eps)))))
+    alpha = f32(double(f32(inv_sigma * w)) * (s_x / s_y))
+    beta  = f32(double(f32(b - f32(f32(mean * inv_sigma) * w))) / s_y)
+    y     = fma(alpha, f32(q - z_x), beta)
+    vector channels: q_y = sat(wrap32(cvtps2dq(min(y, 2147483520)) + z_y)); scalar tail: lrintf(y) + z_y
+
+LayerNorm / GroupNorm / InstanceNorm, per group of N elements (sums of integers are exact)::
+
+    m_s  = f32(f32(sum q) / f32(N));  mean = f32(m_s - f32(z_x))
+    var  = max(fma(-m_s, m_s, f32(f32(sum q^2) / f32(N))), 0)
+    rstd = f32(double(f32(s_x)) / sqrt(double(f32(f32(var * s_x) * s_x)) + eps))
+    LayerNorm:          y = fma(f32(f32(f32(q - z_x) - mean) * rstd), gamma[i], beta[i])
+    GroupNorm (NCHW):   y = fma(f32(f32(q - z_x) - mean), f32(rstd * gamma[c]), beta[c])
+    GroupNorm (NHWC):   k = f32(rstd * gamma[c]); y = fma(f32(q - z_x), k, fma(-k, mean, beta[c]))
+    inv = f32(1 / f32(s_y))
+    vector:  q_y = sat(wrap32(cvtps2dq(min(f32(y * inv), 2147483520)) + z_y))
+    scalar:  q_y = clamp(rne(f32(f32(y * inv) + f32(z_y))))        (quantize_val)
+
+The scalar tail is the last ``N % int_lanes`` elements of a LayerNorm row, and the last channels of a
+pixel for BatchNorm and NHWC GroupNorm (``tail_start``). NCHW GroupNorm has no scalar tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..dtypes import QINT8, QUINT8
+from ..engines import Engine, get_engine
+from ..engines.normalization_numerics import NormalizationNumerics, normalization_numerics
+from ..errors import QuantParamError, ShapeError, UnsupportedError
+from ..qparams import QParams, QuantizedArray
+from ..rounding import INT32_MIN, f32, fma_float32, wrap_int32
+from ..stages import Stage
+from ._registry import graph_op
+from .quantize import require_quantized
+
+INT32_FLOAT_MAX = np.float32(2147483520.0)  # QuantizeAvx2's clip: the largest float below INT32_MAX
+NHWC_FEATURE_MAP_THRESHOLD = 512  # quantized_groupnorm_nhwc_kernel switches to float partial sums
+
+
+def fused(a, b, c, numerics: NormalizationNumerics) -> np.ndarray:
+    """``a * b + c`` as the kernel computes it: one rounding if fused, two otherwise."""
+    if numerics.fused_multiply_add:
+        return fma_float32(a, b, c)
+    return f32(f32(np.float32(a) * np.float32(b)) + np.float32(c))
+
+
+def quantize_scalar(y, inv, zero_point: int, dtype) -> np.ndarray:
+    """``quantize_val``: ``clamp(rne(f32(f32(y * inv) + f32(z))))``."""
+    t = f32(f32(y * np.float32(inv)) + np.float32(zero_point))
+    return np.clip(np.rint(t.astype(np.float64)), dtype.qmin, dtype.qmax).astype(np.int64)
+
+
+def quantize_vector(y, inv, zero_point: int, dtype, numerics: NormalizationNumerics) -> np.ndarray:
+    """``Vectorized<T>::quantize``: ``cvtps2dq(min(f32(y * inv), 2147483520)) + z`` in int32, then
+    saturating packs (min_ps returns its second operand for NaN). Scalar fallback on ``default``."""
+    if not numerics.vector_zero_point_after_rounding:
+        return quantize_scalar(y, inv, zero_point, dtype)
+    t = np.minimum(f32(y * np.float32(inv)), INT32_FLOAT_MAX)
+    t = np.where(np.isnan(t), INT32_FLOAT_MAX, t)
+    rounded = np.rint(t.astype(np.float64))
+    rounded = np.where(rounded < INT32_MIN, INT32_MIN, rounded).astype(np.int64)
+    return np.clip(wrap_int32(rounded + zero_point), dtype.qmin, dtype.qmax)
+
+
+def _check_io(input_qparams: QParams, output_scale: float, output_zero_point: int, what: str):
+    if input_qparams.is_per_channel or input_qparams.dtype not in (QUINT8, QINT8):
+        raise QuantParamError(f"quantized {what} needs a per-tensor quint8 or qint8 input, "
+                              f"got {input_qparams.describe()}")
+    return QParams.per_tensor(float(output_scale), int(output_zero_point), input_qparams.dtype)
+
+
+def _float_vector(value, size: int, name: str, default: float) -> np.ndarray:
+    if value is None:
+        return np.full(size, default, np.float32)
+    value = np.asarray(value)
+    if value.dtype != np.float32 or value.size != size:
+        raise ShapeError(f"{name} must be float32 with {size} elements, got {value.dtype} {value.shape}")
+    return value.reshape(-1)
+
+
+# --- BatchNorm ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class BatchNormParams:
+    """A prepared quantized BatchNorm: ``alpha``/``beta`` (float32, per channel) are what the kernel
+    uses, ``y = fma(alpha, q - z_x, beta)``; the model's ``weight``, ``bias``, ``running_mean``,
+    ``running_var``, ``eps`` are kept for explanation."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    running_mean: np.ndarray
+    running_var: np.ndarray
+    eps: float
+    input_qparams: QParams
+    output_qparams: QParams
+    relu: bool
+    spatial_dims: int
+    alpha: np.ndarray
+    beta: np.ndarray
+    inv_sigma: np.ndarray
+    numerics: NormalizationNumerics
+
+    @property
+    def num_channels(self) -> int:
+        return self.alpha.size
+
+
+def batch_norm_fused_params(weight, bias, mean, var, eps: float, input_scale: float,
+                            output_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``compute_fused_params`` (qbatch_norm.cpp): (inv_sigma, alpha, beta), float32."""
+    inv_sigma = f32(1.0 / np.sqrt(f32(var + np.float32(eps))).astype(np.float64))
+    alpha = f32(f32(inv_sigma * weight).astype(np.float64) * (input_scale / output_scale))
+    beta = f32(f32(bias - f32(f32(mean * inv_sigma) * weight)).astype(np.float64) / output_scale)
+    return inv_sigma, alpha, beta
+
+
+def prepare_batch_norm(weight, bias, running_mean, running_var, eps: float, input_qparams: QParams,
+                       output_scale: float, output_zero_point: int, *, relu: bool = False,
+                       spatial_dims: int = 2, engine: Engine | str = "fbgemm") -> BatchNormParams:
+    """Validate a quantized BatchNorm2d (``spatial_dims=2``) or 3d and precompute alpha/beta."""
+    if spatial_dims not in (2, 3):
+        raise ShapeError(f"quantized BatchNorm is 2d or 3d, got spatial_dims {spatial_dims!r}")
+    output_qparams = _check_io(input_qparams, output_scale, output_zero_point, "BatchNorm")
+    channels = np.asarray(running_mean).size
+    weight, bias, mean, var = (_float_vector(value, channels, name, 0.0) for value, name in (
+        (weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
+        (running_var, "running_var")))
+    inv_sigma, alpha, beta = batch_norm_fused_params(weight, bias, mean, var, float(eps),
+                                                     input_qparams.scale, output_qparams.scale)
+    return BatchNormParams(weight, bias, mean, var, float(eps), input_qparams, output_qparams,
+                           bool(relu), spatial_dims, alpha, beta, inv_sigma,
+                           normalization_numerics(get_engine(engine)))
+
+
+def tail_start(channels: int, numerics: NormalizationNumerics, middle_block: bool = False) -> int:
+    """Where a pixel's scalar tail starts: after full ``int_lanes`` blocks, and for BatchNorm
+    (``middle_block``) after ``float_lanes`` blocks too when ``int_lanes == 32`` (``lanes == 32``)."""
+    start = channels // numerics.int_lanes * numerics.int_lanes
+    if middle_block and numerics.int_lanes == 32:
+        start += (channels - start) // numerics.float_lanes * numerics.float_lanes
+    return start
+
+
+def batch_norm(x: QuantizedArray, params: BatchNormParams) -> QuantizedArray:
+    """``quantized::batch_norm2d/3d[_relu]`` on (N, C, *spatial) integers."""
+    values = x.values
+    if values.ndim != params.spatial_dims + 2 or values.shape[1] != params.num_channels:
+        raise ShapeError(f"BatchNorm{params.spatial_dims}d expects (N, {params.num_channels}, ...) "
+                         f"of rank {params.spatial_dims + 2}, got {values.shape}")
+    _check_input(x, params.input_qparams, "BatchNorm")
+    shape = (1, -1) + (1,) * params.spatial_dims
+    alpha, beta = params.alpha.reshape(shape), params.beta.reshape(shape)
+    centered = f32(values.astype(np.int64) - params.input_qparams.zero_point)
+    y = fused(alpha, centered, beta, params.numerics)
+    dtype, zp = params.output_qparams.dtype, params.output_qparams.zero_point
+    start = tail_start(params.num_channels, params.numerics, middle_block=True)
+    out = np.empty(values.shape, np.int64)
+    out[:, :start] = quantize_vector(y[:, :start], np.float32(1.0), zp, dtype, params.numerics)
+    tail = np.rint(y[:, start:].astype(np.float64))  # lrintf: NaN -> INT64_MIN
+    tail = np.where(np.isnan(tail), float(np.iinfo(np.int64).min), tail)
+    out[:, start:] = np.clip(tail, -2.0 ** 62, 2.0 ** 62).astype(np.int64) + zp
+    low = zp if params.relu else dtype.qmin
+    return QuantizedArray(np.clip(out, low, dtype.qmax).astype(dtype.numpy_dtype),
+                          params.output_qparams)
+
+
+def _check_input(x: QuantizedArray, expected: QParams, what: str) -> None:
+    if x.qparams != expected:
+        raise QuantParamError(f"{what} was prepared for input {expected.describe()}, got "
+                              f"{x.qparams.describe()}; prepare it again for these qparams")
+
+
+# --- LayerNorm, GroupNorm, InstanceNorm --------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class GroupNormParams:
+    """A prepared quantized LayerNorm (``kind="layer_norm"``, ``normalized_shape``), GroupNorm
+    (``num_groups``) or InstanceNorm (``num_groups == channels``). ``weight``/``bias``: float32
+    (normalized_shape elements for LayerNorm, channels otherwise). ``channels_last``: the input is
+    NHWC in memory (ATen runs ``quantized_groupnorm_nhwc_kernel``)."""
+
+    kind: str
+    normalized_shape: tuple[int, ...]
+    num_groups: int
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+    eps: float
+    input_qparams: QParams
+    output_qparams: QParams
+    channels_last: bool
+    numerics: NormalizationNumerics
+
+
+def prepare_layer_norm(normalized_shape, weight, bias, eps: float, input_qparams: QParams,
+                       output_scale: float, output_zero_point: int, *,
+                       engine: Engine | str = "fbgemm") -> GroupNormParams:
+    """Validate a quantized LayerNorm over the trailing ``normalized_shape`` dims."""
+    shape = tuple(int(size) for size in np.atleast_1d(normalized_shape))
+    size = int(np.prod(shape))
+    weight = None if weight is None else _float_vector(weight, size, "weight", 1.0)
+    bias = None if bias is None else _float_vector(bias, size, "bias", 0.0)
+    return GroupNormParams("layer_norm", shape, 1, weight, bias, float(eps), input_qparams,
+                           _check_io(input_qparams, output_scale, output_zero_point, "LayerNorm"),
+                           False, normalization_numerics(get_engine(engine)))
+
+
+def prepare_group_norm(num_groups: int, num_channels: int, weight, bias, eps: float,
+                       input_qparams: QParams, output_scale: float, output_zero_point: int, *,
+                       channels_last: bool = False, instance: bool = False,
+                       engine: Engine | str = "fbgemm") -> GroupNormParams:
+    """Validate a quantized GroupNorm (or InstanceNorm: ``instance=True``, groups = channels)."""
+    if num_groups <= 0 or num_channels % num_groups:
+        raise ShapeError(f"{num_channels} channels cannot be split in {num_groups!r} groups")
+    weight = None if weight is None else _float_vector(weight, num_channels, "weight", 1.0)
+    bias = None if bias is None else _float_vector(bias, num_channels, "bias", 0.0)
+    what = "InstanceNorm" if instance else "GroupNorm"
+    return GroupNormParams("instance_norm" if instance else "group_norm", (), int(num_groups),
+                           weight, bias, float(eps), input_qparams,
+                           _check_io(input_qparams, output_scale, output_zero_point, what),
+                           bool(channels_last), normalization_numerics(get_engine(engine)))
+
+
+def group_statistics(rows: np.ndarray, params: GroupNormParams) -> dict:
+    """Per row (one group): exact ``sum``/``sum_sq``, then ``mean`` (of q - z_x), ``var``, ``rstd``
+    (= s_x / std) in float32 as ``quantized_normalize_kernel`` forms them."""
+    count = np.float32(rows.shape[-1])
+    wide = rows.astype(np.int64)
+    total, total_sq = wide.sum(axis=-1), (wide * wide).sum(axis=-1)
+    mean_shifted = f32(f32(total) / count)
+    mean = f32(mean_shifted - np.float32(params.input_qparams.zero_point))
+    mean_sq = f32(f32(total_sq) / count)
+    var = np.maximum(fused(-mean_shifted, mean_shifted, mean_sq, params.numerics), np.float32(0))
+    x_scale = np.float32(params.input_qparams.scale)
+    var_scaled = f32(f32(var * x_scale) * x_scale).astype(np.float64)
+    rstd = f32(np.float64(x_scale) / np.sqrt(var_scaled + params.eps))
+    return {"sum": total, "sum_sq": total_sq, "mean_shifted": mean_shifted, "mean": mean,
+            "mean_sq": mean_sq, "var": var, "rstd": rstd}
+
+
+def _affine(params: GroupNormParams, values: np.ndarray, stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 ``y`` of every element (grouped layout), and the mask of scalar-tail elements."""
+    numerics, zp = params.numerics, params.input_qparams.zero_point
+    if params.kind == "layer_norm":
+        size = int(np.prod(params.normalized_shape))
+        rows = values.reshape(-1, size)
+        centered = f32(f32(rows.astype(np.int64) - zp) - stats["mean"][:, None])
+        normalized = f32(centered * stats["rstd"][:, None])
+        gamma = np.float32(1) if params.weight is None else params.weight
+        beta = np.float32(0) if params.bias is None else params.bias
+        y = normalized if params.weight is None and params.bias is None else \
+            fused(normalized, gamma, beta, numerics)
+        tail = np.arange(size) >= size // numerics.int_lanes * numerics.int_lanes
+        return y, np.broadcast_to(tail, y.shape)
+    batch, channels = values.shape[:2]
+    groups = params.num_groups
+    grouped = values.reshape(batch, groups, channels // groups, -1).astype(np.int64)
+    gamma = np.ones(channels, np.float32) if params.weight is None else params.weight
+    beta = np.zeros(channels, np.float32) if params.bias is None else params.bias
+    gamma, beta = (v.reshape(1, groups, -1, 1) for v in (gamma, beta))
+    mean, rstd = (stats[k].reshape(batch, groups, 1, 1) for k in ("mean", "rstd"))
+    scale = f32(rstd * gamma)
+    if not takes_nhwc_path(params, values.shape):
+        y = fused(f32(f32(grouped - zp) - mean), scale, beta, numerics)
+        return y, np.zeros(y.shape, bool)
+    bias = fused(-scale, mean, beta, numerics)
+    y = fused(f32(grouped - zp), scale, bias, numerics)
+    spatial = grouped.shape[-1]
+    if spatial < NHWC_FEATURE_MAP_THRESHOLD:  # vectorized over each group's channels
+        per_group = channels // groups
+        tail = np.arange(per_group) >= tail_start(per_group, numerics)
+        tail = np.broadcast_to(tail[None, None, :, None], y.shape)
+    else:  # vectorized over all channels of a pixel
+        tail = (np.arange(channels) >= tail_start(channels, numerics)).reshape(1, groups, -1, 1)
+        tail = np.broadcast_to(tail, y.shape)
+    return y, tail
+
+
+def takes_nhwc_path(params: GroupNormParams, shape) -> bool:
+    """ATen picks ``quantized_groupnorm_nhwc_kernel`` when the input ``is_contiguous(ChannelsLast)``:
+    a 4-D channels-last input, or a 4-D contiguous one with C == 1 or H*W == 1 (qnormalization.cpp)."""
+    if params.kind == "layer_norm" or len(shape) != 4:
+        return False
+    return params.channels_last or shape[1] == 1 or shape[2] * shape[3] == 1
+
+
+def group_norm(x: QuantizedArray, params: GroupNormParams) -> QuantizedArray:
+    """``quantized::layer_norm`` / ``group_norm`` / ``instance_norm`` on integers."""
+    values = _check_group_input(x, params)
+    stats = group_statistics(_rows(values, params), params)
+    y, tail = _affine(params, values, stats)
+    output = params.output_qparams
+    inv = f32(np.float32(1.0) / np.float32(output.scale))
+    out = np.where(tail, quantize_scalar(y, inv, output.zero_point, output.dtype),
+                   quantize_vector(y, inv, output.zero_point, output.dtype, params.numerics))
+    return QuantizedArray(out.reshape(values.shape).astype(output.dtype.numpy_dtype), output)
+
+
+def _rows(values: np.ndarray, params: GroupNormParams) -> np.ndarray:
+    if params.kind == "layer_norm":
+        return values.reshape(-1, int(np.prod(params.normalized_shape)))
+    return values.reshape(values.shape[0] * params.num_groups, -1)
+
+
+def _check_group_input(x: QuantizedArray, params: GroupNormParams) -> np.ndarray:
+    values = x.values
+    if params.kind == "layer_norm":
+        shape = params.normalized_shape
+        if values.ndim < len(shape) or values.shape[values.ndim - len(shape):] != shape:
+            raise ShapeError(f"LayerNorm over {shape} needs an input ending in those dims, "
+                             f"got {values.shape}")
+    else:
+        channels = params.weight.size if params.weight is not None else None
+        if values.ndim < 3 or (channels is not None and values.shape[1] != channels) \
+                or values.shape[1] % params.num_groups:
+            raise ShapeError(f"{params.kind} with {params.num_groups} groups expects (N, C, ...) "
+                             f"of rank >= 3 with C = {channels or 'a multiple of groups'}, "
+                             f"got {values.shape}")
+    _check_input(x, params.input_qparams, params.kind)
+    if params.kind != "layer_norm" and takes_nhwc_path(params, values.shape):
+        per_group = values.size // (values.shape[0] * params.num_groups)
+        spatial = values.shape[2] * values.shape[3]
+        if spatial < NHWC_FEATURE_MAP_THRESHOLD and per_group < values.shape[0]:
+            raise UnsupportedError(
+                f"{params.kind} on a channels-last {values.shape} input: PyTorch's "
+                f"quantized_groupnorm_nhwc_kernel indexes batches modulo the {per_group} elements "
+                f"per group (data_index_init(begin, n, N, g, G)) and leaves batches >= {per_group} "
+                "of its output uninitialized; there is no defined result to reproduce")
+    return values
+
+
+# --- Graph ops and explanations ------------------------------------------------------------------
+
+
+def _output_attrs(node):
+    return float(node.attrs["output_scale"]), int(node.attrs["output_zero_point"])
+
+
+@graph_op("batch_norm", "quantized BatchNorm2d/3d (+ReLU) (nnq.BatchNorm2d/3d, nniq.BNReLU2d/3d)")
+class BatchNormOp:
+    """Arrays ``weight``, ``bias``, ``running_mean``, ``running_var``; attrs ``eps``, ``relu``,
+    ``spatial_dims``, ``output_scale``, ``output_zero_point`` (output dtype = input dtype)."""
+
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        arrays = node.arrays
+        params = prepare_batch_norm(
+            arrays.get("weight"), arrays.get("bias"), arrays["running_mean"], arrays["running_var"],
+            node.attrs["eps"], require_quantized(node, input_qparams), *_output_attrs(node),
+            relu=bool(node.attrs.get("relu", False)),
+            spatial_dims=int(node.attrs.get("spatial_dims", 2)), engine=engine)
+        return params, params.output_qparams
+
+    @staticmethod
+    def run(params, inputs):
+        return batch_norm(inputs[0], params)
+
+    @staticmethod
+    def explain(params, inputs, result, index):
+        channel = index[1]
+        q = int(inputs[0].values[index])
+        start = tail_start(params.num_channels, params.numerics, middle_block=True)
+        alpha, beta = params.alpha[channel], params.beta[channel]
+        centered = f32(q - params.input_qparams.zero_point)
+        y = fused(alpha, centered, beta, params.numerics)
+        fma_text = "fmaf" if params.numerics.fused_multiply_add else "f32(f32(a*b)+c)"
+        path = ("vector: q_y = clamp(cvtps2dq(min(y, 2147483520)) + z_y)" if channel < start
+                else "scalar tail: q_y = clamp(lrintf(y) + z_y)")
+        return [
+            Stage("batch norm: fused parameters (offline)",
+                  "inv_sigma = f32(1/double(sqrtf(var + eps))); alpha = f32(f32(inv_sigma*w) * "
+                  "(s_x/s_y)); beta = f32(f32(b - f32(f32(mean*inv_sigma)*w)) / s_y)",
+                  {"w": params.weight[channel], "b": params.bias[channel],
+                   "mean": params.running_mean[channel], "var": params.running_var[channel],
+                   "eps": params.eps, "s_x": params.input_qparams.scale,
+                   "s_y": params.output_qparams.scale, "inv_sigma": params.inv_sigma[channel],
+                   "alpha": alpha}, beta),
+            Stage("batch norm: affine", f"y = {fma_text}(alpha, q - z_x, beta)",
+                  {"q": q, "z_x": params.input_qparams.zero_point, "alpha": alpha, "beta": beta},
+                  y),
+            Stage("batch norm: round, zero point, clamp",
+                  path + (" with ReLU (low = z_y)" if params.relu else ""),
+                  {"y": y, "z_y": params.output_qparams.zero_point, "channel": channel,
+                   "tail_start": start}, result.values[index]),
+        ], [(0, index)]
+
+
+def _group_prepare(node, input_qparams, engine):
+    input_qparams = require_quantized(node, input_qparams)
+    attrs, arrays = node.attrs, node.arrays
+    if node.op == "layer_norm":
+        params = prepare_layer_norm(attrs["normalized_shape"], arrays.get("weight"),
+                                    arrays.get("bias"), attrs["eps"], input_qparams,
+                                    *_output_attrs(node), engine=engine)
+        return params, params.output_qparams
+    params = prepare_group_norm(int(attrs["num_groups"]), int(attrs["num_channels"]),
+                              arrays.get("weight"), arrays.get("bias"), attrs["eps"],
+                              input_qparams, *_output_attrs(node),
+                              channels_last=bool(attrs.get("channels_last", False)),
+                              instance=node.op == "instance_norm", engine=engine)
+    return params, params.output_qparams
+
+
+def explain_group_norm(params: GroupNormParams, x: QuantizedArray, result, index) -> list[Stage]:
+    """Statistics of the element's group, its float32 ``y``, and how it was quantized."""
+    values = x.values
+    rows = _rows(values, params)
+    stats = group_statistics(rows, params)
+    y, tail = _affine(params, values, stats)
+    flat = np.ravel_multi_index(index, values.shape)
+    row = flat // rows.shape[1]
+    fma_text = "fmaf" if params.numerics.fused_multiply_add else "f32(f32(a*b)+c)"
+    formulas = {
+        "layer_norm": f"y = {fma_text}(f32(f32(f32(q - z_x) - mean) * rstd), gamma[i], beta[i])",
+        "nchw": f"y = {fma_text}(f32(f32(q - z_x) - mean), f32(rstd * gamma[c]), beta[c])",
+        "nhwc": f"k = f32(rstd * gamma[c]); y = {fma_text}(f32(q - z_x), k, "
+                f"{fma_text}(-k, mean, beta[c]))"}
+    formula = formulas["layer_norm" if params.kind == "layer_norm" else
+                       "nhwc" if takes_nhwc_path(params, values.shape) else "nchw"]
+    is_tail = bool(tail.reshape(-1)[flat])
+    path = ("scalar (quantize_val): q_y = clamp(rne(f32(f32(y * inv) + z_y)))" if is_tail else
+            "vector: q_y = clamp(cvtps2dq(min(f32(y * inv), 2147483520)) + z_y)")
+    output = params.output_qparams
+    return [
+        Stage(f"{params.kind}: group statistics",
+              "m_s = f32(f32(sum q)/N); mean = f32(m_s - z_x); var = max(fma(-m_s, m_s, "
+              "f32(f32(sum q^2)/N)), 0); rstd = f32(s_x / sqrt(double(f32(f32(var*s_x)*s_x)) + eps))",
+              {"group": int(row), "N": rows.shape[1], "sum": int(stats["sum"][row]),
+               "sum_sq": int(stats["sum_sq"][row]), "mean_shifted": stats["mean_shifted"][row],
+               "mean": stats["mean"][row], "var": stats["var"][row], "eps": params.eps,
+               "s_x": params.input_qparams.scale}, stats["rstd"][row]),
+        Stage(f"{params.kind}: affine", formula,
+              {"q": int(values[index]), "z_x": params.input_qparams.zero_point},
+              y.reshape(-1)[flat]),
+        Stage(f"{params.kind}: quantize", path,
+              {"y": y.reshape(-1)[flat], "inv": f32(np.float32(1) / np.float32(output.scale)),
+               "z_y": output.zero_point}, result.values[index]),
+    ]
+
+
+def _register_group_op(name: str, summary: str):
+    @graph_op(name, summary)
+    class _GroupOp:
+        prepare = staticmethod(_group_prepare)
+
+        @staticmethod
+        def run(params, inputs):
+            return group_norm(inputs[0], params)
+
+        @staticmethod
+        def explain(params, inputs, result, index):
+            return explain_group_norm(params, inputs[0], result, index), [(0, index)]
+
+    return _GroupOp
+
+
+LayerNormOp = _register_group_op("layer_norm", "quantized LayerNorm (nnq.LayerNorm)")
+GroupNormOp = _register_group_op("group_norm", "quantized GroupNorm (nnq.GroupNorm)")
+InstanceNormOp = _register_group_op("instance_norm", "quantized InstanceNorm1d/2d/3d (nnq.InstanceNorm*)")
