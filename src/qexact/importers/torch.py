@@ -62,7 +62,8 @@ def _resolve(path: str):
     return value
 
 
-HANDLER_MODULES = ("torch_conv", "torch_elementwise", "torch_pooling", "torch_normalization")
+HANDLER_MODULES = ("torch_conv", "torch_elementwise", "torch_pooling", "torch_normalization",
+                   "torch_shape")
 """Modules of this package that register more handlers (one per op family), loaded by capture."""
 
 
@@ -208,6 +209,10 @@ function_handler("torch.reshape")(_reshape_node)
 function_handler("torch.relu", "torch.relu_", "torch.nn.functional.relu")(_first_input("relu"))
 function_handler("torch.nn.functional.dropout")(_first_input("identity"))
 function_handler("operator.getitem")(lambda name, args, kwargs: Node(name, "getitem", tuple(args)))
+for _operator in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg"):
+    function_handler(f"operator.{_operator}", f"_operator.{_operator}")(
+        lambda name, args, kwargs, operator_name=_operator: Node(
+            name, "arith", tuple(args), {"operator": operator_name}))
 method_handler("flatten")(_flatten_node)
 method_handler("view", "reshape")(_reshape_node)
 method_handler("relu", "relu_")(_first_input("relu"))
