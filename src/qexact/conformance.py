@@ -295,3 +295,73 @@ def _activation_case(engine, rng, function: str):
 
 for _function in ("sigmoid", "tanh", "hardswish", "leaky_relu"):
     conformance_case(_function)(lambda engine, rng, f=_function: _activation_case(engine, rng, f))
+
+
+def _conv2d_case(engine, rng, relu: bool):
+    import torch
+
+    from .ops.conv import conv, prepare_conv
+
+    groups = int(rng.choice([1, 1, 2, 3])) if rng.random() < 0.7 else 0
+    channels_in = int(rng.integers(1, 9)) * (groups or 1)
+    if groups == 0:  # depthwise
+        groups, channels_in = int(rng.integers(1, 17)), 0
+        channels_in = groups
+    channels_out = groups * int(rng.integers(1, 5))
+    kernel = int(rng.choice([1, 3, 5]))
+    stride, padding, dilation = int(rng.integers(1, 3)), int(rng.integers(0, 3)), int(rng.integers(1, 3))
+    height, width = (int(size) for size in rng.integers(kernel * dilation, 14, 2))
+    x_qparams = QParams.per_tensor(_scale(rng), int(rng.integers(0, 256)), QUINT8)
+    out_qparams = QParams.per_tensor(_scale(rng), int(rng.integers(0, 256)), QUINT8)
+    symmetric = engine == "onednn" or rng.random() < 0.5
+    if rng.random() < 0.5:
+        w_qparams = QParams.per_channel(
+            [_scale(rng) * 0.01 for _ in range(channels_out)],
+            np.zeros(channels_out, np.int64) if symmetric else rng.integers(-128, 128, channels_out),
+            0, QINT8)
+    else:
+        w_qparams = QParams.per_tensor(_scale(rng) * 0.01, 0 if symmetric else int(rng.integers(-128, 128)), QINT8)
+    weight = rng.integers(-128, 128, (channels_out, channels_in // groups, kernel, kernel)).astype(np.int8)
+    high = 128 if rng.random() < 0.5 else 256
+    x = rng.integers(0, high, (int(rng.integers(1, 3)), channels_in, height, width)).astype(np.uint8)
+    bias = (rng.standard_normal(channels_out) * x_qparams.scale * 100).astype(np.float32) \
+        if rng.random() < 0.7 else None
+    params = prepare_conv(weight, w_qparams, bias, x_qparams, out_qparams, stride=stride,
+                          padding=padding, dilation=dilation, groups=groups, relu=relu,
+                          engine=engine)
+    ours = conv(QuantizedArray(x, x_qparams), params).values
+    packed = torch.ops.quantized.conv2d_prepack(
+        _torch_quantized(weight, w_qparams), None if bias is None else torch.from_numpy(bias),
+        [stride, stride], [padding, padding], [dilation, dilation], groups)
+    kernel_op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
+    theirs = kernel_op(_torch_quantized(x, x_qparams), packed, out_qparams.scale,
+                       out_qparams.zero_point).int_repr().numpy()
+    return np.ascontiguousarray(ours), np.ascontiguousarray(theirs), \
+        f"C={channels_in} OC={channels_out} G={groups} k={kernel} s={stride} p={padding} d={dilation}"
+
+
+conformance_case("conv2d")(lambda engine, rng: _conv2d_case(engine, rng, False))
+conformance_case("conv2d_relu")(lambda engine, rng: _conv2d_case(engine, rng, True))
+
+
+@conformance_case("batch_norm2d")
+def _batch_norm_case(engine, rng):
+    import torch
+
+    from .ops.normalization import batch_norm, prepare_batch_norm
+
+    channels = int(rng.integers(1, 40))
+    x_qparams = QParams.per_tensor(_scale(rng) * 0.1, int(rng.integers(0, 256)), QUINT8)
+    out_scale, out_zero = _scale(rng) * 0.1, int(rng.integers(0, 256))
+    weight, bias = (rng.standard_normal(channels).astype(np.float32) for _ in range(2))
+    mean = rng.standard_normal(channels).astype(np.float32)
+    var = rng.uniform(0.1, 3, channels).astype(np.float32)
+    x = rng.integers(0, 256, (int(rng.integers(1, 3)), channels) + tuple(
+        int(size) for size in rng.integers(1, 12, 2))).astype(np.uint8)
+    params = prepare_batch_norm(weight, bias, mean, var, 1e-5, x_qparams, out_scale, out_zero,
+                                engine=engine)
+    ours = batch_norm(QuantizedArray(x, x_qparams), params).values
+    theirs = torch.ops.quantized.batch_norm2d(
+        _torch_quantized(x, x_qparams), *(torch.from_numpy(a) for a in (weight, bias, mean, var)),
+        1e-5, out_scale, out_zero).int_repr().numpy()
+    return np.ascontiguousarray(ours), np.ascontiguousarray(theirs), f"C={channels} x={x.shape}"
