@@ -46,6 +46,10 @@ class PoolingNumerics:
     nhwc_adaptive_simd_channels: int
     nhwc_bilinear_simd_channels: int
     qnnpack_avg_pool: bool
+    qnnpack_max_pool: bool
+    """quint8 ``max_pool2d`` (not ceil_mode; also ``max_pool1d``) runs QNNPACK's u8 max pooling,
+    whose indirection buffer clamps each tap into the input (``doz(o*s + j*d, pad)``, then
+    ``min(., size - 1)``; qnnpack/src/indirection.c) instead of skipping padded taps."""
 
 
 def pooling_numerics(engine) -> PoolingNumerics:
@@ -57,4 +61,5 @@ def pooling_numerics(engine) -> PoolingNumerics:
         nhwc_adaptive_simd_channels=width,
         nhwc_bilinear_simd_channels=width,
         qnnpack_avg_pool=engine.name == "qnnpack",
+        qnnpack_max_pool=engine.name == "qnnpack",
     )

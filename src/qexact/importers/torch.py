@@ -290,7 +290,7 @@ def capture(model) -> Graph:
             if value.name in constants:
                 return constants[value.name]
             return Ref(renamed.get(value.name, value.name))
-        if isinstance(value, torch.dtype):
+        if isinstance(value, (torch.dtype, torch.memory_format)):
             return str(value)
         if isinstance(value, (tuple, list)):
             return type(value)(convert(item) for item in value)

@@ -25,7 +25,8 @@ adaptive channels_last       SIMD channels ``rne(fmaf(A, inv, z))``, others as a
 
 The memory layout is carried by the NumPy array's strides, as PyTorch carries it by the tensor's:
 an array that is channels_last-contiguous (``is_channels_last``) takes the channels_last kernel
-and gives a channels_last result.
+and gives a channels_last result (the layout helpers live in ``ops.shape``). The graph ops and
+their explain hooks are in ``ops.pool_graph``.
 """
 
 from __future__ import annotations
@@ -36,52 +37,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engines.pooling_numerics import PoolingNumerics, pooling_numerics
-from ..errors import QuantParamError, ShapeError, UnsupportedError
+from ..errors import ShapeError, UnsupportedError
 from ..qparams import QuantizedArray
 from ..rounding import f32, fma_float32, round_half_even
-from ..stages import Stage
-from ._registry import graph_op
-from .quantize import require_quantized
-
-
-# --- memory layout (torch's is_contiguous(memory_format) on NumPy strides) ---------------------
-
-
-def _dense_in_order(values: np.ndarray, order) -> bool:
-    expected = 1
-    for dim in order:
-        size = values.shape[dim]
-        if size != 1:
-            if values.strides[dim] != expected * values.itemsize:
-                return False
-            expected *= size
-    return True
-
-
-def is_channels_last(values: np.ndarray) -> bool:
-    """torch ``is_contiguous(ChannelsLast)`` (4-D) / ``ChannelsLast3d`` (5-D): size-1 dims ignored."""
-    if values.ndim == 4:
-        return _dense_in_order(values, (1, 3, 2, 0))
-    if values.ndim == 5:
-        return _dense_in_order(values, (1, 4, 3, 2, 0))
-    return False
-
-
-def is_channels_first_contiguous(values: np.ndarray) -> bool:
-    return _dense_in_order(values, tuple(range(values.ndim - 1, -1, -1)))
-
-
-def to_channels_last(values: np.ndarray) -> np.ndarray:
-    """The same logical array with channels_last strides (``.contiguous(channels_last)``)."""
-    order = (0,) + tuple(range(2, values.ndim)) + (1,)
-    back = (0, values.ndim - 1) + tuple(range(1, values.ndim - 1))
-    return np.ascontiguousarray(values.transpose(order)).transpose(back)
-
-
-def suggests_channels_last(values: np.ndarray) -> bool:
-    """torch ``suggest_memory_format() == ChannelsLast``: channels_last strides that are not also
-    plain contiguous (for ambiguous shapes, e.g. C == 1, torch keeps the contiguous format)."""
-    return is_channels_last(values) and not is_channels_first_contiguous(values)
+from .shape import (is_channels_first_contiguous, is_channels_last,  # noqa: F401 (re-exported)
+                    nhwc_kernel_result, suggests_channels_last, to_channels_last, to_contiguous)
 
 
 # --- windows ------------------------------------------------------------------------------
@@ -263,7 +223,9 @@ def qnnpack_average(sums, size, x: QuantizedArray, kernel_size) -> np.ndarray:
 
 
 def _strided_like(result: np.ndarray, channels_last: bool) -> np.ndarray:
-    return to_channels_last(result) if channels_last and result.ndim in (4, 5) else result
+    if channels_last and result.ndim in (4, 5):
+        return to_channels_last(result)
+    return to_contiguous(result)
 
 
 def avg_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
@@ -291,8 +253,8 @@ def avg_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
     divisor = np.broadcast_to(np.asarray(divisor, np.int64), size.shape)
     channels_last = is_channels_last(values)
     out = average(sums, size, divisor, x, p, channels_last, spatial)
-    return QuantizedArray(_strided_like(out, channels_last and suggests_channels_last(values)),
-                          x.qparams)
+    return QuantizedArray(nhwc_kernel_result(out, values) if channels_last
+                          else to_contiguous(out), x.qparams)
 
 
 def _as_2d(p: PoolParams) -> PoolParams:
@@ -308,6 +270,15 @@ def max_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
     if values.ndim not in (spatial + 1, spatial + 2):
         raise ShapeError(f"max_pool{spatial}d expects a {spatial + 1}-D or {spatial + 2}-D input, "
                          f"got shape {values.shape}")
+    if spatial == 1:  # Pooling.cpp quantized_max_pool1d: unsqueeze, max_pool2d, squeeze
+        result = max_pool(QuantizedArray(np.expand_dims(values, -2), x.qparams), _as_2d(p))
+        return QuantizedArray(np.squeeze(result.values, -2), x.qparams)
+    if spatial == 3 and p.numerics.qnnpack_max_pool:
+        raise UnsupportedError("QNNPACK backend doesn't support quantized_max_pool3d (Pooling.cpp)")
+    clamp_taps = (p.numerics.qnnpack_max_pool and x.dtype.name == "quint8" and spatial == 2
+                  and not p.ceil_mode)
+    if clamp_taps and values.ndim != 4:
+        raise ShapeError("qnnpack max_pool2d expects a 4-D input (qnnpack_maxpool2d)")
     lowest = np.iinfo(values.dtype).min
     result = values
     for axis_offset in range(spatial):
@@ -319,6 +290,8 @@ def max_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
         best = None
         for tap in range(kernel):
             position = start + tap * dilation
+            if clamp_taps:  # QNNPACK: doz(o*s + j*d, pad) clamped to size - 1: never skipped
+                position = np.clip(position, 0, size - 1)
             valid = (position >= 0) & (position < size)
             taken = np.take(result, np.clip(position, 0, size - 1), axis=axis)
             shape = [1] * result.ndim
@@ -326,8 +299,11 @@ def max_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
             taken = np.where(valid.reshape(shape), taken, lowest)
             best = taken if best is None else np.maximum(best, taken)
         result = best.astype(values.dtype)
-    layout = suggests_channels_last(values)
-    return QuantizedArray(_strided_like(np.ascontiguousarray(result), layout), x.qparams)
+    if clamp_taps:  # qy (channels_last).contiguous(input.suggest_memory_format())
+        return QuantizedArray(_strided_like(result, suggests_channels_last(values)), x.qparams)
+    if is_channels_last(values):  # the NHWC kernel writes into suggest_memory_format()
+        return QuantizedArray(nhwc_kernel_result(result, values), x.qparams)
+    return QuantizedArray(to_contiguous(result), x.qparams)
 
 
 def pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
@@ -420,7 +396,7 @@ def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArra
             sums.ndim, spatial)
         rounded = np.clip(np.where(mask, simd, scalar), x.dtype.qmin, x.dtype.qmax)
         out = rounded.astype(x.dtype.numpy_dtype)
-        return QuantizedArray(_strided_like(out, suggests_channels_last(values)), x.qparams)
+        return QuantizedArray(nhwc_kernel_result(out, values), x.qparams)
     # NCHW: no zero point, no clamp; 1/(kD kH kW) as f32(f32(f32(1.0 / kD) / kH) / kW).
     counts3 = ([np.ones(1, np.int64)] if spatial == 2 else []) + counts
     reciprocal = f32(1.0 / counts3[0].astype(np.float64))
@@ -432,19 +408,4 @@ def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArra
     return QuantizedArray(out, x.qparams)
 
 
-def adaptive_max_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArray:
-    """Quantized ``adaptive_max_pool{1,2}d`` values (the largest integer of each window)."""
-    spatial = len(p.output_size)
-    values = x.values
-    if values.ndim not in (spatial + 1, spatial + 2):
-        raise ShapeError(f"adaptive_max_pool{spatial}d expects a {spatial + 1}-D or "
-                         f"{spatial + 2}-D input, got shape {values.shape}")
-    starts, ends, _ = _adaptive_geometry(values, p.output_size)
-    result = values
-    for axis_offset, (start, end) in enumerate(zip(starts, ends)):
-        axis = values.ndim - spatial + axis_offset
-        pieces = [np.max(np.take(result, np.arange(s, e), axis=axis), axis=axis, keepdims=True)
-                  for s, e in zip(start, end)]
-        result = np.concatenate(pieces, axis=axis)
-    return QuantizedArray(_strided_like(np.ascontiguousarray(result),
-                                        suggests_channels_last(values)), x.qparams)
+from . import pool_graph, resample  # noqa: E402,F401  (register the graph ops)

@@ -1,7 +1,11 @@
-"""Movement ops on quantized tensors (flatten, reshape/view, identity) and shape arithmetic.
+"""Movement ops on quantized tensors and shape arithmetic: flatten, reshape/view, identity,
+contiguous, permute/transpose, squeeze/unsqueeze, split/chunk, pixel_shuffle, channel_shuffle.
 
-None of these touches a value: a quantized tensor keeps its integers and qparams. ``size`` and
-``getitem`` evaluate the shape arithmetic a model's ``forward`` does (``x.view(x.size(0), -1)``).
+None of these touches a value: a quantized tensor keeps its integers and qparams. The NumPy
+strides follow torch's (a permute is a view with permuted strides, ``contiguous`` copies only a
+non-contiguous tensor), because layout-dependent kernels downstream (pools, upsample) pick their
+rounding from the strides. ``size`` and ``getitem`` evaluate the shape arithmetic a model's
+``forward`` does (``x.view(x.size(0), -1)``); ``getitem`` also picks one output of split/chunk.
 """
 
 from __future__ import annotations
@@ -10,10 +14,88 @@ import math
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import ShapeError, UnsupportedError
 from ..qparams import QuantizedArray
 from ..stages import Stage
 from ._registry import graph_op
+
+
+# --- memory layout (torch's is_contiguous(memory_format) on NumPy strides) ---------------------
+
+
+def _dense_in_order(values: np.ndarray, order) -> bool:
+    expected = 1
+    for dim in order:
+        size = values.shape[dim]
+        if size != 1:
+            if values.strides[dim] != expected * values.itemsize:
+                return False
+            expected *= size
+    return True
+
+
+def is_channels_last(values: np.ndarray) -> bool:
+    """torch ``is_contiguous(ChannelsLast)`` (4-D) / ``ChannelsLast3d`` (5-D): size-1 dims ignored."""
+    if values.ndim == 4:
+        return _dense_in_order(values, (1, 3, 2, 0))
+    if values.ndim == 5:
+        return _dense_in_order(values, (1, 4, 3, 2, 0))
+    return False
+
+
+def is_channels_first_contiguous(values: np.ndarray) -> bool:
+    return _dense_in_order(values, tuple(range(values.ndim - 1, -1, -1)))
+
+
+def to_channels_last(values: np.ndarray) -> np.ndarray:
+    """The same logical array with torch's channels_last strides (``.contiguous(channels_last)``),
+    size-1 dims included (their strides matter to ``suggests_channels_last``)."""
+    order = (0,) + tuple(range(2, values.ndim)) + (1,)
+    back = (0, values.ndim - 1) + tuple(range(1, values.ndim - 1))
+    dense = np.empty(tuple(values.shape[d] for d in order), values.dtype)
+    dense[...] = values.transpose(order)
+    return dense.transpose(back)
+
+
+def to_contiguous(values: np.ndarray) -> np.ndarray:
+    """A fresh C-contiguous copy with torch's strides for size-1 dims."""
+    dense = np.empty(values.shape, values.dtype)
+    dense[...] = values
+    return dense
+
+
+def suggests_channels_last(values: np.ndarray) -> bool:
+    """torch ``suggest_memory_format() == ChannelsLast(3d)``: c10 ``is_channels_last_strides_2d``
+    (``_3d``) on the array's strides, including its tie rules (an N111 tensor, or a size-1 C with
+    equal strides, counts as contiguous)."""
+    if values.ndim not in (4, 5):
+        return False
+    strides = [stride // values.itemsize for stride in values.strides]
+    if strides[1] == 0:
+        return False
+    order = (1, 3, 2, 0) if values.ndim == 4 else (1, 4, 3, 2, 0)
+    minimum = 0
+    for dim in order:
+        if values.shape[dim] == 0 or strides[dim] < minimum:
+            return False
+        if dim == 0 and minimum == strides[1]:
+            return False
+        minimum = strides[dim] * (values.shape[dim] if values.shape[dim] > 1 else 1)
+    return True
+
+
+def nhwc_kernel_result(result: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """The array a channels_last kernel returns for the logical ``result``.
+
+    The kernels write channels-last *bytes* into an output allocated with
+    ``source.suggest_memory_format()``. When ``source`` is channels_last-contiguous but suggests
+    the contiguous format (ambiguous strides, e.g. H == W == 1), PyTorch reads those bytes as
+    NCHW: the values come out scrambled, and qexact reproduces that.
+    """
+    if suggests_channels_last(source):
+        return to_channels_last(result)
+    order = (0,) + tuple(range(2, result.ndim)) + (1,)
+    return to_contiguous(to_contiguous(result.transpose(order)).reshape(result.shape))
 
 
 def _values(x):
@@ -90,7 +172,7 @@ class ReshapeOp:
     explain = _explain_move("reshape")
 
 
-@graph_op("identity", "nn.Identity, nn.Dropout in eval, Tensor.contiguous")
+@graph_op("identity", "nn.Identity, nn.Dropout in eval")
 class IdentityOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
@@ -115,15 +197,192 @@ class SizeOp:
         return shape if dim is None else shape[dim]
 
 
-@graph_op("getitem", "indexing into a shape tuple")
+@graph_op("getitem", "indexing into a shape tuple, or one output of split/chunk")
 class GetItemOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        return None, None
+        # a piece of a split keeps the tensor's qparams; a shape tuple has none
+        return None, input_qparams[0] if input_qparams else None
 
     @staticmethod
     def run(params, inputs):
         container, index = inputs
         if isinstance(container, QuantizedArray) or isinstance(container, np.ndarray):
-            raise ShapeError("indexing tensors is not supported; only shape tuples")
+            raise ShapeError("indexing tensors is not supported; only shape tuples and the "
+                             "outputs of split/chunk")
         return container[index]
+
+    @staticmethod
+    def explain(params, inputs, result, index):
+        container, item = inputs
+        stage = Stage("getitem", f"output {item} of a split", {"piece": item},
+                      _values(result)[index])
+        return [stage], [(0, (int(item),) + tuple(index))]
+
+
+# --- permutations and views ---------------------------------------------------------------
+
+
+def _dim(dim: int, ndim: int) -> int:
+    if not -max(ndim, 1) <= dim < max(ndim, 1):
+        raise ShapeError(f"dimension {dim} is out of range for a {ndim}-D tensor")
+    return dim % max(ndim, 1)
+
+
+def contiguous(values: np.ndarray, memory_format: str = "contiguous") -> np.ndarray:
+    """``Tensor.contiguous(memory_format)``: the same array if it already is (size-1 dims
+    ignored, as torch's ``is_contiguous``), else a dense copy in that format."""
+    if memory_format in ("channels_last", "channels_last_3d"):
+        return values if is_channels_last(values) else to_channels_last(values)
+    if memory_format != "contiguous":
+        raise ShapeError(f"memory format {memory_format!r}; supported: contiguous, channels_last")
+    return values if is_channels_first_contiguous(values) else to_contiguous(values)
+
+
+def permute(values: np.ndarray, dims) -> np.ndarray:
+    """``Tensor.permute``: a view with permuted sizes and strides (np.transpose does the same)."""
+    dims = tuple(_dim(int(d), values.ndim) for d in dims)
+    if sorted(dims) != list(range(values.ndim)):
+        raise ShapeError(f"permute dims {dims} are not a permutation of {values.ndim} dims")
+    return values.transpose(dims)
+
+
+def transpose(values: np.ndarray, dim0: int, dim1: int) -> np.ndarray:
+    return np.swapaxes(values, _dim(dim0, values.ndim), _dim(dim1, values.ndim))
+
+
+def squeeze(values: np.ndarray, dim=None) -> np.ndarray:
+    """``squeeze``: drop size-1 dims (all, or those of ``dim``; others named are kept)."""
+    if dim is None:
+        dims = tuple(d for d, size in enumerate(values.shape) if size == 1)
+    else:
+        dims = tuple(_dim(int(d), values.ndim) for d in (dim if isinstance(dim, (tuple, list))
+                                                          else (dim,)))
+        dims = tuple(d for d in dims if values.shape[d] == 1)
+    return np.squeeze(values, dims) if dims else values
+
+
+def unsqueeze(values: np.ndarray, dim: int) -> np.ndarray:
+    """``unsqueeze``: a size-1 dim whose stride is torch's ``size[d] * stride[d]`` (1 at the end)."""
+    dim = _dim(int(dim), values.ndim + 1)
+    stride = (values.shape[dim] * values.strides[dim] if dim < values.ndim else values.itemsize)
+    shape = values.shape[:dim] + (1,) + values.shape[dim:]
+    strides = values.strides[:dim] + (stride,) + values.strides[dim:]
+    return np.lib.stride_tricks.as_strided(values, shape, strides, writeable=False)
+
+
+def split(values: np.ndarray, split_size_or_sections, dim: int = 0) -> tuple[np.ndarray, ...]:
+    """``torch.split``: pieces of ``split_size`` (the last one shorter) or of the given sizes."""
+    dim = _dim(int(dim), values.ndim)
+    size = values.shape[dim]
+    if isinstance(split_size_or_sections, (tuple, list)):
+        sections = [int(s) for s in split_size_or_sections]
+        if sum(sections) != size or min(sections, default=0) < 0:
+            raise ShapeError(f"split sections {sections} do not add up to size {size} of dim {dim}")
+    else:
+        step = int(split_size_or_sections)
+        if step <= 0 and size > 0:
+            raise ShapeError(f"split_size must be positive, got {step}")
+        sections = [min(step, size - start) for start in range(0, size, step)] if size else [0]
+    bounds = np.cumsum([0] + sections)
+    index = [slice(None)] * values.ndim
+    pieces = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        index[dim] = slice(int(start), int(stop))
+        pieces.append(values[tuple(index)])
+    return tuple(pieces)
+
+
+def chunk(values: np.ndarray, chunks: int, dim: int = 0) -> tuple[np.ndarray, ...]:
+    """``torch.chunk``: ``split(ceil(size / chunks))`` (so possibly fewer than ``chunks`` pieces)."""
+    if int(chunks) <= 0:
+        raise ShapeError(f"chunk expects a positive number of chunks, got {chunks}")
+    size = values.shape[_dim(int(dim), values.ndim)]
+    return split(values, max(-(-size // int(chunks)), 1), dim)
+
+
+def pixel_shuffle(values: np.ndarray, factor: int) -> np.ndarray:
+    """``pixel_shuffle``: (*, C r^2, H, W) -> (*, C, H r, W r), out[c, h r + i, w r + j] =
+    in[c r^2 + i r + j, h, w]; the result is contiguous."""
+    r = int(factor)
+    *lead, channels, height, width = values.shape
+    if channels % (r * r):
+        raise ShapeError(f"pixel_shuffle: {channels} channels are not divisible by {r}^2")
+    grid = values.reshape(*lead, channels // (r * r), r, r, height, width)
+    n = len(lead)
+    order = tuple(range(n)) + (n, n + 3, n + 1, n + 4, n + 2)
+    return to_contiguous(grid.transpose(order).reshape(*lead, channels // (r * r), height * r,
+                                                        width * r))
+
+
+def channel_shuffle(values: np.ndarray, groups: int) -> np.ndarray:
+    """``channel_shuffle``: (N, g k, *) -> out[:, j g + i] = in[:, i k + j], a pure copy, in the
+    input's ``suggest_memory_format()`` (aten/src/ATen/native/ChanelShuffle.cpp; quantized
+    ``channel_shuffle_quantized_cpu`` runs the same permutation, or QNNPACK's u8 channel shuffle
+    on the qnnpack engine)."""
+    g = int(groups)
+    channels = values.shape[1]
+    if g <= 0 or channels % g:
+        raise ShapeError(f"channel_shuffle: {channels} channels are not divisible by groups {g}")
+    grid = values.reshape(values.shape[0], g, channels // g, *values.shape[2:])
+    shuffled = np.swapaxes(grid, 1, 2).reshape(values.shape)
+    return to_channels_last(shuffled) if suggests_channels_last(values) else to_contiguous(shuffled)
+
+
+_MOVES = {"contiguous": contiguous, "permute": permute, "transpose": transpose,
+          "squeeze": squeeze, "unsqueeze": unsqueeze, "split": split, "chunk": chunk,
+          "pixel_shuffle": pixel_shuffle, "channel_shuffle": channel_shuffle}
+
+
+def move(op: str, x, **params):
+    """Apply movement op ``op`` to a QuantizedArray or array; a tuple for split/chunk."""
+    if op == "channel_shuffle" and isinstance(x, QuantizedArray) and x.dtype.name != "quint8":
+        raise UnsupportedError("quantized channel_shuffle works only on quint8 (ATen "
+                               f"ChanelShuffle.cpp channel_shuffle_quantized_cpu), got {x.dtype.name}")
+    moved = _MOVES[op](_values(x), **params)
+    if isinstance(moved, tuple):
+        return tuple(_rewrap(x, piece) for piece in moved)
+    return _rewrap(x, moved)
+
+
+def _movement_op(op: str, summary: str):
+    """Register graph op ``op``: ``node.attrs`` are the keyword arguments of ``_MOVES[op]``."""
+
+    def prepare(node, input_qparams, engine):
+        return dict(node.attrs), input_qparams[0]
+
+    def run(params, inputs):
+        return move(op, inputs[0], **params)
+
+    def explain(params, inputs, result, index):
+        # run the same move on the flat positions of the input: the element lands where its
+        # value does
+        shape = _values(inputs[0]).shape
+        moved = _MOVES[op](np.arange(math.prod(shape)).reshape(shape), **params)
+        if isinstance(moved, tuple):
+            moved, out_index = moved[index[0]], tuple(index[1:])
+        else:
+            out_index = tuple(index)
+        source = tuple(int(i) for i in np.unravel_index(int(moved[out_index]), shape))
+        value = (result[index[0]] if isinstance(result, tuple) else result)
+        stage = Stage(op, "the same integer, moved", {"from_index": list(source),
+                                                      "to_index": list(out_index)},
+                      _values(value)[out_index])
+        return [stage], [(0, source)]
+
+    graph_op(op, summary)(type(f"{op.title()}Op", (), {
+        "prepare": staticmethod(prepare), "run": staticmethod(run),
+        "explain": staticmethod(explain)}))
+
+
+for _op, _summary in (
+        ("contiguous", "Tensor.contiguous(memory_format): copies only a non-contiguous tensor"),
+        ("permute", "Tensor.permute / torch.permute (attr dims)"),
+        ("transpose", "torch.transpose / Tensor.transpose (attrs dim0, dim1)"),
+        ("squeeze", "torch.squeeze / Tensor.squeeze (attr dim: None, int or ints)"),
+        ("unsqueeze", "torch.unsqueeze / Tensor.unsqueeze (attr dim)"),
+        ("split", "torch.split / Tensor.split: a tuple (attrs split_size_or_sections, dim)"),
+        ("chunk", "torch.chunk / Tensor.chunk: a tuple (attrs chunks, dim)"),
+        ("pixel_shuffle", "nn.PixelShuffle / F.pixel_shuffle (attr factor)"),
+        ("channel_shuffle", "nn.ChannelShuffle / F.channel_shuffle (attr groups)")):
+    _movement_op(_op, _summary)

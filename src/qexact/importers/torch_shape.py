@@ -1,0 +1,91 @@
+"""torch import handlers for movement ops: permute, transpose, squeeze/unsqueeze, split/chunk
+(tuples; FX picks pieces with ``operator.getitem``), contiguous, pixel_shuffle, channel_shuffle."""
+
+from __future__ import annotations
+
+from ..errors import UnsupportedError
+from .torch import Node, _arg, function_handler, method_handler, module_handler
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _dims(args, kwargs):
+    dims = args[1:] if len(args) > 1 else (kwargs.get("dims"),)
+    return list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else list(dims)
+
+
+def _permute(name, args, kwargs):
+    return Node(name, "permute", args[:1], {"dims": _dims(args, kwargs)})
+
+
+def _transpose(name, args, kwargs):
+    return Node(name, "transpose", args[:1], {"dim0": _arg(args, kwargs, 1, "dim0", None),
+                                              "dim1": _arg(args, kwargs, 2, "dim1", None)})
+
+
+def _squeeze(name, args, kwargs):
+    return Node(name, "squeeze", args[:1], {"dim": _plain(_arg(args, kwargs, 1, "dim", None))})
+
+
+def _unsqueeze(name, args, kwargs):
+    return Node(name, "unsqueeze", args[:1], {"dim": _arg(args, kwargs, 1, "dim", None)})
+
+
+def _split(name, args, kwargs):
+    return Node(name, "split", args[:1], {
+        "split_size_or_sections": _plain(_arg(args, kwargs, 1, "split_size_or_sections",
+                                              kwargs.get("split_size"))),
+        "dim": _arg(args, kwargs, 2, "dim", 0)})
+
+
+def _chunk(name, args, kwargs):
+    return Node(name, "chunk", args[:1], {"chunks": _arg(args, kwargs, 1, "chunks", None),
+                                          "dim": _arg(args, kwargs, 2, "dim", 0)})
+
+
+def _contiguous(name, args, kwargs):
+    memory_format = str(_arg(args, kwargs, 1, "memory_format", "torch.contiguous_format"))
+    formats = {"torch.contiguous_format": "contiguous", "torch.channels_last": "channels_last",
+               "torch.channels_last_3d": "channels_last_3d"}
+    if memory_format not in formats:
+        raise UnsupportedError(f"contiguous(memory_format={memory_format}) is not supported")
+    return Node(name, "contiguous", args[:1], {"memory_format": formats[memory_format]})
+
+
+def _pixel_shuffle(name, args, kwargs):
+    return Node(name, "pixel_shuffle", args[:1],
+                {"factor": _arg(args, kwargs, 1, "upscale_factor", None)})
+
+
+def _channel_shuffle(name, args, kwargs):
+    return Node(name, "channel_shuffle", args[:1], {"groups": _arg(args, kwargs, 1, "groups", None)})
+
+
+function_handler("torch.permute")(_permute)
+function_handler("torch.transpose")(_transpose)
+function_handler("torch.squeeze")(_squeeze)
+function_handler("torch.unsqueeze")(_unsqueeze)
+function_handler("torch.split", "torch.functional.split")(_split)
+function_handler("torch.chunk")(_chunk)
+function_handler("torch.nn.functional.pixel_shuffle", "torch.pixel_shuffle")(_pixel_shuffle)
+function_handler("torch.nn.functional.channel_shuffle", "torch.channel_shuffle",
+                 "torch.native_channel_shuffle")(_channel_shuffle)
+method_handler("permute")(_permute)
+method_handler("transpose")(_transpose)
+method_handler("squeeze")(_squeeze)
+method_handler("unsqueeze")(_unsqueeze)
+method_handler("split")(_split)
+method_handler("chunk")(_chunk)
+method_handler("contiguous")(_contiguous)
+
+
+@module_handler("torch.nn.PixelShuffle")
+def _pixel_shuffle_module(module, name, inputs):
+    return Node(name, "pixel_shuffle", inputs, {"factor": int(module.upscale_factor)})
+
+
+@module_handler("torch.nn.ChannelShuffle")
+def _channel_shuffle_module(module, name, inputs):
+    return Node(name, "channel_shuffle", inputs, {"groups": int(module.groups)})

@@ -1,0 +1,164 @@
+"""Graph ops and explain hooks for the quantized pools of ``ops.pooling``: ``avg_pool``,
+``max_pool`` and ``adaptive_avg_pool`` (each explain names the window's taps and the rounding rule
+of the kernel PyTorch runs for that element)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..engines.pooling_numerics import PoolingNumerics
+from ..qparams import QuantizedArray
+from ..stages import Stage
+from ._registry import graph_op
+from .pooling import (_uses_qnnpack_avg, adaptive_avg_pool, adaptive_windows, avg_pool,
+                      is_channels_last, max_pool, prepare_adaptive_pool, prepare_pool)
+from .quantize import require_quantized
+
+
+
+def _rule_name(x: QuantizedArray, numerics: PoolingNumerics, channel: int, channels_last: bool,
+               qnnpack: bool, adaptive: bool) -> tuple[str, str]:
+    if qnnpack:
+        return "qnnpack", "q = clamp(rne(f32(A * f32(s / f32(s * kH*kW)))) + z)"
+    if not channels_last:
+        return (("nchw", "q = rne(f32(S_raw * f32(f32(1/kH) / kW)))  (no zp, no clamp)")
+                if adaptive else ("nchw", "q = clamp(rne(f32(f32(A * m) + z))), m = f32(1/D)"))
+    width = numerics.nhwc_adaptive_simd_channels if adaptive else numerics.nhwc_avg_pool_simd_channels
+    channels = x.values.shape[1]
+    if width and channel < channels // width * width:
+        return (("nhwc_simd", "q = clamp(rne(fmaf(A, inv, z))), inv = f32(1/f32(1/m))")
+                if adaptive else ("nhwc_simd", "q = clamp(rne(f32(A * m)) + z)"))
+    return "nhwc_scalar", "q = clamp(rne(f32(f32(A * inv) + z))), inv = f32(1/f32(1/m))"
+
+
+def _explain_window(name, x: QuantizedArray, result, index, taps, divisor, rule):
+    values = x.values
+    window = [int(values[tap]) for tap in taps]
+    total = sum(window)
+    zero_point = int(x.zero_point)
+    stages = [Stage(f"{name}: window", "the valid taps (padding skipped)",
+                    {"taps": [list(map(int, tap)) for tap in taps], "values": window}),
+              Stage(f"{name}: sum", "S = sum of valid taps; A = S - size * z",
+                    {"S": total, "size": len(window), "z": zero_point},
+                    total - len(window) * zero_point),
+              Stage(f"{name}: divide and round", rule[1],
+                    {"divisor": divisor, "kernel": rule[0]}, result.values[index])]
+    return stages, [(0, tap) for tap in taps[:1]]
+
+
+def _window_taps(shape, index, spatial, bounds):
+    """Input indices of the valid taps of output ``index`` (bounds: per dim (start, end, step))."""
+    lead = tuple(index[:len(shape) - spatial])
+    grids = [range(start, end, step) for start, end, step in bounds]
+    taps = [lead]
+    for grid in grids:
+        taps = [tap + (i,) for tap in taps for i in grid]
+    return taps
+
+
+@graph_op("avg_pool", "quantized avg_pool1d/2d/3d (nn.AvgPool*d, F.avg_pool*d)")
+class AvgPoolOp:
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        qparams = require_quantized(node, input_qparams)
+        a = node.attrs
+        params = prepare_pool("avg", int(a["spatial_dims"]), a["kernel_size"], a.get("stride"),
+                              a.get("padding", 0), 1, a.get("ceil_mode", False),
+                              a.get("count_include_pad", True), a.get("divisor_override"),
+                              engine=engine)
+        return params, qparams
+
+    @staticmethod
+    def run(params, inputs):
+        return avg_pool(inputs[0], params)
+
+    @staticmethod
+    def explain(params, inputs, result, index):
+        x = inputs[0]
+        spatial = len(params.kernel_size)
+        bounds, pool = [], 1
+        for d in range(spatial):
+            size = x.values.shape[x.values.ndim - spatial + d]
+            start = index[len(index) - spatial + d] * params.stride[d] - params.padding[d]
+            end = min(start + params.kernel_size[d], size + params.padding[d])
+            pool *= end - start
+            bounds.append((max(start, 0), min(end, size), 1))
+        taps = _window_taps(x.values.shape, index, spatial, bounds)
+        qnnpack = _uses_qnnpack_avg(x, params)
+        divisor = (math.prod(params.kernel_size) if qnnpack else params.divisor_override
+                   if params.divisor_override is not None
+                   else pool if params.count_include_pad else len(taps))
+        channels_last = spatial == 3 or is_channels_last(x.values)
+        rule = _rule_name(x, params.numerics, index[-spatial - 1], channels_last, qnnpack, False)
+        return _explain_window("avg_pool", x, result, index, taps, divisor, rule)
+
+
+@graph_op("max_pool", "quantized max_pool1d/2d/3d (nn.MaxPool*d, F.max_pool*d)")
+class MaxPoolOp:
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        qparams = require_quantized(node, input_qparams)
+        a = node.attrs
+        params = prepare_pool("max", int(a["spatial_dims"]), a["kernel_size"], a.get("stride"),
+                              a.get("padding", 0), a.get("dilation", 1),
+                              a.get("ceil_mode", False), engine=engine)
+        return params, qparams
+
+    @staticmethod
+    def run(params, inputs):
+        return max_pool(inputs[0], params)
+
+    @staticmethod
+    def explain(params, inputs, result, index):
+        x = inputs[0]
+        spatial = len(params.kernel_size)
+        bounds = []
+        for d in range(spatial):
+            size = x.values.shape[x.values.ndim - spatial + d]
+            start = index[len(index) - spatial + d] * params.stride[d] - params.padding[d]
+            positions = [start + j * params.dilation[d] for j in range(params.kernel_size[d])]
+            bounds.append(sorted({min(max(p, 0), size - 1) for p in positions}
+                                 if params.numerics.qnnpack_max_pool and x.dtype.name == "quint8"
+                                 and not params.ceil_mode
+                                 else {p for p in positions if 0 <= p < size}))
+        taps = [tuple(index[:x.values.ndim - spatial])]
+        for grid in bounds:
+            taps = [tap + (i,) for tap in taps for i in grid]
+        window = [int(x.values[tap]) for tap in taps]
+        best = taps[int(np.argmax(window))]
+        stage = Stage("max_pool", "q = max over the valid taps (integers; qparams kept)",
+                      {"taps": [list(map(int, t)) for t in taps], "values": window,
+                       "from_index": list(map(int, best))}, result.values[index])
+        return [stage], [(0, best)]
+
+
+@graph_op("adaptive_avg_pool", "quantized adaptive_avg_pool1d/2d/3d (nn.AdaptiveAvgPool*d)")
+class AdaptiveAvgPoolOp:
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        qparams = require_quantized(node, input_qparams)
+        a = node.attrs
+        return prepare_adaptive_pool("avg", int(a["spatial_dims"]), a["output_size"],
+                                     engine=engine), qparams
+
+    @staticmethod
+    def run(params, inputs):
+        return adaptive_avg_pool(inputs[0], params)
+
+    @staticmethod
+    def explain(params, inputs, result, index):
+        x = inputs[0]
+        spatial = len(params.output_size)
+        bounds = []
+        for d in range(spatial):
+            size = x.values.shape[x.values.ndim - spatial + d]
+            out = result.values.shape[result.values.ndim - spatial + d]
+            start, end = adaptive_windows(size, out)
+            o = index[len(index) - spatial + d]
+            bounds.append((int(start[o]), int(end[o]), 1))
+        taps = _window_taps(x.values.shape, index, spatial, bounds)
+        rule = _rule_name(x, params.numerics, index[-spatial - 1], is_channels_last(x.values),
+                          False, True)
+        return _explain_window("adaptive_avg_pool", x, result, index, taps, len(taps), rule)
