@@ -63,22 +63,131 @@ def test_activation_random_vs_torch(engine, name):
 
 @pytest.mark.torch
 def test_clamps_random_vs_torch(engine):
+    """relu6, F.hardtanh, torch.clamp, relu and F.leaky_relu (output qparams = input's), 500 random
+    cases per engine; every third case channels_last (on qnnpack, quint8 clamps of a channels_last
+    tensor come out scrambled: NHWC bytes read as NCHW, as PyTorch does)."""
     import torch
     import torch.nn.functional as F
 
+    from qexact.engines.aten import elementwise_numerics
+    from qexact.ops.shape import to_channels_last
+
+    numerics = elementwise_numerics(qexact.get_engine(engine))
     rng = np.random.default_rng(len(engine))
     for case in range(CASES):
         dtype = QUINT8 if case % 2 else QINT8
-        values = rng.integers(dtype.qmin, dtype.qmax + 1, int(rng.integers(1, 200))).astype(
-            dtype.numpy_dtype)
+        shape = (int(rng.integers(1, 200)),) if case % 3 else tuple(
+            int(v) for v in rng.integers(1, 7, 4))
+        values = rng.integers(dtype.qmin, dtype.qmax + 1, shape).astype(dtype.numpy_dtype)
         qp = QParams.per_tensor(10.0 ** rng.uniform(-3, 0), int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
         x = torch_quantized(values, qp)
+        if len(shape) == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+            values = to_channels_last(values)
         low, high = sorted(rng.uniform(-3, 7, 2))
         for expected, (lo, hi) in ((torch.ops.quantized.relu6(x, False), (0.0, 6.0)),
                                    (F.hardtanh(x, low, high), (low, high)),
+                                   (torch.clamp(x, low, high), (low, high)),
                                    (torch.relu(x), (0.0, None))):
-            assert_bitexact(clamp(QuantizedArray(values, qp), lo, hi).values,
-                            expected.int_repr().numpy(), f"{engine} clamp {lo} {hi}")
+            actual = clamp(QuantizedArray(values, qp), lo, hi,
+                           numerics if hi is not None else None).values
+            assert_bitexact(actual, expected.int_repr().numpy(), f"{engine} clamp {lo} {hi} {shape}")
+        slope = float(rng.choice([0.01, 0.1, 0.3]))
+        expected = F.leaky_relu(x, slope)
+        p = prepare_activation("leaky_relu", qp, qp, engine=engine, slope=slope,
+                               num_threads=torch.get_num_threads())
+        assert (expected.q_scale(), expected.q_zero_point()) == (qp.scale, qp.zero_point)
+        assert_bitexact(activation(QuantizedArray(values, qp), p).values,
+                        expected.int_repr().numpy(), f"{engine} F.leaky_relu {shape}")
+    if numerics.qnnpack_clamp:
+        with pytest.raises(qexact.UnsupportedError, match="Both min and max"):
+            clamp(QuantizedArray(values, qp), 0.0, None, numerics)
+
+
+FLOAT_CASES = 500
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["hardswish", "hardsigmoid", "leaky_relu", "clamp"])
+def test_float_activations_vs_torch(name):
+    """Float32 activations FX-converted models run between dequantize and quantize: bit-identical
+    to torch's float kernels (SIMD body and scalar tail), 500 random cases with odd sizes, exact
+    eighths (ties at the hardswish/hardsigmoid kinks), +-0, inf and NaN (NaN payloads excepted)."""
+    import torch
+    import torch.nn.functional as F
+
+    from qexact.ops.activations import clamp_float, float_activation, prepare_float_activation
+
+    rng = np.random.default_rng(len(name))
+    for case in range(FLOAT_CASES):
+        n = int(rng.integers(1, 100)) if case % 5 else int(rng.integers(100, 3000))
+        x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-1, 1.5)).astype(np.float32)
+        x[:: 3] = np.round(x[:: 3] * 8) / 8
+        x[rng.integers(0, n, 3)] = rng.choice(np.float32([0.0, -0.0, -3.0, 3.0, np.inf, -np.inf, np.nan]), 3)
+        t = torch.from_numpy(x.copy())
+        if name == "clamp":
+            low, high = sorted(rng.uniform(-4, 4, 2))
+            expected, actual = torch.clamp(t, low, high), clamp_float(x, low, high)
+        else:
+            slope = float(rng.uniform(0, 1))
+            expected = {"hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+                        "leaky_relu": lambda v: F.leaky_relu(v, slope)}[name](t)
+            actual = float_activation(x, prepare_float_activation(name, slope))
+        expected = expected.numpy()
+        # NaN payloads are not compared: ATen's SIMD min/max OR in an all-ones NaN mask
+        # (0xFFFFFFFF) where NumPy gives the default NaN; every quantize maps any NaN alike.
+        assert_bitexact(np.isnan(actual), np.isnan(expected), f"float {name} NaN positions n={n}")
+        finite = ~np.isnan(expected)
+        assert_bitexact(actual[finite].view(np.int32), expected[finite].view(np.int32),
+                        f"float {name} n={n}")
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "elu"])
+def test_float_activations_not_reproducible_raise(name):
+    from qexact.ops.activations import prepare_float_activation
+
+    with pytest.raises(qexact.UnsupportedError, match=f"{name} on float32"):
+        prepare_float_activation(name)
+
+
+@pytest.mark.torch
+def test_fx_model_float_activations_and_cat(engine):
+    """An FX-converted model whose Hardswish / Hardsigmoid / LeakyReLU stay float (qconfig None):
+    they run on float32 between dequantize and quantize; then torch.cat, torch.clamp, x + 1.0
+    (quantized::add.Scalar) and quantized.hardswish."""
+    import warnings
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hardswish, self.hardsigmoid, self.leaky = nn.Hardswish(), nn.Hardsigmoid(), nn.LeakyReLU(0.1)
+
+        def forward(self, x):
+            y = self.hardswish(F.hardswish(x))
+            c = torch.cat([self.hardsigmoid(y), self.leaky(y)], 1)
+            return F.hardswish(torch.clamp(c, -1.0, 1.0) * 2.0 + 1.0)
+
+    torch.manual_seed(0)
+    mapping = get_default_qconfig_mapping(engine)
+    for module in (nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU):
+        mapping = mapping.set_object_type(module, None)
+    x = torch.randn(2, 3, 5, 7) * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(Model().eval(), mapping, (x,))
+        prepared(x)
+        model = convert_fx(prepared)
+    net = qexact.from_torch(model)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x = torch.randn(2, 3, 5, 7) * 3
+        assert_bitexact(net(x.numpy()), model(x).numpy(), engine)
 
 
 def test_errors():

@@ -7,6 +7,7 @@ elements on AVX2), broadcasting of either input, power-of-two scales with odd ou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import qexact
 from qexact import QINT8, QUINT8, QParams, QuantizedArray, QuantParamError, ShapeError
 from qexact.engines.aten import elementwise_numerics, simd_mask
 from qexact.ops.elementwise import binary, prepare_binary
+from qexact.ops.shape import to_channels_last
 
 CASES_PER_OP = 500
 OPS = ("add", "add_relu", "mul", "mul_relu")
@@ -186,3 +188,294 @@ def test_eager_model_with_qfunctional(engine):
     assert_bitexact(net(a.numpy(), b.numpy()), model(a, b).numpy(), engine)
     explanation = net.explain((a.numpy(), b.numpy()), index=(1, 2, 6, 10))
     assert any("add" in stage.name for stage in explanation.stages)
+
+
+@contextlib.contextmanager
+def torch_threads(count):
+    """Run torch with ``count`` intra-op threads (small ops are ~15x faster on one thread here;
+    cat and the scalar ops do not depend on the thread count)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --- add_scalar / mul_scalar --------------------------------------------------------------------
+
+SCALAR_OPS = ("add_scalar", "add_scalar_relu", "mul_scalar", "mul_scalar_relu")
+
+
+def random_scalar_case(rng, dtype, op):
+    n = int(rng.integers(1, 150)) if rng.random() < 0.8 else int(rng.integers(150, 700))
+    shape = (n,) if rng.random() < 0.5 else (1, 3, n)
+    values = rng.integers(dtype.qmin, dtype.qmax + 1, shape).astype(dtype.numpy_dtype)
+    if rng.random() < 0.4:  # power-of-two scales: exact ties in the requantization
+        scale = 2.0 ** int(rng.integers(-8, 0))
+    else:
+        scale = float(10.0 ** rng.uniform(-3, 0.5))
+    zero_point = int(rng.integers(dtype.qmin, dtype.qmax + 1))
+    kind = rng.random()
+    if op.startswith("mul"):
+        scalar = float(rng.choice([0.0, -1.0, 1.0, 2.0])) if kind < 0.2 else float(rng.uniform(-5, 5))
+    elif kind < 0.3:  # the zero point stays in range: integers copied
+        scalar = float(rng.integers(-40, 40)) * scale
+    elif kind < 0.5:  # exact halves of the scale: nearbyint(c / s) ties
+        scalar = (float(rng.integers(-300, 300)) + 0.5) * scale
+    else:
+        scalar = float(rng.uniform(-1, 1) * 10.0 ** rng.uniform(-2, 2.5))
+    return values, QParams.per_tensor(scale, zero_point, dtype), scalar
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", SCALAR_OPS)
+def test_scalar_ops_random_vs_torch(engine, name):
+    """500 random cases per op per engine: output bytes AND the derived output qparams equal."""
+    import torch
+
+    from qexact.ops.scalar import prepare_scalar, scalar_op
+
+    rng = np.random.default_rng([SCALAR_OPS.index(name), len(engine), ord(engine[1])])
+    op, relu = name.replace("_relu", ""), name.endswith("_relu")
+    elements = requantized = 0
+    for case in range(CASES_PER_OP):
+        values, qp, scalar = random_scalar_case(rng, QUINT8 if case % 2 else QINT8, op)
+        with torch_threads(1):
+            expected = getattr(torch.ops.quantized, name)(torch_quantized(values, qp), scalar)
+        p = prepare_scalar(op, qp, scalar, relu=relu)
+        actual = scalar_op(QuantizedArray(values, qp), p)
+        where = f"{engine} {name} c={scalar!r} {qp.describe()} n={values.size}"
+        assert (actual.scale, actual.zero_point) == (expected.q_scale(), expected.q_zero_point()), where
+        assert_bitexact(actual.values, expected.int_repr().numpy(), where)
+        elements += values.size
+        requantized += p.requantize
+    assert elements > 30000
+    assert op == "mul_scalar" or requantized > 100
+
+
+def test_scalar_errors():
+    from qexact.ops.scalar import prepare_scalar
+
+    qp = QParams.per_tensor(0.1, 0, QUINT8)
+    with pytest.raises(qexact.UnsupportedError, match="supported"):
+        prepare_scalar("sub_scalar", qp, 1.0)
+    with pytest.raises(qexact.UnsupportedError, match="non-finite"):
+        prepare_scalar("add_scalar", qp, float("nan"))
+    with pytest.raises(QuantParamError, match="per-tensor"):
+        prepare_scalar("mul_scalar", QParams.per_channel([0.1, 0.2], [0, 0], 0, QUINT8), 2.0)
+
+
+# --- cat ------------------------------------------------------------------------------------------
+
+
+def random_cat_case(rng, dtype, channels_last):
+    count = int(rng.integers(1, 5))
+    n, h, w = (int(v) for v in rng.integers(1, 5, 3))
+    dim = 1 if channels_last or rng.random() < 0.5 else int(rng.integers(-4, 4))
+    shapes = []
+    for _ in range(count):
+        shape = [n, 3, h, w]
+        shape[dim % 4] = int(rng.integers(1, 45))  # channels below, at and above 8/32-lane blocks
+        shapes.append(tuple(shape))
+    ties = rng.random() < 0.5
+    center = (dtype.qmin + dtype.qmax + 1) // 2
+    qparams = []
+    for _ in range(count):
+        if ties:  # power-of-two scales, output zero point of the other parity: exact ties
+            qparams.append(QParams.per_tensor(2.0 ** -int(rng.integers(2, 6)),
+                                              center + int(rng.integers(-20, 20)) * 2, dtype))
+        else:
+            qparams.append(QParams.per_tensor(float(10 ** rng.uniform(-2.5, 0)),
+                                              int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype))
+    if rng.random() < 0.2:  # shares the first input's qparams: bytes copied
+        out = qparams[0]
+    elif ties:
+        out = QParams.per_tensor(2.0 ** -3, center + int(rng.integers(-20, 20)) * 2 + 1, dtype)
+    else:
+        out = QParams.per_tensor(float(10 ** rng.uniform(-2.5, 0)),
+                                 int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
+    values = [rng.integers(dtype.qmin, dtype.qmax + 1, s).astype(dtype.numpy_dtype) for s in shapes]
+    return values, qparams, out, dim
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_cat_random_vs_torch(engine, channels_last):
+    """500 random cases per engine and layout (cat and cat_relu): every output byte equal.
+    channels_last inputs take ATen's NHWC kernel (8-float SIMD blocks + scalar tail per pixel)."""
+    import torch
+
+    from qexact.ops.concat import cat, prepare_cat
+
+    rng = np.random.default_rng([len(engine), ord(engine[0]), int(channels_last)])
+    elements = 0
+    for case in range(CASES_PER_OP):
+        dtype = QUINT8 if case % 2 else QINT8
+        values, qparams, out, dim = random_cat_case(rng, dtype, channels_last)
+        relu = case % 3 == 0
+        tensors = [torch_quantized(v, qp) for v, qp in zip(values, qparams)]
+        if channels_last:
+            tensors = [t.contiguous(memory_format=torch.channels_last) for t in tensors]
+        op = torch.ops.quantized.cat_relu if relu else torch.ops.quantized.cat
+        with torch_threads(1):
+            result = op(tensors, dim, out.scale, out.zero_point)
+        expected = result.int_repr().numpy()
+        expected_strides = lambda *args: tuple(st * expected.itemsize for st in result.stride())
+        if channels_last:
+            values = [to_channels_last(v) for v in values]
+        p = prepare_cat(qparams, out, dim, relu=relu, engine=engine)
+        actual = cat([QuantizedArray(v, qp) for v, qp in zip(values, qparams)], p).values
+        assert actual.strides == expected_strides(tensors, relu, dim, out)
+        assert_bitexact(actual, expected, f"{engine} cat relu={relu} dim={dim} "
+                        f"{[v.shape for v in values]} {[q.describe() for q in qparams]} -> "
+                        f"{out.describe()}")
+        elements += expected.size
+    assert elements > 50000
+
+
+@pytest.mark.torch
+def test_torch_cat_uses_first_input_qparams():
+    import warnings
+
+    import torch
+
+    from qexact.ops.concat import cat, prepare_cat
+
+    rng = np.random.default_rng(5)
+    qps = [QParams.per_tensor(2.0 ** -4, 131, QUINT8), QParams.per_tensor(0.037, 7, QUINT8)]
+    values = [rng.integers(0, 256, (2, c, 3, 3)).astype(np.uint8) for c in (5, 11)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = torch.cat([torch_quantized(v, q) for v, q in zip(values, qps)], 1)
+    p = prepare_cat(qps, qps[0], 1, wraps_dim=True)
+    assert (expected.q_scale(), expected.q_zero_point()) == (qps[0].scale, qps[0].zero_point)
+    assert_bitexact(cat([QuantizedArray(v, q) for v, q in zip(values, qps)], p).values,
+                    expected.int_repr().numpy(), "torch.cat")
+
+
+def test_cat_errors():
+    from qexact.ops.concat import cat, prepare_cat
+
+    u8 = QParams.per_tensor(0.1, 0, QUINT8)
+    with pytest.raises(QuantParamError, match="dtype"):
+        prepare_cat([u8, QParams.per_tensor(0.1, 0, QINT8)], u8, 0)
+    p = prepare_cat([u8, u8], u8, 1)
+    with pytest.raises(ShapeError, match="differ"):
+        cat([QuantizedArray(np.zeros((2, 3), np.uint8), u8),
+             QuantizedArray(np.zeros((3, 3), np.uint8), u8)], p)
+
+
+CAT_DEFAULT_SCRIPT = r"""
+import sys, numpy as np, torch
+sys.path.insert(0, {support!r})
+from support.torch_ref import torch_quantized
+from qexact import QParams, QUINT8, QuantizedArray
+from qexact.ops.concat import cat, prepare_cat
+from qexact.ops.shape import to_channels_last
+rng = np.random.default_rng(0)
+bad = 0
+for c in range(1, 70, 3):
+    vs = [rng.integers(0, 256, (2, c, 3, 2)).astype(np.uint8) for _ in range(2)]
+    qps = [QParams.per_tensor(2.0 ** -3, 4, QUINT8), QParams.per_tensor(2.0 ** -4, 6, QUINT8)]
+    out = QParams.per_tensor(2.0 ** -2, 7, QUINT8)
+    ts = [torch_quantized(v, q).contiguous(memory_format=torch.channels_last) for v, q in zip(vs, qps)]
+    ref = torch.ops.quantized.cat(ts, 1, out.scale, out.zero_point).int_repr().numpy()
+    p = prepare_cat(qps, out, 1)
+    vs = [to_channels_last(v) for v in vs]
+    bad += int((cat([QuantizedArray(v, q) for v, q in zip(vs, qps)], p).values != ref).sum())
+print(torch.backends.cpu.get_cpu_capability(), p.numerics.capability, bad)
+"""
+
+
+@pytest.mark.torch
+def test_cat_channels_last_aten_capability_default_subprocess():
+    """ATEN_CPU_CAPABILITY=default: the NHWC cat kernel has no SIMD channels."""
+    support = os.path.dirname(os.path.dirname(__file__))
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c",
+                             CAT_DEFAULT_SCRIPT.format(support=support)],
+                            env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["DEFAULT", "default", "0"]
+
+
+@pytest.mark.torch
+def test_eager_model_scalar_ops_cat_clamp(engine):
+    """QFunctional add_scalar / mul_scalar / cat, torch.cat, torch.clamp, Tensor.clamp, F.hardtanh,
+    nn.Hardswish, F.leaky_relu and nn.LeakyReLU in a converted eager model through from_torch."""
+    import warnings
+
+    import torch
+    from torch import nn
+    from torch.ao import quantization as tq
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant_a, self.quant_b = tq.QuantStub(), tq.QuantStub()
+            self.add_scalar, self.mul_neg, self.mul_pos, self.cat = (
+                nn.quantized.FloatFunctional() for _ in range(4))
+            self.hardswish, self.leaky = nn.Hardswish(), nn.LeakyReLU(0.2)
+            self.dequant = tq.DeQuantStub()
+
+        def forward(self, a, b):
+            a, b = self.quant_a(a), self.quant_b(b)
+            y = self.add_scalar.add_scalar(a, 3.0)
+            z = self.mul_pos.mul_scalar(self.mul_neg.mul_scalar(y, -0.5), 2.5)
+            w = torch.cat([self.cat.cat([y, z, b], 1), a], 1)
+            w = torch.nn.functional.hardtanh(torch.clamp(w, -1, 2))
+            w = self.hardswish(w.clamp(min=-0.5, max=5.0))
+            return self.dequant(self.leaky(torch.nn.functional.leaky_relu(w, 0.3)))
+
+    torch.manual_seed(0)
+    model = Model().eval()
+    model.qconfig = tq.get_default_qconfig(engine)
+    tq.prepare(model, inplace=True)
+    for _ in range(3):
+        model(torch.randn(2, 3, 4, 5), torch.randn(2, 5, 4, 5) * 3)
+    tq.convert(model, inplace=True)
+    net = qexact.from_torch(model)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        a, b = torch.randn(2, 3, 4, 5) * 2, torch.randn(2, 5, 4, 5) * 4
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = model(a, b).numpy()
+        assert_bitexact(net(a.numpy(), b.numpy()), expected, engine)
+    explanation = net.explain((a.numpy(), b.numpy()), index=(1, 1, 3, 2))
+    names = [stage.name for stage in explanation.stages]
+    assert any("add_scalar" in n for n in names) and any("cat" in n for n in names)
+
+
+@pytest.mark.torch
+def test_add_and_activation_channels_last_follow_memory_order(engine):
+    """channels_last operands (quantized conv outputs): TensorIterator walks memory (N, H, W, C),
+    so the SIMD body / scalar tail split is in that order; outputs keep the layout."""
+    import torch
+
+    from qexact.ops.activations import activation, prepare_activation
+
+    rng = np.random.default_rng([7, len(engine)])
+    qa, qb = QParams.per_tensor(2.0 ** -4, 128, QUINT8), QParams.per_tensor(2.0 ** -5, 130, QUINT8)
+    qo = QParams.per_tensor(2.0 ** -3, 101, QUINT8)
+    for case in range(60):
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 40)), int(rng.integers(1, 6)),
+                 int(rng.integers(1, 6)))
+        a, b = (to_channels_last(rng.integers(0, 256, shape).astype(np.uint8)) for _ in range(2))
+        ta, tb = (torch_quantized(np.ascontiguousarray(v), q).contiguous(
+            memory_format=torch.channels_last) for v, q in ((a, qa), (b, qb)))
+        for name in ("add", "mul"):
+            if name == "add" and engine == "qnnpack":
+                continue  # QNNPACK's fixed-point add: no SIMD/scalar split
+            expected = getattr(torch.ops.quantized, name)(ta, tb, qo.scale, qo.zero_point)
+            p = prepare_binary(name, qa, qb, qo, engine=engine, num_threads=torch.get_num_threads())
+            actual = binary(QuantizedArray(a, qa), QuantizedArray(b, qb), p).values
+            assert_bitexact(actual, expected.int_repr().numpy(), f"{engine} {name} {shape}")
+            assert actual.strides == tuple(s * actual.itemsize for s in expected.stride())
+        expected = torch.ops.quantized.leaky_relu(ta, 0.5, False, qo.scale, qo.zero_point)
+        p = prepare_activation("leaky_relu", qa, qo, engine=engine, slope=0.5,
+                               num_threads=torch.get_num_threads())
+        assert_bitexact(activation(QuantizedArray(a, qa), p).values, expected.int_repr().numpy(),
+                        f"{engine} leaky_relu {shape}")

@@ -54,7 +54,14 @@ class ElementwiseNumerics:
     - ``qnnpack_add``: quint8 add/add_relu of equal shapes run QNNPACK's fixed-point add
       (pytorch BinaryOps.cpp ``qnnpack_add``), not the ATen kernel;
     - ``qnnpack_lut_activations``: quint8 activations PyTorch sends to a QNNPACK operator
-      by op name.
+      by op name;
+    - ``qnnpack_clamp``: quint8 clamp / hardtanh / relu6 run QNNPACK's clamp operator
+      (pytorch aten/src/ATen/native/quantized/cpu/qclamp.cpp ``qnnpack_clamp``, qrelu.cpp
+      ``qnnpack_relu6``... measured here): it walks the input in its
+      ``suggest_memory_format()`` order but writes a contiguous output, so a channels_last input
+      comes out with its NHWC bytes read as NCHW (a PyTorch bug qexact reproduces); and
+      ``torch.clamp`` with one bound raises ("Both min and max should be specified") on every
+      dtype.
     """
 
     capability: str
@@ -63,6 +70,7 @@ class ElementwiseNumerics:
     grain_size: int = GRAIN_SIZE
     qnnpack_add: bool = False
     qnnpack_activations: frozenset = frozenset()
+    qnnpack_clamp: bool = False
 
     @property
     def body_unit(self) -> int:
@@ -79,7 +87,8 @@ def elementwise_numerics(engine) -> ElementwiseNumerics:
     lanes = VECTOR_LANES_8BIT[capability]
     if engine.name == "qnnpack":
         return ElementwiseNumerics(capability, lanes, qnnpack_add=True,
-                                   qnnpack_activations=frozenset(QNNPACK_ACTIVATIONS))
+                                   qnnpack_activations=frozenset(QNNPACK_ACTIVATIONS),
+                                   qnnpack_clamp=True)
     return ElementwiseNumerics(capability, lanes)
 
 

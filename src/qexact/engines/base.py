@@ -174,6 +174,24 @@ class ConvKernel:
     pair_saturation_isas: frozenset[str]
     pairs_per_tap: bool = False
     padded_tap: str = PAD_ZERO_POINT
+    per_channel_weights: bool = True
+    """Whether PyTorch's prepack accepts per-channel weights for this kernel (transposed
+    convolutions: only QNNPACK does, qconv_prepack.cpp "Per Channel Quantization is currently
+    disabled for transposed conv")."""
+    weight_buffer_reread: bool = False
+    """Transposed convolutions: the kernel reads each group's ``(C/G, OC/G, *k)`` weight buffer as
+    if it were ``(OC/G, C/G, *k)`` and transposes that back (oneDNN via PyTorch's prepack, which
+    permutes ``[i, o, ...]`` dims without moving the data; measured), so the effective weight
+    ``w'[c, oc]`` is ``w.reshape(OC/G, C/G).T`` laid out as ``(C/G, OC/G)``; identity when
+    ``C/G == OC/G``."""
+    unreached_outputs_undefined: bool = False
+    """Transposed convolutions: outputs that no tap reaches (stride holes) come out of PyTorch
+    nondeterministic when ``z_x != 0`` (oneDNN on AVX2 leaves their zero-point compensation to
+    stale memory; measured: the same call gives ``bias`` only in one process and saturated bytes
+    in another). qexact gives them the defined value (accumulator 0)."""
+    output_padding: bool = True
+    """Whether PyTorch accepts a non-zero ``output_padding`` (transposed convolutions; oneDNN
+    refuses it: "ONEDNN only supports zero output_padding")."""
 
     def saturates_pairs(self, isa: str) -> bool:
         return isa in self.pair_saturation_isas
@@ -195,9 +213,21 @@ class Engine:
     conv: Callable[[ConvGeometry, str], ConvKernel] = _no_conv
     """``conv(geometry, isa)``: the convolution kernel PyTorch runs (see ``conv_kernel``)."""
 
+    conv_transpose: Callable[[ConvGeometry, str], ConvKernel] = _no_conv
+    """``conv_transpose(geometry, isa)``: the kernel PyTorch runs for a transposed convolution
+    (``geometry.transposed``; see ``conv_transpose_kernel``)."""
+
     def conv_kernel(self, geometry: ConvGeometry) -> ConvKernel:
         """The kernel (and its numerics) this engine runs for a convolution of ``geometry``."""
         return self.conv(geometry, self.isa)
+
+    def conv_transpose_kernel(self, geometry: ConvGeometry) -> ConvKernel:
+        """The kernel (and its numerics) this engine runs for a transposed convolution.
+
+        Its pairing is stated on the transposed im2col row: for output position ``o`` and tap
+        ``t`` (the weight's own order, channel fastest) the row holds ``x[(o + pad - t*dil) /
+        stride]`` where that is an integer inside the input, else a "padded tap"."""
+        return self.conv_transpose(geometry, self.isa)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.isa})"

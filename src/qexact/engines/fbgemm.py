@@ -117,6 +117,20 @@ def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     return FBGEMM_CONV_KERNELS["im2col"]
 
 
+FBGEMM_CONV_TRANSPOSE = ConvKernel(
+    "fbgemm im2col transposed", "FBGEMM src/PackAWithIm2Col.cc (conv_p.transposed), fbgemmPacked",
+    FBGEMM_GEMM, frozenset({AVX2}), per_channel_weights=False)
+"""FBGEMM runs every transposed convolution through the transposed im2col (no fast path takes
+``transposed``): a row per output position, taps in the weight's order with the channel fastest,
+``x[(o + pad - t*dil) / stride]`` where that divides and falls inside, else ``z_x``; raw u8 x s8
+pairs from the row's start in int16 on AVX2 (measured)."""
+
+
+def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    return FBGEMM_CONV_TRANSPOSE
+
+
 def engine(isa: str) -> Engine:
     return Engine("fbgemm", isa, linear=FBGEMM_GEMM, conv=conv_kernel,
+                  conv_transpose=conv_transpose_kernel,
                   description="FBGEMM kernels (server x86 CPUs)")

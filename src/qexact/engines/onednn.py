@@ -159,8 +159,31 @@ def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     return ONEDNN_CONV_AVX2
 
 
+ONEDNN_DECONV_VNNI = replace(ONEDNN_CONV_VNNI, name="onednn deconvolution",
+                             per_channel_weights=False, output_padding=False,
+                             weight_buffer_reread=True)
+ONEDNN_DECONV_AVX2 = replace(ONEDNN_CONV_AVX2, name="onednn jit_uni_int8 deconvolution:avx2",
+                             source="oneDNN src/cpu/x64/jit_uni_x8s8s32x_deconvolution.cpp",
+                             per_channel_weights=False, output_padding=False,
+                             weight_buffer_reread=True, unreached_outputs_undefined=True)
+
+
+def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    """oneDNN deconvolution through ideep (PyTorch refuses per-channel weights and output
+    padding). PyTorch's prepack (qconv_prepack.cpp ``PackedConvWeightsOnednn``, transpose branch:
+    the ``[i, o, ...]`` dims are permuted, the buffer is not) makes the kernel reread the weight
+    when ``C/G != OC/G`` (``weight_buffer_reread``; measured on AVX2, assumed on VNNI). On AVX2 the
+    jit deconvolution pairs the input channels of one contributing tap in ``vpmaddubsw``; taps no
+    input reaches are skipped (raw 0); outputs no tap reaches are nondeterministic when
+    ``z_x != 0``. Measured on AVX2 with random and saturating cases: exact otherwise."""
+    if isa == AVX512_VNNI:
+        return ONEDNN_DECONV_VNNI
+    return ONEDNN_DECONV_AVX2
+
+
 def engine(isa: str) -> Engine:
     """oneDNN picks brgemm on VNNI CPUs and its int8 ``gemm:jit`` elsewhere (ONEDNN_VERBOSE)."""
     linear = ONEDNN_BRGEMM_MATMUL if isa == AVX512_VNNI else ONEDNN_GEMM_JIT_MATMUL
     return Engine("onednn", isa, linear=linear, conv=conv_kernel,
+                  conv_transpose=conv_transpose_kernel,
                   description="oneDNN kernels through ideep")

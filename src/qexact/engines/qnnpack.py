@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import QINT32
+from ..errors import UnsupportedError
 from ..ops.quantize import quantize_per_channel, quantize_per_tensor
 from ..requantize import AddInt32, MultiplyFloat32, ToFloat32
 from ..rounding import f32
@@ -86,6 +87,25 @@ def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     return QNNPACK_CONV_KERNELS["conv"]
 
 
+QNNPACK_DECONVOLUTION = ConvKernel(
+    "qnnpack deconvolution", "pytorch aten/src/ATen/native/quantized/cpu/qnnpack/src/"
+    "deconvolution.c (indirection buffer + q8conv/4x4c2-sse2.c)", QNNPACK_GEMM, frozenset())
+"""Exact (int16 ``pmaddwd`` of ``x - z_x`` and ``w - z_w``); taps that no input reaches point at
+the zero buffer (``z_x``, adds 0); per-channel weights accepted (one scale per output channel)."""
+
+
+def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    """2-D (and 1-D as 2-D) only: QNNPACK's deconvolution has no depth axis, and PyTorch's
+    ``quantized::conv_transpose3d`` on qnnpack writes only the first output depth slice (the
+    others come back 0; measured), which qexact refuses to imitate."""
+    if geometry.spatial_dims == 3:
+        raise UnsupportedError("qnnpack ConvTranspose3d is not supported: QNNPACK's deconvolution "
+                               "is 2-D and PyTorch's conv_transpose3d on qnnpack computes only the "
+                               "first output depth slice")
+    return QNNPACK_DECONVOLUTION
+
+
 def engine(isa: str) -> Engine:
     return Engine("qnnpack", isa, linear=QNNPACK_GEMM, conv=conv_kernel,
+                  conv_transpose=conv_transpose_kernel,
                   description="QNNPACK kernels (mobile; PyTorch's ARM default)")

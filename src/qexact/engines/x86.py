@@ -22,6 +22,15 @@ def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     return fbgemm.conv_kernel(geometry, isa)
 
 
+def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    """The same dispatch as conv (qconv_prepack.cpp): oneDNN's deconvolution only with VNNI,
+    symmetric weights, groups <= 100 and no output padding; else FBGEMM's transposed im2col."""
+    if uses_onednn_conv(geometry, isa):
+        return onednn.conv_transpose_kernel(geometry, isa)
+    return fbgemm.conv_transpose_kernel(geometry, isa)
+
+
 def engine(isa: str) -> Engine:
     return Engine("x86", isa, linear=FBGEMM_GEMM, conv=conv_kernel,
+                  conv_transpose=conv_transpose_kernel,
                   description="PyTorch's x86 default: FBGEMM for Linear, oneDNN or FBGEMM for conv")

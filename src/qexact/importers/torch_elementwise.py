@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..dtypes import dtype_named
 from ..errors import UnsupportedError
 from ..qparams import QParams, qparams_to_fields
-from .torch import Node, _arg, _import_torch, function_handler, module_handler
+from .torch import Node, _arg, _import_torch, function_handler, method_handler, module_handler
 
 
 def _threads() -> int:
@@ -26,6 +26,11 @@ def _output(scale, zero_point, dtype: str = "quint8") -> dict:
 
 def _binary(op: str):
     def handler(name, args, kwargs) -> Node:
+        other = _arg(args, kwargs, 1, "other", None)
+        if isinstance(other, (int, float)) and not isinstance(other, bool):
+            # quantized::add.Scalar / mul.Scalar (FX-converted ``x + 1.0``): the scalar ops
+            return Node(name, op.replace("_relu", "") + "_scalar", tuple(args[:1]),
+                        {"scalar": float(other), "relu": op.endswith("_relu")})
         scale = _arg(args, kwargs, 2, "scale", None)
         zero_point = _arg(args, kwargs, 3, "zero_point", None)
         if scale is None or zero_point is None:
@@ -101,3 +106,102 @@ function_handler("torch.nn.functional.hardtanh")(
     lambda name, args, kwargs: Node(name, "clamp", tuple(args[:1]), {
         "low": float(_arg(args, kwargs, 1, "min_val", -1.0)),
         "high": float(_arg(args, kwargs, 2, "max_val", 1.0))}))
+
+
+# --- Tensor-scalar ops, cat, and more activations ------------------------------------------------
+
+
+def _scalar(op: str, relu: bool):
+    def handler(name, args, kwargs) -> Node:
+        scalar = _arg(args, kwargs, 1, "other", None)
+        if not isinstance(scalar, (int, float)) or isinstance(scalar, bool):
+            raise UnsupportedError(f"quantized.{op} needs a constant Python number, got "
+                                   f"{type(scalar).__name__}")
+        return Node(name, op, tuple(args[:1]), {"scalar": float(scalar), "relu": relu})
+
+    return handler
+
+
+for _op in ("add_scalar", "mul_scalar"):
+    for _relu in (False, True):
+        _path = f"torch.ops.quantized.{_op}{'_relu' if _relu else ''}"
+        function_handler(_path, _path + ".default")(_scalar(_op, _relu))
+
+
+def _cat(relu: bool):
+    def handler(name, args, kwargs) -> Node:
+        tensors = _arg(args, kwargs, 0, "qx", None)
+        dim = _arg(args, kwargs, 1, "dim", 0)
+        scale = _arg(args, kwargs, 2, "scale", None)
+        zero_point = _arg(args, kwargs, 3, "zero_point", None)
+        if not isinstance(tensors, (list, tuple)) or not tensors:
+            raise UnsupportedError("quantized.cat needs a list of tensors")
+        attrs = {"dim": int(dim), "relu": relu}
+        if scale is not None and zero_point is not None:
+            attrs.update(_output(scale, zero_point))
+        return Node(name, "cat", tuple(tensors), attrs)
+
+    return handler
+
+
+function_handler("torch.ops.quantized.cat", "torch.ops.quantized.cat.default")(_cat(False))
+function_handler("torch.ops.quantized.cat_relu", "torch.ops.quantized.cat_relu.default")(_cat(True))
+
+
+@function_handler("torch.cat", "torch.concat", "torch.concatenate")
+def _torch_cat(name, args, kwargs) -> Node:
+    """``torch.cat`` on quantized tensors (``cat_quantized_cpu``): the first input's qparams;
+    on float tensors an exact concatenation."""
+    tensors = _arg(args, kwargs, 0, "tensors", None)
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise UnsupportedError("torch.cat needs a list of tensors")
+    dim = _arg(args, kwargs, 1, "dim", kwargs.get("axis", 0))
+    return Node(name, "cat", tuple(tensors), {"dim": int(dim), "relu": False})
+
+
+@function_handler("torch.ops.quantized.hardswish", "torch.ops.quantized.hardswish.default")
+def _hardswish_function(name, args, kwargs):
+    scale = _arg(args, kwargs, 1, "output_scale", None)
+    zero_point = _arg(args, kwargs, 2, "output_zero_point", None)
+    return _activation_node(name, args, "hardswish", **_output(scale, zero_point))
+
+
+@function_handler("torch.ops.quantized.leaky_relu", "torch.ops.quantized.leaky_relu.default")
+def _leaky_relu_function(name, args, kwargs):
+    slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+    scale = _arg(args, kwargs, 3, "output_scale", None)
+    zero_point = _arg(args, kwargs, 4, "output_zero_point", None)
+    return _activation_node(name, args, "leaky_relu", slope=slope, **_output(scale, zero_point))
+
+
+function_handler("torch.nn.functional.hardswish")(
+    lambda name, args, kwargs: _activation_node(name, args, "hardswish"))
+function_handler("torch.nn.functional.leaky_relu")(
+    lambda name, args, kwargs: _activation_node(
+        name, args, "leaky_relu", slope=float(_arg(args, kwargs, 1, "negative_slope", 0.01)),
+        same_qparams=True))
+
+
+@module_handler("torch.nn.Hardswish")
+def _float_hardswish(module, name, inputs):
+    return _activation_node(name, inputs, "hardswish")
+
+
+@module_handler("torch.nn.LeakyReLU")
+def _float_leaky_relu(module, name, inputs):
+    return _activation_node(name, inputs, "leaky_relu", slope=float(module.negative_slope),
+                            same_qparams=True)
+
+
+def _clamp_node(name, args, kwargs) -> Node:
+    low = _arg(args, kwargs, 1, "min", None)
+    high = _arg(args, kwargs, 2, "max", None)
+    for bound in (low, high):
+        if bound is not None and not isinstance(bound, (int, float)):
+            raise UnsupportedError("clamp with tensor bounds is not supported; use numbers")
+    return Node(name, "clamp", tuple(args[:1]), {"low": None if low is None else float(low),
+                                                 "high": None if high is None else float(high)})
+
+
+function_handler("torch.clamp", "torch.clip")(_clamp_node)
+method_handler("clamp", "clip")(_clamp_node)

@@ -1,5 +1,6 @@
 """torch import handlers for movement ops: permute, transpose, squeeze/unsqueeze, split/chunk
-(tuples; FX picks pieces with ``operator.getitem``), contiguous, pixel_shuffle, channel_shuffle."""
+(tuples; FX picks pieces with ``operator.getitem``), contiguous, pixel_shuffle, channel_shuffle;
+and the reduction ``mean`` (``ops.reduce``)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,16 @@ def _pixel_shuffle_module(module, name, inputs):
 @module_handler("torch.nn.ChannelShuffle")
 def _channel_shuffle_module(module, name, inputs):
     return Node(name, "channel_shuffle", inputs, {"groups": int(module.groups)})
+
+
+def _mean(name, args, kwargs):
+    """``torch.mean(x, dim=None, keepdim=False, *, dtype=None)`` and ``x.mean(...)``."""
+    dtype = kwargs.get("dtype")
+    return Node(name, "mean", args[:1], {
+        "dim": _plain(_arg(args, kwargs, 1, "dim", None)),
+        "keepdim": bool(_arg(args, kwargs, 2, "keepdim", False)),
+        "dtype": None if dtype is None else str(dtype)})
+
+
+function_handler("torch.mean")(_mean)
+method_handler("mean")(_mean)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 OP_MODULES = ("quantize", "linear", "activations", "shape", "conv", "elementwise", "pooling",
-              "normalization")
+              "normalization", "scalar", "concat", "arith", "conv_transpose", "reduce")
 
 
 def load_all_ops() -> None:

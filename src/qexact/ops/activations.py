@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dtypes import QINT8, QUINT8
-from ..engines.aten import ElementwiseNumerics, default_num_threads, elementwise_numerics, simd_mask
+from ..engines.aten import ElementwiseNumerics, default_num_threads, elementwise_numerics
 from ..errors import QuantParamError, UnsupportedError
 from ..qparams import QParams
 from ..engines.qnnpack_elementwise import qnnpack_hardswish_table
@@ -149,14 +149,15 @@ def _float_function(p: ActivationParams, x: np.ndarray) -> np.ndarray:
 def activation(x: QuantizedArray, p: ActivationParams) -> QuantizedArray:
     """Rescaling activation: dequantize, ``FLOAT_FUNCTIONS[p.function]``, quantize; each element
     with the SIMD-body or scalar-tail rules of ``qexact.ops.elementwise``."""
-    from .elementwise import dequantize_scalar, dequantize_simd, inverse_scale, quantize_scalar, quantize_simd
+    from .elementwise import (dequantize_scalar, dequantize_simd, inverse_scale, layout_simd_mask,
+                              like_memory_format, quantize_scalar, quantize_simd)
 
     dtype = p.output_qparams.dtype
     if p.function in p.numerics.qnnpack_activations and dtype == QUINT8 and p.function == "hardswish":
         table = qnnpack_hardswish_table(p.input_qparams.scale, p.input_qparams.zero_point,
                                         p.output_qparams.scale, p.output_qparams.zero_point)
-        return QuantizedArray(table[x.values], p.output_qparams)
-    mask = simd_mask(p.numerics, x.values.shape, [x.values.shape], p.num_threads)
+        return QuantizedArray(like_memory_format(table[x.values], x.values), p.output_qparams)
+    mask = layout_simd_mask(p.numerics, x.values.shape, [x.values], p.num_threads)
     inv = inverse_scale(p.output_qparams.scale)
     out = np.empty(x.values.shape, np.int64)
     for simd, dequant, quant in ((True, dequantize_simd, quantize_simd),
@@ -165,49 +166,128 @@ def activation(x: QuantizedArray, p: ActivationParams) -> QuantizedArray:
         if where.any():
             real = dequant(x.values[where], p.input_qparams.scale, p.input_qparams.zero_point)
             out[where] = quant(_float_function(p, real), inv, p.output_qparams.zero_point, dtype)
-    return QuantizedArray(out.astype(dtype.numpy_dtype), p.output_qparams)
+    return QuantizedArray(like_memory_format(out.astype(dtype.numpy_dtype), x.values),
+                          p.output_qparams)
 
 
-def clamp(x: QuantizedArray, low: float | None, high: float | None) -> QuantizedArray:
+def clamp(x: QuantizedArray, low: float | None, high: float | None,
+          numerics: ElementwiseNumerics | None = None) -> QuantizedArray:
     """relu6 / hardtanh / clamp: ``q = min(max(q, quantize_val(low)), quantize_val(high))``,
     qparams unchanged; the bounds are quantized with the scalar rule
-    ``clamp(rne(f32(f32(b * inv) + f32(z))))`` (qclamp_kernel, relu6: integer-only otherwise)."""
-    from .elementwise import inverse_scale, quantize_scalar
+    ``clamp(rne(f32(f32(b * inv) + f32(z))))`` (qclamp_kernel, relu6: integer-only otherwise).
 
+    ``numerics.qnnpack_clamp`` (qnnpack engine, quint8): the same values, but a channels_last
+    input's NHWC bytes come out read as NCHW in a contiguous output (see
+    ``ElementwiseNumerics.qnnpack_clamp``); with one bound missing PyTorch raises.
+    """
+    from .elementwise import inverse_scale, quantize_scalar
+    from .shape import suggests_channels_last
+
+    if numerics is not None and numerics.qnnpack_clamp and (low is None or high is None):
+        raise UnsupportedError("quantized clamp with one bound on the qnnpack engine: PyTorch "
+                               "raises 'Both min and max should be specified for quantized clamp!'")
     q = x.values.astype(np.int64)
     inv = inverse_scale(x.qparams.scale)
     for bound, pick in ((low, np.maximum), (high, np.minimum)):
         if bound is not None:
             q = pick(q, quantize_scalar(np.float32(bound), inv, x.qparams.zero_point, x.dtype))
-    return QuantizedArray(q.astype(x.values.dtype), x.qparams)
+    out = q.astype(x.values.dtype)
+    if (numerics is not None and numerics.qnnpack_clamp and x.dtype == QUINT8
+            and x.values.ndim in (4, 5) and suggests_channels_last(x.values)):
+        order = (0,) + tuple(range(2, x.values.ndim)) + (1,)
+        out = np.ascontiguousarray(out.transpose(order)).reshape(out.shape)
+    return QuantizedArray(out, x.qparams)
 
 
-@graph_op("clamp", "quantized relu6 / hardtanh / clamp (nnq.ReLU6, F.hardtanh, torch.clamp)")
+def clamp_float(x: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+    """``torch.clamp`` / ``F.hardtanh`` / ``F.relu6`` on float32: ``min(max(x, f32(low)), f32(high))``
+    (NaN propagates; ``low > high`` gives ``high``), exact (ATen clamp_kernel, scalar and SIMD alike)."""
+    x = np.asarray(x)
+    if low is not None:
+        x = np.maximum(x, x.dtype.type(low))
+    if high is not None:
+        x = np.minimum(x, x.dtype.type(high))
+    return x
+
+
+@graph_op("clamp", "relu6 / hardtanh / clamp (nnq.ReLU6, F.hardtanh, torch.clamp): quantized "
+          "(integer-only), or float between dequantize and quantize")
 class ClampOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        return (node.attrs.get("low"), node.attrs.get("high")), require_quantized(node, input_qparams)
+        from ..engines import get_engine
+
+        return ((node.attrs.get("low"), node.attrs.get("high"),
+                 elementwise_numerics(get_engine(engine))), input_qparams[0])
 
     @staticmethod
     def run(params, inputs):
-        return clamp(inputs[0], *params)
+        x = inputs[0]
+        return clamp(x, *params) if isinstance(x, QuantizedArray) else clamp_float(x, *params[:2])
 
     @staticmethod
     def explain(params, inputs, result, index):
         q = inputs[0]
+        if not isinstance(q, QuantizedArray):
+            return [Stage("clamp (float)", "y = min(max(x, f32(low)), f32(high))",
+                          {"x": np.asarray(q)[index], "low": params[0], "high": params[1]},
+                          np.asarray(result)[index])], [(0, index)]
         return [Stage("clamp", "q = min(max(q, q_low), q_high); bounds quantized with "
                       "rne(f32(f32(b inv) + z))", {"q": q.values[index], "low": params[0],
                                                    "high": params[1]},
                       result.values[index])], [(0, index)]
 
 
-@graph_op("activation", "sigmoid, tanh, hardsigmoid, hardswish, leaky_relu, elu (quantized)")
+FLOAT_EXACT = frozenset({"hardswish", "hardsigmoid", "leaky_relu"})
+"""Activations whose float32 torch kernels qexact reproduces bit for bit (measured on AVX2, SIMD
+body and scalar tail: ``F.hardswish``, ``F.hardsigmoid``, ``F.leaky_relu``; 0 differences on
+48,259 elements each). torch's float ``sigmoid``, ``tanh`` and ``elu`` use SLEEF-style vectorized
+``exp``/``tanh``/``expm1`` approximations that differ from correctly rounded float32 in the last
+bit (8004, 14761 and 38 of 48,259 elements): not supported on floats. NaN payloads are not
+reproduced: ATen's SIMD min/max give an all-ones NaN (0xFFFFFFFF) where NumPy gives the default
+NaN (NaN arises only from NaN or infinite inputs; every quantize maps any NaN alike)."""
+
+
+@dataclass(frozen=True)
+class FloatActivationParams:
+    """An activation run on float32 (FX-converted models run it between dequantize and quantize):
+    ``function`` (one of ``FLOAT_EXACT``) and ``slope`` (leaky_relu)."""
+
+    function: str
+    slope: float = 0.01
+
+
+def prepare_float_activation(function: str, slope: float = 0.01) -> FloatActivationParams:
+    if function not in FLOAT_EXACT:
+        raise UnsupportedError(
+            f"{function} on float32 tensors is not supported: torch's float {function} kernel "
+            "uses a vectorized approximation qexact does not reproduce bit for bit; quantize its "
+            f"input (supported float activations: {sorted(FLOAT_EXACT)}, relu, clamp)")
+    return FloatActivationParams(function, float(slope))
+
+
+def float_activation(x: np.ndarray, p: FloatActivationParams) -> np.ndarray:
+    """The float32 function of ``FLOAT_FUNCTIONS`` on float32 ``x`` (torch's float kernels)."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise UnsupportedError(f"float {p.function} on {x.dtype} is not supported (float32 only)")
+    with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 is NaN, as in C
+        return _float_function(p, x)
+
+
+@graph_op("activation", "sigmoid, tanh, hardsigmoid, hardswish, leaky_relu, elu (quantized); "
+          "hardswish, hardsigmoid, leaky_relu also on float32")
 class ActivationOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
+        if input_qparams[0] is None:
+            return prepare_float_activation(node.attrs["function"],
+                                            node.attrs.get("slope", 0.01)), None
         input_q = require_quantized(node, input_qparams)
         output = (QParams.per_tensor(node.attrs["output_scale"], node.attrs["output_zero_point"],
                                      input_q.dtype) if "output_scale" in node.attrs else None)
+        if output is None and node.attrs.get("same_qparams"):  # F.leaky_relu on a quantized tensor
+            output = input_q
         constants = {key: node.attrs[key] for key in ("slope", "alpha", "scale", "input_scale")
                      if key in node.attrs}
         params = prepare_activation(node.attrs["function"], input_q, output, engine=engine,
@@ -216,19 +296,25 @@ class ActivationOp:
 
     @staticmethod
     def run(params, inputs):
+        if isinstance(params, FloatActivationParams):
+            return float_activation(inputs[0], params)
         return activation(inputs[0], params)
 
     @staticmethod
     def explain(params, inputs, result, index):
-        from .elementwise import dequantize_scalar, dequantize_simd, inverse_scale
+        from .elementwise import dequantize_scalar, dequantize_simd, inverse_scale, layout_simd_mask
 
         q = inputs[0]
+        if isinstance(params, FloatActivationParams):
+            x = np.asarray(q)[index]
+            return [Stage(f"{params.function} (float)", FLOAT_FUNCTIONS[params.function], {"x": x},
+                          np.asarray(result)[index])], [(0, index)]
         value = np.asarray(q.values[index])
         if params.function in params.numerics.qnnpack_activations and q.dtype == QUINT8:
             return [Stage(params.function, "QNNPACK 256-entry table (qnnpack_hardswish_table)",
                           {"q": value}, result.values[index])], [(0, index)]
-        simd = bool(simd_mask(params.numerics, q.values.shape, [q.values.shape],
-                              params.num_threads)[index])
+        simd = bool(layout_simd_mask(params.numerics, q.values.shape, [q.values],
+                                     params.num_threads)[index])
         dequant = dequantize_simd if simd else dequantize_scalar
         real = dequant(value, params.input_qparams.scale, params.input_qparams.zero_point)
         y = _float_function(params, real)

@@ -274,10 +274,12 @@ def conv(x: QuantizedArray, params: ConvParams) -> QuantizedArray:
         out = output_shape(padded, params.kernel_size, params.stride, (0,) * dims, params.dilation)
     acc = conv_accumulator(values, params)
     result = requantize(acc, params.requantization, np.uint8)
+    # Channels fastest in memory, as PyTorch's quantized conv returns it (channels_last): kernels
+    # downstream (pooling, mean, norms) choose their path, and so their rounding, by layout.
     result = np.moveaxis(result.reshape((values.shape[0],) + out + (params.out_channels,)), -1, 1)
     if unbatched:
         result = result[0]
-    return QuantizedArray(np.ascontiguousarray(result), params.output_qparams)
+    return QuantizedArray(result, params.output_qparams)
 
 
 @graph_op("conv", "quantized Conv1d/2d/3d and ConvReLU1d/2d/3d (nnq.ConvNd, nniq.ConvReLUNd)")

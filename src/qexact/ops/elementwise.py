@@ -1,4 +1,5 @@
-"""Quantized elementwise binary ops: add, add_relu, mul, mul_relu, add_scalar, mul_scalar, cat.
+"""Quantized elementwise binary ops: add, add_relu, mul, mul_relu (add_scalar / mul_scalar are in
+``qexact.ops.scalar``, cat in ``qexact.ops.concat``).
 
 ATen kernels (pytorch aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp), each
 element either in the SIMD body or the scalar tail (``qexact.engines.aten.simd_mask``):
@@ -11,11 +12,11 @@ element either in the SIMD body or the scalar tail (``qexact.engines.aten.simd_m
     mul (qmul_kernel):   m = f32(f32(f32(s_a) f32(s_b)) f32(1 / f32(s_o)))
                          q = clamp(rne(f32(f32((q_a - z_a)(q_b - z_b)) m)) + z_o); relu: max(q, z_o)
                          (same on both paths)
-    add_scalar (BinaryOps.cpp _add_scalar_out): c_q = rne(c / s); output qparams chosen so that
-                         the integers are unchanged when z - c_q is in range, else requantized
-                         with m = f32(f32(s) f32(1 / f32(s'))): q' = clamp(rne(f32(f32(q - z + c_q) m)) + z')
-    mul_scalar (_mul_scalar_out): integers copied, scale |c| s (c < 0: q' = qmax + qmin - q)
-    cat (quantized_cat_impl): quantize_per_tensor(cat(dequantize(x_i)), s, z)
+
+Channels_last operands (quantized conv outputs; NumPy strides as ``qexact.ops.shape`` reads
+them): TensorIterator walks memory, N, H, W, C, so the body/tail split is taken in that order
+(``layout_simd_mask``) and the output keeps ``a``'s ``suggest_memory_format()``. Measured for
+equal-shape operands only; mixed layouts and broadcasting with channels_last use C order.
 
 On the qnnpack engine, quint8 add/add_relu of equal shapes run QNNPACK's fixed-point add
 (``qexact.engines.qnnpack_elementwise``).
@@ -70,6 +71,32 @@ def quantize_scalar(y: np.ndarray, inv, zero_point: int, dtype: QDType) -> np.nd
     scaled = f32(f32(f32(y) * f32(inv)) + f32(zero_point))
     scaled = np.where(np.isnan(scaled), np.float32(dtype.qmax), scaled)
     return np.clip(np.rint(scaled.astype(np.float64)), dtype.qmin, dtype.qmax).astype(np.int64)
+
+
+def layout_simd_mask(numerics: ElementwiseNumerics, out_shape, arrays, num_threads: int) -> np.ndarray:
+    """``simd_mask`` in the order TensorIterator walks memory: when every operand has the output's
+    shape and torch would call it channels_last (``suggests_channels_last`` on its NumPy strides),
+    the walk is N, H, W, C; otherwise C order (``simd_mask``'s own coalescing)."""
+    from .shape import suggests_channels_last
+
+    out_shape = tuple(out_shape)
+    if (len(out_shape) in (4, 5) and all(a.shape == out_shape for a in arrays)
+            and all(suggests_channels_last(a) for a in arrays)):
+        order = (0,) + tuple(range(2, len(out_shape))) + (1,)
+        memory_shape = tuple(out_shape[d] for d in order)
+        mask = simd_mask(numerics, memory_shape, [memory_shape] * len(arrays), num_threads)
+        return mask.transpose(np.argsort(order))
+    return simd_mask(numerics, out_shape, [a.shape for a in arrays], num_threads)
+
+
+def like_memory_format(result: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """``result`` with the strides of ``source.suggest_memory_format()`` (outputs of ATen's
+    elementwise kernels are allocated that way)."""
+    from .shape import suggests_channels_last, to_channels_last
+
+    if result.shape == source.shape and suggests_channels_last(source):
+        return to_channels_last(result)
+    return result
 
 
 def inverse_scale(scale: float) -> np.float32:
@@ -154,7 +181,8 @@ def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedAr
     if _uses_qnnpack(p, a.values, b.values):
         if p.qnnpack is None:
             raise UnsupportedError(p.qnnpack_error)
-        return QuantizedArray(qnnpack_add(a.values, b.values, p.qnnpack), p.output_qparams)
+        return QuantizedArray(like_memory_format(qnnpack_add(a.values, b.values, p.qnnpack),
+                                                 a.values), p.output_qparams)
     qa = np.broadcast_to(a.values, out_shape)
     qb = np.broadcast_to(b.values, out_shape)
     zo = int(p.output_qparams.zero_point)
@@ -165,9 +193,10 @@ def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedAr
         out = np.clip(rounded + zo, dtype.qmin, dtype.qmax)
         if p.relu:
             out = np.maximum(out, zo)
-        return QuantizedArray(out.astype(dtype.numpy_dtype), p.output_qparams)
+        return QuantizedArray(like_memory_format(out.astype(dtype.numpy_dtype), a.values),
+                              p.output_qparams)
     inv = inverse_scale(p.output_qparams.scale)
-    mask = simd_mask(p.numerics, out_shape, [a.values.shape, b.values.shape], p.num_threads)
+    mask = layout_simd_mask(p.numerics, out_shape, [a.values, b.values], p.num_threads)
     out = np.empty(out_shape, np.int64)
     for simd, dequant, quant in ((True, dequantize_simd, quantize_simd),
                                  (False, dequantize_scalar, quantize_scalar)):
@@ -179,7 +208,8 @@ def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedAr
         if p.relu:
             total = np.maximum(total, np.float32(0))
         out[where] = quant(total, inv, zo, dtype)
-    return QuantizedArray(out.astype(dtype.numpy_dtype), p.output_qparams)
+    return QuantizedArray(like_memory_format(out.astype(dtype.numpy_dtype), a.values),
+                          p.output_qparams)
 
 
 def explain_binary(p: BinaryParams, a: QuantizedArray, b: QuantizedArray, result, index):
@@ -202,7 +232,7 @@ def explain_binary(p: BinaryParams, a: QuantizedArray, b: QuantizedArray, result
             Stage("mul: requantize", "q = clamp(rne(f32(f32(c) m)) + z_o)"
                   + ("; relu: max(q, z_o)" if p.relu else "") + " (SIMD and scalar alike)",
                   {"c": product, "m": p.mul_multiplier, "z_o": zo}, out)]
-    mask = simd_mask(p.numerics, out_shape, [a.values.shape, b.values.shape], p.num_threads)
+    mask = layout_simd_mask(p.numerics, out_shape, [a.values, b.values], p.num_threads)
     simd = bool(mask[index])
     inv = inverse_scale(p.output_qparams.scale)
     dequant = dequantize_simd if simd else dequantize_scalar
