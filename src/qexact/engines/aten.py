@@ -23,8 +23,8 @@ With ``ATEN_CPU_CAPABILITY=default`` every element takes the scalar lambda (meas
 threads PyTorch uses (``torch.get_num_threads()``) therefore changes outputs of large tensors;
 measured with 1, 2 and 4 threads on 65599..200003 elements.
 
-The lead will move the choice (``elementwise_numerics``) into the engine modules; ops call only
-``elementwise_numerics(engine)``.
+Which ops an engine hands to QNNPACK instead is the engine's own data
+(``Engine.qnnpack_operators``); ops call only ``elementwise_numerics(engine)``.
 """
 
 from __future__ import annotations
@@ -80,16 +80,15 @@ class ElementwiseNumerics:
 def elementwise_numerics(engine) -> ElementwiseNumerics:
     """The elementwise numerics of ``engine`` (a ``qexact.engines.Engine``).
 
-    The choice is made here, from the engine's name and ``aten_capability``, until the lead moves
-    it into the engine modules (fbgemm/x86/onednn run ATen's kernels; qnnpack replaces a few).
+    ATen's kernels at the engine's ``aten_capability``, except the ops the engine states it hands
+    to QNNPACK operators (``Engine.qnnpack_operators``).
     """
     capability = engine.aten_capability
-    lanes = VECTOR_LANES_8BIT[capability]
-    if engine.name == "qnnpack":
-        return ElementwiseNumerics(capability, lanes, qnnpack_add=True,
-                                   qnnpack_activations=frozenset(QNNPACK_ACTIVATIONS),
-                                   qnnpack_clamp=True)
-    return ElementwiseNumerics(capability, lanes)
+    handed = engine.qnnpack_operators
+    return ElementwiseNumerics(
+        capability, VECTOR_LANES_8BIT[capability], qnnpack_add="add" in handed,
+        qnnpack_activations=frozenset(a for a in QNNPACK_ACTIVATIONS if a in handed),
+        qnnpack_clamp="clamp" in handed)
 
 
 QNNPACK_ACTIVATIONS = ("hardswish",)

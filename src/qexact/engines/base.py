@@ -217,6 +217,11 @@ class Engine:
     """``conv_transpose(geometry, isa)``: the kernel PyTorch runs for a transposed convolution
     (``geometry.transposed``; see ``conv_transpose_kernel``)."""
 
+    qnnpack_operators: frozenset[str] = frozenset()
+    """Ops this engine hands to QNNPACK operators instead of ATen's kernels (for quint8, where
+    their conditions hold): ``add``, ``hardswish``, ``clamp``, ``avg_pool``, ``max_pool``,
+    ``global_average_pool``. The op families' numerics read this set."""
+
     def conv_kernel(self, geometry: ConvGeometry) -> ConvKernel:
         """The kernel (and its numerics) this engine runs for a convolution of ``geometry``."""
         return self.conv(geometry, self.isa)

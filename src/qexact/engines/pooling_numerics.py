@@ -13,9 +13,8 @@ engine routes some quint8 average pools to QNNPACK. Two things decide the roundi
   average pooling (``AveragePool2d.cpp`` ``qnnpack_avg_pool2d``), and quint8 ``mean`` over
   dims (2, 3) of a 4-D tensor runs QNNPACK's global average pooling (``ReduceOps.cpp``).
 
-NOTE: the lead will move this choice into the engine modules (``engines/*.py``, an ``Engine``
-field); until then ``pooling_numerics(engine)`` derives it from the engine's name and
-``aten_capability``, and ops only ever read the returned ``PoolingNumerics``.
+``pooling_numerics(engine)`` derives the choice from the engine's data (``Engine.qnnpack_operators``
+and ``aten_capability``); ops only ever read the returned ``PoolingNumerics``.
 """
 
 from __future__ import annotations
@@ -60,6 +59,6 @@ def pooling_numerics(engine) -> PoolingNumerics:
         nhwc_avg_pool_simd_channels=width,
         nhwc_adaptive_simd_channels=width,
         nhwc_bilinear_simd_channels=width,
-        qnnpack_avg_pool=engine.name == "qnnpack",
-        qnnpack_max_pool=engine.name == "qnnpack",
+        qnnpack_avg_pool="avg_pool" in engine.qnnpack_operators,
+        qnnpack_max_pool="max_pool" in engine.qnnpack_operators,
     )

@@ -107,5 +107,12 @@ def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
 
 def engine(isa: str) -> Engine:
     return Engine("qnnpack", isa, linear=QNNPACK_GEMM, conv=conv_kernel,
-                  conv_transpose=conv_transpose_kernel,
+                  conv_transpose=conv_transpose_kernel, qnnpack_operators=QNNPACK_OPERATORS,
                   description="QNNPACK kernels (mobile; PyTorch's ARM default)")
+
+
+QNNPACK_OPERATORS = frozenset({"add", "hardswish", "clamp", "avg_pool", "max_pool",
+                               "global_average_pool"})
+"""What the qnnpack engine runs through QNNPACK operators rather than ATen (BinaryOps.cpp
+qnnpack_add, qhardswish.cpp, qclamp.cpp, q_avgpool.cpp, qpool.cpp, ReduceOps.cpp); measured:
+sigmoid, tanh, hardsigmoid, leaky_relu and elu stay on ATen's kernels."""

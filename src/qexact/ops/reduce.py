@@ -62,12 +62,10 @@ class MeanNumerics:
 
 
 def mean_numerics(engine) -> MeanNumerics:
-    """Derived like ``pooling_numerics`` until the engines state it (see that module's NOTE)."""
-    from ..engines.pooling_numerics import pooling_numerics
-
-    capability = getattr(engine, "aten_capability", "avx2")
-    return MeanNumerics(pooling_numerics(engine).qnnpack_avg_pool,
-                        16 if capability == "avx512" else 8)
+    """From the engine's data: whether it hands ``mean`` to QNNPACK's global average pooling,
+    and ATen's float vector width at its capability."""
+    return MeanNumerics("global_average_pool" in engine.qnnpack_operators,
+                        16 if engine.aten_capability == "avx512" else 8)
 
 
 @dataclass(frozen=True)
