@@ -179,9 +179,9 @@ def test_linear_avx2_subprocess_vs_qexact_avx2(tmp_path):
 
 
 @pytest.mark.torch
-@pytest.mark.xfail(strict=False, reason="oneDNN AVX2 K-blocking of int16 pairs not modelled yet")
 def test_linear_avx2_subprocess_onednn_kblocking(tmp_path):
-    """The oneDNN cases with K > 256, K % 4 != 0 and activations above 127, in the subprocess."""
+    """The oneDNN cases with K > 256, K % 4 != 0 and activations above 127, in the subprocess:
+    int16 pairs are formed per K block of oneDNN's AVX2 gemm driver."""
     pytest.importorskip("torch")
     rng = np.random.default_rng(7)
     cases = [make_case(rng, "onednn", 8, depth, 16, kind, per_channel, True, False)
