@@ -30,3 +30,33 @@ def test_cnn_is_exact(name, engine, tmp_path):
     path = tmp_path / "model.qexact"
     qexact.save(net, path)
     assert_bitexact(qexact.load(path)(x.numpy()), expected, f"{name} on {engine}, saved")
+
+
+TORCH_FREE = [("resnet", "fbgemm"), ("mobilenet_v2", "x86"), ("mobilenet_v3", "qnnpack"),
+              ("shufflenet_v2", "onednn"), ("detector", "qnnpack")]
+
+
+def test_cnns_load_and_run_where_torch_cannot_be_imported(tmp_path):
+    """Saved CNNs run identically in a process where ``import torch`` fails."""
+    import subprocess
+    import sys
+
+    expected = {}
+    for name, engine in TORCH_FREE:
+        model, shape = build_cnn(name, engine)
+        x = torch.randn((3,) + shape[1:], generator=torch.Generator().manual_seed(2))
+        qexact.save(qexact.from_torch(model), tmp_path / f"{name}.qexact")
+        np.save(tmp_path / f"{name}_x.npy", x.numpy())
+        expected[name] = model(x).numpy()
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np, qexact\n"
+        f"for name in {[name for name, _ in TORCH_FREE]!r}:\n"
+        f"    net = qexact.load(r'{tmp_path}/' + name + '.qexact')\n"
+        f"    np.save(r'{tmp_path}/' + name + '_y.npy', net(np.load(r'{tmp_path}/' + name + '_x.npy')))\n"
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for name, _ in TORCH_FREE:
+        assert_bitexact(np.load(tmp_path / f"{name}_y.npy"), expected[name],
+                        f"{name} loaded without torch")
