@@ -148,3 +148,32 @@ def qparams_from_fields(attrs: dict, arrays: dict, prefix: str) -> QParams:
     if axis is None:
         return QParams.per_tensor(attrs[f"{prefix}_scale"], attrs[f"{prefix}_zero_point"], dtype)
     return QParams.per_channel(arrays[f"{prefix}_scale"], arrays[f"{prefix}_zero_point"], axis, dtype)
+
+
+class QuantizedLayerAccessors:
+    """The per-layer names users read (``weight_scale``, ``input_zero_point``, ...), for layer
+    parameter classes that hold ``weight_qparams``, ``input_qparams`` and ``output_qparams``."""
+
+    @property
+    def weight_scale(self):
+        return self.weight_qparams.scale
+
+    @property
+    def weight_zero_point(self):
+        return self.weight_qparams.zero_point
+
+    @property
+    def input_scale(self) -> float:
+        return self.input_qparams.scale
+
+    @property
+    def input_zero_point(self) -> int:
+        return self.input_qparams.zero_point
+
+    @property
+    def output_scale(self) -> float:
+        return self.output_qparams.scale
+
+    @property
+    def output_zero_point(self) -> int:
+        return self.output_qparams.zero_point

@@ -34,7 +34,7 @@ from ..dtypes import QINT8, QUINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
 from ..errors import QuantParamError, ShapeError, UnsupportedError
-from ..qparams import QParams, QuantizedArray, qparams_from_fields
+from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, requantize
 from ._registry import graph_op
 from ._window import im2col, output_shape
@@ -45,7 +45,7 @@ PADDING_MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circ
 
 
 @dataclass(frozen=True, eq=False)
-class ConvParams:
+class ConvParams(QuantizedLayerAccessors):
     """A quantized convolution prepared for one engine. Public fields (stable names):
 
     - ``weight``: (out_channels, in_channels // groups, *kernel_size) int8; ``weight_qparams``;
@@ -96,21 +96,9 @@ class ConvParams:
     def out_channels(self) -> int:
         return self.weight.shape[0]
 
-    @property
-    def weight_scale(self):
-        return self.weight_qparams.scale
 
-    @property
-    def weight_zero_point(self):
-        return self.weight_qparams.zero_point
 
-    @property
-    def input_zero_point(self) -> int:
-        return self.input_qparams.zero_point
 
-    @property
-    def input_scale(self) -> float:
-        return self.input_qparams.scale
 
 
 def _tuple(value, dims: int, name: str) -> tuple[int, ...]:

@@ -40,7 +40,7 @@ from ..dtypes import QINT8, QUINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
 from ..errors import QuantParamError, ShapeError, UnsupportedError
-from ..qparams import QParams, QuantizedArray, qparams_from_fields
+from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, requantize, trace_requantize
 from ..stages import Stage
 from ._registry import graph_op
@@ -49,7 +49,7 @@ from .quantize import require_quantized
 
 
 @dataclass(frozen=True, eq=False)
-class ConvTransposeParams:
+class ConvTransposeParams(QuantizedLayerAccessors):
     """A quantized transposed convolution prepared for one engine. Public fields:
 
     - ``weight``: (in_channels, out_channels // groups, *kernel_size) int8 (PyTorch's layout);
@@ -100,9 +100,6 @@ class ConvTransposeParams:
     def out_channels(self) -> int:
         return self.weight.shape[1] * self.groups
 
-    @property
-    def input_zero_point(self) -> int:
-        return self.input_qparams.zero_point
 
     def output_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return tuple((size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in

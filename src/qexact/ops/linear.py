@@ -29,7 +29,7 @@ from ..dtypes import QINT8, QUINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import BiasMode
 from ..errors import QuantParamError, ShapeError
-from ..qparams import QParams, QuantizedArray, qparams_from_fields
+from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, requantize, trace_requantize
 from ..stages import Stage
 from ._registry import graph_op
@@ -37,7 +37,7 @@ from .quantize import require_quantized
 
 
 @dataclass(frozen=True, eq=False)
-class LinearParams:
+class LinearParams(QuantizedLayerAccessors):
     """A quantized Linear prepared for one engine. Public fields (stable names):
 
     - ``weight``: (out_features, in_features) int8; ``weight_scale``, ``weight_zero_point``:
@@ -71,30 +71,6 @@ class LinearParams:
     pair_positions: np.ndarray | None
     weight_pairs: np.ndarray | None
     risky_pairs: np.ndarray | None
-
-    @property
-    def weight_scale(self):
-        return self.weight_qparams.scale
-
-    @property
-    def weight_zero_point(self):
-        return self.weight_qparams.zero_point
-
-    @property
-    def input_scale(self) -> float:
-        return self.input_qparams.scale
-
-    @property
-    def input_zero_point(self) -> int:
-        return self.input_qparams.zero_point
-
-    @property
-    def output_scale(self) -> float:
-        return self.output_qparams.scale
-
-    @property
-    def output_zero_point(self) -> int:
-        return self.output_qparams.zero_point
 
     @property
     def in_features(self) -> int:
