@@ -97,10 +97,6 @@ class ConvParams(QuantizedLayerAccessors):
         return self.weight.shape[0]
 
 
-
-
-
-
 def _tuple(value, dims: int, name: str) -> tuple[int, ...]:
     if isinstance(value, str):
         raise UnsupportedError(f"{name}={value!r} is not supported; give integers")
