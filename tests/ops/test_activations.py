@@ -223,3 +223,28 @@ def test_eager_model_activations(engine):
     x = torch.randn(3, 5, 67) * 3
     net = qexact.from_torch(model)
     assert_bitexact(net(x.numpy()), model(x).numpy(), engine)
+
+
+@pytest.mark.torch
+@pytest.mark.xfail(strict=True, reason=(
+    "ATen's vectorized sigmoid uses SLEEF's expf (1-ulp accurate), NumPy's expf is correctly "
+    "rounded: where sigmoid(x) * 256 lands within an ulp of k + 0.5 the two round apart. Found by "
+    "qexact conformance --seed 4 (13 elements): x_q = 83, s = 0.02308051080758487, z = 173 "
+    "gives 28 in qexact, 29 in torch. Needs an emulation of Sleef_expf8_u10."))
+def test_sigmoid_at_a_sleef_exp_rounding_boundary():
+    torch = pytest.importorskip("torch")
+    from qexact.ops.activations import activation, prepare_activation
+
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    try:
+        x_qparams = qexact.QParams.per_tensor(0.02308051080758487, 173, qexact.QUINT8)
+        x = np.full((4, 24, 26), 83, np.uint8)
+        params = prepare_activation("sigmoid", x_qparams, None, "fbgemm",
+                                    num_threads=torch.get_num_threads())
+        ours = activation(qexact.QuantizedArray(x, x_qparams), params).values
+        theirs = torch.sigmoid(torch._make_per_tensor_quantized_tensor(
+            torch.from_numpy(x), x_qparams.scale, x_qparams.zero_point)).int_repr().numpy()
+    finally:
+        torch.backends.quantized.engine = previous
+    assert_bitexact(ours, theirs, "sigmoid at a SLEEF exp boundary")

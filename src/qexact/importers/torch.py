@@ -63,7 +63,7 @@ def _resolve(path: str):
 
 
 HANDLER_MODULES = ("torch_conv", "torch_elementwise", "torch_pooling", "torch_normalization",
-                   "torch_shape")
+                   "torch_shape", "torch_prelu")
 """Modules of this package that register more handlers (one per op family), loaded by capture."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 OP_MODULES = ("quantize", "linear", "activations", "shape", "conv", "elementwise", "pooling",
-              "normalization", "scalar", "concat", "arith", "conv_transpose", "reduce")
+              "normalization", "scalar", "concat", "arith", "conv_transpose", "reduce", "prelu")
 
 
 def load_all_ops() -> None:

@@ -34,7 +34,7 @@ from ..engines.qnnpack_elementwise import (QnnpackAddParams, prepare_qnnpack_add
                                            qnnpack_add_stages)
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
-from ..rounding import f32, fma_float32
+from ..rounding import f32, fma_float32, round_half_even_to_int32
 from ..stages import Stage
 from ._registry import graph_op
 from .quantize import require_quantized
@@ -189,7 +189,13 @@ def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedAr
     if p.op == "mul":
         product = (qa.astype(np.int64) - p.a_qparams.zero_point) * \
             (qb.astype(np.int64) - p.b_qparams.zero_point)
-        rounded = np.rint(f32(f32(product) * p.mul_multiplier).astype(np.float64))
+        with np.errstate(over="ignore"):
+            scaled = f32(f32(product) * p.mul_multiplier)
+        # Both paths round half to even; beyond int32 the SIMD body's cvtps2dq gives INT32_MIN
+        # (so 0 after the clamp), while the scalar tail's 64-bit rounding keeps the value.
+        mask = layout_simd_mask(p.numerics, out_shape, [a.values, b.values], p.num_threads)
+        rounded = np.where(mask, round_half_even_to_int32(scaled),
+                           np.rint(scaled.astype(np.float64)).clip(-2.0**62, 2.0**62).astype(np.int64))
         out = np.clip(rounded + zo, dtype.qmin, dtype.qmax)
         if p.relu:
             out = np.maximum(out, zo)
@@ -230,7 +236,7 @@ def explain_binary(p: BinaryParams, a: QuantizedArray, b: QuantizedArray, result
             Stage("mul: integer product", "c = (q_a - z_a)(q_b - z_b)",
                   {"q_a": qa, "z_a": za, "q_b": qb, "z_b": zb}, product),
             Stage("mul: requantize", "q = clamp(rne(f32(f32(c) m)) + z_o)"
-                  + ("; relu: max(q, z_o)" if p.relu else "") + " (SIMD and scalar alike)",
+                  + ("; relu: max(q, z_o)" if p.relu else "") + "; past int32 the SIMD body gets INT32_MIN",
                   {"c": product, "m": p.mul_multiplier, "z_o": zo}, out)]
     mask = layout_simd_mask(p.numerics, out_shape, [a.values, b.values], p.num_threads)
     simd = bool(mask[index])

@@ -1,0 +1,38 @@
+"""torch import handler for quantized PReLU.
+
+``torch.ao.nn.quantized.PReLU`` holds its slopes as a per-tensor quantized tensor (``.weight``,
+quint8 from ``from_float``) and the output's ``scale``/``zero_point``; its forward calls
+``torch.ops.quantized.prelu(x, weight, scale, zero_point)``. The node records
+``torch.get_num_threads()``: ATen cuts large tensors into one chunk per thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import dtype_named
+from ..errors import UnsupportedError
+from ..qparams import QParams, qparams_to_fields
+from .torch import Node, _import_torch, module_handler
+
+_DTYPES = {"torch.quint8": "quint8", "torch.qint8": "qint8"}
+
+
+@module_handler("torch.ao.nn.quantized.PReLU")
+def _prelu(module, name, inputs):
+    torch = _import_torch()
+    weight = module.weight
+    dtype = _DTYPES.get(str(weight.dtype))
+    if dtype is None or weight.qscheme() != torch.per_tensor_affine:
+        raise UnsupportedError(f"{name}: quantized PReLU weight must be a per-tensor quint8/qint8 "
+                               f"tensor, got {weight.dtype} {weight.qscheme()}")
+    attrs, arrays = qparams_to_fields(
+        QParams.per_tensor(float(module.scale), int(module.zero_point), dtype_named(dtype)),
+        "output")
+    weight_attrs, _ = qparams_to_fields(
+        QParams.per_tensor(float(weight.q_scale()), int(weight.q_zero_point()),
+                           dtype_named(dtype)), "weight")
+    attrs.update(weight_attrs)
+    attrs["num_threads"] = int(torch.get_num_threads())
+    arrays["weight"] = weight.int_repr().numpy().reshape(-1).astype(np.int64)
+    return Node(name, "prelu", tuple(inputs[:1]), attrs, arrays)
