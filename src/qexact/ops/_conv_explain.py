@@ -6,17 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..engines.base import PAD_ZERO
-from ..requantize import trace_requantize
 from ..stages import Stage
-
-
-def _per_channel(value, channel: int):
-    value = np.asarray(value)
-    return value[()] if value.ndim == 0 else value.reshape(-1)[channel]
-
-
-def _fmt(value) -> str:
-    return str(value) if isinstance(value, (np.floating, np.integer)) else repr(value)
+from ._gemm_explain import pair_saturation_stage, per_channel, requantization_stages
 
 
 def _field(params, x_values: np.ndarray, index, pad_value: int):
@@ -78,7 +69,7 @@ def explain_conv(params, x, index) -> list[Stage]:
     weight_row = grouped_rows(params.weight, params.groups)[channel // per_out_group,
                                                             channel % per_out_group]
     weight_row = weight_row.astype(np.int64)
-    z_w = int(_per_channel(params.weight_zero_point, channel))
+    z_w = int(per_channel(params.weight_zero_point, channel))
     terms = (x_row - z_x) * (weight_row - z_w)
     exact = int(terms.sum())
     stages = [
@@ -88,7 +79,7 @@ def explain_conv(params, x, index) -> list[Stage]:
               "padded taps read z_x",
               {"x_q": x_row, "z_x": z_x, "s_x": params.input_scale}),
         Stage("weights", f"w_q[{channel}, c, tap] in the same order",
-              {"w_q": weight_row, "z_w": z_w, "s_w": _per_channel(params.weight_scale, channel)}),
+              {"w_q": weight_row, "z_w": z_w, "s_w": per_channel(params.weight_scale, channel)}),
         Stage("dot product", "acc = sum_t (x_q[t] - z_x) * (w_q[t] - z_w)  (exact integers)",
               {"terms": terms, "running_sum": np.cumsum(terms)}, exact),
     ]
@@ -97,29 +88,11 @@ def explain_conv(params, x, index) -> list[Stage]:
         raw_x = x_row
         if params.padded_tap == PAD_ZERO:
             raw_x, _ = _field(params, values, index, 0)
-        pairs = params.pair_positions
-        x_pairs = np.where(pairs >= 0, raw_x[pairs], 0)
-        w_pairs = np.where(pairs >= 0, weight_row[pairs], 0)
-        raw = (x_pairs * w_pairs).sum(axis=1)
-        saturated = np.flatnonzero((raw > 32767) | (raw < -32768))
-        lost = int((np.clip(raw, -32768, 32767) - raw).sum())
-        acc = exact + lost
-        stages.append(Stage(
-            "int16 pair saturation (vpmaddubsw)",
-            "acc = sum_t sat16(x[i_t]*w[i_t] + x[j_t]*w[j_t]) - z_x*sum(w) - z_w*sum(x) + K*z_x*z_w",
-            {"saturated_pairs": [[int(p) for p in pairs[t]] for t in saturated],
-             "raw_pair_sums": raw[saturated], "lost": lost}, acc,
-            note=f"{params.kernel} on {params.isa}: raw u8*s8 pairs are summed in int16 "
-                 f"({'per tap' if params.pairs_per_tap else 'along the im2col row'}; padded taps "
-                 f"read {params.padded_tap})"))
-    acc_row = np.zeros((1, params.out_channels), dtype=np.int64)
-    acc_row[0, channel] = acc
-    for step, after in trace_requantize(acc_row, params.requantization):
-        constants = {name: _per_channel(value, channel) for name, value in step.constants().items()}
-        shown = dict(constants)
-        for attribute in ("low", "high", "term"):
-            if hasattr(step, attribute) and attribute not in shown:
-                shown[attribute] = getattr(step, attribute)
-        stages.append(Stage(step.label, step.formula.format(**{k: _fmt(v) for k, v in shown.items()}),
-                            constants, after[0, channel]))
+        stage, acc = pair_saturation_stage(
+            raw_x, weight_row, params.pair_positions, exact,
+            f"{params.kernel} on {params.isa}: raw u8*s8 pairs are summed in int16 "
+            f"({'per tap' if params.pairs_per_tap else 'along the im2col row'}; padded taps "
+            f"read {params.padded_tap})")
+        stages.append(stage)
+    stages += requantization_stages(params.requantization, acc, channel, params.out_channels)
     return stages

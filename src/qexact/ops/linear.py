@@ -30,8 +30,9 @@ from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import BiasMode
 from ..errors import QuantParamError, ShapeError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
-from ..requantize import Step, requantize, trace_requantize
+from ..requantize import Step, requantize
 from ..stages import Stage
+from ._gemm_explain import pair_saturation_stage, per_channel, requantization_stages
 from ._registry import graph_op
 from .quantize import require_quantized
 
@@ -205,55 +206,27 @@ class LinearOp:
         return explain_linear(params, inputs[0], index), [(0, index[:-1] + (slice(None),))]
 
 
-def _per_channel(value, channel: int):
-    value = np.asarray(value)
-    return value[()] if value.ndim == 0 else value.reshape(-1)[channel] if value.size > 1 else \
-        value.reshape(-1)[0]
-
-
 def explain_linear(params: LinearParams, x: QuantizedArray, index) -> list[Stage]:
     """The stages that produce output element ``index`` (docs/arithmetic.md eq. 5-6)."""
     row, channel = index[:-1], index[-1]
     x_row = x.values[row].astype(np.int64)
     weight_row = params.weight[channel].astype(np.int64)
     z_x = int(params.input_zero_point)
-    z_w = int(_per_channel(params.weight_zero_point, channel))
+    z_w = int(per_channel(params.weight_zero_point, channel))
     terms = (x_row - z_x) * (weight_row - z_w)
     exact = int(terms.sum())
     stages = [
         Stage("weights", f"w_q[{channel}, k], k = 0..{params.in_features - 1}",
-              {"w_q": weight_row, "z_w": z_w, "s_w": _per_channel(params.weight_scale, channel)}),
+              {"w_q": weight_row, "z_w": z_w, "s_w": per_channel(params.weight_scale, channel)}),
         Stage("dot product", "acc = sum_k (x_q[k] - z_x) * (w_q[n, k] - z_w)  (exact integers)",
               {"x_q": x_row, "z_x": z_x, "s_x": params.input_scale, "terms": terms,
                "running_sum": np.cumsum(terms)}, exact),
     ]
     acc = exact
     if params.pair_saturation:
-        pairs = params.pair_positions
-        x_pairs = np.where(pairs >= 0, x_row[pairs], 0)
-        w_pairs = np.where(pairs >= 0, weight_row[pairs], 0)
-        raw = (x_pairs * w_pairs).sum(axis=1)
-        saturated = np.flatnonzero((raw > 32767) | (raw < -32768))
-        lost = int((np.clip(raw, -32768, 32767) - raw).sum())
-        acc = exact + lost
-        stages.append(Stage(
-            "int16 pair saturation (vpmaddubsw)",
-            "acc = sum_t sat16(x[i_t]*w[i_t] + x[j_t]*w[j_t]) - z_x*sum(w) - z_w*sum(x) + K*z_x*z_w",
-            {"saturated_pairs": [[int(p) for p in pairs[t]] for t in saturated],
-             "raw_pair_sums": raw[saturated], "lost": lost}, acc,
-            note=f"{params.kernel} on {params.isa} has no VNNI: raw u8*s8 pairs are summed in int16"))
-    acc_row = np.zeros((1, params.out_features), dtype=np.int64)
-    acc_row[0, channel] = acc
-    for step, after in trace_requantize(acc_row, params.requantization):
-        constants = {name: _per_channel(value, channel) for name, value in step.constants().items()}
-        shown = dict(constants)
-        for attribute in ("low", "high", "term"):
-            if hasattr(step, attribute) and attribute not in shown:
-                shown[attribute] = getattr(step, attribute)
-        stages.append(Stage(step.label, step.formula.format(**{k: _fmt(v) for k, v in shown.items()}),
-                            constants, after[0, channel]))
-    return stages
-
-
-def _fmt(value) -> str:
-    return str(value) if isinstance(value, (np.floating, np.integer)) else repr(value)
+        stage, acc = pair_saturation_stage(
+            x_row, weight_row, params.pair_positions, exact,
+            f"{params.kernel} on {params.isa} has no VNNI: raw u8*s8 pairs are summed in int16")
+        stages.append(stage)
+    return stages + requantization_stages(params.requantization, acc, channel,
+                                          params.out_features)
