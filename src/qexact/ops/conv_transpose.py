@@ -41,8 +41,9 @@ from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
-from ..requantize import Step, requantize, trace_requantize
+from ..requantize import Step, requantize
 from ..stages import Stage
+from ._gemm_explain import pair_saturation_stage, requantization_stages
 from ._registry import graph_op
 from .conv import _tuple
 from .quantize import require_quantized
@@ -385,29 +386,11 @@ def explain_conv_transpose(params: ConvTransposeParams, x: QuantizedArray, index
     if params.pair_saturation:
         raw = cols if params.padded_tap != PAD_ZERO else transposed_columns(
             values[batch:batch + 1], params, out, 0)[group, flat]
-        pairs = params.pair_positions
-        raw_x = np.append(raw.astype(np.int64), 0)[pairs]
-        raw_w = np.append(weight_row, 0)[pairs]
-        sums = (raw_x * raw_w).sum(axis=1)
-        lost = int((np.clip(sums, -32768, 32767) - sums).sum())
-        acc = exact + lost
-        saturated = np.flatnonzero((sums > 32767) | (sums < -32768))
-        stages.append(Stage(
-            "int16 pair saturation (vpmaddubsw)", "acc += sum_t (sat16(p_t) - p_t)",
-            {"saturated_pairs": pairs[saturated].tolist(), "raw_pair_sums": sums[saturated],
-             "lost": lost}, acc,
-            note=f"{params.kernel}: raw u8 x s8 pairs "
-                 f"{'per tap' if params.pairs_per_tap else 'along the row'}, padded taps "
-                 f"{params.padded_tap}"))
-    acc_row = np.zeros((1, params.out_channels), dtype=np.int64)
-    acc_row[0, channel] = acc
-    for step, after in trace_requantize(acc_row, params.requantization):
-        constants = {name: np.asarray(value).reshape(-1)[channel if np.ndim(value) else 0]
-                     for name, value in step.constants().items()}
-        stages.append(Stage(step.label, step.formula.format(**{k: str(v) for k, v in
-                                                               {**{a: getattr(step, a) for a in
-                                                                   ("low", "high", "term")
-                                                                   if hasattr(step, a)},
-                                                                **constants}.items()}),
-                            constants, after[0, channel]))
+        stage, acc = pair_saturation_stage(
+            raw.astype(np.int64), weight_row, params.pair_positions, exact,
+            f"{params.kernel}: raw u8 x s8 pairs "
+            f"{'per tap' if params.pairs_per_tap else 'along the row'}, padded taps "
+            f"{params.padded_tap}")
+        stages.append(stage)
+    stages += requantization_stages(params.requantization, acc, channel, params.out_channels)
     return stages, upstream
