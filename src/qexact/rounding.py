@@ -24,8 +24,10 @@ INT16_MAX = (1 << 15) - 1
 
 
 def f32(value) -> np.ndarray:
-    """Round ``value`` (exact, or float64) to float32, to nearest, ties to even (``(float)x`` in C)."""
-    return np.asarray(value, dtype=np.float64).astype(np.float32)
+    """Round ``value`` (exact, or float64) to float32, to nearest, ties to even (``(float)x`` in C);
+    beyond the float32 range the result is an infinity, as in C."""
+    with np.errstate(over="ignore"):
+        return np.asarray(value, dtype=np.float64).astype(np.float32)
 
 
 def fma_float32(a, b, c) -> np.ndarray:
