@@ -12,7 +12,17 @@ import qexact
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from support.cnn_models import CNN_MODELS, build_cnn  # noqa: E402
+from support.cnn_models import CNN_MODELS, build_cnn as _build_cnn  # noqa: E402
+
+ENGINE_CACHE: dict = {}
+
+
+def build_cnn(name: str, engine: str):
+    """Each (model, engine) is built once per session: building dominates these tests."""
+    if (name, engine) not in ENGINE_CACHE:
+        ENGINE_CACHE[(name, engine)] = _build_cnn(name, engine)
+    torch.backends.quantized.engine = engine
+    return ENGINE_CACHE[(name, engine)]
 
 ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
 
@@ -60,3 +70,29 @@ def test_cnns_load_and_run_where_torch_cannot_be_imported(tmp_path):
     for name, _ in TORCH_FREE:
         assert_bitexact(np.load(tmp_path / f"{name}_y.npy"), expected[name],
                         f"{name} loaded without torch")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", sorted(CNN_MODELS))
+def test_explain_reproduces_a_random_element_of_every_node(name, engine):
+    """For every node of the model, explain's last stage is that node's value (every op type)."""
+    model, shape = build_cnn(name, engine)
+    net = qexact.from_torch(model)
+    rng = np.random.default_rng(len(name))
+    x = (torch.randn((2,) + shape[1:], generator=torch.Generator().manual_seed(3)) * 1.5).numpy()
+    values = net.run_values(x)
+    walked = set()
+    for node in net.graph.nodes:
+        value = values[node.name]
+        if not isinstance(value, (qexact.QuantizedArray, np.ndarray)):
+            continue  # sizes and shape arithmetic
+        array = value.values if isinstance(value, qexact.QuantizedArray) else value
+        index = tuple(int(rng.integers(size)) for size in array.shape)
+        explanation = net.explain(x, layer=node.name, index=index)
+        result, expected = np.asarray(explanation.stages[-1].result), np.asarray(array[index])
+        if expected.dtype.kind in "iu":  # stages carry integers as int64
+            result, expected = result.astype(np.int64), expected.astype(np.int64)
+        assert_bitexact(result, expected,
+                        f"{name}/{engine}: explain of {node.name} [{node.op}] at {index}")
+        walked.add(node.op)
+    assert {"quantize", "conv", "dequantize"} <= walked
