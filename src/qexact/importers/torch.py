@@ -96,15 +96,28 @@ def _qparams_of_tensor(tensor) -> QParams:
     raise UnsupportedError(f"quantization scheme {scheme} is not supported")
 
 
-def _output_fields(module, dtype: str = "quint8") -> tuple[dict, dict]:
-    qparams = QParams.per_tensor(float(module.scale), int(module.zero_point), dtype_named(dtype))
-    return qparams_to_fields(qparams, "output")
+def weighted_layer_fields(weight, bias, output: QParams) -> tuple[dict, dict]:
+    """Node attrs and arrays of a layer with weights: output and weight qparams, the int8
+    weight as PyTorch's kernel unpacks it, and the float32 bias (if any)."""
+    torch = _import_torch()
+    attrs, arrays = qparams_to_fields(output, "output")
+    weight_attrs, weight_arrays = qparams_to_fields(_qparams_of_tensor(weight), "weight")
+    attrs.update(weight_attrs)
+    arrays.update(weight_arrays)
+    arrays["weight"] = weight.int_repr().numpy().astype(np.int8)
+    if bias is not None:
+        arrays["bias"] = bias.detach().to(torch.float32).numpy().copy()
+    return attrs, arrays
+
+
+def module_output_qparams(module, dtype: str = "quint8") -> QParams:
+    return QParams.per_tensor(float(module.scale), int(module.zero_point), dtype_named(dtype))
 
 
 @module_handler("torch.ao.nn.quantized.Quantize")
 def _quantize(module, name, inputs):
     dtype = str(module.dtype).replace("torch.", "")
-    attrs, arrays = _output_fields(module, dtype)
+    attrs, arrays = qparams_to_fields(module_output_qparams(module, dtype), "output")
     return Node(name, "quantize", inputs, attrs, arrays)
 
 
@@ -115,16 +128,8 @@ def _dequantize(module, name, inputs):
 
 @module_handler("torch.ao.nn.intrinsic.quantized.LinearReLU", "torch.ao.nn.quantized.Linear")
 def _linear(module, name, inputs):
-    torch = _import_torch()
-    weight = module.weight()
-    attrs, arrays = _output_fields(module)
-    weight_attrs, weight_arrays = qparams_to_fields(_qparams_of_tensor(weight), "weight")
-    attrs.update(weight_attrs)
-    arrays.update(weight_arrays)
-    arrays["weight"] = weight.int_repr().numpy().astype(np.int8)
-    bias = module.bias()
-    if bias is not None:
-        arrays["bias"] = bias.detach().to(torch.float32).numpy().copy()
+    attrs, arrays = weighted_layer_fields(module.weight(), module.bias(),
+                                          module_output_qparams(module))
     relu_class = _resolve("torch.ao.nn.intrinsic.quantized.LinearReLU")
     attrs["relu"] = relu_class is not None and isinstance(module, relu_class)
     return Node(name, "linear", inputs, attrs, arrays)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-import numpy as np
-
 from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
 from ..graph import Graph, Node, Ref
 from ..qparams import QParams, qparams_to_fields
-from .torch import _import_torch, _qparams_of_tensor
+from .torch import _import_torch, weighted_layer_fields
 
 _HANDLERS: dict[str, Callable] = {}
 
@@ -60,14 +58,8 @@ def _linear(name, inputs, module_path, relu=False):
     torch = _import_torch()
     x, packed, scale, zero_point = inputs[:4]
     weight, bias = torch.ops.quantized.linear_unpack(packed)
-    attrs, arrays = qparams_to_fields(QParams.per_tensor(scale, zero_point, dtype_named("quint8")),
-                                      "output")
-    weight_attrs, weight_arrays = qparams_to_fields(_qparams_of_tensor(weight), "weight")
-    attrs.update(weight_attrs)
-    arrays.update(weight_arrays)
-    arrays["weight"] = weight.int_repr().numpy().astype(np.int8)
-    if bias is not None:
-        arrays["bias"] = bias.detach().to(torch.float32).numpy().copy()
+    attrs, arrays = weighted_layer_fields(
+        weight, bias, QParams.per_tensor(scale, zero_point, dtype_named("quint8")))
     attrs["relu"] = relu
     return Node(name, "linear", (x,), attrs, arrays)
 
