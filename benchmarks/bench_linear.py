@@ -11,12 +11,14 @@ modelled, which costs qexact extra work).
 from __future__ import annotations
 
 import os
+import sys
 
-for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[variable] = "1"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import best_time, single_thread_environment  # noqa: E402
+
+single_thread_environment()
 
 import argparse  # noqa: E402
-import time  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -25,16 +27,6 @@ import qexact  # noqa: E402
 from qexact.qparams import QParams  # noqa: E402
 
 M, K, N = 64, 1024, 1024
-
-
-def best_time(function, repeat: int) -> float:
-    function()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -10,13 +10,14 @@ for bit-exactness.
 from __future__ import annotations
 
 import os
+import sys
 
-for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[variable] = "1"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import best_time, single_thread_environment  # noqa: E402
+
+single_thread_environment()
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -24,16 +25,6 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import qexact  # noqa: E402
-
-
-def best(function, repeat):
-    function()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -61,9 +52,9 @@ def main() -> None:
             torch.set_num_threads(1)
             net = qexact.from_torch(model)
             x = torch.randn(shape)
-            torch_ms = 1e3 * best(lambda: model(x), arguments.repeat)
+            torch_ms = 1e3 * best_time(lambda: model(x), arguments.repeat)
             array = x.numpy()
-            qexact_ms = 1e3 * best(lambda: net(array), arguments.repeat)
+            qexact_ms = 1e3 * best_time(lambda: net(array), arguments.repeat)
             exact = np.array_equal(net(array), model(x).numpy())
             print(f"{name:<20} {engine:<8} {torch_ms:9.2f} {qexact_ms:10.2f} "
                   f"{qexact_ms / torch_ms:6.1f}x  {'yes' if exact else 'NO'}", flush=True)
