@@ -192,6 +192,9 @@ class ConvKernel:
     output_padding: bool = True
     """Whether PyTorch accepts a non-zero ``output_padding`` (transposed convolutions; oneDNN
     refuses it: "ONEDNN only supports zero output_padding")."""
+    undefined_output: str = ""
+    """Why PyTorch's output is undefined for this geometry (empty: it is defined). qexact refuses
+    such a convolution with this text rather than invent a result."""
 
     def saturates_pairs(self, isa: str) -> bool:
         return isa in self.pair_saturation_isas

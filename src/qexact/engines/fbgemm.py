@@ -16,6 +16,8 @@ pairs with int16 saturation (src/GenerateKernelU8S8S32ACC32.cc).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..requantize import AddFloat32, FusedMultiplyAdd, MultiplyFloat32, ToFloat32
@@ -71,17 +73,38 @@ def is_depthwise(geometry: ConvGeometry) -> bool:
             and not geometry.transposed)
 
 
-def is_groupwise(geometry: ConvGeometry, isa: str) -> bool:
-    """FBGEMM src/GroupwiseConv.cc ``fbgemmOptimizedGConv``: C/G == K/G in {2, 4, 8, 16}, 3x3,
-    padding 1, dilation 1, stride 1 or 2, enough groups to fill a SIMD register."""
+def groups_together(geometry: ConvGeometry, isa: str) -> int:
+    """FBGEMM src/PackWeightMatrixForGConv.cc ``numOfGroupsTogether``: the groups one groupwise
+    kernel call covers, ``max(W / (OC/G) / max(C/G, 4), 1)`` with W = 32 bytes (AVX2) or 64."""
+    width = 64 if isa == AVX512_VNNI else 32
     per_group = geometry.in_channels // geometry.groups
-    lanes = 16 if isa == AVX512_VNNI else 8
-    return (geometry.spatial_dims == 2 and geometry.groups > 1
+    return max(width // (geometry.out_channels // geometry.groups) // max(per_group, 4), 1)
+
+
+def is_groupwise(geometry: ConvGeometry, isa: str) -> bool:
+    """FBGEMM src/Fbgemm.cc ``fbgemmOptimizedGConv`` (2-D and 3-D): C/G == OC/G in {2, 4, 8, 16},
+    at least ``groups_together`` groups, every kernel size 3, padding 1, dilation 1, the last two
+    strides both 1 or both 2 (a temporal stride is free). Even one group (C = OC = 8 or 16)."""
+    per_group = geometry.in_channels // geometry.groups
+    spatial = geometry.stride[-2:]
+    return (geometry.spatial_dims in (2, 3)
             and per_group == geometry.out_channels // geometry.groups
-            and per_group in (2, 4, 8, 16) and geometry.groups >= max(1, lanes // per_group)
+            and per_group in (2, 4, 8, 16) and geometry.groups >= groups_together(geometry, isa)
             and _all(geometry.kernel_size, (3,)) and _all(geometry.padding, (1,))
-            and _all(geometry.dilation, (1,)) and _all(geometry.stride, (1, 2))
+            and _all(geometry.dilation, (1,)) and (_all(spatial, (1,)) or _all(spatial, (2,)))
             and not geometry.transposed)
+
+
+GROUPWISE_REMAINDER = (
+    "PyTorch's FBGEMM groupwise convolution (3x3(x3) kernel, padding 1, {per_group} channels "
+    "per group) processes {together} groups per kernel call and overruns its buffers when the "
+    "number of groups ({groups}) is not a multiple of {together}. Measured on torch 2.13: its "
+    "outputs disagree with the convolution, change from run to run, and the process often "
+    "aborts with heap corruption ('double free or corruption'). Its result is undefined, so "
+    "qexact does not compute one. "
+    "Use a number of groups that is a multiple of {together}, or the qnnpack engine.")
+"""FBGEMM src/GroupwiseConv.cc: the kernel walks ``groups_together`` groups at a time; a last,
+partial block reads and writes past the ends (measured: 2-D and 3-D, strides 1 and 2)."""
 
 
 def is_pointwise(geometry: ConvGeometry) -> bool:
@@ -111,6 +134,11 @@ def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     if is_depthwise(geometry):
         return FBGEMM_CONV_KERNELS["depthwise"]
     if is_groupwise(geometry, isa):
+        together = groups_together(geometry, isa)
+        if geometry.groups % together:
+            reason = GROUPWISE_REMAINDER.format(per_group=geometry.in_channels // geometry.groups,
+                                                together=together, groups=geometry.groups)
+            return replace(FBGEMM_CONV_KERNELS["groupwise"], undefined_output=reason)
         return FBGEMM_CONV_KERNELS["groupwise"]
     if is_pointwise(geometry):
         return FBGEMM_CONV_KERNELS["pointwise"]

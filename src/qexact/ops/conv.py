@@ -161,6 +161,9 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                             as_2d(padding if padding_mode == "zeros" else (0,) * dims, 0),
                             as_2d(dilation, 1), bool(np.all(zero_points == 0)))
     conv_kernel = engine.conv_kernel(geometry)
+    if conv_kernel.undefined_output:
+        raise UnsupportedError(f"Conv{dims}d on engine {engine.name!r}: "
+                               f"{conv_kernel.undefined_output}")
     numerics = conv_kernel.numerics
     if not numerics.allows_weight_zero_point and np.any(zero_points != 0):
         raise QuantParamError(
