@@ -172,25 +172,181 @@ def test_upsample_nchw_vs_torch(engine, mode):
                                 f"scale={scale} align={align}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "channels_last upsample_bilinear2d (QuantizedOpKernels.cpp qupsample_bilinear2d_nhwc_kernel): "
-    "~0.3% of elements differ by 1 at near-.5 blends, in SIMD and tail channels alike, with "
-    "size or scale_factor, align_corners True or False; none of the 18 FMA-contraction variants "
-    "tried (source index scale*(o+0.5)-0.5 fused or not x inner blend w0*a+w1*b unfused/fused "
-    "either way x outer blend likewise) reproduces them all (best: 239/146k SIMD, 423/64k "
-    "tail); the arithmetic of that AVX2 translation unit (-mfma, GCC contraction) is not yet "
-    "identified"))
-def test_upsample_bilinear_channels_last_vs_torch(engine):
+def _bilinear_channels_last_case(rng):
+    """A random channels_last bilinear case: odd sizes, C around multiples of 8, both dtypes,
+    size or scale_factor; some constant images (every blend tests only the lambdas) and some
+    that vary along W only or H only (one blend level at a time)."""
+    dtype = QUINT8 if rng.random() < 0.5 else QINT8
+    channels = int(rng.choice([1, 2, 3, 5, 7, 8, 9, 11, 13, 15, 16, 17, 19, 24, 27]))
+    shape = (int(rng.integers(1, 3)), channels, int(rng.integers(1, 10)), int(rng.integers(1, 10)))
+    values = rng.integers(dtype.qmin, dtype.qmax + 1, size=shape).astype(dtype.numpy_dtype)
+    kind = rng.random()
+    if kind < 0.15:
+        values[...] = values[:, :, :1, :1]
+    elif kind < 0.25:
+        values[...] = values[:, :, :1, :]
+    elif kind < 0.35:
+        values[...] = values[:, :, :, :1]
+    qparams = QParams.per_tensor(float(10 ** rng.uniform(-3, 1)),
+                                 int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
+    if rng.random() < 0.5:
+        size, scale = (int(rng.integers(1, 18)), int(rng.integers(1, 18))), None
+    else:
+        factors = [1.0, 2.0, 3.0, 1.3, 0.7, 1.1, 2.2, 0.5, 1.5, 1.7, 2.5, 0.9, 0.35, 4.0]
+        size, scale = None, (float(rng.choice(factors)), float(rng.choice(factors)))
+        if min(int(d * f) for d, f in zip(shape[2:], scale)) < 1:
+            size, scale = shape[2:], None
+    return values, qparams, size, scale, bool(rng.random() < 0.5)
+
+
+def _bilinear_channels_last(engine, values, qparams, size, scale, align, numerics=None):
+    """(torch's int_repr, qexact's values, context) for one channels_last case."""
+    import dataclasses
+
     import torch.nn.functional as F
 
+    t = _torch_input(values, qparams, True)
+    expected = F.interpolate(t, size=size, scale_factor=scale, mode="bilinear", align_corners=align)
+    params = prepare_upsample("bilinear", size, scale, align, engine=engine)
+    if numerics is not None:
+        params = dataclasses.replace(params, numerics=dataclasses.replace(
+            params.numerics, nhwc_bilinear=numerics))
+    got = upsample(QuantizedArray(t.int_repr().numpy(), qparams), params)
+    context = (f"bilinear channels_last {engine} {values.dtype} {values.shape} zp "
+               f"{qparams.zero_point} size={size} scale={scale} align={align}")
+    return expected.int_repr().numpy(), got.values, context
+
+
+def test_upsample_bilinear_channels_last_vs_torch(engine):
+    """qupsample_bilinear2d_nhwc_kernel: the AVX2 build's FMA contractions (BilinearNumerics)."""
+    from qexact.ops.resample import simd_channel_count
+
     rng = np.random.default_rng(13)
-    for values, qparams, size, scale, align, _ in _upsample_cases(rng, "bilinear", True):
-        t = _torch_input(values, qparams, True)
-        expected = F.interpolate(t, size=size, scale_factor=scale, mode="bilinear",
-                                 align_corners=align)
-        got = upsample(QuantizedArray(t.int_repr().numpy(), qparams),
-                       prepare_upsample("bilinear", size, scale, align, engine=engine))
-        _compare(expected, got, f"bilinear channels_last {values.shape} size={size} scale={scale}")
+    rule = prepare_upsample("bilinear", 2, engine=engine).numerics.nhwc_bilinear
+    elements = simd_elements = 0
+    for _ in range(CASES):
+        values, qparams, size, scale, align = _bilinear_channels_last_case(rng)
+        expected, got, context = _bilinear_channels_last(engine, values, qparams, size, scale,
+                                                         align)
+        assert_bitexact(got, expected, context)
+        elements += expected.size
+        channels = values.shape[1]
+        simd_elements += expected.size // channels * simd_channel_count(rule, channels)
+    assert elements > 200_000 and simd_elements > 80_000 and elements - simd_elements > 60_000
+
+
+# (seed, dtype, C, H, W, size, align_corners): each of these has an element where one of the
+# wrong rules in _WRONG_BILINEAR_RULES rounds the other way (blends within ~1 ulp of .5).
+_NEAR_TIES = [(4, "i8", 11, 4, 5, (6, 10), False), (21, "i8", 8, 4, 3, (7, 9), False),
+              (31, "i8", 8, 2, 4, (11, 9), False), (9, "i8", 11, 3, 2, (6, 11), True),
+              (22, "u8", 8, 2, 5, (4, 9), False), (27, "i8", 3, 3, 5, (8, 9), True),
+              (34, "u8", 3, 5, 2, (9, 11), True), (54, "u8", 3, 4, 4, (5, 4), False)]
+_WRONG_BILINEAR_RULES = {"source index unfused": {"source_index_fused": False},
+                         "SIMD blend unfused": {"simd_blend": "none"},
+                         "SIMD blend fusing the first product": {"simd_blend": "first"},
+                         "tail blend unfused": {"tail_blend": "none"},
+                         "tail blend fusing the second product": {"tail_blend": "second"}}
+
+
+def test_upsample_bilinear_channels_last_near_ties(engine):
+    """Hand-picked near-tie cases: qexact matches torch, and every single-rule deviation from
+    the AVX2 build's arithmetic (source index, SIMD blend, tail blend) is caught by some case."""
+    import dataclasses
+
+    rule = prepare_upsample("bilinear", 2, engine=engine).numerics.nhwc_bilinear
+    if rule.simd_channels != 8:
+        pytest.skip("the near ties are those of the AVX2 build")
+    caught = set()
+    for seed, dtype_name, channels, height, width, size, align in _NEAR_TIES:
+        rng = np.random.default_rng(seed)
+        dtype = QUINT8 if dtype_name == "u8" else QINT8
+        values = rng.integers(dtype.qmin, dtype.qmax + 1, (1, channels, height, width))
+        qparams = QParams.per_tensor(0.05, int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
+        values = values.astype(dtype.numpy_dtype)
+        expected, got, context = _bilinear_channels_last(engine, values, qparams, size, None, align)
+        assert_bitexact(got, expected, context)
+        for name, change in _WRONG_BILINEAR_RULES.items():
+            _, wrong, _ = _bilinear_channels_last(engine, values, qparams, size, None, align,
+                                                  dataclasses.replace(rule, **change))
+            if not np.array_equal(wrong, expected):
+                caught.add(name)
+    assert caught == set(_WRONG_BILINEAR_RULES)
+
+
+BILINEAR_DEFAULT_SCRIPT = r"""
+import sys, numpy as np, torch
+sys.path.insert(0, {tests!r})
+from ops.test_pooling import _bilinear_channels_last, _bilinear_channels_last_case
+from qexact.ops.resample import prepare_upsample
+torch.set_num_threads(1)
+rng = np.random.default_rng(21)
+bad = elements = 0
+for _ in range(150):
+    expected, got, _ = _bilinear_channels_last("fbgemm", *_bilinear_channels_last_case(rng))
+    bad += int((expected != got).sum())
+    elements += expected.size
+rule = prepare_upsample("bilinear", 2, engine="fbgemm").numerics.nhwc_bilinear
+print(torch.backends.cpu.get_cpu_capability(), rule.simd_channels, rule.source_index_fused,
+      elements > 50000, bad)
+"""
+
+
+@pytest.mark.torch
+def test_upsample_bilinear_channels_last_aten_capability_default_subprocess():
+    """ATEN_CPU_CAPABILITY=default: the DEFAULT build has no SIMD channels and no FMA."""
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c",
+                             BILINEAR_DEFAULT_SCRIPT.format(tests=tests)],
+                            env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["DEFAULT", "0", "False", "True", "0"], result.stderr
+
+
+def test_eager_model_bilinear_vs_torch(engine):
+    """A converted eager model with nn.Upsample / F.interpolate bilinear on NCHW and channels_last
+    inputs (11 channels: 8 SIMD + 3 tail), and explain on a SIMD and a tail channel."""
+    import torch
+    import torch.nn.functional as F
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = torch.ao.quantization.QuantStub()
+            self.up = torch.nn.Upsample(scale_factor=1.7, mode="bilinear", align_corners=False)
+            self.dequant = torch.ao.quantization.DeQuantStub()
+
+        def forward(self, x):
+            y = self.up(self.quant(x))
+            return self.dequant(F.interpolate(y, size=(9, 4), mode="bilinear", align_corners=True))
+
+    torch.manual_seed(1)
+    model = Model().eval()
+    model.qconfig = torch.ao.quantization.get_default_qconfig(engine)
+    prepared = torch.ao.quantization.prepare(model)
+    prepared(torch.randn(2, 11, 7, 5) * 3)
+    converted = torch.ao.quantization.convert(prepared)
+    net = qexact.from_torch(converted, engine=engine)
+    for channels_last in (False, True):
+        for _ in range(3):
+            x = torch.randn(2, 11, 7, 5) * 3
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            assert_bitexact(net(x), converted(x).numpy(),
+                            f"eager bilinear {engine} cl={channels_last}")
+    x = torch.randn(1, 11, 7, 5).contiguous(memory_format=torch.channels_last)
+    values = net.run_values(x)
+    layers = [name for name in values if name not in net.graph.inputs
+              and net.prepared_node(name).node.op == "upsample"]
+    expected_blend = prepare_upsample("bilinear", 2, engine=engine).numerics.nhwc_bilinear
+    for channel, blend in ((2, expected_blend.simd_blend), (9, expected_blend.tail_blend)):
+        explanation = net.explain(x, layer=layers[-1], index=(0, channel, 5, 3))
+        stage = explanation.stages[-1]
+        assert stage.values["blend"] == blend
+        assert int(stage.result) == int(values[layers[-1]].values[0, channel, 5, 3])
 
 
 def test_channel_split_width_is_eight_on_avx2():

@@ -9,13 +9,22 @@ with ``r = compute_scales_value<float>``: ``f32(1.0 / scale_factor)`` (double di
 user gave a scale_factor, else ``f32(in) / f32(out)``; a plain copy only when out == in in *both*
 dims (no per-dim ``o >> 1`` shortcut, unlike the float kernel). Output size: ``floor(in * scale)``
 in double.
-bilinear, per output pixel, all float32 (no FMA):
-    ``r = f32(scale * f32(o + 0.5)) - 0.5`` clamped at 0 (``scale * o`` with align_corners),
-    ``i = int(r)``, ``l1 = r - i``, ``l0 = 1 - l1``, the neighbour ``i + (i < in - 1)``;
-    ``v = h0 (w0 p00 + w1 p01) + h1 (w0 p10 + w1 p11) - z``;
-    NCHW and the channels_last tail channels: ``q = clamp(rne(f32(v + z)))``;
-    channels_last SIMD channels (``PoolingNumerics.nhwc_bilinear_simd_channels``):
-    ``q = clamp(rne(fmaf(v, 1, z)))`` (``quantize_vec``: one rounding).
+bilinear, per output pixel, all float32; ``PoolingNumerics.nchw_bilinear`` / ``nhwc_bilinear``
+(a ``BilinearNumerics``) say which products are fused (``fmaf``, one rounding):
+    ``r = scale * f32(o + 0.5) - 0.5`` clamped at 0 (``f32(scale * o)`` with align_corners),
+    unfused on NCHW, ``fmaf(scale, f32(o + 0.5), -0.5)`` in the channels_last AVX2 build;
+    ``i = int(r)``, ``l1 = f32(r - i)``, ``l0 = f32(1 - l1)``, the neighbour ``i + (i < in - 1)``;
+    ``top = B(w0, p00, w1, p01)``, ``bottom = B(w0, p10, w1, p11)``,
+    ``v = f32(B(h0, top, h1, bottom) - z)``, where the blend ``B(a, x, b, y)`` is
+    ``f32(f32(a x) + f32(b y))`` on NCHW (UpSampleBilinear2d.cpp, no FMA) and with
+    ``ATEN_CPU_CAPABILITY=default``; in the channels_last AVX2 build (QuantizedOpKernels.cpp,
+    GCC contraction, read from the binary) the SIMD channels ``c < C // 8 * 8``
+    (``do_quantized_bilinear_on_AVX_n``) compute ``fmaf(b, y, f32(a x))`` and the scalar tail
+    channels ``fmaf(a, x, f32(b y))``. An AVX512 CPU runs that AVX2 build too (the
+    stub has no AVX512 registration).
+    ``q = clamp(rne(f32(v + z)))``: output qparams are the input's, so ``inverse_scale`` is 1.0 and
+    ``quantize_val`` (``rne(f32(f32(v * 1) + z))``) and ``quantize_vec`` (FBGEMM ``QuantizeAvx2``,
+    ``rne(fmaf(v, 1, z))``) agree.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engines.pooling_numerics import PoolingNumerics, pooling_numerics
+from ..engines.pooling_numerics import BilinearNumerics, PoolingNumerics, pooling_numerics
 from ..errors import ShapeError, UnsupportedError
 from ..qparams import QuantizedArray
 from ..rounding import f32, fma_float32, round_half_even
@@ -91,20 +100,80 @@ def nearest_grid(in_h, in_w, out_h, out_w, scale_h, scale_w):
     return nearest_indices(in_h, out_h, scale_h), nearest_indices(in_w, out_w, scale_w)
 
 
-def bilinear_weights(in_size: int, out_size: int, scale, align_corners: bool):
-    """``(i0, i1, l0, l1)`` per output position (UpSample.h area_pixel_compute_source_index)."""
+def bilinear_weights(in_size: int, out_size: int, scale, align_corners: bool,
+                     source_index_fused: bool = False):
+    """``(i0, i1, l0, l1)`` per output position (UpSample.h area_pixel_compute_scale and
+    area_pixel_compute_source_index; ``source_index_fused``: ``BilinearNumerics``)."""
     ratio = _scale(in_size, out_size, scale, align_corners)
     index = np.arange(out_size)
     if align_corners:
         real = f32(ratio * f32(index))
     else:
-        real = f32(f32(ratio * f32(f32(index) + np.float32(0.5))) - np.float32(0.5))
+        shifted = f32(f32(index) + np.float32(0.5))
+        if source_index_fused:
+            real = fma_float32(ratio, shifted, np.float32(-0.5))
+        else:
+            real = f32(f32(ratio * shifted) - np.float32(0.5))
         real = np.where(real < 0, np.float32(0), real)
     first = real.astype(np.int64)
     step = (first < in_size - 1).astype(np.int64)
     lambda1 = f32(real - f32(first))
     lambda0 = f32(np.float32(1) - lambda1)
     return first, first + step, lambda0, lambda1
+
+
+def blend(rule: str, a, x, b, y):
+    """``a x + b y`` in float32 under ``rule`` (``BilinearNumerics.simd_blend``/``tail_blend``)."""
+    if rule == "first":
+        return fma_float32(a, x, f32(b * y))
+    if rule == "second":
+        return fma_float32(b, y, f32(a * x))
+    if rule == "none":
+        return f32(f32(a * x) + f32(b * y))
+    raise UnsupportedError(f"bilinear blend rule {rule!r}; known: 'none', 'first', 'second'")
+
+
+_BLEND_FORMULA = {"none": "f32(a x) + f32(b y)", "first": "fmaf(a, x, f32(b y))",
+                  "second": "fmaf(b, y, f32(a x))"}
+
+
+def bilinear_rule(p: UpsampleParams, values: np.ndarray) -> BilinearNumerics:
+    """The kernel an input takes: channels_last-contiguous arrays take the NHWC kernel."""
+    from .shape import is_channels_last
+
+    return p.numerics.nhwc_bilinear if is_channels_last(values) else p.numerics.nchw_bilinear
+
+
+def simd_channel_count(rule: BilinearNumerics, channels: int) -> int:
+    width = rule.simd_channels
+    return channels // width * width if width else 0
+
+
+def _bilinear(values: np.ndarray, zero_point: int, out_h: int, out_w: int, scales,
+              align_corners: bool, rule: BilinearNumerics) -> np.ndarray:
+    """Rounded (not yet clamped) float32 results, NCHW logical order."""
+    in_h, in_w = values.shape[2:]
+    h0, h1, hl0, hl1 = bilinear_weights(in_h, out_h, scales[0], align_corners,
+                                        rule.source_index_fused)
+    w0, w1, wl0, wl1 = bilinear_weights(in_w, out_w, scales[1], align_corners,
+                                        rule.source_index_fused)
+    hl0, hl1 = hl0[:, None], hl1[:, None]
+    z = np.float32(zero_point)
+    split = simd_channel_count(rule, values.shape[1])
+    parts = []
+    for channels, kind in ((slice(0, split), rule.simd_blend),
+                           (slice(split, None), rule.tail_blend)):
+        grid = values[:, channels].astype(np.float32)
+        if grid.shape[1] == 0:
+            continue
+        rows0, rows1 = grid[:, :, h0], grid[:, :, h1]
+        top = blend(kind, wl0, rows0[..., w0], wl1, rows0[..., w1])
+        bottom = blend(kind, wl0, rows1[..., w0], wl1, rows1[..., w1])
+        centered = f32(blend(kind, hl0, top, hl1, bottom) - z)
+        parts.append(round_half_even(f32(centered + z)))
+    if not parts:
+        return np.zeros((values.shape[0], 0, out_h, out_w), np.float32)
+    return np.concatenate(parts, axis=1)
 
 
 def upsample(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
@@ -122,27 +191,10 @@ def upsample(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
     elif (in_h, in_w) == (out_h, out_w) and not channels_last:
         out = values.copy()
     else:
-        h0, h1, hl0, hl1 = bilinear_weights(in_h, out_h, scale_h, p.align_corners)
-        w0, w1, wl0, wl1 = bilinear_weights(in_w, out_w, scale_w, p.align_corners)
-        grid = values.astype(np.float32)
-        p00 = grid[:, :, h0][:, :, :, w0]
-        p01 = grid[:, :, h0][:, :, :, w1]
-        p10 = grid[:, :, h1][:, :, :, w0]
-        p11 = grid[:, :, h1][:, :, :, w1]
-        hl0, hl1 = hl0[:, None], hl1[:, None]
-        top = f32(f32(wl0 * p00) + f32(wl1 * p01))
-        bottom = f32(f32(wl0 * p10) + f32(wl1 * p11))
-        blended = f32(f32(hl0 * top) + f32(hl1 * bottom))
-        zero_point = np.float32(x.zero_point)
-        centered = f32(blended - zero_point)
-        scalar = round_half_even(f32(centered + zero_point))
-        if channels_last:
-            simd = round_half_even(fma_float32(centered, np.float32(1), zero_point))
-            width = p.numerics.nhwc_bilinear_simd_channels
-            channels = values.shape[1]
-            mask = (np.arange(channels) < (channels // width * width if width else 0))
-            scalar = np.where(mask[None, :, None, None], simd, scalar)
-        out = np.clip(scalar, x.dtype.qmin, x.dtype.qmax).astype(x.dtype.numpy_dtype)
+        rule = bilinear_rule(p, values)
+        rounded = _bilinear(values, x.zero_point, out_h, out_w, (scale_h, scale_w),
+                            p.align_corners, rule)
+        out = np.clip(rounded, x.dtype.qmin, x.dtype.qmax).astype(x.dtype.numpy_dtype)
     if channels_last:
         return QuantizedArray(nhwc_kernel_result(out, values), x.qparams)
     return QuantizedArray(to_contiguous(out), x.qparams)
@@ -172,15 +224,25 @@ class UpsampleOp:
             source = (n, c, iy, ix)
             return [Stage("upsample nearest", "the same integer, copied from the nearest pixel",
                           {"from_index": list(source)}, result.values[index])], [(0, source)]
+        rule = bilinear_rule(params, x.values)
+        simd = c < simd_channel_count(rule, x.values.shape[1])
+        kind = rule.simd_blend if simd else rule.tail_blend
         h0, h1, hl0, hl1 = (a[oy] for a in bilinear_weights(x.values.shape[2], out_h, scale_h,
-                                                               params.align_corners))
+                                                               params.align_corners,
+                                                               rule.source_index_fused))
         w0, w1, wl0, wl1 = (a[ox] for a in bilinear_weights(x.values.shape[3], out_w, scale_w,
-                                                               params.align_corners))
+                                                               params.align_corners,
+                                                               rule.source_index_fused))
         taps = [(n, c, int(h), int(w)) for h in (h0, h1) for w in (w0, w1)]
+        source = ("fmaf(scale, o + 0.5, -0.5)" if rule.source_index_fused
+                  else "f32(scale (o + 0.5)) - 0.5")
         stage = Stage("upsample bilinear",
-                      "v = h0 (w0 p00 + w1 p01) + h1 (w0 p10 + w1 p11) - z; q = clamp(rne(v + z))",
+                      f"r = {source} (align_corners: scale o), l1 = r - int(r), l0 = 1 - l1; "
+                      f"v = B(h0, B(w0, p00, w1, p01), h1, B(w0, p10, w1, p11)) - z; "
+                      f"q = clamp(rne(v + z)); B(a, x, b, y) = {_BLEND_FORMULA[kind]}",
                       {"taps": [list(t) for t in taps],
                        "values": [int(x.values[t]) for t in taps],
-                       "lambdas": [float(hl0), float(hl1), float(wl0), float(wl1)]},
+                       "lambdas": [float(hl0), float(hl1), float(wl0), float(wl1)],
+                       "blend": kind, "source_index_fused": rule.source_index_fused},
                       result.values[index])
         return [stage], [(0, taps[0])]
