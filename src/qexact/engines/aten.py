@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 
 VECTOR_LANES_8BIT = {"avx512": 64, "avx2": 32, "default": 0}
-"""uint8 lanes of ``Vectorized<quint8>`` per ATen capability (0: no SIMD lambda runs).
-avx512 is from the source (64-byte vectors); only avx2 and default are measured here."""
+"""uint8 lanes of ``Vectorized<quint8>`` per kernel build (0: no SIMD lambda runs). The quantized
+elementwise kernels have no AVX512 build (``kernel_capability``), so 64 is never used for them."""
 
 GRAIN_SIZE = 32768
 """``at::internal::GRAIN_SIZE``: TensorIterator runs serially below this many elements."""
@@ -77,13 +77,27 @@ class ElementwiseNumerics:
         return self.lanes * self.unroll
 
 
+def kernel_capability(capability: str, avx512_build: bool = False) -> str:
+    """The build of an ATen kernel that runs at ATen CPU ``capability``.
+
+    aten/src/ATen/native/DispatchStub.h: in the AVX512 compilation of a kernel file,
+    ``REGISTER_DISPATCH`` registers nullptr, and DispatchStub.cpp then falls back to the AVX2
+    build. Only stubs registered with ``ALSO_REGISTER_AVX512_DISPATCH`` (``avx512_build``; in
+    quantized/cpu/kernels/QuantizedOpKernels.cpp: channels_last avg_pool2d/3d, per-channel
+    dequantize) run AVX512 code. So on an AVX512 CPU quantized add, mul, activations, cat,
+    normalization, adaptive pooling, upsampling and ATen's float sum (SumKernel.cpp) run their
+    AVX2 builds: 32-byte vectors, a 64-element SIMD body (as measured on AVX512 in semantics.md).
+    """
+    return "avx2" if capability == "avx512" and not avx512_build else capability
+
+
 def elementwise_numerics(engine) -> ElementwiseNumerics:
     """The elementwise numerics of ``engine`` (a ``qexact.engines.Engine``).
 
     ATen's kernels at the engine's ``aten_capability``, except the ops the engine states it hands
     to QNNPACK operators (``Engine.qnnpack_operators``).
     """
-    capability = engine.aten_capability
+    capability = kernel_capability(engine.aten_capability)
     handed = engine.qnnpack_operators
     return ElementwiseNumerics(
         capability, VECTOR_LANES_8BIT[capability], qnnpack_add="add" in handed,

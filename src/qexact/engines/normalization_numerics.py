@@ -5,8 +5,8 @@ aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp: ``q_batch_nor
 ``quantized_normalize_kernel``, ``quantized_groupnorm_nhwc_kernel``), the same for every quantized
 engine (fbgemm, x86, qnnpack, onednn): only ATen's CPU capability changes their numerics. It sets
 
-- the vector width: a ``Vectorized<quint8>`` holds ``int_lanes`` bytes (32 on AVX2, 64 on AVX512),
-  converted to floats in ``float_lanes``-wide registers (8, 16); the elements past the last full
+- the vector width: a ``Vectorized<quint8>`` holds ``int_lanes`` bytes (32 on AVX2, and on AVX512
+  CPUs, which run the AVX2 build), converted to floats in ``float_lanes``-wide registers (8); the elements past the last full
   vector of a row (LayerNorm), of a pixel's channels (BatchNorm, NHWC GroupNorm) take a scalar path;
 - whether ``a * b + c`` is fused (``vec::fmadd`` and GCC's ``-ffp-contract=fast`` in the files built
   with ``-mavx2 -mfma``), for the variance ``E[x^2] - m^2``, the affine step and BatchNorm's
@@ -17,8 +17,8 @@ engine (fbgemm, x86, qnnpack, onednn): only ATen's CPU capability changes their 
 
 Measured against torch 2.13.0 on AVX2 (tests/ops/test_normalization.py) and, in a process started
 with ``ATEN_CPU_CAPABILITY=default``, the ``default`` row (scalar ``Vectorized`` fallbacks, no FMA
-in a baseline x86-64 build; 750 random and tie cases, no mismatch). The ``avx512`` row follows the
-sources' 64-byte vectors and could not be run on the AVX2 machines qexact is tested on.
+in a baseline x86-64 build; 750 random and tie cases, no mismatch). These stubs have no AVX512
+build (``aten.kernel_capability``): an AVX512 CPU runs the ``avx2`` row.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UnsupportedError
+from .aten import kernel_capability
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,6 @@ class NormalizationNumerics:
 _NUMERICS = {
     "avx2": NormalizationNumerics("avx2", int_lanes=32, float_lanes=8, fused_multiply_add=True,
                                   vector_zero_point_after_rounding=True),
-    "avx512": NormalizationNumerics("avx512", int_lanes=64, float_lanes=16, fused_multiply_add=True,
-                                    vector_zero_point_after_rounding=True),
     "default": NormalizationNumerics("default", int_lanes=32, float_lanes=8,
                                      fused_multiply_add=False,
                                      vector_zero_point_after_rounding=False),
@@ -61,7 +60,7 @@ _NUMERICS = {
 
 def normalization_numerics(engine) -> NormalizationNumerics:
     """The normalization numerics of ``engine`` (an ``Engine``; only its ATen capability matters)."""
-    capability = getattr(engine, "aten_capability", engine)
+    capability = kernel_capability(getattr(engine, "aten_capability", engine))
     if capability not in _NUMERICS:
         raise UnsupportedError(f"aten_capability {capability!r} is not supported; "
                                f"supported: {sorted(_NUMERICS)}")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engines.aten import kernel_capability
 from ..errors import ShapeError, UnsupportedError
 from ..qparams import QuantizedArray
 from ..rounding import f32, round_half_even
@@ -53,8 +54,9 @@ class MeanNumerics:
 
     - ``qnnpack_global_average_pool``: quint8 4-D ``mean(dim=[2, 3])`` runs QNNPACK's global
       average pooling (ReduceOps.cpp ``qnnpack_mean``; the qnnpack engine only).
-    - ``float_vector_lanes``: ``Vectorized<float>::size()`` of the ATen CPU capability (8 for
-      AVX2 and the default capability, 16 for AVX512): the column blocks of SumKernel's loops.
+    - ``float_vector_lanes``: ``Vectorized<float>::size()`` of the SumKernel build that runs (8
+      for AVX2 and the default capability; AVX512 CPUs run the AVX2 build, SumKernel.cpp
+      registers no AVX512 one): the column blocks of SumKernel's loops.
     """
 
     qnnpack_global_average_pool: bool
@@ -65,7 +67,7 @@ def mean_numerics(engine) -> MeanNumerics:
     """From the engine's data: whether it hands ``mean`` to QNNPACK's global average pooling,
     and ATen's float vector width at its capability."""
     return MeanNumerics("global_average_pool" in engine.qnnpack_operators,
-                        16 if engine.aten_capability == "avx512" else 8)
+                        16 if kernel_capability(engine.aten_capability) == "avx512" else 8)
 
 
 @dataclass(frozen=True)
