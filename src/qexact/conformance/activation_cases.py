@@ -1,7 +1,8 @@
-"""Conformance cases: Rescaling activations, hardsigmoid, elu, clamp."""
+"""Conformance cases: rescaling activations, hardsigmoid, elu, clamp, prelu."""
 
 from __future__ import annotations
 
+import numpy as np
 
 from ..dtypes import QINT8, QUINT8
 from ..qparams import QParams, QuantizedArray
@@ -101,3 +102,42 @@ def _clamp_case(engine, rng):
     ours = clamp(QuantizedArray(x, qparams), low, high, elementwise_numerics(get_engine(engine)))
     return ours.values, theirs.int_repr().numpy(), \
         f"{('relu6', 'hardtanh', 'clamp')[form]} [{low}, {high}] {qparams.describe()} shape={x.shape}"
+
+
+@conformance_case("prelu")
+def _prelu_case(engine, rng):
+    import torch
+
+    from ..ops.prelu import prelu, prepare_prelu
+
+    dtype = QUINT8 if rng.random() < 0.7 else QINT8
+    rank = int(rng.integers(1, 6))
+    shape = tuple(int(s) for s in rng.integers(1, 9, rank))
+    if rank == 1 and rng.random() < 0.5:
+        shape = (int(rng.integers(1, 300)),)
+    elif rank >= 2 and rng.random() < 0.4:
+        shape = (shape[0], int(rng.integers(1, 40))) + shape[2:]
+    channels = shape[1] if rank >= 2 else shape[0]
+    x = draw_values(rng, QParams.per_tensor(1.0, 0, dtype), shape)
+    weight = draw_values(rng, QParams.per_tensor(1.0, 0, dtype),
+                         (channels if rng.random() < 0.6 else 1,))
+    if rng.random() < 0.4:  # exact ties: power-of-two scales, odd output zero point
+        s_x, s_w = 2.0 ** rng.integers(-7, 0, 2)
+        s_o = s_x * 2.0 ** int(rng.integers(-2, 3))
+        z_o = int(rng.integers(dtype.qmin // 2, dtype.qmax // 2)) * 2 + 1
+    else:
+        s_x, s_w, s_o = 10.0 ** rng.uniform(-3, 0.5, 3)
+        z_o = int(rng.integers(dtype.qmin, dtype.qmax + 1))
+    z_x, z_w = (int(v) for v in rng.integers(dtype.qmin, dtype.qmax + 1, 2))
+    x_qp, w_qp = QParams.per_tensor(s_x, z_x, dtype), QParams.per_tensor(s_w, z_w, dtype)
+    out_qp = QParams.per_tensor(s_o, z_o, dtype)
+    tx = torch_quantized(x, x_qp)
+    if rank in (4, 5) and rng.random() < 0.4:
+        tx = tx.contiguous(memory_format=torch.channels_last if rank == 4
+                           else torch.channels_last_3d)
+    theirs = torch.ops.quantized.prelu(tx, torch_quantized(weight, w_qp), s_o, z_o)
+    params = prepare_prelu(weight, w_qp, x_qp, out_qp, engine=engine,
+                           num_threads=torch.get_num_threads())
+    ours = prelu(QuantizedArray(tx.int_repr().numpy(), x_qp), params).values
+    return (np.ascontiguousarray(ours), np.ascontiguousarray(theirs.int_repr().numpy()),
+            f"{dtype.name} x={shape} strides={tx.stride()} weight={weight.shape}")

@@ -9,43 +9,67 @@ from ._inputs import TorchThreads, draw_image, redraw, torch_image
 from .runner import conformance_case
 
 
-def _pool_case(engine, rng, kind: str):
+def _pooling_input(rng, dims: int):
+    """A (N, C, *spatial) quantized input of ``dims`` spatial dims and its torch tensor, channels
+    last one time in two (4-D and 5-D)."""
+    import torch
+
+    values, qparams = draw_image(rng, max_size=12 if dims < 3 else 6)
+    if dims == 1:
+        values = np.ascontiguousarray(values[:, :, 0, :])
+    elif dims == 3:
+        values = np.ascontiguousarray(np.repeat(values[:, :, None], int(rng.integers(1, 5)), 2))
+        values = (values + rng.integers(0, 3, values.shape).astype(values.dtype)).astype(values.dtype)
+    channels_last = dims > 1 and bool(rng.random() < 0.5)
+    t = torch_image(values, qparams, False)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+    return t, qparams, channels_last
+
+
+def _pool_case(engine, rng, kind: str, dims: int):
     import torch.nn.functional as F
 
     from ..ops.pooling import pool, prepare_pool
 
     def draw(rng):
-        values, qparams = draw_image(rng)
-        channels_last = bool(rng.random() < 0.5)
-        kernel = [int(rng.integers(1, s + 1)) for s in values.shape[2:]]
+        t, qparams, channels_last = _pooling_input(rng, dims)
+        kernel = [int(rng.integers(1, s + 1)) for s in t.shape[2:]]
         padding = [int(rng.integers(0, k // 2 + 1)) for k in kernel]
         stride = [int(rng.integers(1, 4)) for _ in kernel]
         dilation = [int(rng.integers(1, 3)) if kind == "max" else 1 for _ in kernel]
         ceil_mode, count_include_pad = bool(rng.random() < 0.3), bool(rng.random() < 0.5)
-        divisor = int(rng.integers(1, 20)) if kind == "avg" and rng.random() < 0.2 else None
-        t = torch_image(values, qparams, channels_last)
+        divisor = int(rng.integers(1, 20)) if kind == "avg" and dims > 1 and rng.random() < 0.2 \
+            else None
         try:
             with TorchThreads(1):
                 if kind == "max":
-                    theirs = F.max_pool2d(t, kernel, stride, padding, dilation, ceil_mode)
+                    theirs = getattr(F, f"max_pool{dims}d")(t, kernel, stride, padding, dilation,
+                                                            ceil_mode=ceil_mode)
+                elif dims == 1:
+                    theirs = F.avg_pool1d(t, kernel, stride, padding, ceil_mode, count_include_pad)
                 else:
-                    theirs = F.avg_pool2d(t, kernel, stride, padding, ceil_mode, count_include_pad,
-                                          divisor)
+                    theirs = getattr(F, f"avg_pool{dims}d")(t, kernel, stride, padding, ceil_mode,
+                                                            count_include_pad, divisor)
         except (RuntimeError, NotImplementedError):
-            return None  # PyTorch rejects the window (output too small, ...)
-        params = prepare_pool(kind, 2, kernel, stride, padding, dilation, ceil_mode,
+            return None  # PyTorch rejects the window (output too small, ...) or the op
+        params = prepare_pool(kind, dims, kernel, stride, padding, dilation, ceil_mode,
                               count_include_pad, divisor, engine=engine)
         ours = pool(QuantizedArray(t.int_repr().numpy(), qparams), params).values
         return (np.ascontiguousarray(ours), np.ascontiguousarray(theirs.int_repr().numpy()),
-                f"{qparams.dtype.name} x={values.shape} channels_last={channels_last} k={kernel} "
-                f"s={stride} p={padding} d={dilation} ceil={ceil_mode} cip={count_include_pad} "
-                f"div={divisor}")
+                f"{qparams.dtype.name} x={tuple(t.shape)} channels_last={channels_last} "
+                f"k={kernel} s={stride} p={padding} d={dilation} ceil={ceil_mode} "
+                f"cip={count_include_pad} div={divisor}")
 
     return redraw(draw, rng)
 
 
-conformance_case("max_pool2d")(lambda engine, rng: _pool_case(engine, rng, "max"))
-conformance_case("avg_pool2d")(lambda engine, rng: _pool_case(engine, rng, "avg"))
+for _dims in (1, 2, 3):
+    for _kind in ("max", "avg"):
+        conformance_case(f"{_kind}_pool{_dims}d", not_on={} if (_kind, _dims) != ("max", 3) else {
+            "qnnpack": "PyTorch raises \"QNNPACK backend doesn't support quantized_max_pool3d\" "
+                       "(qexact too)"})(
+            lambda engine, rng, kind=_kind, dims=_dims: _pool_case(engine, rng, kind, dims))
 
 
 @conformance_case("adaptive_avg_pool2d")

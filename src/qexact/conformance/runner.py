@@ -14,9 +14,16 @@ ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
 CASES: dict[str, Callable] = {}
 
 
-def conformance_case(name: str):
+NOT_ON: dict[str, dict[str, str]] = {}
+"""Per op, the engines it has no cell on, with the reason (shown in the report)."""
+
+
+def conformance_case(name: str, not_on: dict[str, str] | None = None):
+    """Register ``generator(engine, rng) -> (ours, theirs, label)`` as op ``name``; ``not_on``
+    maps engines where PyTorch gives the op no defined result to the reason."""
     def register(generator):
         CASES[name] = generator
+        NOT_ON[name] = dict(not_on or {})
         return generator
 
     return register
@@ -38,6 +45,8 @@ class ConformanceReport:
     isa: str
     seed: int
     results: list[OpResult] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
+    """Cells left out because PyTorch's result is undefined there, with the reason."""
 
     @property
     def mismatches(self) -> int:
@@ -54,6 +63,9 @@ class ConformanceReport:
         if failing:
             lines += ["", "## First mismatch per failing cell", ""]
             lines += [f"- {r.op} on {r.engine}: {r.first_mismatch}" for r in failing]
+        if self.not_run:
+            lines += ["", "## Not run (PyTorch's result is undefined)", ""]
+            lines += [f"- {reason}" for reason in self.not_run]
         lines += ["", f"Total mismatches: {self.mismatches}."]
         return "\n".join(lines) + "\n"
 
@@ -62,6 +74,7 @@ class ConformanceReport:
         for result in self.results:
             lines.append(f"{result.op:<22} {result.engine:<8} {result.cases:>6} "
                          f"{result.elements:>10} {result.mismatches:>10}")
+        lines += [f"not run: {reason}" for reason in self.not_run]
         lines.append(f"total mismatches: {self.mismatches}")
         return "\n".join(lines)
 
@@ -83,28 +96,30 @@ def run_conformance(ops=None, engines=None, cases: int = 100, seed: int = 0,
     bad_engines = [engine for engine in engines if engine not in ENGINES]
     if bad_engines:
         raise UnsupportedError(f"unknown engine(s) {bad_engines}; engines: {list(ENGINES)}")
-    report = ConformanceReport(torch.__version__, detect_isa(), seed)
-    total, done = len(ops) * len(engines) * cases, 0
+    cells = [(op, engine) for op in ops for engine in engines if engine not in NOT_ON[op]]
+    report = ConformanceReport(torch.__version__, detect_isa(), seed, not_run=[
+        f"{op} on {engine}: {NOT_ON[op][engine]}" for op in ops for engine in engines
+        if engine in NOT_ON[op]])
+    total, done = len(cells) * cases, 0
     previous = torch.backends.quantized.engine
     try:
-        for op in ops:
-            for engine in engines:
-                torch.backends.quantized.engine = engine
-                result = OpResult(op, engine)
-                # streams keyed by names: selecting ops or engines leaves each cell's cases alone
-                rng = np.random.default_rng([seed, zlib.crc32(op.encode()), ENGINES.index(engine)])
-                for case in range(cases):
-                    ours, theirs, label = CASES[op](engine, rng)
-                    result.cases += 1
-                    result.elements += int(np.asarray(theirs).size)
-                    differ = _differ(np.asarray(ours), np.asarray(theirs))
-                    if differ and not result.first_mismatch:
-                        result.first_mismatch = f"case {case}: {label}"
-                    result.mismatches += differ
-                    done += 1
-                    if progress is not None:
-                        progress(done, total, f"{op} / {engine}")
-                report.results.append(result)
+        for op, engine in cells:
+            torch.backends.quantized.engine = engine
+            result = OpResult(op, engine)
+            # streams keyed by names: selecting ops or engines leaves each cell's cases alone
+            rng = np.random.default_rng([seed, zlib.crc32(op.encode()), ENGINES.index(engine)])
+            for case in range(cases):
+                ours, theirs, label = CASES[op](engine, rng)
+                result.cases += 1
+                result.elements += int(np.asarray(theirs).size)
+                differ = _differ(np.asarray(ours), np.asarray(theirs))
+                if differ and not result.first_mismatch:
+                    result.first_mismatch = f"case {case}: {label}"
+                result.mismatches += differ
+                done += 1
+                if progress is not None:
+                    progress(done, total, f"{op} / {engine}")
+            report.results.append(result)
     finally:
         torch.backends.quantized.engine = previous
     return report
