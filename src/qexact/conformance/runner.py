@@ -96,10 +96,10 @@ def run_conformance(ops=None, engines=None, cases: int = 100, seed: int = 0,
     bad_engines = [engine for engine in engines if engine not in ENGINES]
     if bad_engines:
         raise UnsupportedError(f"unknown engine(s) {bad_engines}; engines: {list(ENGINES)}")
-    cells = [(op, engine) for op in ops for engine in engines if engine not in NOT_ON[op]]
+    cells = [(op, engine) for op in ops for engine in engines if engine not in NOT_ON.get(op, {})]
     report = ConformanceReport(torch.__version__, detect_isa(), seed, not_run=[
         f"{op} on {engine}: {NOT_ON[op][engine]}" for op in ops for engine in engines
-        if engine in NOT_ON[op]])
+        if engine in NOT_ON.get(op, {})])
     total, done = len(cells) * cases, 0
     previous = torch.backends.quantized.engine
     try:
