@@ -154,7 +154,31 @@ FBGEMM_CONV_TRANSPOSE = ConvKernel(
 pairs from the row's start in int16 on AVX2 (measured)."""
 
 
+def takes_direct_conv_path(geometry: ConvGeometry) -> bool:
+    """FBGEMM src/FbgemmConv.cc ``takeDirectConvPath`` (the UNet upsampler's shape): a 2-D
+    transposed convolution, one group, C and OC multiples of 8, kernel height 2 and width <= 6,
+    strides 1 or 2, dilation 1, padding 0 (measured boundary on torch 2.13)."""
+    return (geometry.transposed and geometry.spatial_dims == 2 and geometry.groups == 1
+            and geometry.in_channels % 8 == 0 and geometry.out_channels % 8 == 0
+            and geometry.kernel_size[0] == 2 and geometry.kernel_size[1] <= 6
+            and _all(geometry.stride, (1, 2)) and _all(geometry.dilation, (1,))
+            and _all(geometry.padding, (0,)))
+
+
+DIRECT_CONV_TRANSPOSE = (
+    "PyTorch's FBGEMM runs this transposed convolution (one group, channels multiples of 8, "
+    "kernel 2 x (1..6), stride 1 or 2, no padding) through its direct-convolution path, which on "
+    "torch 2.13 reads stale memory: the same call gives different bytes from run to run, most "
+    "outputs are far (100+ steps) from the convolution of the weight, and module.weight() "
+    "unpacks a different weight on every call. Its result is undefined, so qexact does not "
+    "compute one. Use the qnnpack or onednn engine, padding or a kernel height other than 2.")
+"""Measured (8..24 channels, kernels 2x1..2x6, strides 1/2 mixed, output_padding 0/1): every
+configuration on the path is wrong and nondeterministic; every one just off it is exact."""
+
+
 def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    if takes_direct_conv_path(geometry):
+        return replace(FBGEMM_CONV_TRANSPOSE, undefined_output=DIRECT_CONV_TRANSPOSE)
     return FBGEMM_CONV_TRANSPOSE
 
 

@@ -173,6 +173,9 @@ def prepare_conv_transpose(weight, weight_qparams: QParams, bias, input_qparams:
                             as_2d(padding, 0), as_2d(dilation, 1), bool(np.all(zero_points == 0)),
                             output_padding=as_2d(output_padding, 0), transposed=True)
     kernel = engine.conv_transpose_kernel(geometry)
+    if kernel.undefined_output:
+        raise UnsupportedError(f"ConvTranspose{dims}d on engine {engine.name!r}: "
+                               f"{kernel.undefined_output}")
     numerics = kernel.numerics
     if weight_qparams.is_per_channel:
         if not kernel.per_channel_weights:
