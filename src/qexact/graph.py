@@ -159,10 +159,16 @@ class Net:
             if not isinstance(value, QuantizedArray):
                 raise QexactError(f"output {ref.name!r} is not a quantized tensor")
             results.append(value)
-        return results[0] if len(results) == 1 else tuple(results)
+        return self._arrange(results)
 
     def _select_outputs(self, values):
-        results = [values[ref.name] for ref in self.graph.outputs]
+        return self._arrange([values[ref.name] for ref in self.graph.outputs])
+
+    def _arrange(self, results: list):
+        """One output, a tuple of them, or a dict when the model returned one (``output_keys``)."""
+        keys = self.graph.metadata.get("output_keys")
+        if keys is not None:
+            return dict(zip(keys, results))
         return results[0] if len(results) == 1 else tuple(results)
 
     def __repr__(self) -> str:

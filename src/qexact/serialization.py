@@ -39,11 +39,20 @@ def _encode_input(item):
         return {"ref": item.name}
     if isinstance(item, (tuple, list)):
         return [_encode_input(element) for element in item]
+    if isinstance(item, slice):
+        return {"slice": [item.start, item.stop, item.step]}
+    if item is Ellipsis:
+        return {"ellipsis": True}
     return item
 
 
 def _decode_input(item):
     if isinstance(item, dict):
+        if set(item) == {"slice"} and isinstance(item["slice"], list) and len(item["slice"]) == 3 \
+                and all(part is None or type(part) is int for part in item["slice"]):
+            return slice(*item["slice"])
+        if item == {"ellipsis": True}:
+            return Ellipsis
         if set(item) != {"ref"} or not isinstance(item["ref"], str):
             raise FormatError(f"bad node input {item!r}")
         return Ref(item["ref"])

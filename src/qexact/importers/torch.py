@@ -214,6 +214,17 @@ function_handler("torch.reshape")(_reshape_node)
 function_handler("torch.relu", "torch.relu_", "torch.nn.functional.relu")(_first_input("relu"))
 function_handler("torch.nn.functional.dropout")(_first_input("identity"))
 function_handler("operator.getitem")(lambda name, args, kwargs: Node(name, "getitem", tuple(args)))
+
+
+@function_handler("builtins.getattr")
+def _getattr_node(name, args, kwargs):
+    """``x.shape`` (FX records it as ``getattr(x, "shape")``): the same node as ``x.size()``."""
+    if len(args) == 2 and args[1] == "shape":
+        return Node(name, "size", args[:1], {"dim": None})
+    raise UnsupportedError(f"getattr(tensor, {args[1:]!r}) is not supported; of tensor "
+                           "attributes only .shape is")
+
+
 for _operator in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg"):
     function_handler(f"operator.{_operator}", f"_operator.{_operator}")(
         lambda name, args, kwargs, operator_name=_operator: Node(
@@ -289,6 +300,7 @@ def capture(model) -> Graph:
     renamed: dict[str, str] = {}  # fx node name -> qexact node name
 
     constants: dict[str, object] = {}  # get_attr nodes: scales and zero points of FX models
+    output_keys: list[str] | None = None  # forward returns a dict
 
     def convert(value):
         if isinstance(value, torch.fx.Node):
@@ -299,15 +311,23 @@ def capture(model) -> Graph:
             return str(value)
         if isinstance(value, (tuple, list)):
             return type(value)(convert(item) for item in value)
-        if isinstance(value, (int, float, bool, str)) or value is None:
+        if isinstance(value, dict):  # forward returns a dict
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, (int, float, bool, str)) or value is None or value is Ellipsis:
             return value
+        if isinstance(value, slice):  # x.shape[2:], sizes[-2:]
+            parts = tuple(convert(part) for part in (value.start, value.stop, value.step))
+            if not all(part is None or isinstance(part, int) for part in parts):
+                raise UnsupportedError(f"a slice with computed bounds ({value!r}) is not "
+                                       "supported; use constant bounds")
+            return slice(*parts)
         raise UnsupportedError(f"argument {value!r} of type {type(value).__name__} is not supported")
 
     for fx_node in traced.nodes:
-        args = tuple(convert(arg) for arg in fx_node.args)
-        kwargs = {key: convert(value) for key, value in fx_node.kwargs.items()}
         where = fx_node.target if fx_node.op == "call_module" else fx_node.name
         try:
+            args = tuple(convert(arg) for arg in fx_node.args)
+            kwargs = {key: convert(value) for key, value in fx_node.kwargs.items()}
             if fx_node.op == "placeholder":
                 inputs.append(fx_node.name)
                 used_names.add(fx_node.name)
@@ -317,6 +337,9 @@ def capture(model) -> Graph:
                 continue
             if fx_node.op == "output":
                 result = args[0]
+                if isinstance(result, dict):  # segmentation models: {"out": ..., "aux": ...}
+                    output_keys = [str(key) for key in result]
+                    result = list(result.values())
                 outputs = list(result) if isinstance(result, (tuple, list)) else [result]
                 continue
             if fx_node.op == "call_module":
@@ -341,8 +364,13 @@ def capture(model) -> Graph:
             renamed[fx_node.name] = node.name
         used_names.add(node.name)
         nodes.append(node)
-    return Graph(inputs, nodes, [item for item in outputs if isinstance(item, Ref)],
-                 {"source_model": type(model).__name__})
+    if not all(isinstance(item, Ref) for item in outputs):
+        raise UnsupportedError(f"{type(model).__name__}.forward returns {outputs!r}: qexact "
+                               "models return tensors (one, a tuple, a list or a dict of them)")
+    metadata = {"source_model": type(model).__name__}
+    if output_keys is not None:
+        metadata["output_keys"] = output_keys
+    return Graph(inputs, nodes, outputs, metadata)
 
 
 def _constant(model, target: str):

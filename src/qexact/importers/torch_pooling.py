@@ -4,6 +4,7 @@ nn.AdaptiveAvgPool*d, nn.Upsample and their functional forms."""
 from __future__ import annotations
 
 from ..errors import UnsupportedError
+from ..graph import Ref
 from .torch import Node, _arg, function_handler, module_handler
 
 _SPATIAL = {"1d": 1, "2d": 2, "3d": 3}
@@ -98,7 +99,13 @@ def _interpolate(name, args, kwargs):
     mode = _arg(args, kwargs, 3, "mode", "nearest")
     if _arg(args, kwargs, 5, "recompute_scale_factor", None):
         raise UnsupportedError("interpolate with recompute_scale_factor=True is not supported")
-    return Node(name, "upsample", args[:1], {
-        "mode": mode, "size": _plain(_arg(args, kwargs, 1, "size", None)),
-        "scale_factor": _plain(_arg(args, kwargs, 2, "scale_factor", None)),
-        "align_corners": _arg(args, kwargs, 4, "align_corners", None)})
+    size = _arg(args, kwargs, 1, "size", None)
+    attrs = {"mode": mode, "scale_factor": _plain(_arg(args, kwargs, 2, "scale_factor", None)),
+             "align_corners": _arg(args, kwargs, 4, "align_corners", None)}
+    computed = isinstance(size, Ref) or (isinstance(size, (tuple, list))
+                                         and any(isinstance(s, Ref) for s in size))
+    if computed:  # size=y.shape[-2:] or (h, w) from x.size(): inputs of the node, read at run time
+        parts = (size,) if isinstance(size, Ref) else tuple(size)
+        return Node(name, "upsample", args[:1] + parts, dict(attrs, size=None,
+                                                             size_from_inputs=True))
+    return Node(name, "upsample", args[:1], dict(attrs, size=_plain(size)))

@@ -29,7 +29,7 @@ bilinear, per output pixel, all float32; ``PoolingNumerics.nchw_bilinear`` / ``n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -200,21 +200,39 @@ def upsample(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
     return QuantizedArray(to_contiguous(out), x.qparams)
 
 
+def _with_runtime_size(params: UpsampleParams, inputs) -> UpsampleParams:
+    """``F.interpolate(x, size=y.shape[-2:])``: a size computed in ``forward`` arrives as the
+    node's further inputs (one tuple, or one number per dim)."""
+    if len(inputs) == 1:
+        return params
+    parts = inputs[1:]
+    size = parts[0] if len(parts) == 1 else parts
+    if not isinstance(size, (tuple, list)):
+        size = (size, size)
+    try:
+        size = tuple(int(s) for s in size)
+    except (TypeError, ValueError):
+        raise ShapeError(f"upsample size must be integers, got {size!r}") from None
+    return replace(params, size=size)
+
+
 @graph_op("upsample", "quantized F.interpolate / nn.Upsample (nearest, bilinear)")
 class UpsampleOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
         qparams = require_quantized(node, input_qparams)
         a = node.attrs
-        return prepare_upsample(a["mode"], a.get("size"), a.get("scale_factor"),
+        size = (1, 1) if a.get("size_from_inputs") else a.get("size")  # placeholder: see run
+        return prepare_upsample(a["mode"], size, a.get("scale_factor"),
                                 a.get("align_corners"), engine=engine), qparams
 
     @staticmethod
     def run(params, inputs):
-        return upsample(inputs[0], params)
+        return upsample(inputs[0], _with_runtime_size(params, inputs))
 
     @staticmethod
     def explain(params, inputs, result, index):
+        params = _with_runtime_size(params, inputs)
         x = inputs[0]
         (out_h, out_w), (scale_h, scale_w) = _output_sizes(params, x.values.shape[2:])
         n, c, oy, ox = index

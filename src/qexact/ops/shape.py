@@ -197,24 +197,42 @@ class SizeOp:
         return shape if dim is None else shape[dim]
 
 
-@graph_op("getitem", "indexing into a shape tuple, or one output of split/chunk")
+def _tensor_index(index) -> tuple:
+    """A constant basic index (ints, slices, None, Ellipsis), as a tuple; else ShapeError."""
+    items = index if isinstance(index, tuple) else (index,)
+    for item in items:
+        if not (item is None or item is Ellipsis or isinstance(item, (int, slice))):
+            raise ShapeError(f"indexing a tensor with {item!r} is not supported; supported: "
+                             "constant ints, slices, None and ...")
+    return items
+
+
+@graph_op("getitem", "indexing: a shape tuple, one output of split/chunk, or basic slicing of a "
+          "tensor (ints, slices, None, ...; a view)")
 class GetItemOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        # a piece of a split keeps the tensor's qparams; a shape tuple has none
+        # a piece of a split or a slice keeps the tensor's qparams; a shape tuple has none
         return None, input_qparams[0] if input_qparams else None
 
     @staticmethod
     def run(params, inputs):
         container, index = inputs
-        if isinstance(container, QuantizedArray) or isinstance(container, np.ndarray):
-            raise ShapeError("indexing tensors is not supported; only shape tuples and the "
-                             "outputs of split/chunk")
+        if isinstance(container, (QuantizedArray, np.ndarray)):  # x[:, 3:]: a view, as torch's
+            return _rewrap(container, _values(container)[_tensor_index(index)])
         return container[index]
 
     @staticmethod
     def explain(params, inputs, result, index):
         container, item = inputs
+        if isinstance(container, (QuantizedArray, np.ndarray)):
+            source = _values(container)
+            positions = np.arange(source.size).reshape(source.shape)[_tensor_index(item)]
+            input_index = tuple(int(i) for i in np.unravel_index(int(positions[index]),
+                                                                 source.shape))
+            stage = Stage("getitem", "the same value, at its index in the sliced tensor",
+                          {"from_index": list(input_index)}, _values(result)[index])
+            return [stage], [(0, input_index)]
         stage = Stage("getitem", f"output {item} of a split", {"piece": item},
                       _values(result)[index])
         return [stage], [(0, (int(item),) + tuple(index))]

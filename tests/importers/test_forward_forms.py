@@ -1,0 +1,133 @@
+"""Forms users write in ``forward`` that FX-converted models keep: sizes from ``x.shape`` and
+slices of them, dict outputs, and float arithmetic with Python numbers between a dequantize and a
+quantize (input normalization). Each model is compared exactly with PyTorch on every engine and
+survives a save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support.assertions import assert_bitexact
+
+import qexact
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+F = torch.nn.functional
+nn = torch.nn
+
+ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+
+
+class ShapeSizedHead(nn.Module):
+    """A segmentation-style head: upsample back to the input's size, read from x.shape."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.body, self.head = nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        if self.how == "shape":
+            size = x.shape[-2:]
+        elif self.how == "size":
+            size = x.size()[2:]
+        else:
+            size = (x.size(2), x.size(3))
+        return F.interpolate(self.head(self.body(x)), size=size, mode="bilinear",
+                             align_corners=False)
+
+
+class DictOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return {"out": self.a(x), "aux": self.b(x)}
+
+
+class FloatArithmetic(nn.Module):
+    """Input normalization and a float ``- 1`` after chunk (FX runs both in float)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.a((x - 0.45) / 0.226)
+        return self.b(2.0 - torch.chunk(y, 2, 1)[0] * 3 + (-y[:, 3:]))
+
+
+def fx_quantized(builder, engine, shape):
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = engine
+    torch.manual_seed(0)
+    model = builder().eval()
+    prepared = prepare_fx(model, get_default_qconfig_mapping(engine), (torch.randn(shape),))
+    for _ in range(3):
+        prepared(torch.randn(shape))
+    return convert_fx(prepared)
+
+
+def _compare(ours, theirs, context):
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and list(ours) == list(theirs), context
+        for key in theirs:
+            assert_bitexact(ours[key], theirs[key].numpy(), f"{context} [{key}]")
+    else:
+        assert_bitexact(ours, theirs.numpy(), context)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("builder,shape", [
+    (lambda: ShapeSizedHead("shape"), (2, 3, 15, 17)),
+    (lambda: ShapeSizedHead("size"), (1, 3, 9, 12)),
+    (lambda: ShapeSizedHead("dims"), (1, 3, 10, 7)),
+    (DictOutput, (2, 3, 9, 8)),
+    (FloatArithmetic, (2, 3, 6, 7)),
+], ids=["x.shape[-2:]", "x.size()[2:]", "(x.size(2), x.size(3))", "dict", "float-arithmetic"])
+def test_forward_forms_are_exact_and_saved(engine, builder, shape, tmp_path):
+    model = fx_quantized(builder, engine, shape)
+    net = qexact.from_torch(model)
+    for trial in range(2):  # the computed sizes follow each input
+        x = torch.randn(shape[:2] + tuple(s + trial for s in shape[2:]))
+        _compare(net(x.numpy()), model(x), f"{engine} trial {trial}")
+    path = tmp_path / "model.qexact"
+    qexact.save(net, path)
+    _compare(qexact.load(path)(x.numpy()), model(x), f"{engine} after load")
+
+
+def test_float_arithmetic_rounds_as_torch():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(4099) * 10.0 ** rng.uniform(-30, 30, 4099)).astype(np.float32)
+    x[:5] = [0.0, -0.0, np.inf, -np.inf, np.nan]
+    from qexact.ops.arith import float_arithmetic
+
+    t = torch.from_numpy(x)
+    for name, ours, theirs in [
+            ("sub", float_arithmetic("sub", [x, 0.45]), t - 0.45),
+            ("truediv", float_arithmetic("truediv", [x, 0.226]), t / 0.226),
+            ("rtruediv", float_arithmetic("truediv", [3.0, x]), 3.0 / t),
+            ("mul", float_arithmetic("mul", [x, 1e-3]), t * 1e-3),
+            ("radd", float_arithmetic("add", [7, x]), 7 + t),
+            ("rsub", float_arithmetic("sub", [2.5, x]), 2.5 - t),
+            ("neg", float_arithmetic("neg", [x]), -t),
+            ("tensors", float_arithmetic("add", [x, x[::-1].copy()]), t + t.flip(0))]:
+        assert_bitexact(ours, theirs.numpy(), name)
+
+
+def test_unsupported_forward_forms_name_the_place():
+    from qexact.ops.arith import float_arithmetic
+
+    with pytest.raises(qexact.UnsupportedError, match="floordiv on float tensors"):
+        float_arithmetic("floordiv", [np.zeros(3, np.float32), 2])
+
+    class Attribute(nn.Module):
+        def forward(self, x):
+            return x * x.ndim
+
+    with pytest.raises(qexact.UnsupportedError, match="at 'getattr.*only .shape"):
+        qexact.from_torch(Attribute())
