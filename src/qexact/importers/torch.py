@@ -346,7 +346,8 @@ def capture(model) -> Graph:
                 module = modules[fx_node.target]
                 handler = next((h for cls, h in handlers if isinstance(module, cls)), None)
                 if handler is None:
-                    raise _unsupported_module(fx_node.target, module)
+                    raise _unsupported_module(fx_node.target, module,
+                                              fx=isinstance(model, torch.fx.GraphModule))
                 node = handler(module, fx_node.name, args)
             elif fx_node.op == "call_function":
                 node = _function_node(fx_node.name, fx_node.target, args, kwargs)
@@ -385,10 +386,13 @@ def _constant(model, target: str):
                            "not supported; only scalar constants (scales, zero points) are")
 
 
-def _unsupported_module(qualified_name: str, module) -> UnsupportedError:
+def _unsupported_module(qualified_name: str, module, fx: bool = False) -> UnsupportedError:
     cls = type(module)
     hint = ""
-    if cls.__module__.startswith("torch.nn.modules") and hasattr(module, "weight"):
+    if cls.__module__.startswith("torch.nn.modules") and fx:
+        hint = (" The FX conversion left it in float32 (between a dequantize and a quantize), "
+                "and qexact does not model ATen's float kernel for it.")
+    elif cls.__module__.startswith("torch.nn.modules") and hasattr(module, "weight"):
         hint = (" It is a float module: prepare, calibrate and convert the model with "
                 "torch.ao.quantization (or give it qconfig=None only where it must stay float).")
     return UnsupportedError(

@@ -46,9 +46,10 @@ def _adaptive_avg_pool(module, name, inputs):
 
 @module_handler("torch.nn.AdaptiveMaxPool1d", "torch.nn.AdaptiveMaxPool2d")
 def _adaptive_max_pool(module, name, inputs):
-    raise UnsupportedError("PyTorch 2.13 has no QuantizedCPU kernel for adaptive_max_pool "
-                           "(aten::adaptive_max_pool2d.out raises NotImplementedError), so a "
-                           "converted model with it cannot run in PyTorch either")
+    if module.return_indices:
+        raise UnsupportedError("AdaptiveMaxPool with return_indices=True is not supported")
+    return Node(name, "adaptive_max_pool", inputs, {
+        "spatial_dims": _dims(module), "output_size": _plain(module.output_size)})
 
 
 @module_handler("torch.nn.Upsample", "torch.nn.UpsamplingNearest2d", "torch.nn.UpsamplingBilinear2d")
@@ -89,6 +90,11 @@ for _spatial in (1, 2, 3):
                      f"torch.max_pool{_spatial}d")(_functional_pool("max_pool", _spatial, "max"))
     function_handler(f"torch.nn.functional.avg_pool{_spatial}d")(
         _functional_pool("avg_pool", _spatial, "avg"))
+    if _spatial < 3:
+        function_handler(f"torch.nn.functional.adaptive_max_pool{_spatial}d")(
+            lambda name, args, kwargs, _s=_spatial: Node(name, "adaptive_max_pool", args[:1], {
+                "spatial_dims": _s,
+                "output_size": _plain(_arg(args, kwargs, 1, "output_size", None))}))
     function_handler(f"torch.nn.functional.adaptive_avg_pool{_spatial}d")(
         lambda name, args, kwargs, _s=_spatial: Node(name, "adaptive_avg_pool", args[:1], {
             "spatial_dims": _s, "output_size": _plain(_arg(args, kwargs, 1, "output_size", None))}))

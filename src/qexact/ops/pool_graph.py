@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from ..engines.pooling_numerics import PoolingNumerics
+from ..errors import ShapeError, UnsupportedError
 from ..qparams import QuantizedArray
 from ..stages import Stage
 from ._registry import graph_op
@@ -162,3 +163,56 @@ class AdaptiveAvgPoolOp:
         rule = _rule_name(x, params.numerics, index[-spatial - 1], is_channels_last(x.values),
                           False, True)
         return _explain_window("adaptive_avg_pool", x, result, index, taps, len(taps), rule)
+
+
+def adaptive_max_pool_float(x: np.ndarray, output_size) -> np.ndarray:
+    """``F.adaptive_max_pool{1,2}d`` on a float32 tensor (FX keeps it in float: PyTorch has no
+    quantized kernel). AdaptiveMaxPoolKernel.cpp: integer windows ``[floor(o L / O),
+    ceil((o + 1) L / O))``, taps in row-major order, ``best = v if v > best or isnan(v)``;
+    the kernel and the output's memory format follow ``suggest_memory_format()``."""
+    from .shape import suggests_channels_last, to_channels_last, to_contiguous
+
+    spatial = len(output_size)
+    if x.ndim not in (spatial + 1, spatial + 2) or x.dtype != np.float32:
+        raise ShapeError(f"adaptive_max_pool{spatial}d expects a float32 {spatial + 1}-D or "
+                         f"{spatial + 2}-D input, got {x.dtype} {x.shape}")
+    result = x
+    for offset, out in enumerate(output_size):
+        axis = x.ndim - spatial + offset
+        size = x.shape[axis]
+        out = size if out is None else int(out)
+        index = np.arange(out)
+        start, end = index * size // out, -((-(index + 1) * size) // out)
+        best = None
+        for tap in range(int((end - start).max())):
+            position = np.minimum(start + tap, end - 1)  # a shorter window repeats its last tap
+            taken = np.take(result, position, axis=axis)
+            best = taken if best is None else np.where((taken > best) | np.isnan(taken), taken,
+                                                        best)
+        result = best
+    return to_channels_last(result) if suggests_channels_last(x) else to_contiguous(result)
+
+
+@graph_op("adaptive_max_pool", "adaptive_max_pool1d/2d on float tensors (PyTorch has no "
+          "quantized kernel for it)")
+class AdaptiveMaxPoolOp:
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        if input_qparams and input_qparams[0] is not None:
+            raise UnsupportedError(
+                "PyTorch 2.13 has no QuantizedCPU kernel for adaptive_max_pool "
+                "(aten::adaptive_max_pool2d.out raises NotImplementedError), so a converted model "
+                "that applies it to a quantized tensor cannot run in PyTorch either")
+        a = node.attrs
+        sizes = a["output_size"]
+        sizes = tuple(sizes) if isinstance(sizes, (tuple, list)) else (sizes,)
+        return (sizes * int(a["spatial_dims"]) if len(sizes) == 1 else sizes), None
+
+    @staticmethod
+    def run(output_size, inputs):
+        return adaptive_max_pool_float(np.asarray(inputs[0]), output_size)
+
+    @staticmethod
+    def explain(output_size, inputs, result, index):
+        return [Stage("adaptive_max_pool (float)", "y = max over the window (NaN wins)", {},
+                      np.asarray(result)[index])], []

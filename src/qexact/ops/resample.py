@@ -200,6 +200,32 @@ def upsample(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
     return QuantizedArray(to_contiguous(out), x.qparams)
 
 
+def float_nearest_indices(in_size: int, out_size: int, scale) -> np.ndarray:
+    """UpSampleKernel.cpp ``nearest_idx`` (float tensors): ``o`` when out == in, ``o >> 1`` when
+    out == 2 in, else ``nearest_indices``."""
+    if out_size == in_size:
+        return np.arange(out_size)
+    if out_size == 2 * in_size:
+        return np.arange(out_size) >> 1
+    return nearest_indices(in_size, out_size, scale)
+
+
+def upsample_nearest_float(x: np.ndarray, p: UpsampleParams) -> np.ndarray:
+    """``F.interpolate(mode="nearest")`` on a float32 tensor (FX leaves some upsamples between a
+    dequantize and a quantize): a copy. Its source pixels differ from the quantized kernel's:
+    UpSampleKernel.cpp ``nearest_idx`` decides per dim, ``o`` when out == in, ``o >> 1`` when
+    out == 2 in (whatever the scale factor), else ``nearest_indices``. The output follows
+    ``suggest_memory_format()``."""
+    from .shape import suggests_channels_last, to_channels_last, to_contiguous
+
+    if x.ndim != 4:
+        raise ShapeError(f"upsample expects a 4-D (N, C, H, W) input, got {x.shape}")
+    (out_h, out_w), (scale_h, scale_w) = _output_sizes(p, x.shape[2:])
+    rows = float_nearest_indices(x.shape[2], out_h, scale_h)
+    out = x[:, :, rows][:, :, :, float_nearest_indices(x.shape[3], out_w, scale_w)]
+    return to_channels_last(out) if suggests_channels_last(x) else to_contiguous(out)
+
+
 def _with_runtime_size(params: UpsampleParams, inputs) -> UpsampleParams:
     """``F.interpolate(x, size=y.shape[-2:])``: a size computed in ``forward`` arrives as the
     node's further inputs (one tuple, or one number per dim)."""
@@ -220,28 +246,46 @@ def _with_runtime_size(params: UpsampleParams, inputs) -> UpsampleParams:
 class UpsampleOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        qparams = require_quantized(node, input_qparams)
         a = node.attrs
+        if not input_qparams or input_qparams[0] is None:
+            if a["mode"] != "nearest":
+                raise UnsupportedError(
+                    f"{a['mode']} upsampling of a float tensor (F.interpolate between a dequantize "
+                    "and a quantize, as FX leaves it) is not supported: the arithmetic of ATen's "
+                    "float kernel is not modelled; quantize the upsample (e.g. apply it to the "
+                    "quantized tensor) or use mode='nearest'")
+            qparams = None
+        else:
+            qparams = require_quantized(node, input_qparams)
         size = (1, 1) if a.get("size_from_inputs") else a.get("size")  # placeholder: see run
         return prepare_upsample(a["mode"], size, a.get("scale_factor"),
                                 a.get("align_corners"), engine=engine), qparams
 
     @staticmethod
     def run(params, inputs):
-        return upsample(inputs[0], _with_runtime_size(params, inputs))
+        params = _with_runtime_size(params, inputs)
+        if not isinstance(inputs[0], QuantizedArray):
+            return upsample_nearest_float(np.asarray(inputs[0]), params)
+        return upsample(inputs[0], params)
 
     @staticmethod
     def explain(params, inputs, result, index):
         params = _with_runtime_size(params, inputs)
         x = inputs[0]
-        (out_h, out_w), (scale_h, scale_w) = _output_sizes(params, x.values.shape[2:])
+        values = x.values if isinstance(x, QuantizedArray) else np.asarray(x)
+        (out_h, out_w), (scale_h, scale_w) = _output_sizes(params, values.shape[2:])
         n, c, oy, ox = index
         if params.mode == "nearest":
-            rows, cols = nearest_grid(*x.values.shape[2:], out_h, out_w, scale_h, scale_w)
+            if isinstance(x, QuantizedArray):
+                rows, cols = nearest_grid(*values.shape[2:], out_h, out_w, scale_h, scale_w)
+            else:
+                rows = float_nearest_indices(values.shape[2], out_h, scale_h)
+                cols = float_nearest_indices(values.shape[3], out_w, scale_w)
             iy, ix = int(rows[oy]), int(cols[ox])
             source = (n, c, iy, ix)
-            return [Stage("upsample nearest", "the same integer, copied from the nearest pixel",
-                          {"from_index": list(source)}, result.values[index])], [(0, source)]
+            out = result.values if isinstance(result, QuantizedArray) else result
+            return [Stage("upsample nearest", "the same value, copied from the nearest pixel",
+                          {"from_index": list(source)}, out[index])], [(0, source)]
         rule = bilinear_rule(params, x.values)
         simd = c < simd_channel_count(rule, x.values.shape[1])
         kind = rule.simd_blend if simd else rule.tail_blend
