@@ -103,3 +103,20 @@ def _mean(name, args, kwargs):
 
 function_handler("torch.mean")(_mean)
 method_handler("mean")(_mean)
+
+
+@function_handler("torch.nn.functional.pad")
+def _pad(name, args, kwargs):
+    pad = _arg(args, kwargs, 1, "pad", None)
+    mode = _arg(args, kwargs, 2, "mode", "constant")
+    value = _arg(args, kwargs, 3, "value", None)
+    if not isinstance(pad, (tuple, list)) or not all(isinstance(p, int) for p in pad):
+        raise UnsupportedError(f"F.pad with computed amounts {pad!r} is not supported")
+    return Node(name, "pad", args[:1], {"pad": list(pad), "mode": mode, "value": value})
+
+
+@module_handler("torch.nn.ZeroPad1d", "torch.nn.ZeroPad2d", "torch.nn.ZeroPad3d",
+                "torch.nn.ConstantPad1d", "torch.nn.ConstantPad2d", "torch.nn.ConstantPad3d")
+def _pad_module(module, name, inputs):
+    return Node(name, "pad", inputs, {"pad": list(module.padding), "mode": "constant",
+                                      "value": float(module.value)})
