@@ -131,3 +131,52 @@ def test_unsupported_forward_forms_name_the_place():
 
     with pytest.raises(qexact.UnsupportedError, match="at 'getattr.*only .shape"):
         qexact.from_torch(Attribute())
+
+
+class ShapeChecked(nn.Module):
+    """ViT-style: the forward checks the image size it reads from x.shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        torch._assert(h == 8, f"Wrong image height! Expected 8 but got {h}!")
+        torch._assert(w <= 9, "too wide")
+        return self.conv(x)
+
+
+def test_shape_checks_in_forward_run_and_fail_as_torch():
+    model = fx_quantized(ShapeChecked, "fbgemm", (1, 3, 8, 9))
+    net = qexact.from_torch(model)
+    x = torch.randn(2, 3, 8, 9)
+    assert_bitexact(net(x.numpy()), model(x).numpy(), "shape checked")
+    from qexact.summary import inspect_net
+
+    inspect_net(net, (x.numpy(),))  # the checks' None values do not upset inspect
+    with pytest.raises(qexact.ShapeError, match="Wrong image height"):
+        net(torch.randn(1, 3, 7, 9).numpy())
+
+
+def test_stochastic_depth_is_the_identity_in_eval():
+    from support.torchvision_models import import_torchvision
+
+    if import_torchvision() is None:
+        pytest.skip("torchvision is not installed")
+    from torchvision.ops import StochasticDepth
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.sd, self.b = nn.Conv2d(3, 6, 3, padding=1), StochasticDepth(0.2, "row"), \
+                nn.Conv2d(6, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(self.sd(y) + y)
+
+    for engine in ENGINES:
+        model = fx_quantized(Block, engine, (2, 3, 7, 6))
+        x = torch.randn(2, 3, 7, 6)
+        assert_bitexact(qexact.from_torch(model)(x.numpy()), model(x).numpy(), engine)

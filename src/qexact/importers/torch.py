@@ -51,8 +51,11 @@ def _resolve(path: str):
     """The object at a dotted path (``torch.ao.nn.quantized.Linear``, ``torch.ops.quantized.add``),
     or None where this torch has none."""
     import importlib
+    import sys
 
     parts = path.split(".")
+    if parts[0] not in ("torch", "operator", "_operator", "builtins") and parts[0] not in sys.modules:
+        return None  # a model using torchvision has imported it; never import it ourselves
     try:
         value = importlib.import_module(parts[0])
         for part in parts[1:]:
@@ -216,6 +219,20 @@ function_handler("torch.nn.functional.dropout")(_first_input("identity"))
 function_handler("operator.getitem")(lambda name, args, kwargs: Node(name, "getitem", tuple(args)))
 
 
+@function_handler("torchvision.ops.stochastic_depth", "torchvision.ops.stochastic_depth.stochastic_depth")
+def _stochastic_depth(name, args, kwargs):
+    """torchvision's StochasticDepth (EfficientNet, ConvNeXt): the input itself in eval mode."""
+    if _arg(args, kwargs, 3, "training", True):
+        raise UnsupportedError("stochastic_depth in training mode is random; call model.eval()")
+    return Node(name, "identity", args[:1])
+
+
+@function_handler("torch._assert")
+def _assert(name, args, kwargs):
+    """``torch._assert(h == self.image_size, "...")``: checked on the sizes at run time."""
+    return Node(name, "assert", args[:1], {"message": str(_arg(args, kwargs, 1, "message", ""))})
+
+
 @function_handler("builtins.getattr")
 def _getattr_node(name, args, kwargs):
     """``x.shape`` (FX records it as ``getattr(x, "shape")``): the same node as ``x.size()``."""
@@ -225,7 +242,8 @@ def _getattr_node(name, args, kwargs):
                            "attributes only .shape is")
 
 
-for _operator in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg"):
+for _operator in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
+                  "eq", "ne", "lt", "le", "gt", "ge"):
     function_handler(f"operator.{_operator}", f"_operator.{_operator}")(
         lambda name, args, kwargs, operator_name=_operator: Node(
             name, "arith", tuple(args), {"operator": operator_name}))

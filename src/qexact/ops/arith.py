@@ -22,7 +22,8 @@ from ._registry import graph_op
 
 OPERATORS = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
              "floordiv": operator.floordiv, "truediv": operator.truediv, "mod": operator.mod,
-             "neg": operator.neg}
+             "neg": operator.neg, "eq": operator.eq, "ne": operator.ne, "lt": operator.lt,
+             "le": operator.le, "gt": operator.gt, "ge": operator.ge}
 FLOAT_TENSOR_OPERATORS = ("add", "sub", "mul", "truediv", "neg")
 
 
@@ -52,8 +53,8 @@ def float_arithmetic(name: str, inputs) -> np.ndarray:
         return np.asarray(OPERATORS[name](*operands), dtype=np.float32)
 
 
-@graph_op("arith", "Python arithmetic: on sizes (operator.add/sub/mul/floordiv/mod/neg), and "
-          "+ - * / and negation on float tensors")
+@graph_op("arith", "Python arithmetic: on sizes (operator.add/sub/mul/floordiv/mod/neg and "
+          "comparisons), and + - * / and negation on float tensors")
 class ArithOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
@@ -82,3 +83,16 @@ class ArithOp:
                     if isinstance(value, np.ndarray) and value.shape == shape]
         return [Stage(f"float {name}", formula, {"operands": operands},
                       np.asarray(result)[index])], upstream
+
+
+@graph_op("assert", "torch._assert(condition, message) on sizes (shape checks in forward)")
+class AssertOp:
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        return str(node.attrs.get("message", "")), None
+
+    @staticmethod
+    def run(message, inputs):
+        if not inputs[0]:
+            raise ShapeError(f"the model's own check failed: {message}")
+        return None

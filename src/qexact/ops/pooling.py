@@ -279,6 +279,10 @@ def max_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
                   and not p.ceil_mode)
     if clamp_taps and values.ndim != 4:
         raise ShapeError("qnnpack max_pool2d expects a 4-D input (qnnpack_maxpool2d)")
+    if clamp_taps and tuple(p.kernel_size) == (1, 1):
+        raise UnsupportedError("qnnpack max_pool2d with a 1x1 window: PyTorch raises (QNNPACK: "
+                               "'1x1 pooling is meaningless', failed to create QNNPACK MaxPool "
+                               "operator), so the model cannot run in PyTorch on qnnpack either")
     lowest = np.iinfo(values.dtype).min
     result = values
     for axis_offset in range(spatial):
