@@ -59,12 +59,10 @@ def _hardsigmoid_case(engine, rng):
     return ours, theirs.int_repr().numpy(), f"{qparams.dtype.name} shape={x.shape}"
 
 
+@conformance_case("elu")
 def _elu_case(engine, rng):
-    """Not registered: on AVX2, ``quantized::elu`` runs ATen's vectorized body in 64-element
-    blocks (2 x 32 uint8 lanes) and the scalar op on the rest, and the two round differently near
-    half-way (x86, s_x=0.016651272550631445 z_x=108 -> s=0.004558545378589201 z=229, q=29:
-    torch gives 69 in a block of 64, 68 in a shorter tail; qexact gives 68 for both). Register it
-    with ``conformance_case("elu")`` once qexact's elu takes that block size."""
+    """quantized::elu with alpha, scale and input_scale drawn around 1 (nn.ELU(alpha) and the
+    generalized form), SIMD blocks of 64 and scalar tails."""
     import torch
 
     from ..ops.activations import activation, prepare_activation
@@ -73,11 +71,16 @@ def _elu_case(engine, rng):
     dtype = qparams.dtype
     out = QParams.per_tensor(float(10 ** rng.uniform(-2.5, -0.5)),
                              int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
+    alpha, scale, input_scale = ((1.0, 1.0, 1.0) if rng.random() < 0.4 else
+                                 tuple(float(v) for v in rng.uniform(0.25, 2.0, 3)))
     theirs = torch.ops.quantized.elu(torch_quantized(x, qparams), out.scale, out.zero_point,
-                                     1.0, 1.0, 1.0)
-    params = prepare_activation("elu", qparams, out, engine, num_threads=torch.get_num_threads())
+                                     alpha, scale, input_scale)
+    params = prepare_activation("elu", qparams, out, engine, num_threads=torch.get_num_threads(),
+                                alpha=alpha, scale=scale, input_scale=input_scale)
     ours = activation(QuantizedArray(x, qparams), params).values
-    return ours, theirs.int_repr().numpy(), f"{dtype.name} shape={x.shape} -> {out.describe()}"
+    return ours, theirs.int_repr().numpy(), (f"{dtype.name} shape={x.shape} -> {out.describe()} "
+                                             f"alpha={alpha} scale={scale} "
+                                             f"input_scale={input_scale}")
 
 
 @conformance_case("clamp")

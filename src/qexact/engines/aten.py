@@ -105,10 +105,19 @@ def elementwise_numerics(engine) -> ElementwiseNumerics:
         qnnpack_clamp="clamp" in handed)
 
 
-QNNPACK_ACTIVATIONS = ("hardswish",)
+def float_elementwise_numerics(engine) -> ElementwiseNumerics:
+    """ATen's float32 elementwise kernels (SiLU, ...): ``Vectorized<float>`` holds 8 floats in
+    the AVX2 build (which AVX512 CPUs run too, ``kernel_capability``), two vectors per
+    iteration, so the SIMD body is in units of 16 floats (measured on SiLU: 8, 32 and 64 are
+    rejected); with the default capability every element takes the scalar lambda."""
+    capability = kernel_capability(engine.aten_capability)
+    return ElementwiseNumerics(capability, 0 if capability == "default" else 8)
+
+
+QNNPACK_ACTIVATIONS = ("hardswish", "sigmoid", "tanh")
 """quint8 activations PyTorch runs through a QNNPACK operator when the engine is qnnpack
-(qhardswish.cpp ``qnnpack_hardswish``: a lookup table). Measured: sigmoid, tanh, hardsigmoid,
-leaky_relu and elu give ATen's results on qnnpack (0 differences on ~22k elements each)."""
+(qhardswish.cpp, qsigmoid.cpp, qtanh.cpp: lookup tables built in float). Measured: hardsigmoid,
+leaky_relu and elu give ATen's results on qnnpack."""
 
 
 def default_num_threads() -> int:

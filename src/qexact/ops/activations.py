@@ -1,27 +1,31 @@
-"""Quantized activations that need no rescaling.
+"""Quantized activations: relu and the clamps (integer-only), and the rescaling activations
+(dequantize, a float32 function, requantize) with the numerics of each ATen lambda.
 
 relu: ``q = max(q, zp)`` with the input's qparams (pytorch QuantizedOpKernels.cpp ``qrelu_kernel``):
 the zero point is the integer that stands for 0.0, so this is exact and integer-only.
+sigmoid, tanh, elu: SLEEF in the SIMD body, glibc in the scalar tail (``qexact.float_math``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from ..dtypes import QINT8, QUINT8
 from ..engines.aten import ElementwiseNumerics, default_num_threads, elementwise_numerics
-from ..errors import QuantParamError, UnsupportedError
-from ..qparams import QParams
 from ..engines.qnnpack_elementwise import qnnpack_hardswish_table
+from ..errors import QuantParamError, ShapeError, UnsupportedError
+from ..float_math import (glibc_expf, glibc_expm1f, glibc_tanhf, sleef_expf_u10, sleef_expm1f_u10,
+                          sleef_tanhf_u10)
+from ..qparams import QParams, QuantizedArray
 from ..rounding import f32
-
-from ..errors import ShapeError
-from ..qparams import QuantizedArray
 from ..stages import Stage
 from ._registry import graph_op
 from .quantize import require_quantized
+
+_ONE = np.float32(1.0)
 
 
 def relu(x: QuantizedArray) -> QuantizedArray:
@@ -72,14 +76,15 @@ class ReluOp:
 # clamps (relu6, hardtanh, clamp) are integer-only (qclamp_kernel, relu6).
 
 
-
 FLOAT_FUNCTIONS = {
-    "sigmoid": "y = f32(1 / f32(1 + f32(exp(-x))))",
-    "tanh": "y = tanh(x) (float32)",
+    "sigmoid": "y = 1 / (1 + exp(-x)); SIMD body f32(1 / f32(1 + sleef_expf(-x))), scalar tail "
+               "f32(1.0 / (1.0 + double(glibc_expf(-x)))) in double",
+    "tanh": "y = tanh(x); SIMD body sleef_tanhf(x), scalar tail glibc_tanhf(x)",
     "hardsigmoid": "y = f32(min(max(f32(x + 3), 0), 6) / 6)",
     "hardswish": "y = f32(f32(x * min(max(f32(x + 3), 0), 6)) / 6)",
     "leaky_relu": "y = x > 0 ? x : f32(x * f32(slope))",
-    "elu": "y = x > 0 ? f32(x * scale) : f32(f32(f32(exp(f32(x * input_scale))) - 1) * f32(alpha * scale))",
+    "elu": "y = x > 0 ? x scale : expm1(x input_scale) alpha scale; SIMD body (sleef_expm1f), "
+           "scalar tail (glibc_expm1f), each product rounded to float32 in that order",
 }
 FIXED_OUTPUT = {("sigmoid", "quint8"): (1.0 / 256, 0), ("sigmoid", "qint8"): (1.0 / 256, -128),
                 ("hardsigmoid", "quint8"): (1.0 / 256, 0), ("hardsigmoid", "qint8"): (1.0 / 256, -128),
@@ -129,43 +134,137 @@ def prepare_activation(function: str, input_qparams: QParams, output_qparams: QP
 
 
 def _float_function(p: ActivationParams, x: np.ndarray) -> np.ndarray:
-    one, three, six, zero = (np.float32(v) for v in (1, 3, 6, 0))
-    if p.function == "sigmoid":
-        return f32(one / f32(one + np.exp(-x, dtype=np.float32)))
-    if p.function == "tanh":
-        return np.tanh(x, dtype=np.float32)
+    """The float32 functions both lambdas share (hardsigmoid, hardswish, leaky_relu)."""
+    three, six, zero = (np.float32(v) for v in (3, 6, 0))
     if p.function == "hardsigmoid":
         return f32(np.minimum(np.maximum(f32(x + three), zero), six) / six)
     if p.function == "hardswish":
         return f32(f32(x * np.minimum(np.maximum(f32(x + three), zero), six)) / six)
     if p.function == "leaky_relu":
         return np.where(x > 0, x, f32(x * f32(p.slope)))
-    # elu
-    negative = f32(f32(np.exp(f32(x * f32(p.input_scale)), dtype=np.float32) - one)
-                   * f32(p.alpha * p.scale))
-    return np.where(x > 0, f32(x * f32(p.scale)), negative)
+    raise UnsupportedError(f"{p.function} has per-lambda rules (KERNEL_LAMBDAS)")
+
+
+def _sigmoid_simd(p, x):
+    return f32(_ONE / f32(_ONE + sleef_expf_u10(-x)))
+
+
+def _sigmoid_scalar(p, x):
+    return f32(1.0 / (1.0 + glibc_expf(-x).astype(np.float64)))
+
+
+def _elu_simd(p, x):
+    negative = f32(sleef_expm1f_u10(f32(f32(x * _ONE) * f32(p.input_scale))) * f32(p.alpha))
+    return f32(np.where(x > 0, x, negative) * f32(p.scale))
+
+
+def _elu_scalar(p, x):
+    negative = f32(f32(glibc_expm1f(f32(x * f32(p.input_scale))) * f32(p.alpha)) * f32(p.scale))
+    return np.where(x >= 0, f32(x * f32(p.scale)), negative)
+
+
+@dataclass(frozen=True)
+class KernelLambda:
+    """How one lambda of an ATen activation kernel turns ``q`` into the float it quantizes:
+    ``dequantize`` (a key of ``DEQUANTIZE_FORMULAS``), ``function(params, x)`` (float32) and its
+    ``formula`` (shown by explain)."""
+
+    dequantize: str
+    function: Callable
+    formula: str
+
+
+KERNEL_LAMBDAS = {
+    ("sigmoid", "simd"): KernelLambda(
+        "sub_mul", _sigmoid_simd, "y = f32(1 / f32(1 + sleef_expf(-x)))  (Sleef_expf8_u10)"),
+    ("sigmoid", "scalar"): KernelLambda(
+        "scalar", _sigmoid_scalar, "y = f32(1.0 / (1.0 + double(glibc_expf(-x))))  (double)"),
+    ("tanh", "simd"): KernelLambda(
+        "premul", lambda p, x: sleef_tanhf_u10(x), "y = sleef_tanhf(x)  (Sleef_tanhf8_u10)"),
+    ("tanh", "scalar"): KernelLambda(
+        "scalar", lambda p, x: glibc_tanhf(x), "y = glibc_tanhf(x)  (std::tanh)"),
+    ("elu", "simd"): KernelLambda(
+        "premul", _elu_simd, "n = f32(sleef_expm1f(f32(f32(x * 1) * f32(input_scale))) * "
+        "f32(alpha)); y = f32((x > 0 ? x : n) * f32(scale))  (Sleef_expm1f8_u10)"),
+    ("elu", "scalar"): KernelLambda(
+        "scalar", _elu_scalar, "y = x >= 0 ? f32(x * f32(scale)) : f32(f32(glibc_expm1f("
+        "f32(x * f32(input_scale))) * f32(alpha)) * f32(scale))  (std::expm1)"),
+}
+"""Per-lambda numerics of the activations whose SIMD body and scalar tail compute differently
+(QuantizedOpKernels.cpp ``qsigmoid_kernel``, ``qtanh_kernel``, ``qelu_kernel``; functions from
+``qexact.float_math``; measured on AVX2 against torch 2.13). Every other activation: SIMD
+``"premul"`` / scalar ``"scalar"`` dequantize and the shared ``FLOAT_FUNCTIONS`` formula."""
+
+DEQUANTIZE_FORMULAS = {"premul": "d = fmaf(f32(s), f32(q), f32(f32(s) f32(-z)))",
+                       "sub_mul": "d = f32(f32(q - z) * f32(s))",
+                       "scalar": "d = f32(f32(s) f32(q - z))"}
+"""``Vectorized::dequantize(scale, zp, scale * -zp)`` (vec256_qint.h), its two-argument form
+``dequantize(scale, zp)``, and ``dequantize_val`` (the scalar tail)."""
+
+
+def kernel_lambda(function: str, simd: bool) -> KernelLambda:
+    """The rule of ``function``'s SIMD body (``simd``) or scalar tail."""
+    rule = KERNEL_LAMBDAS.get((function, "simd" if simd else "scalar"))
+    if rule is not None:
+        return rule
+    return KernelLambda("premul" if simd else "scalar", _float_function, FLOAT_FUNCTIONS[function])
+
+
+def qnnpack_table(p: ActivationParams) -> np.ndarray:
+    """QNNPACK's 256-entry quint8 table (pytorch qnnpack/src/hardswish.c, sigmoid.c, tanh.c,
+    reached from qhardswish.cpp, qsigmoid.cpp, qtanh.cpp). With ``x = f32(f32(s) f32(i - z))``:
+    sigmoid ``lrintf(clamp(f32(256 / f32(1 + glibc_expf(-x))), 0, 255))``, tanh
+    ``lrintf(clamp(f32(f32(128 glibc_tanhf(x)) + 128), 0, 255))`` (measured: float ``tanhf``; the
+    source's double ``tanh`` misses 126 of 761,856 entries)."""
+    s, z = p.input_qparams.scale, p.input_qparams.zero_point
+    if p.function == "hardswish":
+        return qnnpack_hardswish_table(s, z, p.output_qparams.scale, p.output_qparams.zero_point)
+    x = f32(f32(s) * f32(np.arange(256, dtype=np.int64) - int(z)))
+    with np.errstate(over="ignore"):
+        if p.function == "sigmoid":
+            scaled = f32(np.float32(256) / f32(_ONE + glibc_expf(-x)))
+        elif p.function == "tanh":
+            scaled = f32(f32(np.float32(128) * glibc_tanhf(x)) + np.float32(128))
+        else:
+            raise UnsupportedError(f"QNNPACK has no {p.function} table")
+    return np.rint(np.clip(scaled, 0, 255).astype(np.float64)).astype(np.uint8)
+
+
+def _dequantize(kind: str, q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    from .elementwise import dequantize_scalar, dequantize_simd
+
+    if kind == "premul":
+        return dequantize_simd(q, scale, zero_point)
+    if kind == "sub_mul":
+        return f32(f32(q.astype(np.int64) - int(zero_point)) * f32(scale))
+    return dequantize_scalar(q, scale, zero_point)
 
 
 def activation(x: QuantizedArray, p: ActivationParams) -> QuantizedArray:
-    """Rescaling activation: dequantize, ``FLOAT_FUNCTIONS[p.function]``, quantize; each element
-    with the SIMD-body or scalar-tail rules of ``qexact.ops.elementwise``."""
-    from .elementwise import (dequantize_scalar, dequantize_simd, inverse_scale, layout_simd_mask,
-                              like_memory_format, quantize_scalar, quantize_simd)
+    """Rescaling activation: dequantize, the float32 function, quantize; each element with the
+    rules of the lambda that runs it (``kernel_lambda``; SIMD body or scalar tail as
+    ``qexact.ops.elementwise.layout_simd_mask`` decides)."""
+    from .elementwise import inverse_scale, layout_simd_mask, like_memory_format, quantize_scalar, quantize_simd
 
     dtype = p.output_qparams.dtype
-    if p.function in p.numerics.qnnpack_activations and dtype == QUINT8 and p.function == "hardswish":
-        table = qnnpack_hardswish_table(p.input_qparams.scale, p.input_qparams.zero_point,
-                                        p.output_qparams.scale, p.output_qparams.zero_point)
+    if p.function in p.numerics.qnnpack_activations and dtype == QUINT8:
+        if x.values.ndim == 0:
+            raise ShapeError(f"quantized {p.function} of a 0-d tensor on QNNPACK: PyTorch raises "
+                             "'Got empty input tensor'")
+        table = qnnpack_table(p)
         return QuantizedArray(like_memory_format(table[x.values], x.values), p.output_qparams)
     mask = layout_simd_mask(p.numerics, x.values.shape, [x.values], p.num_threads)
     inv = inverse_scale(p.output_qparams.scale)
     out = np.empty(x.values.shape, np.int64)
-    for simd, dequant, quant in ((True, dequantize_simd, quantize_simd),
-                                 (False, dequantize_scalar, quantize_scalar)):
+    for simd, quant in ((True, quantize_simd), (False, quantize_scalar)):
         where = mask if simd else ~mask
         if where.any():
-            real = dequant(x.values[where], p.input_qparams.scale, p.input_qparams.zero_point)
-            out[where] = quant(_float_function(p, real), inv, p.output_qparams.zero_point, dtype)
+            rule = kernel_lambda(p.function, simd)
+            real = _dequantize(rule.dequantize, x.values[where], p.input_qparams.scale,
+                               p.input_qparams.zero_point)
+            with np.errstate(over="ignore", invalid="ignore"):
+                y = rule.function(p, real)
+            out[where] = quant(y, inv, p.output_qparams.zero_point, dtype)
     return QuantizedArray(like_memory_format(out.astype(dtype.numpy_dtype), x.values),
                           p.output_qparams)
 
@@ -240,12 +339,11 @@ class ClampOp:
 
 FLOAT_EXACT = frozenset({"hardswish", "hardsigmoid", "leaky_relu"})
 """Activations whose float32 torch kernels qexact reproduces bit for bit (measured on AVX2, SIMD
-body and scalar tail: ``F.hardswish``, ``F.hardsigmoid``, ``F.leaky_relu``; 0 differences on
-48,259 elements each). torch's float ``sigmoid``, ``tanh`` and ``elu`` use SLEEF-style vectorized
-``exp``/``tanh``/``expm1`` approximations that differ from correctly rounded float32 in the last
-bit (8004, 14761 and 38 of 48,259 elements): not supported on floats. NaN payloads are not
-reproduced: ATen's SIMD min/max give an all-ones NaN (0xFFFFFFFF) where NumPy gives the default
-NaN (NaN arises only from NaN or infinite inputs; every quantize maps any NaN alike)."""
+body and scalar tail: 0 differences on 48,259 elements each). Not supported on floats: ``tanh``
+(torch's float kernel is MKL's vsTanh, ATen vml.h) and ``sigmoid``/``elu`` (SLEEF in 16-float
+blocks, glibc in the tail: ``qexact.float_math`` has both, the float32 lane split is not modelled).
+NaN payloads are not reproduced: ATen's SIMD min/max give an all-ones NaN (0xFFFFFFFF) where
+NumPy gives the default NaN (only from NaN or infinite inputs; every quantize maps any NaN alike)."""
 
 
 @dataclass(frozen=True)
@@ -302,7 +400,7 @@ class ActivationOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        from .elementwise import dequantize_scalar, dequantize_simd, inverse_scale, layout_simd_mask
+        from .elementwise import inverse_scale, layout_simd_mask
 
         q = inputs[0]
         if isinstance(params, FloatActivationParams):
@@ -311,20 +409,21 @@ class ActivationOp:
                           np.asarray(result)[index])], [(0, index)]
         value = np.asarray(q.values[index])
         if params.function in params.numerics.qnnpack_activations and q.dtype == QUINT8:
-            return [Stage(params.function, "QNNPACK 256-entry table (qnnpack_hardswish_table)",
+            return [Stage(params.function, "QNNPACK 256-entry table (qnnpack_table)",
                           {"q": value}, result.values[index])], [(0, index)]
         simd = bool(layout_simd_mask(params.numerics, q.values.shape, [q.values],
                                      params.num_threads)[index])
-        dequant = dequantize_simd if simd else dequantize_scalar
-        real = dequant(value, params.input_qparams.scale, params.input_qparams.zero_point)
-        y = _float_function(params, real)
+        rule = kernel_lambda(params.function, simd)
+        real = _dequantize(rule.dequantize, value, params.input_qparams.scale,
+                           params.input_qparams.zero_point)
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = rule.function(params, real)
         return [
             Stage(f"{params.function}: path", "which lambda of cpu_kernel_vec runs this element",
                   {"path": "SIMD body" if simd else "scalar tail"}),
-            Stage(f"{params.function}: dequantize",
-                  "d = fmaf(f32(s), f32(q), f32(f32(s) f32(-z)))" if simd else "d = f32(f32(s) f32(q - z))",
+            Stage(f"{params.function}: dequantize", DEQUANTIZE_FORMULAS[rule.dequantize],
                   {"q": value, "s": params.input_qparams.scale, "z": params.input_qparams.zero_point}, real[()]),
-            Stage(f"{params.function}: float function", FLOAT_FUNCTIONS[params.function], {"x": real[()]}, y[()]),
+            Stage(f"{params.function}: float function", rule.formula, {"x": real[()]}, y[()]),
             Stage(f"{params.function}: requantize",
                   "q = clamp(rne(f32(y inv)) + z_o)" if simd else "q = clamp(rne(f32(f32(y inv) + f32(z_o))))",
                   {"inv": inverse_scale(params.output_qparams.scale),
