@@ -205,3 +205,11 @@ def _clamp_node(name, args, kwargs) -> Node:
 
 function_handler("torch.clamp", "torch.clip")(_clamp_node)
 method_handler("clamp", "clip")(_clamp_node)
+
+
+def _silu_node(name, inputs):
+    return Node(name, "silu", tuple(inputs[:1]), {"num_threads": _threads()})
+
+
+module_handler("torch.nn.SiLU")(lambda module, name, inputs: _silu_node(name, inputs))
+function_handler("torch.nn.functional.silu")(lambda name, args, kwargs: _silu_node(name, args))

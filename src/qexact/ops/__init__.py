@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 
 OP_MODULES = ("quantize", "linear", "activations", "shape", "conv", "elementwise", "pooling",
-              "normalization", "scalar", "concat", "arith", "conv_transpose", "reduce", "prelu")
+              "normalization", "scalar", "concat", "arith", "conv_transpose", "reduce", "prelu",
+              "float_activations")
 
 
 def load_all_ops() -> None:
