@@ -30,7 +30,7 @@ EXACT = ["interpolate_middle", "cat_many", "mean_flatten_head", "residual_plus",
          "adaptive_max_head", "size_from_shape", "size_from_size_method", "dict_output", "f_pad"]
 """Hand-written models, exact on all four engines."""
 
-TORCHVISION = {"mobilenet_v3_small": (1, 3, 32, 32)}
+TORCHVISION = {"mobilenet_v3_small": (1, 3, 32, 32), "efficientnet_b0": (1, 3, 32, 32)}
 """torchvision models (weights=None) small enough for the suite, with their input shape (the
 sweep found 17 more exact at 64x64 on every engine)."""
 
