@@ -11,6 +11,18 @@ from ._inputs import draw_quint8_qparams, draw_scale, redraw, torch_quantized
 from .runner import conformance_case
 
 
+def _weight_qparams(engine, rng, channels_out: int) -> QParams:
+    """qint8 weight qparams, per channel or per tensor, symmetric where the engine needs it."""
+    symmetric = engine == "onednn" or rng.random() < 0.5
+    if rng.random() < 0.5:
+        zero_points = (np.zeros(channels_out, np.int64) if symmetric
+                       else rng.integers(-128, 128, channels_out))
+        return QParams.per_channel([draw_scale(rng) * 0.01 for _ in range(channels_out)],
+                                   zero_points, 0, QINT8)
+    return QParams.per_tensor(draw_scale(rng) * 0.01,
+                              0 if symmetric else int(rng.integers(-128, 128)), QINT8)
+
+
 def _conv2d_case(engine, rng, relu: bool):
     import torch
 
@@ -27,14 +39,7 @@ def _conv2d_case(engine, rng, relu: bool):
     height, width = (int(size) for size in rng.integers(kernel * dilation, 14, 2))
     x_qparams = QParams.per_tensor(draw_scale(rng), int(rng.integers(0, 256)), QUINT8)
     out_qparams = QParams.per_tensor(draw_scale(rng), int(rng.integers(0, 256)), QUINT8)
-    symmetric = engine == "onednn" or rng.random() < 0.5
-    if rng.random() < 0.5:
-        w_qparams = QParams.per_channel(
-            [draw_scale(rng) * 0.01 for _ in range(channels_out)],
-            np.zeros(channels_out, np.int64) if symmetric else rng.integers(-128, 128, channels_out),
-            0, QINT8)
-    else:
-        w_qparams = QParams.per_tensor(draw_scale(rng) * 0.01, 0 if symmetric else int(rng.integers(-128, 128)), QINT8)
+    w_qparams = _weight_qparams(engine, rng, channels_out)
     weight = rng.integers(-128, 128, (channels_out, channels_in // groups, kernel, kernel)).astype(np.int8)
     high = 128 if rng.random() < 0.5 else 256
     x = rng.integers(0, high, (int(rng.integers(1, 3)), channels_in, height, width)).astype(np.uint8)
@@ -77,15 +82,7 @@ def _conv_nd_case(engine, rng, dims: int):
         spatial = tuple(int(v) for v in rng.integers((kernel - 1) * dilation + 1,
                                                          (30, 10, 6)[dims - 1] + 1, dims))
         x_qparams, out_qparams = draw_quint8_qparams(rng), draw_quint8_qparams(rng)
-        symmetric = engine == "onednn" or rng.random() < 0.5
-        if rng.random() < 0.5:
-            w_qparams = QParams.per_channel(
-                [draw_scale(rng) * 0.01 for _ in range(channels_out)],
-                np.zeros(channels_out, np.int64) if symmetric else rng.integers(-128, 128, channels_out),
-                0, QINT8)
-        else:
-            w_qparams = QParams.per_tensor(draw_scale(rng) * 0.01,
-                                           0 if symmetric else int(rng.integers(-128, 128)), QINT8)
+        w_qparams = _weight_qparams(engine, rng, channels_out)
         weight = rng.integers(-128, 128, (channels_out, channels_in // groups) + (kernel,) * dims
                               ).astype(np.int8)
         high = 128 if rng.random() < 0.5 else 256
