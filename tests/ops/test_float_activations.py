@@ -12,7 +12,7 @@ from support.assertions import assert_bitexact
 
 import qexact
 from qexact.engines.aten import float_elementwise_numerics
-from qexact.ops.float_activations import FloatActivationParams, silu_float
+from qexact.ops.float_activations import SiluParams, silu_float
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -22,7 +22,7 @@ nn = torch.nn
 
 def _params(engine="fbgemm", threads=None, capability=None):
     numerics = float_elementwise_numerics(qexact.get_engine(engine, aten_capability=capability))
-    return FloatActivationParams("silu", numerics, threads or torch.get_num_threads())
+    return SiluParams(numerics, threads or torch.get_num_threads())
 
 
 def test_silu_random_vs_torch():
@@ -60,9 +60,9 @@ def test_silu_large_tensor_chunks(threads):
 SCRIPT = r"""
 import numpy as np, torch, qexact
 from qexact.engines.aten import float_elementwise_numerics
-from qexact.ops.float_activations import FloatActivationParams, silu_float
+from qexact.ops.float_activations import SiluParams, silu_float
 x = (np.random.default_rng(5).standard_normal(4099) * 8).astype(np.float32)
-p = FloatActivationParams("silu", float_elementwise_numerics(qexact.get_engine("fbgemm")), 1)
+p = SiluParams(float_elementwise_numerics(qexact.get_engine("fbgemm")), 1)
 ours, theirs = silu_float(x, p), torch.nn.functional.silu(torch.from_numpy(x)).numpy()
 print(int((ours.view(np.uint32) != theirs.view(np.uint32)).sum()), p.numerics.capability)
 """

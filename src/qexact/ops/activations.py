@@ -341,7 +341,8 @@ FLOAT_EXACT = frozenset({"hardswish", "hardsigmoid", "leaky_relu"})
 """Activations whose float32 torch kernels qexact reproduces bit for bit (measured on AVX2, SIMD
 body and scalar tail: 0 differences on 48,259 elements each). Not supported on floats: ``tanh``
 (torch's float kernel is MKL's vsTanh, ATen vml.h) and ``sigmoid``/``elu`` (SLEEF in 16-float
-blocks, glibc in the tail: ``qexact.float_math`` has both, the float32 lane split is not modelled).
+blocks, glibc in the tail: the pieces exist, ``qexact.float_math`` and the 16-float split of
+``engines.aten.float_elementwise_numerics`` that SiLU uses in ``ops.float_activations``).
 NaN payloads are not reproduced: ATen's SIMD min/max give an all-ones NaN (0xFFFFFFFF) where
 NumPy gives the default NaN (only from NaN or infinite inputs; every quantize maps any NaN alike)."""
 

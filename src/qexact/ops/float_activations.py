@@ -25,8 +25,10 @@ from ._registry import graph_op
 
 
 @dataclass(frozen=True)
-class FloatActivationParams:
-    function: str
+class SiluParams:
+    """``numerics``: the float elementwise split (SIMD body in units of 16 floats);
+    ``num_threads``: PyTorch's thread count, which cuts large tensors into chunks."""
+
     numerics: ElementwiseNumerics
     num_threads: int
 
@@ -37,7 +39,7 @@ def _silu(x: np.ndarray, simd: bool) -> np.ndarray:
         return (x / (np.float32(1) + exp(-x))).astype(np.float32)
 
 
-def silu_float(x: np.ndarray, params: FloatActivationParams) -> np.ndarray:
+def silu_float(x: np.ndarray, params: SiluParams) -> np.ndarray:
     """``F.silu`` on a float32 tensor, element for element as ATen's kernel (module docstring)."""
     from .elementwise import layout_simd_mask
 
@@ -60,8 +62,7 @@ class SiluOp:
         if input_qparams and input_qparams[0] is not None:
             raise ShapeError("silu has no quantized kernel in PyTorch; it runs on float tensors")
         threads = int(node.attrs.get("num_threads") or default_num_threads())
-        return FloatActivationParams("silu", float_elementwise_numerics(get_engine(engine)),
-                                     threads), None
+        return SiluParams(float_elementwise_numerics(get_engine(engine)), threads), None
 
     @staticmethod
     def run(params, inputs):
