@@ -115,16 +115,8 @@ def test_fbgemm_direct_conv_transpose_is_refused(engine):
     assert "direct" in str(info.value) and "'up'" in str(info.value)
 
 
-_MEAN_XFAIL = pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "where PyTorch raises qexact returns numbers instead of refusing: the quantized mean of a "
-    "conv output with a 1x1 image (strides (C, 1, C, C)) fails in PyTorch's float mean / "
-    "quantize path ('required rank 4 tensor to use channels_last format') for some reduced dims "
-    "([2, 3] and [3] fail, [2] and [1, 3] do not); the rule is not identified yet"))
-
-
-@pytest.mark.parametrize("name, engine, torch_error", [
-    pytest.param(*case, marks=_MEAN_XFAIL) if case[0] == "mean_of_1x1" else case
-    for case in TORCH_RAISES], ids=[f"{name}-{engine}" for name, engine, _ in TORCH_RAISES])
+@pytest.mark.parametrize("name, engine, torch_error", TORCH_RAISES,
+                         ids=[f"{name}-{engine}" for name, engine, _ in TORCH_RAISES])
 def test_input_pytorch_refuses_is_refused(name, engine, torch_error):
     model, shape, kind = build_fx_model(name, engine)
     x = random_input(shape, kind, batch=2)

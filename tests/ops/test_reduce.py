@@ -222,3 +222,33 @@ def test_conv_output_reaches_mean_in_torchs_layout(engine, monkeypatch):
                     "inner" if conv_out.is_contiguous() else "reference")
     qexact.from_torch(head, engine=engine)(torch.randn(1, 3, 6, 6))
     assert kernels == [torch_kernel]
+
+
+@pytest.mark.torch
+def test_mean_of_a_1x1_conv_output_refused_where_torch_raises(engine):
+    """A conv output with a 1x1 image has strides (C, 1, C, C): contiguous, yet suggesting
+    channels_last. qmean_inner_dim_kernel (reduced dims innermost) then allocates its rank-2/3
+    output channels_last and PyTorch raises; qexact refuses exactly there and agrees elsewhere."""
+    import torch
+
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        conv = torch.ao.nn.quantized.Conv2d(3, 8, 1)
+        y = conv(torch.quantize_per_tensor(torch.rand(2, 3, 1, 1), 0.1, 3, torch.quint8))
+        qparams = QParams.per_tensor(y.q_scale(), y.q_zero_point(), QUINT8)
+        values = y.int_repr().numpy()
+        for dim in ([2, 3], [2], [3], [1], [0], [1, 2], [1, 3], [3, 2], [0, 2], [-1, -2]):
+            for keepdim in (False, True):
+                params = prepare_mean(dim, keepdim, engine=engine, intra_op_threads=1)
+                try:
+                    theirs = y.mean(dim, keepdim=keepdim).int_repr().numpy()
+                except RuntimeError as error:
+                    assert "channels_last" in str(error)
+                    with pytest.raises(UnsupportedError, match="required rank 4 tensor"):
+                        mean(QuantizedArray(values, qparams), params)
+                    continue
+                assert_bitexact(mean(QuantizedArray(values, qparams), params).values, theirs,
+                                f"{engine} dim={dim} keepdim={keepdim}")
+    finally:
+        torch.backends.quantized.engine = previous

@@ -156,6 +156,16 @@ def mean(x: QuantizedArray, p: MeanParams) -> QuantizedArray:
         out = qnnpack_average(sums, count, x, values.shape[2:])
         return QuantizedArray(to_contiguous(out.reshape(out_shape)), x.qparams)
     if kernel == "inner":
+        if suggests_channels_last(values) and len(out_shape) != values.ndim:
+            # e.g. a conv output with a 1x1 image: strides (C, 1, C, C) are contiguous *and*
+            # suggest channels_last; qmean_inner_dim_kernel allocates its rank-2/3 output in
+            # that format and PyTorch raises
+            raise UnsupportedError(
+                f"mean over dims {list(reduced)} without keepdim of a tensor of shape "
+                f"{values.shape} whose strides suggest channels_last: PyTorch's "
+                "qmean_inner_dim_kernel raises 'required rank 4 tensor to use channels_last "
+                "format' here, so the model cannot run in PyTorch either (keepdim=True, or "
+                "flatten first, works)")
         sums = values.astype(np.int64).sum(axis=reduced)
         rounded = round_half_even(f32(f32(sums) / np.float32(count)))
         out = np.asarray(rounded).astype(np.int64).astype(x.dtype.numpy_dtype)
