@@ -1,5 +1,6 @@
-"""SiLU on float32 tensors (FX leaves it between a dequantize and a quantize): bit-exact with
-ATen's float kernel, SIMD body (SLEEF exp) and scalar tail (glibc expf) alike."""
+"""SiLU and sigmoid on float32 tensors (FX leaves SiLU between a dequantize and a quantize;
+detection heads apply sigmoid after a DeQuantStub): bit-exact with ATen's float kernels, SIMD body
+(SLEEF exp) and scalar tail (glibc expf) alike."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from support.assertions import assert_bitexact
 
 import qexact
 from qexact.engines.aten import float_elementwise_numerics
-from qexact.ops.float_activations import SiluParams, silu_float
+from qexact.ops.float_activations import FloatKernelParams, float_kernel
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -20,13 +21,17 @@ F = torch.nn.functional
 nn = torch.nn
 
 
-def _params(engine="fbgemm", threads=None, capability=None):
+def _params(engine="fbgemm", threads=None, capability=None, function="silu"):
     numerics = float_elementwise_numerics(qexact.get_engine(engine, aten_capability=capability))
-    return SiluParams(numerics, threads or torch.get_num_threads())
+    return FloatKernelParams(function, numerics, threads or torch.get_num_threads())
 
 
-def test_silu_random_vs_torch():
-    rng = np.random.default_rng(0)
+TORCH_FUNCTIONS = {"silu": F.silu, "sigmoid": torch.sigmoid}
+
+
+@pytest.mark.parametrize("function", ["silu", "sigmoid"])
+def test_float_kernel_random_vs_torch(function):
+    rng = np.random.default_rng(0 if function == "silu" else 1)
     elements = 0
     for case in range(500):
         rank = int(rng.integers(1, 5))
@@ -38,8 +43,8 @@ def test_silu_random_vs_torch():
         t = torch.from_numpy(x)
         if rank == 4 and case % 3 == 0:
             t = t.contiguous(memory_format=torch.channels_last)
-        ours = silu_float(t.numpy(), _params())
-        assert_bitexact(ours, F.silu(t).numpy(), f"silu {shape}")
+        ours = float_kernel(t.numpy(), _params(function=function))
+        assert_bitexact(ours, TORCH_FUNCTIONS[function](t).numpy(), f"{function} {shape}")
         assert tuple(s // 4 for s in ours.strides) == t.stride()
         elements += x.size
     assert elements > 50_000
@@ -51,7 +56,7 @@ def test_silu_large_tensor_chunks(threads):
     torch.set_num_threads(threads)
     try:
         x = (np.random.default_rng(threads).standard_normal(70_001) * 8).astype(np.float32)
-        assert_bitexact(silu_float(x, _params(threads=threads)), F.silu(torch.from_numpy(x)).numpy(),
+        assert_bitexact(float_kernel(x, _params(threads=threads)), F.silu(torch.from_numpy(x)).numpy(),
                         f"{threads} threads")
     finally:
         torch.set_num_threads(previous)
@@ -60,10 +65,10 @@ def test_silu_large_tensor_chunks(threads):
 SCRIPT = r"""
 import numpy as np, torch, qexact
 from qexact.engines.aten import float_elementwise_numerics
-from qexact.ops.float_activations import SiluParams, silu_float
+from qexact.ops.float_activations import FloatKernelParams, float_kernel
 x = (np.random.default_rng(5).standard_normal(4099) * 8).astype(np.float32)
-p = SiluParams(float_elementwise_numerics(qexact.get_engine("fbgemm")), 1)
-ours, theirs = silu_float(x, p), torch.nn.functional.silu(torch.from_numpy(x)).numpy()
+p = FloatKernelParams("silu", float_elementwise_numerics(qexact.get_engine("fbgemm")), 1)
+ours, theirs = float_kernel(x, p), torch.nn.functional.silu(torch.from_numpy(x)).numpy()
 print(int((ours.view(np.uint32) != theirs.view(np.uint32)).sum()), p.numerics.capability)
 """
 
@@ -108,3 +113,36 @@ def test_fx_efficientnet_block(engine):
     assert "silu" in {node.op for node in net.graph.nodes}
     x = torch.randn(2, 3, 9, 9)
     assert_bitexact(net(x.numpy()), model(x).numpy(), engine)
+
+
+class DetectionHead(nn.Module):
+    """A head that leaves the network quantized and decodes in float: sigmoid after DeQuantStub."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant, self.dequant = torch.ao.quantization.QuantStub(), \
+            torch.ao.quantization.DeQuantStub()
+        self.conv = nn.Conv2d(3, 18, 3, padding=1)
+
+    def forward(self, x):
+        y = self.dequant(self.conv(self.quant(x)))
+        return torch.sigmoid(y[:, :2]), y[:, 2:].sigmoid() * 4.0 - 1.0
+
+
+@pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack", "onednn"])
+def test_eager_detection_head_float_sigmoid(engine):
+    from torch.ao import quantization as tq
+
+    torch.backends.quantized.engine = engine
+    torch.manual_seed(1)
+    model = DetectionHead().eval()
+    model.qconfig = tq.get_default_qconfig(engine)
+    tq.prepare(model, inplace=True)
+    model(torch.randn(2, 3, 9, 11))
+    tq.convert(model, inplace=True)
+    net = qexact.from_torch(model)
+    x = torch.randn(2, 3, 9, 11)
+    for ours, theirs in zip(net(x.numpy()), model(x)):
+        assert_bitexact(ours, theirs.numpy(), engine)
+    stages = net.explain(x.numpy(), index=(0, 1, 4, 5)).stages
+    assert any("sigmoid (float)" in stage.name for stage in stages)

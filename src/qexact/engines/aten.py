@@ -160,7 +160,7 @@ def _coalesced_inner(out_shape: tuple[int, ...], input_shapes) -> tuple[int, lis
 
 
 def simd_mask(numerics: ElementwiseNumerics, out_shape: tuple[int, ...], input_shapes,
-              num_threads: int) -> np.ndarray:
+              num_threads: int, inner: int | None = None) -> np.ndarray:
     """Boolean array of ``out_shape``: True where ``cpu_kernel_vec`` runs the SIMD lambda.
 
     Inner loops: rows of the coalesced innermost dimension, cut at parallel chunk boundaries.
@@ -171,7 +171,10 @@ def simd_mask(numerics: ElementwiseNumerics, out_shape: tuple[int, ...], input_s
     mask = np.zeros(total, dtype=bool)
     if numerics.body_unit == 0 or total == 0:
         return mask.reshape(out_shape)
-    inner, broadcast = _coalesced_inner(tuple(out_shape), input_shapes)
+    if inner is None:
+        inner, broadcast = _coalesced_inner(tuple(out_shape), input_shapes)
+    else:  # the caller coalesced the dims from the operands' strides
+        broadcast = [False] * len(input_shapes)
     if sum(broadcast) > 1 or (sum(broadcast) == 1 and len(broadcast) == 1):
         return mask.reshape(out_shape)
     if total < numerics.grain_size or num_threads <= 1:

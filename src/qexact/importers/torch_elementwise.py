@@ -213,3 +213,4 @@ def _silu_node(name, inputs):
 
 module_handler("torch.nn.SiLU")(lambda module, name, inputs: _silu_node(name, inputs))
 function_handler("torch.nn.functional.silu")(lambda name, args, kwargs: _silu_node(name, args))
+method_handler("sigmoid")(lambda name, args, kwargs: _activation_node(name, args, "sigmoid"))

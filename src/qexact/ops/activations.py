@@ -379,7 +379,12 @@ def float_activation(x: np.ndarray, p: FloatActivationParams) -> np.ndarray:
 class ActivationOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
+        from .float_activations import FLOAT_KERNELS, prepare_float_kernel
+
         if input_qparams[0] is None:
+            if node.attrs["function"] in FLOAT_KERNELS:  # float sigmoid: SLEEF / glibc exp
+                return prepare_float_kernel(node.attrs["function"], engine,
+                                            node.attrs.get("num_threads")), None
             return prepare_float_activation(node.attrs["function"],
                                             node.attrs.get("slope", 0.01)), None
         input_q = require_quantized(node, input_qparams)
@@ -395,15 +400,23 @@ class ActivationOp:
 
     @staticmethod
     def run(params, inputs):
+        from .float_activations import FloatKernelParams, float_kernel
+
         if isinstance(params, FloatActivationParams):
             return float_activation(inputs[0], params)
+        if isinstance(params, FloatKernelParams):
+            return float_kernel(inputs[0], params)
         return activation(inputs[0], params)
 
     @staticmethod
     def explain(params, inputs, result, index):
         from .elementwise import inverse_scale, layout_simd_mask
 
+        from .float_activations import FloatKernelParams, explain_float_kernel
+
         q = inputs[0]
+        if isinstance(params, FloatKernelParams):
+            return explain_float_kernel(params, inputs, result, index)
         if isinstance(params, FloatActivationParams):
             x = np.asarray(q)[index]
             return [Stage(f"{params.function} (float)", FLOAT_FUNCTIONS[params.function], {"x": x},

@@ -77,9 +77,12 @@ def layout_simd_mask(numerics: ElementwiseNumerics, out_shape, arrays, num_threa
     """``simd_mask`` in the order TensorIterator walks memory: when every operand has the output's
     shape and torch would call it channels_last (``suggests_channels_last`` on its NumPy strides),
     the walk is N, H, W, C; otherwise C order (``simd_mask``'s own coalescing)."""
-    from .shape import suggests_channels_last
+    from .shape import is_channels_first_contiguous, is_channels_last, suggests_channels_last
 
     out_shape = tuple(out_shape)
+    if (len(arrays) == 1 and arrays[0].shape == out_shape and arrays[0].size
+            and not is_channels_first_contiguous(arrays[0]) and not is_channels_last(arrays[0])):
+        return _strided_simd_mask(numerics, arrays[0], num_threads)
     if (len(out_shape) in (4, 5) and all(a.shape == out_shape for a in arrays)
             and all(suggests_channels_last(a) for a in arrays)):
         order = (0,) + tuple(range(2, len(out_shape))) + (1,)
@@ -87,6 +90,34 @@ def layout_simd_mask(numerics: ElementwiseNumerics, out_shape, arrays, num_threa
         mask = simd_mask(numerics, memory_shape, [memory_shape] * len(arrays), num_threads)
         return mask.transpose(np.argsort(order))
     return simd_mask(numerics, out_shape, [a.shape for a in arrays], num_threads)
+
+
+def _strided_simd_mask(numerics: ElementwiseNumerics, x: np.ndarray, num_threads: int):
+    """A unary kernel on a non-dense input (a slice such as ``y[:, :2]`` or a chunk): TensorIterator
+    orders the dims by the input's strides, allocates the output dense in that order, and
+    coalesces adjacent dims only where the input's strides continue (c10 TensorIterator
+    ``reorder_dimensions``/``coalesce_dimensions``); each inner loop then has its own SIMD body
+    and scalar tail."""
+    strides = [abs(s) // x.itemsize for s in x.strides]
+    dims = [d for d in range(x.ndim) if x.shape[d] > 1]
+    order = sorted(dims, key=lambda d: strides[d])  # innermost first
+    inner = 1
+    expected = None
+    for d in order:
+        if expected is not None and strides[d] != expected:
+            break
+        inner *= x.shape[d]
+        expected = strides[d] * x.shape[d]
+    if order and strides[order[0]] != 1:
+        inner = 1  # the inner loop is not contiguous: basic_loop, every element scalar
+    axes = [d for d in range(x.ndim) if x.shape[d] == 1] + order[::-1]  # outermost first
+    total = x.size
+    flat = (simd_mask(numerics, (total,), [(total,)], num_threads, inner=inner) if inner > 1
+            else np.zeros(total, bool))
+    positions = np.arange(total).reshape(x.shape).transpose(axes).ravel()  # walk -> logical
+    mask = np.zeros(total, bool)
+    mask[positions] = flat
+    return mask.reshape(x.shape)
 
 
 def like_memory_format(result: np.ndarray, source: np.ndarray) -> np.ndarray:

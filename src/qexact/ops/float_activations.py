@@ -1,13 +1,16 @@
-"""Float32 activations that FX leaves between a dequantize and a quantize (no quantized kernel):
-SiLU (nn.SiLU, F.silu: EfficientNet, YOLO-style models).
+"""Float32 activations that run between a dequantize and a quantize (no quantized kernel, or the
+user left them float, as detection heads do): SiLU (nn.SiLU, F.silu: EfficientNet, YOLO-style
+models) and sigmoid on float tensors.
 
-ATen's float kernel (aten/src/ATen/native/cpu/Activation.cpp ``silu_kernel``) has two lambdas,
-split like the quantized elementwise kernels but in units of 16 floats
-(``float_elementwise_numerics``):
-    SIMD body:   y = f32(x / f32(1 + sleef_expf_u10(-x)))     (Vectorized<float>::exp)
-    scalar tail: y = f32(x / f32(1 + glibc_expf(-x)))          (std::exp)
+ATen's float kernels (aten/src/ATen/native/cpu/Activation.cpp ``silu_kernel``,
+UnaryOpsKernel.cpp ``sigmoid_kernel``) have two lambdas, split like the quantized elementwise
+kernels but in units of 16 floats (``float_elementwise_numerics``):
+    silu     SIMD body:   y = f32(x / f32(1 + sleef_expf_u10(-x)))     (Vectorized<float>::exp)
+             scalar tail: y = f32(x / f32(1 + glibc_expf(-x)))          (std::exp)
+    sigmoid  SIMD body:   y = f32(1 / f32(1 + sleef_expf_u10(0 - x)))   (then reciprocal())
+             scalar tail: y = f32(1 / f32(1 + glibc_expf(-x)))
 The two exps differ in the last bit on ~4 % of inputs (measured: 84 k of 2 M), so the split
-matters; ``qexact.float_math`` emulates both bit for bit.
+matters; ``qexact.float_math`` emulates both bit for bit. Measured split: 16 (8 and 32 rejected).
 """
 
 from __future__ import annotations
@@ -23,60 +26,77 @@ from ..qparams import QuantizedArray
 from ..stages import Stage
 from ._registry import graph_op
 
+_ONE = np.float32(1)
+FLOAT_KERNELS = {
+    "silu": (lambda x, exp: x / (_ONE + exp(-x)), "y = f32(x / f32(1 + {exp}(-x)))"),
+    "sigmoid": (lambda x, exp: _ONE / (_ONE + exp(-x)), "y = f32(1 / f32(1 + {exp}(-x)))"),
+}
+"""function -> (the float32 formula given an exp, its text); SIMD body: SLEEF exp, tail: glibc."""
+
 
 @dataclass(frozen=True)
-class SiluParams:
-    """``numerics``: the float elementwise split (SIMD body in units of 16 floats);
-    ``num_threads``: PyTorch's thread count, which cuts large tensors into chunks."""
+class FloatKernelParams:
+    """``function`` (a key of ``FLOAT_KERNELS``); ``numerics``: the float elementwise split (SIMD
+    body in units of 16 floats); ``num_threads``: PyTorch's thread count (large tensors are cut
+    into one chunk per thread)."""
 
+    function: str
     numerics: ElementwiseNumerics
     num_threads: int
 
 
-def _silu(x: np.ndarray, simd: bool) -> np.ndarray:
-    exp = sleef_expf_u10 if simd else glibc_expf
+def prepare_float_kernel(function: str, engine="fbgemm", num_threads: int | None = None
+                         ) -> FloatKernelParams:
+    from ..engines import get_engine
+
+    if function not in FLOAT_KERNELS:
+        raise ShapeError(f"no float kernel {function!r}; supported: {sorted(FLOAT_KERNELS)}")
+    return FloatKernelParams(function, float_elementwise_numerics(get_engine(engine)),
+                             int(num_threads or default_num_threads()))
+
+
+def _apply(function: str, x: np.ndarray, simd: bool) -> np.ndarray:
+    formula, _ = FLOAT_KERNELS[function]
     with np.errstate(all="ignore"):
-        return (x / (np.float32(1) + exp(-x))).astype(np.float32)
+        return formula(x, sleef_expf_u10 if simd else glibc_expf).astype(np.float32)
 
 
-def silu_float(x: np.ndarray, params: SiluParams) -> np.ndarray:
-    """``F.silu`` on a float32 tensor, element for element as ATen's kernel (module docstring)."""
+def float_kernel(x: np.ndarray, params: FloatKernelParams) -> np.ndarray:
+    """``params.function`` on a float32 tensor, element for element as ATen's kernel."""
     from .elementwise import layout_simd_mask
 
     x = np.asarray(x)
     if x.dtype != np.float32:
-        raise ShapeError(f"silu expects a float32 tensor, got {x.dtype}")
+        raise ShapeError(f"{params.function} expects a float32 tensor, got {x.dtype}")
     mask = layout_simd_mask(params.numerics, x.shape, [x], params.num_threads)
     out = np.empty_like(x)  # the input's strides, as TensorIterator allocates the output
-    out[mask] = _silu(x[mask], True)
-    out[~mask] = _silu(x[~mask], False)
+    out[mask] = _apply(params.function, x[mask], True)
+    out[~mask] = _apply(params.function, x[~mask], False)
     return out
+
+
+def explain_float_kernel(params: FloatKernelParams, inputs, result, index):
+    from .elementwise import layout_simd_mask
+
+    x = np.asarray(inputs[0])
+    simd = bool(layout_simd_mask(params.numerics, x.shape, [x], params.num_threads)[index])
+    text = FLOAT_KERNELS[params.function][1].format(exp="sleef_expf_u10" if simd else "glibc_expf")
+    return [Stage(f"{params.function} (float)", f"{text}  ({'SIMD body' if simd else 'scalar tail'})",
+                  {"x": x[index]}, np.asarray(result)[index])], [(0, index)]
 
 
 @graph_op("silu", "SiLU (nn.SiLU, F.silu) on float32 tensors, as ATen's float kernel")
 class SiluOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        from ..engines import get_engine
-
         if input_qparams and input_qparams[0] is not None:
             raise ShapeError("silu has no quantized kernel in PyTorch; it runs on float tensors")
-        threads = int(node.attrs.get("num_threads") or default_num_threads())
-        return SiluParams(float_elementwise_numerics(get_engine(engine)), threads), None
+        return prepare_float_kernel("silu", engine, node.attrs.get("num_threads")), None
 
     @staticmethod
     def run(params, inputs):
         if isinstance(inputs[0], QuantizedArray):
             raise ShapeError("silu has no quantized kernel in PyTorch; it runs on float tensors")
-        return silu_float(inputs[0], params)
+        return float_kernel(inputs[0], params)
 
-    @staticmethod
-    def explain(params, inputs, result, index):
-        from .elementwise import layout_simd_mask
-
-        x = np.asarray(inputs[0])
-        simd = bool(layout_simd_mask(params.numerics, x.shape, [x], params.num_threads)[index])
-        formula = ("y = f32(x / f32(1 + sleef_expf_u10(-x)))  (SIMD body)" if simd
-                   else "y = f32(x / f32(1 + glibc_expf(-x)))  (scalar tail)")
-        return [Stage("silu (float)", formula, {"x": x[index]}, np.asarray(result)[index])], \
-            [(0, index)]
+    explain = staticmethod(explain_float_kernel)
