@@ -3,6 +3,7 @@ derandomized (fixed seeds) so every run tests the same cases."""
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 
@@ -10,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+from support.reporting import print_counts  # noqa: E402
 
 settings.register_profile(
     "qexact", derandomize=True, deadline=None, print_blob=True,
@@ -28,3 +31,11 @@ def engine(request):
     torch.backends.quantized.engine = request.param
     yield request.param
     torch.backends.quantized.engine = previous
+
+
+@pytest.fixture(scope="module")
+def report(request):
+    """Collect case/element counts per key in a test module; printed at the end of the run."""
+    stats = collections.defaultdict(collections.Counter)
+    yield stats
+    print_counts(request, stats)

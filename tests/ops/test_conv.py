@@ -10,7 +10,6 @@ Activations span 0..127 (reduce_range) and 0..255, and adversarial corners.
 
 from __future__ import annotations
 
-import collections
 
 import numpy as np
 import pytest
@@ -59,20 +58,6 @@ def check_vs_torch(engine, case, context=""):
                     f"{params.kernel}) {context}")
     return expected, params
 
-
-@pytest.fixture(scope="module")
-def report(request):
-    stats = collections.defaultdict(collections.Counter)
-    yield stats
-    writer = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if writer is None or capture is None or not stats:
-        return
-    with capture.global_and_fixture_disabled():
-        writer.write_line("")
-        for key, counter in sorted(stats.items()):
-            writer.write_line(f"test_conv {key}: " + ", ".join(f"{k}={v}" for k, v in
-                                                               sorted(counter.items())))
 
 
 def allows_weight_zero_point(engine: str) -> bool:

@@ -12,7 +12,6 @@ to process (measured: bias-only in one run, 255 in the next), so no value can ma
 
 from __future__ import annotations
 
-import collections
 
 import numpy as np
 import pytest
@@ -91,20 +90,6 @@ def check_vs_torch(engine, case, context="", stats=None):
                     f"{params.kernel}) {context}")
     return expected, params
 
-
-@pytest.fixture(scope="module")
-def report(request):
-    stats = collections.defaultdict(collections.Counter)
-    yield stats
-    writer = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if writer is None or capture is None or not stats:
-        return
-    with capture.global_and_fixture_disabled():
-        writer.write_line("")
-        for key, counter in sorted(stats.items()):
-            writer.write_line(f"test_conv_transpose {key}: " + ", ".join(
-                f"{k}={v}" for k, v in sorted(counter.items())))
 
 
 @st.composite

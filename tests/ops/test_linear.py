@@ -11,7 +11,6 @@ AVX2 forms int16 pairs per K block (K > 256, K % 4 != 0) and combines its input 
 
 from __future__ import annotations
 
-import collections
 
 import numpy as np
 import pytest
@@ -51,21 +50,6 @@ def check_vs_torch(engine, x, x_qp, w, w_qp, bias, out_qp, relu, isa=None, conte
     assert_bitexact(actual, expected, message)
     return expected
 
-
-@pytest.fixture(scope="module")
-def report(request):
-    """Collect case/element counts and print them at the end of the run (uncaptured)."""
-    stats = collections.defaultdict(collections.Counter)
-    yield stats
-    writer = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if writer is None or capture is None or not stats:
-        return
-    with capture.global_and_fixture_disabled():
-        writer.write_line("")
-        for key, counter in sorted(stats.items()):
-            writer.write_line(f"test_linear {key}: " + ", ".join(f"{k}={v}" for k, v in
-                                                                 sorted(counter.items())))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import collections
 import numpy as np
 import pytest
 from support.assertions import assert_bitexact
+from support.reporting import print_counts
 
 import qexact
 from qexact import QINT8, QUINT8, QParams, QuantizedArray, QuantParamError, ShapeError
@@ -80,15 +81,7 @@ def report(request):
     yield
     if torch:
         torch.set_num_threads(threads)
-    writer = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if writer is None or capture is None or not COUNTS:
-        return
-    with capture.global_and_fixture_disabled():
-        writer.write_line("")
-        for key, counter in sorted(COUNTS.items()):
-            writer.write_line(f"test_normalization {key}: " + ", ".join(
-                f"{k}={v}" for k, v in sorted(counter.items())))
+    print_counts(request, COUNTS)
 
 
 # ---------------------------------------------------------------------------------------------
