@@ -108,6 +108,20 @@ class MultiplyFloat32(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class DivideFloat32(Step):
+    """``v = f32(v / divisor)``."""
+
+    divisor: np.ndarray = field(default_factory=lambda: np.ones(1, np.float32))
+    formula = "f32(v / {divisor})"
+
+    def apply(self, value):
+        return f32(value / self.divisor)
+
+    def constants(self):
+        return {"divisor": self.divisor}
+
+
+@dataclass(frozen=True, eq=False)
 class ClampFloat32(Step):
     """``v = min(max(v, low), high)`` on floats (a fused ReLU, or a saturation before conversion)."""
 

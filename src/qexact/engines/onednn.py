@@ -31,8 +31,8 @@ from functools import partial
 
 import numpy as np
 
-from ..requantize import (AddFloat32, ClampFloat32, MultiplyFloat32, RoundHalfEvenToInt32,
-                          ToFloat32)
+from ..requantize import (AddFloat32, ClampFloat32, DivideFloat32, MultiplyFloat32,
+                          RoundHalfEvenToInt32, ToFloat32)
 from ..rounding import f32
 from .base import (AVX2, AVX512_VNNI, PAD_ZERO, BiasMode, ConvGeometry, ConvKernel, Engine,
                    GemmNumerics, LayerQuantization, Requantization)
@@ -44,10 +44,12 @@ def _round_trip(scale_float32_reciprocal) -> np.ndarray:
 
 
 def requantization(layer: LayerQuantization, combined_scales: bool = False,
-                   direct_weight_scale: bool = False) -> Requantization:
+                   direct_weight_scale: bool = False,
+                   divide_output_scale: bool = False) -> Requantization:
     """The post-ops; ``combined_scales``: one factor ``f32(s_in * s_w')`` (the AVX2 gemm:jit
     path), else the two scales applied one by one (brgemm). ``direct_weight_scale``: the
-    convolution's ``s_w' = f32(s_w)`` (qconv_prepack.cpp passes weight scales as they are)."""
+    convolution's ``s_w' = f32(s_w)`` (qconv_prepack.cpp passes weight scales as they are).
+    ``divide_output_scale``: ``f32(v / s_out')`` instead of a multiply by its reciprocal."""
     weight = layer.weight_qparams
     output = layer.output_qparams
     input_scale = _round_trip(f32(1.0 / layer.input_scale))
@@ -77,6 +79,8 @@ def requantization(layer: LayerQuantization, combined_scales: bool = False,
     if layer.relu:
         steps.append(ClampFloat32("fused ReLU", role="relu", low=0.0))
     steps += [
+        DivideFloat32("output scale (reciprocal round trip)", divisor=output_scale)
+        if divide_output_scale else
         MultiplyFloat32("1 / output scale", factor=inverse_output_scale),
         AddFloat32("output zero point, before rounding", term=f32(output.zero_point)),
         ClampFloat32("saturate to the output range", role="output_clamp", low=float(output.dtype.qmin),
@@ -136,9 +140,16 @@ ONEDNN_DEPTHWISE_AVX2 = replace(ONEDNN_CONV_AVX2, name="onednn jit_uni_int8:avx2
                                 pair_saturation_isas=frozenset())
 
 
-ONEDNN_REF_AVX2 = replace(ONEDNN_CONV_AVX2, name="onednn ref:any",
-                          source="oneDNN src/cpu/ref_convolution_int8.cpp",
-                          pair_saturation_isas=frozenset())
+ONEDNN_REF_AVX2 = replace(
+    ONEDNN_CONV_AVX2, name="onednn ref:any", source="oneDNN src/cpu/ref_convolution_int8.cpp",
+    numerics=GemmNumerics("onednn ref:any", "oneDNN ref_convolution_int8 post-ops",
+                          BiasMode.FLOAT32, frozenset(), False,
+                          partial(requantization, direct_weight_scale=True,
+                                  divide_output_scale=True)),
+    pair_saturation_isas=frozenset())
+"""``ref:any`` (ref_convolution_int8.cpp) applies the two scales one by one,
+``f32(f32(acc * s_in) * s_w)``, and divides by the output scale: two hypothesis cases where the
+jit kernel's combined factor and reciprocal multiply each miss one element by one step."""
 
 
 def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
