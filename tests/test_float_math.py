@@ -1,10 +1,12 @@
-"""qexact.float_math against the binaries torch runs: SLEEF's exported AVX2 entry points in
-libtorch_cpu.so (what ``Vectorized<float>::exp/expm1/tanh`` call) and the process's glibc libm
-(what ``std::exp/expm1/tanh`` call), compared by bit pattern.
+"""qexact.float_math against the binaries torch runs: SLEEF's exported AVX2 and AVX512F entry
+points in libtorch_cpu.so (what ``Vectorized<float>::exp/expm1/tanh`` call in ATen's AVX2 and
+AVX512 kernel builds: ``Sleef_expf8_u10avx2`` / ``Sleef_expf16_u10avx512f``, ...; one emulation
+holds both) and the process's glibc libm (what ``std::exp/expm1/tanh`` call), compared by bit
+pattern.
 
-The binaries are called one float at a time through ctypes: a SLEEF ``__m256`` argument arrives
-in ymm0, whose lane 0 is the float ctypes passes in xmm0, and lane 0 of the result is read back
-from xmm0 (lanes are independent). torch.exp and torch.tanh cannot serve as the reference: on
+The binaries are called one float at a time through ctypes: a SLEEF ``__m256``/``__m512``
+argument arrives in ymm0/zmm0, whose lane 0 is the float ctypes passes in xmm0, and lane 0 of the
+result is read back from xmm0 (lanes are independent). torch.exp and torch.tanh cannot serve as the reference: on
 float32 they run MKL's vsExp/vsTanh (ATen vml.h), which neither quantized kernel uses.
 ``F.elu`` on float32 runs ``Vectorized<float>::expm1`` (SLEEF) in its SIMD body and
 ``std::expm1`` in its scalar tail, so it is checked as a whole-torch reference too. The
@@ -35,9 +37,20 @@ EDGES = np.float32([
     -104.0, -104.00001, 3.4028235e38, -3.4028235e38,
 ])
 
-SLEEF = {"sleef_expf_u10": "Sleef_expf8_u10", "sleef_expm1f_u10": "Sleef_expm1f8_u10",
-         "sleef_tanhf_u10": "Sleef_tanhf8_u10"}
+SLEEF = {"sleef_expf_u10": "Sleef_expf{lanes}_u10{build}",
+         "sleef_expm1f_u10": "Sleef_expm1f{lanes}_u10{build}",
+         "sleef_tanhf_u10": "Sleef_tanhf{lanes}_u10{build}"}
+SLEEF_BUILDS = {"avx2": (8, {"avx2", "fma"}), "avx512f": (16, {"avx512f"})}
+"""SLEEF build -> (float lanes, CPU flags it needs)."""
 GLIBC = {"glibc_expf": "expf", "glibc_expm1f": "expm1f", "glibc_tanhf": "tanhf"}
+
+
+def _near_half_ln2() -> np.ndarray:
+    """Floats within 8 ulps of (k + 1/2) ln2, k = -151..128: where the exps' range reduction
+    rounds ``x / ln2`` to a different integer."""
+    centres = np.float32((np.arange(-151, 129) + 0.5) * np.log(2.0))
+    bits = centres.view(np.uint32).astype(np.int64)[:, None] + np.arange(-8, 9)
+    return bits.astype(np.uint32).view(np.float32).ravel()
 
 
 def _inputs(seed: int) -> np.ndarray:
@@ -45,7 +58,8 @@ def _inputs(seed: int) -> np.ndarray:
     random_bits = rng.integers(0, 2 ** 32, RANDOM, dtype=np.uint64).astype(np.uint32).view(np.float32)
     moderate = (rng.standard_normal(RANDOM // 3) * 10.0 ** rng.uniform(-3, 1.3, RANDOM // 3)).astype(np.float32)
     return np.concatenate([EDGES, np.nextafter(EDGES, np.float32(np.inf)),
-                           np.nextafter(EDGES, np.float32(-np.inf)), random_bits, moderate])
+                           np.nextafter(EDGES, np.float32(-np.inf)), _near_half_ln2(),
+                           random_bits, moderate])
 
 
 def _binary_function(library: ctypes.CDLL, symbol: str):
@@ -57,19 +71,23 @@ def _binary_function(library: ctypes.CDLL, symbol: str):
 @pytest.fixture(scope="module")
 def libtorch():
     torch = pytest.importorskip("torch")
-    if torch.backends.cpu.get_cpu_capability() != "AVX2":
-        pytest.skip("the SLEEF emulation is checked on the AVX2 build")
     return ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("build", sorted(SLEEF_BUILDS))
 @pytest.mark.parametrize("name", sorted(SLEEF))
-def test_sleef_functions_vs_libtorch(libtorch, name):
+def test_sleef_functions_vs_libtorch(libtorch, name, build):
+    from qexact.engines.base import cpu_flags
+
+    lanes, flags = SLEEF_BUILDS[build]
+    if not flags <= cpu_flags():
+        pytest.skip(f"this CPU cannot run SLEEF's {build} build")
     x = _inputs(len(name))
-    expected = _binary_function(libtorch, SLEEF[name])(x)
+    expected = _binary_function(libtorch, SLEEF[name].format(lanes=lanes, build=build))(x)
     # NaN inputs pass through ctypes as doubles (signalling NaNs come back quiet); every NaN
     # result is quiet anyway, so the comparison covers payloads too.
-    assert_bitexact(getattr(float_math, name)(x), expected, name)
+    assert_bitexact(getattr(float_math, name)(x), expected, f"{name} ({build})")
 
 
 @pytest.mark.parametrize("name", sorted(GLIBC))

@@ -104,14 +104,21 @@ def test_fx_model_is_exact_where_pytorch_runs_it(name, engine):
     assert_model_exact(name, engine)
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512_vnni"])
 @pytest.mark.parametrize("engine", ["fbgemm", "x86"])
-def test_fbgemm_direct_conv_transpose_is_refused(engine):
+def test_fbgemm_direct_conv_transpose_is_refused(engine, isa):
     """ConvTranspose2d(16, 8, 2, stride=2) takes FBGEMM's direct-convolution path
     (src/FbgemmConv.cc takeDirectConvPath), whose output PyTorch 2.13 leaves undefined (it changes
-    from call to call on one input): qexact refuses the layer and says why."""
+    from call to call on one input): qexact refuses the layer and says why. On AVX512-VNNI the
+    x86 engine sends it to oneDNN's deconvolution instead, which qexact computes."""
     model, _, _ = build_fx_model("tiny_unet", engine)
+    if engine == "x86" and isa == "avx512_vnni":
+        assert qexact.from_torch(model, isa=isa).layers["up"].kernel == "onednn deconvolution"
+        if qexact.detect_isa() == isa:
+            assert_model_exact("tiny_unet", engine)
+        return
     with pytest.raises(qexact.UnsupportedError, match="ConvTranspose2d") as info:
-        qexact.from_torch(model)
+        qexact.from_torch(model, isa=isa)
     assert "direct" in str(info.value) and "'up'" in str(info.value)
 
 

@@ -192,23 +192,35 @@ def command_diagnose(arguments) -> int:
 
 
 def command_conformance(arguments) -> int:
-    from .conformance import run_conformance
+    """Live sweep (torch in a child process), ``--record DIR`` (the same, kept as a recording) or
+    ``--replay DIR`` (qexact against a recording, no torch). Exit 1 on any mismatch."""
+    from tqdm import tqdm
 
-    def progress(done: int, total: int, label: str) -> None:
-        if arguments.quiet:
-            return
-        filled = int(30 * done / total)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {label:<28.28}")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    from .conformance import record_conformance, replay_recording, run_conformance
 
+    if arguments.record and arguments.replay:
+        raise QexactError("--record and --replay exclude each other")
     split = (lambda text: [item for item in text.split(",") if item] if text else None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's deprecation notices
-        report = run_conformance(split(arguments.ops), split(arguments.engines), arguments.cases,
-                                 arguments.seed, progress)
-    print(report.to_text())
+    families, engines = split(arguments.ops), split(arguments.engines)
+    with tqdm(total=0, unit="case", disable=arguments.quiet or None, file=sys.stderr,
+              mininterval=1.0, dynamic_ncols=True) as bar:
+        def progress(done: int, total: int, label: str) -> None:
+            bar.total = total
+            bar.set_description(label, refresh=False)
+            bar.update(done - bar.n)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's deprecation notices
+            if arguments.replay:
+                report = replay_recording(arguments.replay, families, engines, arguments.isa,
+                                          arguments.aten_capability, progress=progress)
+            elif arguments.record:
+                report = record_conformance(arguments.record, families, engines, arguments.cases,
+                                            arguments.seed, arguments.profile, progress)
+            else:
+                report = run_conformance(families, engines, arguments.cases, arguments.seed,
+                                         arguments.profile, progress)
+    print(report.to_json() if arguments.json else report.to_text())
     if arguments.report:
         with open(arguments.report, "w", encoding="utf-8") as file:
             file.write(report.to_markdown())
@@ -278,13 +290,28 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--atol", type=float, default=1e-6, help="float matching tolerance")
 
     conformance = commands.add_parser(
-        "conformance", help="randomized differential sweep of every op x engine vs torch")
+        "conformance", help="randomized differential sweep of every op x engine vs torch; "
+        "record it, or replay a recording without torch",
+        description="Live (default): draw cases, run PyTorch in a child process (a crash is "
+        "reported, the sweep goes on) and qexact here, compare every element. --record DIR: the "
+        "same, and keep inputs, parameters, outputs and this CPU in DIR. --replay DIR: run qexact "
+        "against a recording (no torch needed), with the recording machine's ISA.")
     conformance.add_argument("--cases", type=int, default=50, help="cases per op and engine")
-    conformance.add_argument("--ops", help="comma-separated ops (default: all)")
+    conformance.add_argument("--ops", help="comma-separated families (default: all)")
     conformance.add_argument("--engines", help="comma-separated engines (default: all four)")
     conformance.add_argument("--seed", type=int, default=0)
+    conformance.add_argument("--profile", choices=["default", "pytorch"], default="default",
+                             help="how cases are drawn: qexact's generators, or as PyTorch's own "
+                             "quantized-op tests draw them")
+    conformance.add_argument("--record", metavar="DIR", help="write a recording to DIR")
+    conformance.add_argument("--replay", metavar="DIR", help="replay the recording in DIR")
+    conformance.add_argument("--isa", choices=["avx512_vnni", "avx2"],
+                             help="replay: the ISA to emulate (default: the recording's)")
+    conformance.add_argument("--aten-capability", choices=["avx512", "avx2", "default"],
+                             help="replay: ATen's capability (default: the recording's)")
     conformance.add_argument("--report", default="conformance.md",
-                             help="markdown report path (default: conformance.md)")
+                             help="markdown report path (default: conformance.md; '' for none)")
+    conformance.add_argument("--json", action="store_true", help="print the report as JSON")
     conformance.add_argument("--quiet", action="store_true", help="no progress bar")
     conformance.set_defaults(handler=command_conformance)
 

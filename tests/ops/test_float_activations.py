@@ -1,19 +1,25 @@
 """SiLU and sigmoid on float32 tensors (FX leaves SiLU between a dequantize and a quantize;
 detection heads apply sigmoid after a DeQuantStub): bit-exact with ATen's float kernels, SIMD body
-(SLEEF exp) and scalar tail (glibc expf) alike."""
+(SLEEF exp) and scalar tail (glibc expf) alike, at the engine's ATen capability. Live tests run
+at this host's capability; lower ones run in a subprocess with ATEN_CPU_CAPABILITY, and the
+AVX512 build is also held by the avx512_vnni recording (any host)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from support.assertions import assert_bitexact
 
 import qexact
+from qexact.engines import ATEN_CAPABILITIES, detect_aten_capability
 from qexact.engines.aten import float_elementwise_numerics
-from qexact.ops.float_activations import FloatKernelParams, float_kernel
+from qexact.ops.float_activations import FloatKernelParams, float_kernel, prepare_float_kernel
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -21,9 +27,23 @@ F = torch.nn.functional
 nn = torch.nn
 
 
+RECORDING = Path(__file__).parents[1] / "data" / "recordings" / "avx512_vnni" / "float_aten__aten"
+
+
 def _params(engine="fbgemm", threads=None, capability=None, function="silu"):
-    numerics = float_elementwise_numerics(qexact.get_engine(engine, aten_capability=capability))
+    numerics = float_elementwise_numerics(qexact.get_engine(engine, aten_capability=capability),
+                                          function)
     return FloatKernelParams(function, numerics, threads or torch.get_num_threads())
+
+
+@pytest.mark.parametrize("capability, lanes", [("avx512", 16), ("avx2", 8), ("default", 0)])
+def test_float_numerics_by_capability(capability, lanes):
+    """sigmoid and silu have AVX512 builds (ALSO_REGISTER_AVX512_DISPATCH): 16 float lanes."""
+    engine = qexact.get_engine("fbgemm", aten_capability=capability)
+    for function in ("silu", "sigmoid"):
+        numerics = float_elementwise_numerics(engine, function)
+        assert (numerics.capability, numerics.lanes) == (capability, lanes)
+        assert numerics.body_unit == 2 * lanes
 
 
 TORCH_FUNCTIONS = {"silu": F.silu, "sigmoid": torch.sigmoid}
@@ -50,34 +70,81 @@ def test_float_kernel_random_vs_torch(function):
     assert elements > 50_000
 
 
+@pytest.mark.parametrize("function", ["silu", "sigmoid"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_silu_large_tensor_chunks(threads):
+def test_float_kernel_large_tensor_chunks(threads, function):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         x = (np.random.default_rng(threads).standard_normal(70_001) * 8).astype(np.float32)
-        assert_bitexact(float_kernel(x, _params(threads=threads)), F.silu(torch.from_numpy(x)).numpy(),
-                        f"{threads} threads")
+        expected = TORCH_FUNCTIONS[function](torch.from_numpy(x)).numpy()
+        assert_bitexact(float_kernel(x, _params(threads=threads, function=function)), expected,
+                        f"{function}, {threads} threads")
     finally:
         torch.set_num_threads(previous)
 
 
+def test_float_kernel_lengths_around_the_split():
+    """Every length up to 300 (the body/tail split at multiples of 16 or 32 floats), at the host's
+    capability."""
+    assert _params().numerics.capability == detect_aten_capability()
+    rng = np.random.default_rng(11)
+    for function in ("silu", "sigmoid"):
+        for n in range(1, 301):
+            x = (rng.standard_normal(n) * 8).astype(np.float32)
+            expected = TORCH_FUNCTIONS[function](torch.from_numpy(x)).numpy()
+            assert_bitexact(float_kernel(x, _params(threads=1, function=function)), expected,
+                            f"{function} {n}")
+
+
 SCRIPT = r"""
+import sys
 import numpy as np, torch, qexact
 from qexact.engines.aten import float_elementwise_numerics
 from qexact.ops.float_activations import FloatKernelParams, float_kernel
-x = (np.random.default_rng(5).standard_normal(4099) * 8).astype(np.float32)
-p = FloatKernelParams("silu", float_elementwise_numerics(qexact.get_engine("fbgemm")), 1)
-ours, theirs = float_kernel(x, p), torch.nn.functional.silu(torch.from_numpy(x)).numpy()
-print(int((ours.view(np.uint32) != theirs.view(np.uint32)).sum()), p.numerics.capability)
+function = sys.argv[1]
+torch_function = {"silu": torch.nn.functional.silu, "sigmoid": torch.sigmoid}[function]
+numerics = float_elementwise_numerics(qexact.get_engine("fbgemm"), function)
+rng = np.random.default_rng(5)
+bad = 0
+for n, threads in [(n, 1) for n in range(1, 130)] + [(4099, 1), (70001, 2)]:
+    torch.set_num_threads(threads)
+    x = (rng.standard_normal(n) * 8).astype(np.float32)
+    ours = float_kernel(x, FloatKernelParams(function, numerics, threads))
+    theirs = torch_function(torch.from_numpy(x)).numpy()
+    bad += int((ours.view(np.uint32) != theirs.view(np.uint32)).sum())
+print(bad, numerics.capability)
 """
 
 
-def test_silu_aten_capability_default_subprocess():
-    env = dict(__import__("os").environ, ATEN_CPU_CAPABILITY="default")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
-                         check=True).stdout.split()
-    assert out == ["0", "default"]
+@pytest.mark.parametrize("function", ["silu", "sigmoid"])
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_float_kernel_lower_aten_capability_subprocess(capability, function):
+    """ATEN_CPU_CAPABILITY can only lower what ATen dispatches to; qexact follows it."""
+    if ATEN_CAPABILITIES.index(capability) < ATEN_CAPABILITIES.index(detect_aten_capability()):
+        pytest.skip(f"this CPU cannot run ATen's {capability} build")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, function], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out == ["0", capability]
+
+
+@pytest.mark.parametrize("function", ["silu", "sigmoid"])
+def test_float_kernel_matches_avx512_recording(function):
+    """The avx512_vnni recording (torch 2.13.0, AMD EPYC, capability AVX512): every case's
+    ``y_sigmoid`` / ``y_silu`` with the AVX512 build (32-float body), on any host. ``y_exp`` is
+    MKL's and has no emulation (``ops.float_activations.FLOAT_KERNELS``)."""
+    cases = json.loads(RECORDING.with_suffix(".json").read_text())["cases"]
+    arrays = np.load(RECORDING.with_suffix(".npz"))
+    engine = qexact.get_engine("fbgemm", "avx512_vnni", aten_capability="avx512")
+    elements = 0
+    for name, case in cases.items():
+        x = arrays[f"{name}/x"]
+        params = prepare_float_kernel(function, engine, case["num_threads"])
+        assert params.numerics.body_unit == 32
+        assert_bitexact(float_kernel(x, params), arrays[f"{name}/y_{function}"], f"{name} {case}")
+        elements += x.size
+    assert elements > 250_000
 
 
 class SqueezeExciteSiLU(nn.Module):

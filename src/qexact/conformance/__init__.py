@@ -1,10 +1,10 @@
-"""``run_conformance``: a randomized differential sweep of every supported op x engine against
-the installed PyTorch (the data behind ``qexact conformance``). Needs torch.
+"""Conformance: qexact against PyTorch, op family by op family, on every engine.
 
-Each op family has a module of case generators (``*_cases.py``). A generator registers with
-``@conformance_case("name")``: given an engine and a NumPy generator, it draws parameters and
-inputs (odd sizes, tails shorter than the SIMD width, ties on power-of-two scales), runs
-PyTorch's kernel and qexact's, and returns both outputs. Every element is compared exactly.
+A family (``family.py``) draws cases (NumPy only), runs PyTorch's kernel (in a child process,
+``worker.py``) and qexact's, and compares every element exactly. The sweep runs live
+(``run_conformance``), records what torch computed (``record_conformance``) or replays a
+recording without torch (``replay_recording``); recordings follow the schema of
+``tests/data/recordings/avx512_vnni/README.md`` (``recording.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 from . import quantize_cases, linear_cases, conv_cases  # noqa: F401, I001
 from . import elementwise_cases, activation_cases, pooling_cases  # noqa: F401, I001
 from . import normalization_cases, reduce_cases  # noqa: F401, I001
-from .runner import CASES, ENGINES, ConformanceReport, OpResult, conformance_case, run_conformance
+from .family import FAMILIES, Case, Family, family
+from .runner import (ENGINES, CellResult, ConformanceReport, record_conformance, replay_recording,
+                     run_conformance)
 
-__all__ = ["CASES", "ENGINES", "ConformanceReport", "OpResult", "conformance_case",
-           "run_conformance"]
+__all__ = ["ENGINES", "FAMILIES", "Case", "CellResult", "ConformanceReport", "Family", "family",
+           "record_conformance", "replay_recording", "run_conformance"]

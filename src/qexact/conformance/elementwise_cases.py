@@ -1,112 +1,211 @@
-"""Conformance cases: add / mul (+relu), add_scalar / mul_scalar, cat."""
+"""Conformance families: add / mul (+relu), add_scalar / mul_scalar (+relu), cat (+relu).
+
+Params follow ``tests/data/recordings/*/README.md``: binary ops take npz ``a``, ``b`` with
+``a_scale``, ``a_zero_point``, ``b_*``, ``a_channels_last``, ``b_channels_last``, ``shape``,
+``qparams_mode`` and the requested ``out_scale_req``/``out_zero_point_req``; scalar ops ``x`` and
+``scalar``; cat ``x0..x{k-1}`` with ``inputs`` = [{scale, zero_point, shape}], ``dim``,
+``channels_last``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import QINT8, QUINT8
 from ..qparams import QParams, QuantizedArray
-from ._inputs import (TorchThreads, draw_scale, draw_shape, draw_small_shape, draw_values,
-                      torch_image, torch_quantized)
-from .runner import conformance_case
+from ._draws import (DTYPES, draw_dtype, draw_elementwise_shape, draw_input_params, draw_ints,
+                     draw_scale, draw_zero_point, f32_scale, out_qparams_of, pytorch_qparams,
+                     pytorch_shape, pytorch_tensor, qexact_input, qexact_outputs, threads, torch_input, torch_outputs, torch_tensor, with_layout)
+from .family import Case, family
+
+# --- add, add_relu, mul, mul_relu ----------------------------------------------------------------
 
 
-def _binary_case(engine, rng, op: str, relu: bool):
+def _qnnpack_add_admissible(params) -> bool:
+    """QNNPACK's add takes input-to-output scale ratios in [2**-14, 2**8) (else PyTorch raises
+    'failed to create QNNPACK Add operator'; pytorch_qnnp_create_add_nc_q8)."""
+    out = np.float32(params["out_scale_req"])
+    return all(2.0 ** -14 <= float(np.float32(params[f"{k}_scale"]) / out) < 2.0 ** 8 for k in "ab")
+
+
+def _binary_draw(op: str):
+    def draw(rng, engine):
+        dtype = draw_dtype(rng, engine, 0.3)
+        qdtype = DTYPES[dtype]
+        shape = draw_elementwise_shape(rng)
+        mode = str(rng.choice(["random", "random", "same_in", "all_same"]))
+        a = (draw_scale(rng, -3, 0), draw_zero_point(rng, qdtype))
+        b = a if mode != "random" else (draw_scale(rng, -3, 0), draw_zero_point(rng, qdtype))
+        out = a if mode == "all_same" else (draw_scale(rng, -3, 0.3), draw_zero_point(rng, qdtype))
+        if op == "add" and engine == "qnnpack" and mode == "random":  # ratios QNNPACK accepts
+            b = (f32_scale(a[0] * rng.uniform(0.5, 2)), b[1])
+            out = (f32_scale(a[0] * rng.uniform(0.5, 4)), out[1])
+        image = len(shape) == 4
+        a_last = bool(image and rng.random() < 0.3)
+        b_last = a_last if rng.random() < 0.8 else bool(image and rng.random() < 0.5)
+        params = {"op": op, "shape": shape, "a_channels_last": a_last, "b_channels_last": b_last,
+                  "a_scale": a[0], "a_zero_point": a[1], "b_scale": b[0], "b_zero_point": b[1],
+                  "x_dtype": dtype, "out_scale_req": out[0], "out_zero_point_req": out[1],
+                  "qparams_mode": mode}
+        if op.startswith("add") and engine == "qnnpack" and not _qnnpack_add_admissible(params):
+            return None
+        arrays = {"a": draw_ints(rng, qdtype, shape, 0.1), "b": draw_ints(rng, qdtype, shape, 0.1)}
+        return Case(params, arrays)
+    return draw
+
+
+def _binary_pytorch_draw(op: str):
+    """As test_qadd_relu_different_qparams / test_qmul_relu_*: hypothesis tensors (values up to
+    1e6, scales from their range) of array_shapes(1, 5, 1, 5), output qparams from qparams()."""
+    def draw(rng, engine):
+        dtypes = ("quint8",) if engine == "qnnpack" else ("quint8", "qint8")
+        shape = pytorch_shape(rng, 1, 5, 1, 5)
+        a, a_scale, a_zp, dtype = pytorch_tensor(rng, shape, dtypes)
+        b, b_scale, b_zp, _ = pytorch_tensor(rng, shape, (dtype,))
+        if rng.random() < 0.3:  # the same qparams for both inputs (test_qadd_relu_same_qparams)
+            b_scale, b_zp = a_scale, a_zp
+        out_scale, out_zp, _ = pytorch_qparams(rng, (dtype,), scale_min=1e-3)
+        params = {"op": op, "shape": shape, "a_channels_last": False, "b_channels_last": False,
+                  "a_scale": a_scale, "a_zero_point": a_zp, "b_scale": b_scale, "b_zero_point": b_zp,
+                  "x_dtype": dtype, "out_scale_req": out_scale, "out_zero_point_req": out_zp,
+                  "qparams_mode": "pytorch"}
+        if op.startswith("add") and engine == "qnnpack" and not _qnnpack_add_admissible(params):
+            return None
+        return Case(params, {"a": a, "b": b})
+    return draw
+
+
+def _binary_run_torch(case):
     import torch
 
+    p = case.params
+    a = torch_input(case, "a", "a", "a_channels_last")
+    b = torch_input(case, "b", "b", "b_channels_last")
+    kernel = getattr(torch.ops.quantized, p["op"])
+    return torch_outputs(kernel(a, b, p["out_scale_req"], p["out_zero_point_req"]))
+
+
+def _binary_run_qexact(case, engine):
     from ..ops.elementwise import binary, prepare_binary
 
-    dtype = QUINT8 if engine == "qnnpack" or rng.random() < 0.7 else QINT8
-    shape = draw_shape(rng)
-    if rng.random() < 0.5:
-        shape = (int(rng.integers(1, 300)),)  # long runs: SIMD body and tail
-    qparams = [QParams.per_tensor(draw_scale(rng), int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
-               for _ in range(3)]
-    if op == "add" and engine == "qnnpack":  # scale ratios QNNPACK accepts
-        qparams[1] = QParams.per_tensor(qparams[0].scale * float(rng.uniform(0.5, 2)),
-                                        qparams[1].zero_point, dtype)
-        qparams[2] = QParams.per_tensor(qparams[0].scale * float(rng.uniform(0.5, 4)),
-                                        min(qparams[2].zero_point, 254), dtype)
-    a, b = (draw_values(rng, qparams[i], shape) for i in range(2))
-    params = prepare_binary(op, qparams[0], qparams[1], qparams[2], relu=relu, engine=engine,
-                            num_threads=torch.get_num_threads())
-    ours = binary(QuantizedArray(a, qparams[0]), QuantizedArray(b, qparams[1]), params).values
-    kernel = getattr(torch.ops.quantized, f"{op}_relu" if relu else op)
-    theirs = kernel(torch_quantized(a, qparams[0]), torch_quantized(b, qparams[1]),
-                    qparams[2].scale, qparams[2].zero_point).int_repr().numpy()
-    return ours, theirs, f"{dtype.name} shape={shape}"
+    p = case.params
+    op, relu = p["op"].removesuffix("_relu"), p["op"].endswith("_relu")
+    a = qexact_input(case, "a", "a", "a_channels_last")
+    b = qexact_input(case, "b", "b", "b_channels_last")
+    params = prepare_binary(op, a.qparams, b.qparams, out_qparams_of(p), relu=relu, engine=engine,
+                            num_threads=threads(p))
+    return qexact_outputs(binary(a, b, params))
 
 
-for _op in ("add", "mul"):
-    for _relu in (False, True):
-        conformance_case(f"{_op}_relu" if _relu else _op)(
-            lambda engine, rng, op=_op, relu=_relu: _binary_case(engine, rng, op, relu))
+for _op in ("add", "add_relu", "mul", "mul_relu"):
+    family(_op, draw=_binary_draw(_op), run_torch=_binary_run_torch, run_qexact=_binary_run_qexact,
+           profiles={"pytorch": _binary_pytorch_draw(_op)})
 
 
-def _scalar_case(engine, rng, op: str):
+# --- add_scalar, mul_scalar (+relu) -------------------------------------------------------------
+
+
+def _scalar_draw(op: str):
+    def draw(rng, engine):
+        params = {"op": op, **draw_input_params(rng, engine, draw_elementwise_shape(rng),
+                                                scale_range=(-3, 0))}
+        scale = params["x_scale"]
+        kind = str(rng.choice(["random", "zero", "multiple", "negative", "small", "half"]))
+        if kind == "zero":
+            scalar = 0.0
+        elif kind == "multiple":  # an integer number of steps (add: no requantization)
+            scalar = float(rng.integers(-40, 41)) * scale
+        elif kind == "half":  # exact halves of the scale: round(c / s) ties
+            scalar = (float(rng.integers(-300, 300)) + 0.5) * scale
+        elif kind == "negative":
+            scalar = -float(10 ** rng.uniform(-2, 0.5))
+        elif kind == "small":
+            scalar = float(rng.uniform(-1, 1)) * 1e-3
+        else:
+            scalar = float(rng.uniform(-1, 1) * 10.0 ** rng.uniform(-2, 2.5))
+        if op.startswith("mul") and kind == "multiple":
+            scalar = float(rng.choice([1.0, -1.0, 2.0, -1.6398849338293076]))
+        params.update(scalar=scalar, scalar_kind=kind)
+        return Case(params, {"x": draw_ints(rng, DTYPES[params["x_dtype"]], params["shape"], 0.1)})
+    return draw
+
+
+def _scalar_run_torch(case):
     import torch
 
+    p = case.params
+    return torch_outputs(getattr(torch.ops.quantized, p["op"])(torch_input(case), float(p["scalar"])))
+
+
+def _scalar_run_qexact(case, engine):
     from ..ops.scalar import prepare_scalar, scalar_op
 
-    dtype = QUINT8 if rng.random() < 0.5 else QINT8
-    shape = draw_small_shape(rng)
-    scale = draw_scale(rng)
-    qparams = QParams.per_tensor(scale, int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
-    x = draw_values(rng, qparams, shape)
-    kind = rng.random()
-    if op == "mul_scalar":
-        scalar = float(rng.choice([0.0, -1.0, 1.0, 2.0])) if kind < 0.2 else float(rng.uniform(-5, 5))
-    elif kind < 0.3:
-        scalar = float(rng.integers(-40, 40)) * scale
-    elif kind < 0.5:  # exact halves of the scale: ties
-        scalar = (float(rng.integers(-300, 300)) + 0.5) * scale
-    else:
-        scalar = float(rng.uniform(-1, 1) * 10.0 ** rng.uniform(-2, 2.5))
-    relu = bool(rng.random() < 0.3)
-    with TorchThreads(1):
-        theirs = getattr(torch.ops.quantized, op + ("_relu" if relu else ""))(
-            torch_quantized(x, qparams), scalar)
-    ours = scalar_op(QuantizedArray(x, qparams), prepare_scalar(op, qparams, scalar, relu=relu))
-    ours_all = np.concatenate([ours.values.ravel().astype(np.float64), [ours.scale, ours.zero_point]])
-    theirs_all = np.concatenate([theirs.int_repr().numpy().ravel().astype(np.float64),
-                                 [theirs.q_scale(), theirs.q_zero_point()]])
-    return ours_all, theirs_all, f"{dtype.name} c={scalar!r} relu={relu} {qparams.describe()} shape={shape}"
+    p = case.params
+    x = qexact_input(case)
+    op, relu = p["op"].removesuffix("_relu"), p["op"].endswith("_relu")
+    return qexact_outputs(scalar_op(x, prepare_scalar(op, x.qparams, float(p["scalar"]), relu=relu)))
 
 
-conformance_case("add_scalar")(lambda engine, rng: _scalar_case(engine, rng, "add_scalar"))
-conformance_case("mul_scalar")(lambda engine, rng: _scalar_case(engine, rng, "mul_scalar"))
+for _op in ("add_scalar", "mul_scalar", "add_scalar_relu", "mul_scalar_relu"):
+    family(_op, draw=_scalar_draw(_op), run_torch=_scalar_run_torch, run_qexact=_scalar_run_qexact)
 
 
-@conformance_case("cat")
-def _cat_case(engine, rng):
+# --- cat (+relu) ---------------------------------------------------------------------------------
+
+
+def _cat_draw(op: str):
+    def draw(rng, engine):
+        dtype = draw_dtype(rng, engine, 0.3)
+        qdtype = DTYPES[dtype]
+        channels_last = bool(rng.random() < 0.3)
+        if channels_last:  # the NHWC kernel: 4-D, dim 1 (or -3: not wrapped, the generic kernel)
+            base = [int(rng.integers(1, 3)), int(rng.choice([1, 3, 8, 16, 17])),
+                    *(int(v) for v in rng.integers(1, 8, 2))]
+            dim = int(rng.choice([1, 1, 1, -3, 2, 0]))
+        else:
+            base = [int(v) for v in rng.integers(1, 12, int(rng.integers(1, 5)))]
+            dim = int(rng.integers(-len(base), len(base)))
+        count = int(rng.integers(1, 5))
+        shapes = []
+        for _ in range(count):
+            shape = list(base)
+            shape[dim] = int(rng.integers(1, 12 if not channels_last else 20))
+            shapes.append(shape)
+        mode = str(rng.choice(["random", "random", "same", "same_out"]))
+        first = (draw_scale(rng, -2.5, 0), draw_zero_point(rng, qdtype))
+        inputs = [{"scale": qp[0], "zero_point": qp[1], "shape": s}
+                  for qp, s in zip([first] + [first if mode != "random" else
+                                              (draw_scale(rng, -2.5, 0), draw_zero_point(rng, qdtype))
+                                              for _ in shapes[1:]], shapes)]
+        out = first if mode == "same_out" else (draw_scale(rng, -2.5, 0), draw_zero_point(rng, qdtype))
+        params = {"op": op, "dim": dim, "num_inputs": count, "inputs": inputs,
+                  "channels_last": channels_last, "x_dtype": dtype, "out_scale_req": out[0],
+                  "out_zero_point_req": out[1], "qparams_mode": mode}
+        return Case(params, {f"x{i}": draw_ints(rng, qdtype, s, 0.1) for i, s in enumerate(shapes)})
+    return draw
+
+
+def _cat_run_torch(case):
     import torch
 
+    p = case.params
+    tensors = [torch_tensor(case.arrays[f"x{i}"], q["scale"], q["zero_point"], p["channels_last"])
+               for i, q in enumerate(p["inputs"])]
+    kernel = getattr(torch.ops.quantized, p["op"])
+    return torch_outputs(kernel(tensors, p["dim"], p["out_scale_req"], p["out_zero_point_req"]))
+
+
+def _cat_run_qexact(case, engine):
     from ..ops.concat import cat, prepare_cat
 
-    dtype = QUINT8 if rng.random() < 0.6 else QINT8
-    channels_last = bool(rng.random() < 0.4)
-    base = [int(rng.integers(1, 3)), *(int(v) for v in rng.integers(1, 12, 3))] if channels_last \
-        else [int(v) for v in rng.integers(1, 12, int(rng.integers(1, 5)))]
-    dim = int(rng.integers(len(base)))
-    shapes = []
-    for _ in range(int(rng.integers(1, 4))):
-        shape = list(base)
-        shape[dim] = int(rng.integers(1, 12))
-        shapes.append(tuple(shape))
-    qparams = [qp if rng.random() < 0.3 and i else
-               QParams.per_tensor(float(10 ** rng.uniform(-2.5, 0)),
-                                  int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
-               for i, qp in enumerate([None] * len(shapes))]
-    qparams = [qp or qparams[0] for qp in qparams]
-    out = qparams[0] if rng.random() < 0.2 else QParams.per_tensor(
-        float(10 ** rng.uniform(-2.5, 0)), int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
-    values = [draw_values(rng, qp, s) for qp, s in zip(qparams, shapes)]
-    relu = bool(rng.random() < 0.3)
-    tensors = [torch_image(v, qp, channels_last) for v, qp in zip(values, qparams)]
-    op = torch.ops.quantized.cat_relu if relu else torch.ops.quantized.cat
-    with TorchThreads(1):
-        theirs = op(tensors, dim, out.scale, out.zero_point)
-    params = prepare_cat(qparams, out, dim, relu=relu, engine=engine)
-    ours = cat([QuantizedArray(t.int_repr().numpy(), qp) for t, qp in zip(tensors, qparams)], params)
-    return (np.ascontiguousarray(ours.values), np.ascontiguousarray(theirs.int_repr().numpy()),
-            f"{dtype.name} dim={dim} relu={relu} {shapes} channels_last={channels_last}")
+    p = case.params
+    dtype = DTYPES[p["x_dtype"]]
+    qparams = [QParams.per_tensor(float(q["scale"]), int(q["zero_point"]), dtype) for q in p["inputs"]]
+    inputs = [QuantizedArray(with_layout(case.arrays[f"x{i}"], p["channels_last"]), qp)
+              for i, qp in enumerate(qparams)]
+    params = prepare_cat(qparams, out_qparams_of(p), p["dim"], relu=p["op"] == "cat_relu",
+                         engine=engine)
+    return qexact_outputs(cat(inputs, params))
+
+
+for _op in ("cat", "cat_relu"):
+    family(_op, draw=_cat_draw(_op), run_torch=_cat_run_torch, run_qexact=_cat_run_qexact)

@@ -1,45 +1,62 @@
-"""Conformance cases: Linear and LinearReLU."""
+"""Conformance families: ``linear`` and ``linear_relu`` (``quantized::linear[_relu]``).
+
+Params follow ``tests/data/recordings/*/README.md``: ``M``, ``K``, ``N``, ``x_shape`` ((M, K) or
+(B, M', K)), the input's ``x_*``, the weight's ``w_*`` (npz ``w``, and ``w_scales`` /
+``w_zero_points`` per channel), ``has_bias`` (npz ``bias``), ``out_scale_req`` /
+``out_zero_point_req``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import QINT8, QUINT8
-from ..qparams import QParams, QuantizedArray
-from ._inputs import draw_scale, torch_quantized
-from .runner import conformance_case
+from ._draws import (draw_gemm_operands, draw_scale, draw_weight_qparams, out_qparams_of,
+                     qexact_input, qexact_outputs, torch_floats, torch_input, torch_outputs,
+                     torch_weight, weight_qparams_of)
+from .family import Case, family
 
 
-def _linear_case(engine, rng, relu: bool):
+def _draw(op: str):
+    def draw(rng, engine):
+        rows, depth, channels = (int(rng.integers(1, 33)), int(rng.integers(1, 300)),
+                                 int(rng.integers(1, 65)))
+        x_shape = [rows, depth]
+        if rng.random() < 0.2:  # a batch of rows: (B, M', K)
+            x_shape = [int(rng.integers(1, 4)), rows, depth]
+        x_scale = draw_scale(rng)
+        w_params, w_arrays = draw_weight_qparams(rng, engine, channels)
+        params, arrays = draw_gemm_operands(rng, (channels, depth), x_shape, channels, x_scale,
+                                            bias_gain=300.0)
+        params = {"op": op, "M": int(np.prod(x_shape[:-1])), "K": depth, "N": channels,
+                  "x_shape": x_shape, "x_scale": x_scale,
+                  "x_zero_point": int(rng.integers(0, 256)), "x_dtype": "quint8", **params,
+                  "out_scale_req": draw_scale(rng), "out_zero_point_req": int(rng.integers(0, 256)),
+                  **w_params}
+        return Case(params, arrays | w_arrays)
+    return draw
+
+
+def _run_torch(case):
     import torch
 
+    p = case.params
+    packed = torch.ops.quantized.linear_prepack(torch_weight(case),
+                                                torch_floats(case.arrays.get("bias")))
+    kernel = getattr(torch.ops.quantized, p["op"])
+    return torch_outputs(kernel(torch_input(case), packed, p["out_scale_req"],
+                                p["out_zero_point_req"]))
+
+
+def _run_qexact(case, engine):
     from ..ops.linear import linear, prepare_linear
 
-    rows, depth, channels = int(rng.integers(1, 33)), int(rng.integers(1, 300)), int(rng.integers(1, 65))
-    x_qparams = QParams.per_tensor(draw_scale(rng), int(rng.integers(0, 256)), QUINT8)
-    out_qparams = QParams.per_tensor(draw_scale(rng), int(rng.integers(0, 256)), QUINT8)
-    symmetric = engine == "onednn"
-    if rng.random() < 0.5:
-        w_qparams = QParams.per_channel(
-            [draw_scale(rng) * 0.01 for _ in range(channels)],
-            np.zeros(channels, np.int64) if symmetric else rng.integers(-128, 128, channels), 0, QINT8)
-    else:
-        w_qparams = QParams.per_tensor(draw_scale(rng) * 0.01, 0 if symmetric else int(rng.integers(-128, 128)), QINT8)
-    weight = rng.integers(-128, 128, (channels, depth)).astype(np.int8)
-    high = 128 if rng.random() < 0.5 else 256
-    x = rng.integers(0, high, (rows, depth)).astype(np.uint8)
-    bias = None
-    if rng.random() < 0.7:
-        bias = (rng.standard_normal(channels) * x_qparams.scale * 300).astype(np.float32)
-    params = prepare_linear(weight, w_qparams, bias, x_qparams, out_qparams, relu=relu, engine=engine)
-    ours = linear(QuantizedArray(x, x_qparams), params).values
-    packed = torch.ops.quantized.linear_prepack(torch_quantized(weight, w_qparams),
-                                                None if bias is None else torch.from_numpy(bias))
-    kernel = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
-    theirs = kernel(torch_quantized(x, x_qparams), packed, out_qparams.scale,
-                    out_qparams.zero_point).int_repr().numpy()
-    return ours, theirs, f"M={rows} K={depth} N={channels} x<{high}"
+    p = case.params
+    x = qexact_input(case)
+    params = prepare_linear(case.arrays["w"], weight_qparams_of(case), case.arrays.get("bias"),
+                            x.qparams, out_qparams_of(p), relu=p["op"] == "linear_relu",
+                            engine=engine)
+    return qexact_outputs(linear(x, params))
 
 
-conformance_case("linear")(lambda engine, rng: _linear_case(engine, rng, False))
-conformance_case("linear_relu")(lambda engine, rng: _linear_case(engine, rng, True))
+for _op in ("linear", "linear_relu"):
+    family(_op, draw=_draw(_op), run_torch=_run_torch, run_qexact=_run_qexact)

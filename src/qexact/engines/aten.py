@@ -39,6 +39,16 @@ VECTOR_LANES_8BIT = {"avx512": 64, "avx2": 32, "default": 0}
 """uint8 lanes of ``Vectorized<quint8>`` per kernel build (0: no SIMD lambda runs). The quantized
 elementwise kernels have no AVX512 build (``kernel_capability``), so 64 is never used for them."""
 
+VECTOR_LANES_FLOAT = {"avx512": 16, "avx2": 8, "default": 0}
+"""float32 lanes of ``Vectorized<float>`` per kernel build (aten/src/ATen/cpu/vec/vec512/
+vec512_float.h: ``__m512``; vec256/vec256_float.h: ``__m256``; 0: no SIMD lambda runs)."""
+
+FLOAT_KERNELS_WITH_AVX512_BUILD = frozenset({"sigmoid", "silu"})
+"""ATen float kernels registered with ``ALSO_REGISTER_AVX512_DISPATCH``, so an AVX512 CPU runs
+their AVX512 build (``kernel_capability``): ``sigmoid_stub`` (aten/src/ATen/native/cpu/
+UnaryOpsKernel.cpp), ``silu_stub`` (aten/src/ATen/native/cpu/Activation.cpp). Measured on an
+AVX512 CPU: their SIMD body is in units of 32 floats, where the quantized kernels' is 64 bytes."""
+
 GRAIN_SIZE = 32768
 """``at::internal::GRAIN_SIZE``: TensorIterator runs serially below this many elements."""
 
@@ -47,7 +57,9 @@ GRAIN_SIZE = 32768
 class ElementwiseNumerics:
     """How one engine on one ATen capability runs quantized elementwise ops.
 
-    - ``capability``: ATen's CPU capability; ``lanes``: 8-bit lanes of one vector (0: scalar only);
+    - ``capability``: the build of the kernel that runs (``kernel_capability``); ``lanes``: lanes
+      of one vector (8-bit lanes for quantized kernels, float32 lanes for float kernels; 0: scalar
+      only);
     - ``unroll``: vectors per ``vectorized_loop`` iteration (2), so the body unit is
       ``lanes * unroll`` elements;
     - ``grain_size``: TensorIterator's parallel grain;
@@ -105,13 +117,16 @@ def elementwise_numerics(engine) -> ElementwiseNumerics:
         qnnpack_clamp="clamp" in handed)
 
 
-def float_elementwise_numerics(engine) -> ElementwiseNumerics:
-    """ATen's float32 elementwise kernels (SiLU, ...): ``Vectorized<float>`` holds 8 floats in
-    the AVX2 build (which AVX512 CPUs run too, ``kernel_capability``), two vectors per
-    iteration, so the SIMD body is in units of 16 floats (measured on SiLU: 8, 32 and 64 are
-    rejected); with the default capability every element takes the scalar lambda."""
-    capability = kernel_capability(engine.aten_capability)
-    return ElementwiseNumerics(capability, 0 if capability == "default" else 8)
+def float_elementwise_numerics(engine, function: str) -> ElementwiseNumerics:
+    """ATen's float32 elementwise kernel ``function`` (SiLU, sigmoid, ...) at the engine's
+    ``aten_capability``: ``Vectorized<float>`` holds 16 floats in the AVX512 build (only kernels
+    in ``FLOAT_KERNELS_WITH_AVX512_BUILD`` have one) and 8 in the AVX2 build, two vectors per
+    ``vectorized_loop`` iteration (aten/src/ATen/native/cpu/Loops.h), so the SIMD body is in
+    units of 32 or 16 floats (measured on SiLU and sigmoid: AVX2 rejects 8, 32 and 64; AVX512
+    rejects 16 and 64); with the default capability every element takes the scalar lambda."""
+    capability = kernel_capability(engine.aten_capability,
+                                   avx512_build=function in FLOAT_KERNELS_WITH_AVX512_BUILD)
+    return ElementwiseNumerics(capability, VECTOR_LANES_FLOAT[capability])
 
 
 QNNPACK_ACTIVATIONS = ("hardswish", "sigmoid", "tanh")

@@ -195,6 +195,13 @@ class ConvKernel:
     undefined_output: str = ""
     """Why PyTorch's output is undefined for this geometry (empty: it is defined). qexact refuses
     such a convolution with this text rather than invent a result."""
+    not_reproduced: str = ""
+    """Why qexact does not compute this geometry although PyTorch's output is defined (a known
+    divergence, kept as a strict xfail): qexact refuses rather than give other numbers."""
+    undefined_input: Callable[[ConvGeometry, tuple[int, ...]], str] | None = None
+    """``undefined_input(geometry, spatial)``: why PyTorch's output is undefined for an input of
+    this spatial size (empty: defined). Shapes the kernel mishandles are known only at run time;
+    ``spatial`` is given as the backend sees it (a Conv1d's ``(1, W)``)."""
 
     def saturates_pairs(self, isa: str) -> bool:
         return isa in self.pair_saturation_isas

@@ -62,14 +62,18 @@ def _all(values, wanted) -> bool:
 
 
 def is_depthwise(geometry: ConvGeometry) -> bool:
-    """FBGEMM src/FbgemmConv.cc ``takeDepthWiseFastPath``: one channel per group, G % 8 == 0,
-    stride 1 or 2, a cubic 3 (or 2-D 5) kernel, dilation 1, "same" padding (K - 1) / 2."""
+    """FBGEMM src/FbgemmConv.cc ``takeDepthWiseFastPath``: one input channel per group and one or
+    two output channels per group (a channel multiplier of 2), G % 8 == 0, 2-D or 3-D, strides 1
+    or 2, every kernel size 3, 5 or 7 with the last two equal (a 3-D temporal size may differ),
+    dilation 1, "same" padding (K - 1) / 2 per dim. Measured on VNNI with saturating data: every
+    one of these runs the depthwise kernel (K 3/5/7, multiplier 1/2, 2-D and 3-D)."""
     kernel = geometry.kernel_size
-    return (geometry.groups == geometry.in_channels == geometry.out_channels
+    return (geometry.groups == geometry.in_channels
+            and geometry.out_channels in (geometry.groups, 2 * geometry.groups)
             and geometry.groups % 8 == 0 and geometry.spatial_dims >= 2
-            and _all(geometry.stride, (1, 2)) and len(set(kernel)) == 1
-            and (kernel[0] == 3 or (geometry.spatial_dims == 2 and kernel[0] == 5))
-            and _all(geometry.dilation, (1,)) and _all(geometry.padding, ((kernel[0] - 1) // 2,))
+            and _all(geometry.stride, (1, 2)) and kernel[-1] == kernel[-2]
+            and _all(kernel, (3, 5, 7)) and _all(geometry.dilation, (1,))
+            and all(pad == (size - 1) // 2 for pad, size in zip(geometry.padding, kernel))
             and not geometry.transposed)
 
 
@@ -129,9 +133,44 @@ FBGEMM_CONV_KERNELS = {
 }
 
 
+DEPTHWISE_3D_SMALL_INPUT = (
+    "PyTorch's FBGEMM 3-D depthwise convolution (kernel {kernel}, stride {stride}, padding "
+    "{padding}) runs past its buffers when an input size is at most (padding - 1) x stride in "
+    "some dim: measured on torch 2.13 (AVX512-VNNI), the process dies with a "
+    "segmentation fault or heap corruption ('double free or corruption'), or raises. Its result "
+    "is undefined.")
+DEPTHWISE_3D_ROW_SUM = (
+    "FBGEMM's 3-D depthwise kernel with an asymmetric weight (zero point != 0) and a {taps}-tap "
+    "window: PyTorch's outputs differ from the convolution's on most elements once a window's "
+    "activations (padding counted as the input zero point) sum past 32767 (measured on torch "
+    "2.13: 7x7x7 windows on 80 % of elements, 3x7x7 on 3 %; <= 128 taps always exact), which "
+    "points at a 16-bit sum of the activations for the zero-point correction. qexact does not "
+    "reproduce that sum yet, so it does not compute this layer. Use symmetric weights "
+    "(zero point 0), a window of at most 128 taps, or the qnnpack engine.")
+
+
+def depthwise_3d_undefined_input(geometry: ConvGeometry, spatial: tuple[int, ...]) -> str:
+    """FBGEMM src/FbgemmI8Depthwise3DAvx2.cc on small inputs: a size at most
+    ``(padding - 1) * stride`` in some dim corrupts PyTorch's heap (measured with K 3/5/7 per dim,
+    strides 1 and 2, 1296 cases: every crash had such a size, most often in depth or height;
+    heap corruption need not crash, so every such size is refused)."""
+    for dim in range(3):
+        if spatial[dim] <= (geometry.padding[dim] - 1) * geometry.stride[dim]:
+            return DEPTHWISE_3D_SMALL_INPUT.format(kernel=geometry.kernel_size,
+                                                   stride=geometry.stride,
+                                                   padding=geometry.padding)
+    return ""
+
+
 def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     """FBGEMM src/FbgemmConv.cc ``ConvFastPath``: depthwise, groupwise, pointwise, else im2col."""
     if is_depthwise(geometry):
+        if geometry.spatial_dims == 3:
+            taps = int(np.prod(geometry.kernel_size))
+            return replace(FBGEMM_CONV_KERNELS["depthwise"],
+                           undefined_input=depthwise_3d_undefined_input,
+                           not_reproduced="" if geometry.symmetric_weights or taps <= 128 else
+                           DEPTHWISE_3D_ROW_SUM.format(taps=taps))
         return FBGEMM_CONV_KERNELS["depthwise"]
     if is_groupwise(geometry, isa):
         together = groups_together(geometry, isa)

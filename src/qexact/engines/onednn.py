@@ -122,11 +122,73 @@ ONEDNN_GEMM_JIT_MATMUL = GemmNumerics(
 )
 
 
+def _width_taps(geometry: ConvGeometry, width: int) -> list[list[int]]:
+    """Per output column, the input columns its taps read along the last (W) dim."""
+    size, stride = geometry.kernel_size[-1], geometry.stride[-1]
+    pad, dilation = geometry.padding[-1], geometry.dilation[-1]
+    columns = (width + 2 * pad - dilation * (size - 1) - 1) // stride + 1
+    return [[o * stride - pad + t * dilation for t in range(size)] for o in range(max(columns, 0))]
+
+
+BRGEMM_NO_INPUT_COLUMN = (
+    "no output column reads an input column (every tap along W falls in the padding), W is "
+    "dilated (a 1-wide kernel) and H is not padded. "
+    "PyTorch's oneDNN brgemm convolution (brg_conv_fwd, AVX512-VNNI/AMX) crashes the process "
+    "with a segmentation fault on such shapes (measured on torch 2.13): its result is undefined.")
+BRGEMM_SKIPPED_INPUT = (
+    "an output column's taps along W jump over the whole input (dilation wider than the input: "
+    "all its taps fall in the padding on both sides) while another dim is padded too. PyTorch's "
+    "oneDNN brgemm convolution (brg_conv_fwd, AVX512-VNNI/AMX) gives such columns bytes from "
+    "uninitialized memory in many of these shapes (measured on torch 2.13: wrong by up to 225 "
+    "steps, changing from process to process), so its result is undefined.")
+BRGEMM_DEPTHWISE_MULTIPLIER_DEPTH_1 = (
+    "a 3-D depthwise convolution with a channel multiplier (one input channel, {out} output "
+    "channels per group) on an input of depth 1 with depth padding, a kernel depth and width "
+    "above 1: PyTorch's oneDNN brgemm "
+    "convolution (AVX512-VNNI/AMX) reads padding it never wrote, and its outputs disagree with "
+    "the convolution and change between runs (measured on torch 2.13), so the result is undefined.")
+
+BRGEMM_ONE_CHANNEL_DEPTH_1 = (
+    "a 3-D convolution of one input channel on an input of depth 1 with a kernel depth above 3 "
+    "(depth padding 2 or more): PyTorch's oneDNN brgemm convolution (AVX512-VNNI/AMX) reads "
+    "padding it never wrote, and its outputs disagree with the convolution and change between "
+    "runs (measured on torch 2.13), so the result is undefined.")
+
+
+def brgemm_undefined_input(geometry: ConvGeometry, spatial: tuple[int, ...]) -> str:
+    """Input shapes on which PyTorch's oneDNN brgemm convolution has no defined result (measured
+    on AVX512-VNNI and AMX; the AVX2 jit kernels compute them): along W, no output column reads
+    the input, W dilated and H unpadded (the recorded crashes; other such shapes are exact), or a
+    column jumps over all of it while an outer dim is padded (W padding alone is exact); on an
+    input of depth 1 with depth padding and kernel depth and width > 1, a 3-D depthwise
+    multiplier (2-D and multiplier 1 are exact) or a single input channel with kernel depth 5
+    (depth 3 is exact; measured on cubic kernels, 128 cases, torch 2.13)."""
+    columns = _width_taps(geometry, spatial[-1])
+    reads = [any(0 <= tap < spatial[-1] for tap in taps) for taps in columns]
+    outer_padding = any(geometry.padding[:-1])
+    if outer_padding and any(not read and taps[0] < 0 and taps[-1] >= spatial[-1]
+                             for read, taps in zip(reads, columns)):
+        return BRGEMM_SKIPPED_INPUT
+    if (columns and not any(reads) and geometry.kernel_size[-1] == 1 and geometry.dilation[-1] > 1
+            and not geometry.padding[-2]):
+        return BRGEMM_NO_INPUT_COLUMN
+    out_per_group = geometry.out_channels // geometry.groups
+    kernel = geometry.kernel_size
+    if (geometry.spatial_dims == 3 and geometry.in_channels == geometry.groups
+            and spatial[0] == 1 and geometry.padding[0] > 0 and kernel[0] > 1 and kernel[-1] > 1):
+        if geometry.groups > 1 and out_per_group > 1:
+            return BRGEMM_DEPTHWISE_MULTIPLIER_DEPTH_1.format(out=out_per_group)
+        if geometry.groups == 1 and (kernel[0] > 3 or geometry.padding[0] > 1):
+            return BRGEMM_ONE_CHANNEL_DEPTH_1
+    return ""
+
+
 ONEDNN_CONV_VNNI = ConvKernel(
-    "onednn conv", "oneDNN jit int8 convolution via ideep (AVX512-VNNI; vpdpbusd, exact)",
+    "onednn conv", "oneDNN brg_conv_fwd int8 convolution via ideep (AVX512-VNNI or AMX; exact "
+    "accumulator)",
     GemmNumerics("onednn conv", "oneDNN int8 convolution post-ops", BiasMode.FLOAT32, frozenset(),
                  False, partial(requantization, direct_weight_scale=True)),
-    frozenset())
+    frozenset(), undefined_input=brgemm_undefined_input)
 
 ONEDNN_CONV_AVX2 = ConvKernel(
     "onednn jit_uni_int8:avx2", "oneDNN src/cpu/x64/jit_uni_x8s8s32x_conv_kernel.cpp via ideep",
@@ -171,8 +233,12 @@ def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
 
 
 ONEDNN_DECONV_VNNI = replace(ONEDNN_CONV_VNNI, name="onednn deconvolution",
+                             source="oneDNN jit_deconvolution (AVX512-VNNI) via ideep",
                              per_channel_weights=False, output_padding=False,
-                             weight_buffer_reread=True)
+                             weight_buffer_reread=True, unreached_outputs_undefined=True,
+                             undefined_input=None)
+"""On VNNI as on AVX2, outputs no tap reaches are left to stale memory when ``z_x != 0``
+(measured: recorded bytes differ between runs and machines on a stride (4, 5) depthwise case)."""
 ONEDNN_DECONV_AVX2 = replace(ONEDNN_CONV_AVX2, name="onednn jit_uni_int8 deconvolution:avx2",
                              source="oneDNN src/cpu/x64/jit_uni_x8s8s32x_deconvolution.cpp",
                              per_channel_weights=False, output_padding=False,

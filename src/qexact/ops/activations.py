@@ -253,7 +253,16 @@ def activation(x: QuantizedArray, p: ActivationParams) -> QuantizedArray:
                              "'Got empty input tensor'")
         table = qnnpack_table(p)
         return QuantizedArray(like_memory_format(table[x.values], x.values), p.output_qparams)
-    mask = layout_simd_mask(p.numerics, x.values.shape, [x.values], p.num_threads)
+    from .shape import is_channels_first_contiguous, is_channels_last
+
+    # qelu_kernel allocates its output contiguous whatever the input's layout (measured: a
+    # channels_last input gives NCHW strides); against a channels_last input the inner loop is
+    # then strided and cpu_kernel_vec runs basic_loop: every element takes the scalar lambda.
+    contiguous_out = p.function == "elu" and not is_channels_first_contiguous(x.values)
+    if contiguous_out and is_channels_last(x.values):
+        mask = np.zeros(x.values.shape, bool)
+    else:
+        mask = layout_simd_mask(p.numerics, x.values.shape, [x.values], p.num_threads)
     inv = inverse_scale(p.output_qparams.scale)
     out = np.empty(x.values.shape, np.int64)
     for simd, quant in ((True, quantize_simd), (False, quantize_scalar)):
@@ -265,7 +274,8 @@ def activation(x: QuantizedArray, p: ActivationParams) -> QuantizedArray:
             with np.errstate(over="ignore", invalid="ignore"):
                 y = rule.function(p, real)
             out[where] = quant(y, inv, p.output_qparams.zero_point, dtype)
-    return QuantizedArray(like_memory_format(out.astype(dtype.numpy_dtype), x.values),
+    out = out.astype(dtype.numpy_dtype)
+    return QuantizedArray(out if contiguous_out else like_memory_format(out, x.values),
                           p.output_qparams)
 
 

@@ -25,6 +25,7 @@ A Conv1d is run by PyTorch as a 2-D convolution with a ``(1, k)`` kernel, and is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -83,6 +84,8 @@ class ConvParams(QuantizedLayerAccessors):
     pair_positions: np.ndarray | None
     weight_pairs: np.ndarray | None
     risky_pairs: np.ndarray | None
+    undefined_input: Callable[[tuple[int, ...]], str] | None = None
+    """Why PyTorch's output is undefined for an input of a spatial size (``ConvKernel``)."""
 
     @property
     def kernel_size(self) -> tuple[int, ...]:
@@ -164,6 +167,9 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
     if conv_kernel.undefined_output:
         raise UnsupportedError(f"Conv{dims}d on engine {engine.name!r}: "
                                f"{conv_kernel.undefined_output}")
+    if conv_kernel.not_reproduced:
+        raise UnsupportedError(f"Conv{dims}d on engine {engine.name!r} ({conv_kernel.name}): "
+                               f"{conv_kernel.not_reproduced}")
     numerics = conv_kernel.numerics
     if not numerics.allows_weight_zero_point and np.any(zero_points != 0):
         raise QuantParamError(
@@ -196,6 +202,8 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
         pairs_per_tap=conv_kernel.pairs_per_tap, padded_tap=conv_kernel.padded_tap,
         weight_centered_t=np.ascontiguousarray(np.swapaxes(centered, 1, 2).astype(np.float32)),
         pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
+        undefined_input=None if conv_kernel.undefined_input is None else
+        (lambda spatial: conv_kernel.undefined_input(geometry, as_2d(tuple(spatial), 1))),
     )
 
 
@@ -253,6 +261,10 @@ def conv(x: QuantizedArray, params: ConvParams) -> QuantizedArray:
         raise QuantParamError(f"Conv was prepared for input {params.input_qparams.describe()}, got "
                               f"{x.qparams.describe()}; prepare it again for these qparams")
     spatial = values.shape[2:]
+    reason = params.undefined_input(spatial) if params.undefined_input else ""
+    if reason:
+        raise UnsupportedError(f"Conv{dims}d on engine {params.engine!r} ({params.kernel}), input "
+                               f"of spatial size {tuple(spatial)}: {reason}")
     if params.padding_mode == "zeros":
         out = output_shape(spatial, params.kernel_size, params.stride, params.padding,
                            params.dilation)

@@ -34,7 +34,7 @@ from ..engines.qnnpack_elementwise import (QnnpackAddParams, prepare_qnnpack_add
                                            qnnpack_add_stages)
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
-from ..rounding import f32, fma_float32, round_half_even_to_int32
+from ..rounding import f32, fma_float32, round_half_even_to_int32, wrap_int32
 from ..stages import Stage
 from ._registry import graph_op
 from .quantize import require_quantized
@@ -223,11 +223,14 @@ def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedAr
         with np.errstate(over="ignore"):
             scaled = f32(f32(product) * p.mul_multiplier)
         # Both paths round half to even; beyond int32 the SIMD body's cvtps2dq gives INT32_MIN
-        # (so 0 after the clamp), while the scalar tail's 64-bit rounding keeps the value.
+        # and its 32-bit add of z_o wraps (a negative z_o turns it into INT32_MAX-ish: qmax;
+        # Vectorized<qint8>::requantize_from_int, vec512/vec256_qint.h), while the scalar
+        # tail's 64-bit rounding keeps the value.
         mask = layout_simd_mask(p.numerics, out_shape, [a.values, b.values], p.num_threads)
-        rounded = np.where(mask, round_half_even_to_int32(scaled),
-                           np.rint(scaled.astype(np.float64)).clip(-2.0**62, 2.0**62).astype(np.int64))
-        out = np.clip(rounded + zo, dtype.qmin, dtype.qmax)
+        shifted = np.where(mask, wrap_int32(round_half_even_to_int32(scaled) + zo),
+                           np.rint(scaled.astype(np.float64)).clip(-2.0**62, 2.0**62)
+                           .astype(np.int64) + zo)
+        out = np.clip(shifted, dtype.qmin, dtype.qmax)
         if p.relu:
             out = np.maximum(out, zo)
         return QuantizedArray(like_memory_format(out.astype(dtype.numpy_dtype), a.values),

@@ -4,13 +4,19 @@ models) and sigmoid on float tensors.
 
 ATen's float kernels (aten/src/ATen/native/cpu/Activation.cpp ``silu_kernel``,
 UnaryOpsKernel.cpp ``sigmoid_kernel``) have two lambdas, split like the quantized elementwise
-kernels but in units of 16 floats (``float_elementwise_numerics``):
+kernels but in units of two ``Vectorized<float>`` (``float_elementwise_numerics``: 16 floats in
+the AVX2 build, 32 in the AVX512 build, which both kernels have):
     silu     SIMD body:   y = f32(x / f32(1 + sleef_expf_u10(-x)))     (Vectorized<float>::exp)
              scalar tail: y = f32(x / f32(1 + glibc_expf(-x)))          (std::exp)
-    sigmoid  SIMD body:   y = f32(1 / f32(1 + sleef_expf_u10(0 - x)))   (then reciprocal())
+    sigmoid  SIMD body:   y = f32(1 / f32(1 + sleef_expf_u10(-x)))      (neg, exp, reciprocal)
              scalar tail: y = f32(1 / f32(1 + glibc_expf(-x)))
-The two exps differ in the last bit on ~4 % of inputs (measured: 84 k of 2 M), so the split
-matters; ``qexact.float_math`` emulates both bit for bit. Measured split: 16 (8 and 32 rejected).
+The SIMD exp is ``Sleef_expf8_u10`` (AVX2) or ``Sleef_expf16_u10`` (AVX512F), one algorithm
+with the same results (``qexact.float_math``). The two exps differ in the last bit on ~4 % of
+inputs (measured: 84 k of 2 M), so the split matters.
+
+``torch.exp`` on float32 is not here: it runs MKL's ``vmsExp`` (VML_HA; aten/src/ATen/cpu/vml.h
+``IMPLEMENT_VML_MKL(exp, Exp)``), which is not correctly rounded and whose results depend on the
+CPU MKL dispatches to (measured: ``FLOAT_KERNELS``).
 """
 
 from __future__ import annotations
@@ -31,14 +37,20 @@ FLOAT_KERNELS = {
     "silu": (lambda x, exp: x / (_ONE + exp(-x)), "y = f32(x / f32(1 + {exp}(-x)))"),
     "sigmoid": (lambda x, exp: _ONE / (_ONE + exp(-x)), "y = f32(1 / f32(1 + {exp}(-x)))"),
 }
-"""function -> (the float32 formula given an exp, its text); SIMD body: SLEEF exp, tail: glibc."""
+"""function -> (the float32 formula given an exp, its text); SIMD body: SLEEF exp, tail: glibc.
+
+No "exp": ``torch.exp`` (float32) is MKL ``vmsExp`` in high-accuracy mode, elementwise but not
+emulable here. Measured (torch 2.13.0, MKL 2024.2): against the float_aten recording (AMD EPYC)
+it differs from the correctly rounded exp on 1996, glibc on 2011 and SLEEF on 23780 of 299972
+elements, and from the same torch on an Intel Xeon on 3485 elements (MKL picks its code by CPU).
+"""
 
 
 @dataclass(frozen=True)
 class FloatKernelParams:
     """``function`` (a key of ``FLOAT_KERNELS``); ``numerics``: the float elementwise split (SIMD
-    body in units of 16 floats); ``num_threads``: PyTorch's thread count (large tensors are cut
-    into one chunk per thread)."""
+    body in units of 16 or 32 floats, by kernel build); ``num_threads``: PyTorch's thread count
+    (large tensors are cut into one chunk per thread)."""
 
     function: str
     numerics: ElementwiseNumerics
@@ -51,7 +63,7 @@ def prepare_float_kernel(function: str, engine="fbgemm", num_threads: int | None
 
     if function not in FLOAT_KERNELS:
         raise ShapeError(f"no float kernel {function!r}; supported: {sorted(FLOAT_KERNELS)}")
-    return FloatKernelParams(function, float_elementwise_numerics(get_engine(engine)),
+    return FloatKernelParams(function, float_elementwise_numerics(get_engine(engine), function),
                              int(num_threads or default_num_threads()))
 
 

@@ -30,6 +30,19 @@ LayerNorm / GroupNorm / InstanceNorm, per group of N elements (sums of integers 
 
 The scalar tail is the last ``N % int_lanes`` elements of a LayerNorm row, and the last channels of a
 pixel for BatchNorm and NHWC GroupNorm (``tail_start``). NCHW GroupNorm has no scalar tail.
+
+``sum q`` and ``sum q^2`` are exact int64 sums (``hsum``/``hsum_sq``) except on the NHWC path with
+``H*W >= 512`` (``quantized_groupnorm_nhwc_kernel`` impl-2, ``nhwc_float_sums``): there they are
+float32, in the kernel's order::
+
+    threads: parallel_for(0, B*H*W, 1) gives thread t the pixels [t*k, min((t+1)*k, B*H*W)),
+             k = ceil(B*H*W / T), T = torch.get_num_threads() (one thread if T == 1)
+    step 1:  partial[t][n][c] = f32(... f32(f32(0 + q_p0) + q_p1) ...) over thread t's pixels p
+             of batch n, in pixel order (and the same for q^2, an exact int converted to float)
+    step 2:  sum = f32(... + partial[t][n][c] ...) for t = 0..T-1, then c over the group's channels
+
+Per channel, q^2 sums pass 2^24 from H*W ~ 258 (255^2 * 258), so these round: an off-by-one
+output on ~0.1 % of elements against exact sums.
 """
 
 from __future__ import annotations
@@ -49,7 +62,9 @@ from ._registry import graph_op
 from .quantize import require_quantized
 
 INT32_FLOAT_MAX = np.float32(2147483520.0)  # QuantizeAvx2's clip: the largest float below INT32_MAX
-NHWC_FEATURE_MAP_THRESHOLD = 512  # quantized_groupnorm_nhwc_kernel switches to float partial sums
+NHWC_FEATURE_MAP_THRESHOLD = 512
+"""``feature_map_threshold`` of ``quantized_groupnorm_nhwc_kernel``: from this H*W on it parallelizes
+over pixels and sums q, q^2 in float32 per thread (``nhwc_float_sums``)."""
 
 
 def fused(a, b, c, numerics: NormalizationNumerics) -> np.ndarray:
@@ -194,7 +209,9 @@ class GroupNormParams:
     """A prepared quantized LayerNorm (``kind="layer_norm"``, ``normalized_shape``), GroupNorm
     (``num_groups``) or InstanceNorm (``num_groups == channels``). ``weight``/``bias``: float32
     (normalized_shape elements for LayerNorm, channels otherwise). ``channels_last``: the input is
-    NHWC in memory (ATen runs ``quantized_groupnorm_nhwc_kernel``)."""
+    NHWC in memory (ATen runs ``quantized_groupnorm_nhwc_kernel``). ``num_threads``: PyTorch's
+    ``torch.get_num_threads()``, which sets the float32 summation order of the NHWC path with
+    H*W >= 512 (``nhwc_float_sums``); no other path depends on it."""
 
     kind: str
     normalized_shape: tuple[int, ...]
@@ -206,6 +223,7 @@ class GroupNormParams:
     output_qparams: QParams
     channels_last: bool
     numerics: NormalizationNumerics
+    num_threads: int = 1
 
 
 def prepare_layer_norm(normalized_shape, weight, bias, eps: float, input_qparams: QParams,
@@ -224,25 +242,33 @@ def prepare_layer_norm(normalized_shape, weight, bias, eps: float, input_qparams
 def prepare_group_norm(num_groups: int, num_channels: int, weight, bias, eps: float,
                        input_qparams: QParams, output_scale: float, output_zero_point: int, *,
                        channels_last: bool = False, instance: bool = False,
-                       engine: Engine | str = "fbgemm") -> GroupNormParams:
-    """Validate a quantized GroupNorm (or InstanceNorm: ``instance=True``, groups = channels)."""
+                       engine: Engine | str = "fbgemm", num_threads: int = 1) -> GroupNormParams:
+    """Validate a quantized GroupNorm (or InstanceNorm: ``instance=True``, groups = channels).
+    ``num_threads``: PyTorch's intra-op thread count (``GroupNormParams.num_threads``)."""
     if num_groups <= 0 or num_channels % num_groups:
         raise ShapeError(f"{num_channels} channels cannot be split in {num_groups!r} groups")
+    if int(num_threads) < 1:
+        raise UnsupportedError(f"num_threads must be >= 1, got {num_threads!r}")
     weight = None if weight is None else _float_vector(weight, num_channels, "weight", 1.0)
     bias = None if bias is None else _float_vector(bias, num_channels, "bias", 0.0)
     what = "InstanceNorm" if instance else "GroupNorm"
     return GroupNormParams("instance_norm" if instance else "group_norm", (), int(num_groups),
                            weight, bias, float(eps), input_qparams,
                            _check_io(input_qparams, output_scale, output_zero_point, what),
-                           bool(channels_last), normalization_numerics(get_engine(engine)))
+                           bool(channels_last), normalization_numerics(get_engine(engine)),
+                           int(num_threads))
 
 
-def group_statistics(rows: np.ndarray, params: GroupNormParams) -> dict:
-    """Per row (one group): exact ``sum``/``sum_sq``, then ``mean`` (of q - z_x), ``var``, ``rstd``
-    (= s_x / std) in float32 as ``quantized_normalize_kernel`` forms them."""
+def group_statistics(rows: np.ndarray, params: GroupNormParams, sums=None) -> dict:
+    """Per row (one group): ``sum``/``sum_sq`` (exact int64, or the float32 ``sums`` of
+    ``nhwc_float_sums``), then ``mean`` (of q - z_x), ``var``, ``rstd`` (= s_x / std) in float32
+    as ``quantized_normalize_kernel`` forms them."""
     count = np.float32(rows.shape[-1])
-    wide = rows.astype(np.int64)
-    total, total_sq = wide.sum(axis=-1), (wide * wide).sum(axis=-1)
+    if sums is None:
+        wide = rows.astype(np.int64)
+        total, total_sq = wide.sum(axis=-1), (wide * wide).sum(axis=-1)
+    else:
+        total, total_sq = sums
     mean_shifted = f32(f32(total) / count)
     mean = f32(mean_shifted - np.float32(params.input_qparams.zero_point))
     mean_sq = f32(f32(total_sq) / count)
@@ -300,10 +326,48 @@ def takes_nhwc_path(params: GroupNormParams, shape) -> bool:
     return params.channels_last or shape[1] == 1 or shape[2] * shape[3] == 1
 
 
+def takes_float_sums(params: GroupNormParams, shape) -> bool:
+    """The NHWC path with ``H*W >= 512`` sums in float32 (``nhwc_float_sums``)."""
+    return takes_nhwc_path(params, shape) and shape[2] * shape[3] >= NHWC_FEATURE_MAP_THRESHOLD
+
+
+def nhwc_float_sums(values: np.ndarray, params: GroupNormParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (batch-major), the float32 ``sum q`` and ``sum q^2`` of
+    ``quantized_groupnorm_nhwc_kernel`` impl-2 (QuantizedOpKernels.cpp, steps 1 and 2; module
+    docstring): per-thread, per-channel partials over a thread's pixels in order, then added up
+    thread by thread and channel by channel. ``np.add.accumulate`` adds in order, one float32
+    rounding a step (``np.sum`` would add pairwise)."""
+    batch, channels, height, width = values.shape
+    pixels, groups, threads = height * width, params.num_groups, params.num_threads
+    by_pixel = values.reshape(batch, channels, pixels).transpose(0, 2, 1).reshape(-1, channels)
+    by_pixel = by_pixel.astype(np.int64)
+    terms = (f32(by_pixel), f32(by_pixel * by_pixel))  # |q^2| <= 65025: exact in float32
+    count = batch * pixels
+    workers = min(threads, count)  # parallel_for: min(threads, ceil(range / grain)) chunks
+    chunk = -(-count // workers)
+    partial = np.zeros((2, threads, batch, channels), np.float32)
+    for thread in range(workers):
+        begin, end = thread * chunk, min(count, (thread + 1) * chunk)
+        for n in range(begin // pixels, -(-end // pixels)):
+            low, high = max(begin, n * pixels), min(end, (n + 1) * pixels)
+            for k in range(2):
+                partial[k, thread, n] = np.add.accumulate(terms[k][low:high], axis=0)[-1]
+    per_group = channels // groups
+    ordered = partial.reshape(2, threads, batch, groups, per_group).transpose(0, 2, 3, 1, 4)
+    ordered = ordered.reshape(2, batch * groups, threads * per_group)
+    total, total_sq = np.add.accumulate(ordered, axis=-1)[..., -1]
+    return total, total_sq
+
+
+def _statistics(values: np.ndarray, params: GroupNormParams) -> dict:
+    sums = nhwc_float_sums(values, params) if takes_float_sums(params, values.shape) else None
+    return group_statistics(_rows(values, params), params, sums)
+
+
 def group_norm(x: QuantizedArray, params: GroupNormParams) -> QuantizedArray:
     """``quantized::layer_norm`` / ``group_norm`` / ``instance_norm`` on integers."""
     values = _check_group_input(x, params)
-    stats = group_statistics(_rows(values, params), params)
+    stats = _statistics(values, params)
     y, tail = _affine(params, values, stats)
     output = params.output_qparams
     inv = f32(np.float32(1.0) / np.float32(output.scale))
@@ -413,7 +477,8 @@ def _group_prepare(node, input_qparams, engine):
                               arrays.get("weight"), arrays.get("bias"), attrs["eps"],
                               input_qparams, *_output_attrs(node),
                               channels_last=bool(attrs.get("channels_last", False)),
-                              instance=node.op == "instance_norm", engine=engine)
+                              instance=node.op == "instance_norm", engine=engine,
+                              num_threads=int(attrs.get("num_threads", 1)))
     return params, params.output_qparams
 
 
@@ -421,7 +486,7 @@ def explain_group_norm(params: GroupNormParams, x: QuantizedArray, result, index
     """Statistics of the element's group, its float32 ``y``, and how it was quantized."""
     values = x.values
     rows = _rows(values, params)
-    stats = group_statistics(rows, params)
+    stats = _statistics(values, params)
     y, tail = _affine(params, values, stats)
     flat = np.ravel_multi_index(index, values.shape)
     row = flat // rows.shape[1]
@@ -437,12 +502,14 @@ def explain_group_norm(params: GroupNormParams, x: QuantizedArray, result, index
     path = ("scalar (quantize_val): q_y = clamp(rne(f32(f32(y * inv) + z_y)))" if is_tail else
             "vector: q_y = clamp(cvtps2dq(min(f32(y * inv), 2147483520)) + z_y)")
     output = params.output_qparams
+    sums = (f"float32 per-thread partial sums ({params.num_threads} threads, H*W >= "
+            f"{NHWC_FEATURE_MAP_THRESHOLD}); " if takes_float_sums(params, values.shape) else "")
     return [
         Stage(f"{params.kind}: group statistics",
-              "m_s = f32(f32(sum q)/N); mean = f32(m_s - z_x); var = max(fma(-m_s, m_s, "
+              sums + "m_s = f32(f32(sum q)/N); mean = f32(m_s - z_x); var = max(fma(-m_s, m_s, "
               "f32(f32(sum q^2)/N)), 0); rstd = f32(s_x / sqrt(double(f32(f32(var*s_x)*s_x)) + eps))",
-              {"group": int(row), "N": rows.shape[1], "sum": int(stats["sum"][row]),
-               "sum_sq": int(stats["sum_sq"][row]), "mean_shifted": stats["mean_shifted"][row],
+              {"group": int(row), "N": rows.shape[1], "sum": stats["sum"][row],
+               "sum_sq": stats["sum_sq"][row], "mean_shifted": stats["mean_shifted"][row],
                "mean": stats["mean"][row], "var": stats["var"][row], "eps": params.eps,
                "s_x": params.input_qparams.scale}, stats["rstd"][row]),
         Stage(f"{params.kind}: affine", formula,
