@@ -293,6 +293,77 @@ def test_groupwise_with_a_partial_block_of_groups_is_refused(dims, per_group, gr
                  groups=groups, engine="fbgemm", isa="avx2")
 
 
+def _depthwise_3d(kernel, stride, zero_point, engine="fbgemm", isa="avx2", channels=16):
+    w = np.ones((channels, 1) + tuple(kernel), np.int8)
+    return prepare_conv(w, QParams.per_tensor(0.0025, zero_point, QINT8), None,
+                        QParams.per_tensor(0.06, 140, QUINT8), QParams.per_tensor(0.36, 11, QUINT8),
+                        stride=stride, padding=tuple((k - 1) // 2 for k in kernel),
+                        groups=channels, engine=engine, isa=isa)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512_vnni"])
+def test_fbgemm_3d_depthwise_on_small_inputs_is_refused(isa):
+    """FBGEMM's 3-D depthwise kernel corrupts PyTorch's heap when an input size is at most
+    (padding - 1) x stride (measured: crashes, 'double free or corruption'): refused, as
+    undefined, at run time; larger inputs and K = 3 run."""
+    for kernel, stride, small, fine in [((5, 5, 5), 1, 1, 2), ((5, 5, 5), 2, 2, 3),
+                                        ((7, 7, 7), 2, 4, 5), ((5, 3, 3), 1, 1, 2)]:
+        params = _depthwise_3d(kernel, stride, 0, isa=isa)
+        assert params.kernel == "fbgemm depthwise"
+        for dim in range(3):
+            if kernel[dim] < 5:
+                continue
+            shape = [8, 8, 8]
+            shape[dim] = small
+            x = QuantizedArray(np.full((1, 16, *shape), 140, np.uint8), params.input_qparams)
+            with pytest.raises(UnsupportedError, match="undefined"):
+                conv(x, params)
+            shape[dim] = fine
+            conv(QuantizedArray(np.full((1, 16, *shape), 140, np.uint8), params.input_qparams),
+                 params)
+    conv(QuantizedArray(np.full((1, 16, 1, 1, 1), 140, np.uint8), params.input_qparams),
+         _depthwise_3d((3, 3, 3), 2, 0, isa=isa))
+
+
+def test_fbgemm_3d_depthwise_with_large_window_and_asymmetric_weight_is_refused():
+    """A known divergence (below): qexact refuses rather than give other numbers; symmetric
+    weights and windows of at most 128 taps are computed."""
+    for engine in ("fbgemm", "x86"):
+        with pytest.raises(UnsupportedError, match="does not reproduce"):
+            _depthwise_3d((7, 7, 7), 1, 3, engine=engine)
+        with pytest.raises(UnsupportedError, match="does not reproduce"):
+            _depthwise_3d((3, 7, 7), 1, -2, engine=engine)
+    assert _depthwise_3d((7, 7, 7), 1, 0).kernel == "fbgemm depthwise"
+    assert _depthwise_3d((5, 5, 5), 1, 3).kernel == "fbgemm depthwise"  # 125 taps
+    assert _depthwise_3d((7, 3, 3), 1, 3).kernel == "fbgemm depthwise"
+
+
+@pytest.mark.torch
+@pytest.mark.xfail(strict=True, raises=(UnsupportedError, AssertionError), reason=(
+    "Known divergence: FBGEMM's 3-D depthwise kernel (src/FbgemmI8Depthwise3DAvx2.cc) with a "
+    "weight zero point != 0 and a window of more than 128 taps differs from the convolution "
+    "on most elements once a window's activations sum past 32767, which points at a 16-bit "
+    "row sum for the zero-point correction; qexact does not reproduce it and refuses the layer. "
+    "Reproducer: this test (7x7x7, C=16, z_w=3, input 9x9x9 uniform 0..255): 9811 of 11664 "
+    "elements differ when computed as a convolution."))
+def test_fbgemm_3d_depthwise_large_window_asymmetric_weight_vs_torch():
+    import torch
+
+    rng = np.random.default_rng(2)
+    w = rng.integers(-128, 128, (16, 1, 7, 7, 7)).astype(np.int8)
+    x = rng.integers(0, 256, (1, 16, 9, 9, 9)).astype(np.uint8)
+    case = dict(x=x, x_qp=QParams.per_tensor(0.06, 140, QUINT8), w=w,
+                w_qp=QParams.per_tensor(0.0025, 3, QINT8), bias=None,
+                out_qp=QParams.per_tensor(0.36, 11, QUINT8), stride=1, padding=3, dilation=1,
+                groups=16, relu=False)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    try:
+        check_vs_torch("fbgemm", case, "3-D depthwise 7x7x7, z_w = 3")
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 # ---------------------------------------------------------------------------------------------
 # Differential against PyTorch
 # ---------------------------------------------------------------------------------------------

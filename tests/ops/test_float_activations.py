@@ -19,7 +19,8 @@ from support.assertions import assert_bitexact
 import qexact
 from qexact.engines import ATEN_CAPABILITIES, detect_aten_capability
 from qexact.engines.aten import float_elementwise_numerics
-from qexact.ops.float_activations import FloatKernelParams, float_kernel, prepare_float_kernel
+from qexact.ops.float_activations import (FLOAT_KERNELS, FloatKernelParams, float_kernel,
+                                          prepare_float_kernel)
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -97,6 +98,57 @@ def test_float_kernel_lengths_around_the_split():
                             f"{function} {n}")
 
 
+def _discriminating(function: str, n: int, seed: int) -> np.ndarray:
+    """``n`` float32 inputs on each of which the SIMD body (SLEEF exp) and the scalar tail (glibc
+    expf) give different bits, so torch's output tells which lambda ran every element."""
+    from qexact.float_math import glibc_expf, sleef_expf_u10
+
+    formula = FLOAT_KERNELS[function][0]
+    rng = np.random.default_rng(seed)
+    candidates = (rng.standard_normal(4 * n) * 8).astype(np.float32)
+    with np.errstate(all="ignore"):
+        simd = formula(candidates, sleef_expf_u10).astype(np.float32)
+        scalar = formula(candidates, glibc_expf).astype(np.float32)
+    pool = candidates[simd.view(np.uint32) != scalar.view(np.uint32)]
+    return rng.choice(pool, n)
+
+
+# Lengths over the grain (32768) whose per-thread chunks end off the SIMD unit: at::parallel_for
+# (aten/src/ATen/ParallelOpenMP.h ``invoke_parallel``) cuts [0, n) into min(T, ceil(n / 32768))
+# chunks of ceil(n / chunks); each chunk has its own body (multiples of 32 floats on AVX512, 16
+# on AVX2) and scalar tail. 66001 on 2 threads: chunks [0, 33001), [33001, 66001), tails
+# [32992, 33001) and [65993, 66001) on AVX512 (the conformance case float_aten c0004, seed 101).
+THREAD_CHUNK_LENGTHS = (32769, 65537, 66001, 98305, 100003, 120000, 131073)
+
+
+@pytest.mark.parametrize("function", ["silu", "sigmoid"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_float_kernel_thread_chunks_vs_torch(threads, function):
+    """Each parallel chunk's own SIMD body and scalar tail, at the host's capability, on inputs
+    where every element shows which lambda ran; the single-thread split must not fit (the
+    boundaries matter on these lengths)."""
+    params = _params(threads=threads, function=function)
+    assert params.numerics.capability == detect_aten_capability()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    serial_fits = []
+    try:
+        for n in THREAD_CHUNK_LENGTHS:
+            x = _discriminating(function, n, seed=n + threads)
+            theirs = TORCH_FUNCTIONS[function](torch.from_numpy(x)).numpy().view(np.uint32)
+            ours = float_kernel(x, params).view(np.uint32)
+            assert np.array_equal(ours, theirs), \
+                f"{function} {n} on {threads} threads: {int((ours != theirs).sum())} elements differ"
+            serial = float_kernel(x, _params(threads=1, function=function)).view(np.uint32)
+            if np.array_equal(serial, theirs):
+                serial_fits.append(n)
+    finally:
+        torch.set_num_threads(previous)
+    # 120000 on 2 or 3 threads: chunks of 60000 / 40000 floats, whole SIMD units, no chunk tail
+    if params.numerics.body_unit:
+        assert set(serial_fits) <= {120000}, serial_fits
+
+
 SCRIPT = r"""
 import sys
 import numpy as np, torch, qexact
@@ -110,6 +162,22 @@ bad = 0
 for n, threads in [(n, 1) for n in range(1, 130)] + [(4099, 1), (70001, 2)]:
     torch.set_num_threads(threads)
     x = (rng.standard_normal(n) * 8).astype(np.float32)
+    ours = float_kernel(x, FloatKernelParams(function, numerics, threads))
+    theirs = torch_function(torch.from_numpy(x)).numpy()
+    bad += int((ours.view(np.uint32) != theirs.view(np.uint32)).sum())
+# per-thread chunks: inputs where SLEEF and glibc differ, so every element shows its lambda;
+# 70001 / 2 and 100003 / 3 leave chunk tails of 16..31 floats (scalar on AVX2 only in part)
+from qexact.float_math import glibc_expf, sleef_expf_u10
+from qexact.ops.float_activations import FLOAT_KERNELS
+formula = FLOAT_KERNELS[function][0]
+candidates = (rng.standard_normal(2_000_000) * 8).astype(np.float32)
+with np.errstate(all="ignore"):
+    differ = (formula(candidates, sleef_expf_u10).astype(np.float32).view(np.uint32)
+              != formula(candidates, glibc_expf).astype(np.float32).view(np.uint32))
+pool = candidates[differ]
+for n, threads in [(66001, 2), (70001, 2), (32769, 3), (98305, 3), (100003, 3), (131073, 3)]:
+    torch.set_num_threads(threads)
+    x = rng.choice(pool, n)
     ours = float_kernel(x, FloatKernelParams(function, numerics, threads))
     theirs = torch_function(torch.from_numpy(x)).numpy()
     bad += int((ours.view(np.uint32) != theirs.view(np.uint32)).sum())

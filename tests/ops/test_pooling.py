@@ -140,6 +140,132 @@ def test_adaptive_avg_pool_random_vs_torch(engine, spatial):
     assert elements > 5000
 
 
+ADAPTIVE_CHANNELS = (1, 3, 8, 15, 16, 17, 19, 32, 33, 40)
+
+
+def _adaptive_channels_last_case(rng, spatial, channels):
+    """A channels_last adaptive pool case: both dtypes, small windows (half-way averages are
+    common), a quarter of them pooled to all ones (3-D: PyTorch's mean), some ``None`` sizes.
+    3-D: a fifth are unbatched (C, D, H, W) inputs, channels_last (the 2-D format) or contiguous
+    (ambiguous with size-1 dims): those that are ``is_contiguous(channels_last)`` take the NDHWC
+    kernel, which reads and writes them as if C were innermost."""
+    dtype = QUINT8 if rng.random() < 0.6 else QINT8
+    sizes = [int(rng.integers(1, 7 if spatial == 2 else 6)) for _ in range(spatial)]
+    batch = () if spatial == 3 and rng.random() < 0.2 else (int(rng.integers(1, 3)),)
+    values = rng.integers(dtype.qmin, dtype.qmax + 1,
+                          size=(*batch, channels, *sizes)).astype(dtype.numpy_dtype)
+    if rng.random() < 0.15:
+        values[...] = values[(slice(None),) * (1 + len(batch)) + (slice(0, 1),) * spatial]
+    qparams = QParams.per_tensor(float(10 ** rng.uniform(-3, 1)),
+                                 int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
+    if rng.random() < 0.25:
+        outs = [1] * spatial
+    else:
+        outs = [int(rng.integers(1, s + 2)) for s in sizes]
+        if rng.random() < 0.15:
+            outs[int(rng.integers(spatial))] = None
+    return values, qparams, outs, bool(batch) or rng.random() < 0.5
+
+
+def _adaptive_channels_last_vs_torch(engine, spatial, channels, rng, cases):
+    """(elements, mismatches, stride mismatches of 3-D pools to 1x1x1) against PyTorch in this
+    process; qexact's engine at the capability this process's ATen runs."""
+    import torch.nn.functional as F
+
+    elements = bad = bad_strides = 0
+    for _ in range(cases):
+        values, qparams, outs, channels_last = _adaptive_channels_last_case(rng, spatial, channels)
+        t = _torch_input(values, qparams, channels_last)
+        expected = getattr(F, f"adaptive_avg_pool{spatial}d")(t, outs)
+        params = prepare_adaptive_pool("avg", spatial, outs, engine=engine)
+        got = adaptive_avg_pool(QuantizedArray(t.int_repr().numpy(), qparams), params).values
+        want = expected.int_repr().numpy()
+        elements += want.size
+        if not np.array_equal(got, want) or got.dtype != want.dtype:
+            bad += int((got != want).sum()) or 1
+        if spatial == 3 and want.shape[-3:] == (1, 1, 1):
+            bad_strides += not np.array_equal(np.array(got.strides) // got.itemsize,
+                                              np.array(expected.stride()))
+    return elements, bad, bad_strides
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("spatial", [2, 3])
+def test_adaptive_avg_pool_channels_last_channels_vs_torch(engine, spatial):
+    """channels_last adaptive_avg_pool2d/3d for C around the SIMD widths, on this host's ATen
+    capability: the kernel's AVX2 build (which AVX512 CPUs run too, the stub has no AVX512
+    build) rounds channels < C // 8 * 8 with ``quantize_vec`` and the rest with ``quantize_val``;
+    a 3-D pool to 1x1x1 is PyTorch's quantized mean instead."""
+    rng = np.random.default_rng(31 + spatial)
+    for channels in ADAPTIVE_CHANNELS:
+        elements, bad, bad_strides = _adaptive_channels_last_vs_torch(engine, spatial, channels,
+                                                                      rng, 24)
+        assert (bad, bad_strides) == (0, 0), (
+            f"adaptive_avg_pool{spatial}d {engine} C={channels}: {bad} of {elements} elements "
+            f"differ, {bad_strides} stride mismatches")
+
+
+ADAPTIVE_CAPABILITY_SCRIPT = r"""
+import sys, numpy as np, torch
+sys.path.insert(0, {tests!r})
+from ops.test_pooling import ADAPTIVE_CHANNELS, _adaptive_channels_last_vs_torch
+import qexact
+torch.set_num_threads(1)
+rng = np.random.default_rng(41)
+elements = bad = 0
+for engine in ("fbgemm", "qnnpack"):
+    torch.backends.quantized.engine = engine
+    for spatial in (2, 3):
+        for channels in ADAPTIVE_CHANNELS:
+            counts = _adaptive_channels_last_vs_torch(engine, spatial, channels, rng, 8)
+            elements += counts[0]
+            bad += counts[1] + counts[2]
+print(torch.backends.cpu.get_cpu_capability().lower(), qexact.engines.detect_aten_capability(),
+      elements > 20000, bad)
+"""
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_adaptive_avg_pool_channels_last_aten_capability_subprocess(capability):
+    """The same comparison under ATEN_CPU_CAPABILITY (a CPU without that ISA runs its best one,
+    and qexact detects the same)."""
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c",
+                             ADAPTIVE_CAPABILITY_SCRIPT.format(tests=tests)],
+                            env=env, capture_output=True, text=True, check=True)
+    torch_capability, qexact_capability, enough, bad = result.stdout.split()
+    assert torch_capability == qexact_capability, result.stdout
+    assert (enough, bad) == ("True", "0"), result.stdout + result.stderr
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("channels_last,expected", [(True, 111), (False, 110)])
+def test_adaptive_avg_pool3d_to_one_is_mean(engine, channels_last, expected):
+    """Regression (conformance pool3d seed 101): adaptive_avg_pool3d to (1, 1, 1) runs
+    ``mean(dim=(-1, -2, -3), keepdim=True)``. Channel 10 of batch 1 averages to 110.5 in integers:
+    channels_last takes mean's dequantize / float sum / quantize path (111), NCDHW its integer
+    inner path (110); the pooling kernel would give 110 for both."""
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 256, size=(2, 19, 1, 1, 4)).astype(np.uint8)
+    values[1, 10] = [147, 141, 112, 42]
+    qparams = QParams.per_tensor(0.5549687743186951, 180, QUINT8)
+    t = _torch_input(values, qparams, channels_last)
+    want = F.adaptive_avg_pool3d(t, [1, 1, 1])
+    params = prepare_adaptive_pool("avg", 3, [1, 1, 1], engine=engine)
+    got = adaptive_avg_pool(QuantizedArray(t.int_repr().numpy(), qparams), params).values
+    assert np.array_equal(got, want.int_repr().numpy())
+    assert np.array_equal(np.array(got.strides) // got.itemsize, np.array(want.stride()))
+    assert int(got[1, 10, 0, 0, 0]) == expected
+
+
 def _upsample_cases(rng, mode, channels_last_choice):
     for _ in range(CASES):
         values, qparams, _ = _random_input(rng, 2, 7)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._draws import (draw_gemm_operands, draw_scale, draw_weight_qparams, out_qparams_of,
+from ._draws import (draw_gemm_operands, draw_scale, draw_weight_qparams, f32_scale, out_qparams_of,
                      qexact_input, qexact_outputs, torch_floats, torch_input, torch_outputs,
                      torch_weight, weight_qparams_of)
 from .family import Case, family
@@ -105,6 +105,54 @@ def _draw(op: str, dims: int, transposed: bool):
     return draw
 
 
+def _pytorch_draw(op: str, dims: int):
+    """As ``_test_qconv_impl`` / ``_make_qconv_tensors`` (test/quantization/core/
+    test_quantized_op.py): groups 1..3, 2/4/5/8/16/32 channels per group in and out, sizes 4..16
+    (3-D 4..8), kernel 1..7 (3-D 1..3), stride 1..2, padding 0..2, dilation 1..2; x integers in
+    [0, 4) with s_x U(1.2, 1.6), z_x 0..4; weight integers in [-5, 5) around z_w in [-5, 5]
+    (0 on onednn), scales U(0.2, 1.6) (one per channel when channelwise); output U(4.2, 5.6),
+    z 0..4; bias U(-10, 10) (float)."""
+    def draw(rng, engine):
+        groups = int(rng.integers(1, 4))
+        per_in, per_out = (int(rng.choice([2, 4, 5, 8, 16, 32])) for _ in range(2))
+        channels_in, channels_out = groups * per_in, groups * per_out
+        kernel = [int(rng.integers(1, 8 if dims < 3 else 4)) for _ in range(dims)]
+        dilation = [int(rng.integers(1, 3)) for _ in range(dims)]
+        padding = [int(rng.integers(0, 3)) for _ in range(dims)]
+        stride = [int(rng.integers(1, 3)) for _ in range(dims)]
+        spatial = [int(rng.integers(4, 17 if dims < 3 else 9)) for _ in range(dims)]
+        if any(s + 2 * p < (k - 1) * d + 1 for s, p, k, d in zip(spatial, padding, kernel,
+                                                                  dilation)):
+            return None
+        batch = int(rng.integers(1, 4))
+        x_zero_point = int(rng.integers(0, 5))
+        w_zero_point = 0 if engine == "onednn" else int(rng.integers(-5, 6))
+        x = (rng.integers(0, 4, [batch, channels_in] + spatial)).astype(np.uint8)
+        w = np.clip(rng.integers(-5, 5, (channels_out, per_in) + tuple(kernel)) + w_zero_point,
+                    -128, 127).astype(np.int8)
+        params = {"op": op, "kind": "regular" if groups == 1 else "groupwise", "groups": groups,
+                  "in_channels": channels_in, "out_channels": channels_out, "kernel": kernel,
+                  "stride": stride, "padding": padding, "dilation": dilation, "spatial": spatial,
+                  "batch": batch, "x_scale": f32_scale(rng.uniform(1.2, 1.6)),
+                  "x_zero_point": x_zero_point, "x_dtype": "quint8", "x_range": "0..3",
+                  "has_bias": bool(rng.random() < 0.5), "x_channels_last": False,
+                  "out_scale_req": f32_scale(rng.uniform(4.2, 5.6)),
+                  "out_zero_point_req": int(rng.integers(0, 5)), "w_symmetric": w_zero_point == 0}
+        arrays = {"x": x, "w": w}
+        if rng.random() < 0.5:
+            params |= {"w_qscheme": "per_channel", "w_axis": 0}
+            arrays |= {"w_scales": np.array([f32_scale(rng.uniform(0.2, 1.6))
+                                             for _ in range(channels_out)]),
+                       "w_zero_points": np.full(channels_out, w_zero_point, np.int64)}
+        else:
+            params |= {"w_qscheme": "per_tensor", "w_scale": f32_scale(rng.uniform(0.2, 1.6)),
+                       "w_zero_point": w_zero_point}
+        if params["has_bias"]:
+            arrays["bias"] = rng.uniform(-10, 10, channels_out).astype(np.float32)
+        return Case(params, arrays)
+    return draw
+
+
 def _run_torch(case):
     import torch
 
@@ -141,9 +189,9 @@ def _run_qexact(case, engine):
 
 for _dims in (1, 2, 3):
     family(f"conv{_dims}d", draw=_draw(f"conv{_dims}d", _dims, False), run_torch=_run_torch,
-           run_qexact=_run_qexact)
+           run_qexact=_run_qexact, profiles={"pytorch": _pytorch_draw(f"conv{_dims}d", _dims)})
 family("conv2d_relu", draw=_draw("conv2d_relu", 2, False), run_torch=_run_torch,
-       run_qexact=_run_qexact)
+       run_qexact=_run_qexact, profiles={"pytorch": _pytorch_draw("conv2d_relu", 2)})
 for _dims in (1, 2, 3):
     family(f"conv_transpose{_dims}d", draw=_draw(f"conv_transpose{_dims}d", _dims, True),
            run_torch=_run_torch, run_qexact=_run_qexact,

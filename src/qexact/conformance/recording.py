@@ -170,7 +170,8 @@ def write_readme(directory, manifest: dict) -> None:
         f"CPU {manifest.get('cpu_model') or '?'}; qexact isa `{manifest.get('qexact_isa')}`, "
         f"aten_capability `{manifest.get('aten_capability')}`; seed {manifest.get('seed')}; "
         f"environment overrides {manifest.get('env_overrides') or 'none'}. Every torch call ran "
-        "twice in a child process with `torch.set_num_threads(1)`.", "",
+        "twice in a child process, with `torch.set_num_threads(num_threads)` where a case says "
+        "`num_threads`, else 1.", "",
         "Schema: as `tests/data/recordings/avx512_vnni/README.md` of qexact. Per family x engine "
         "`<family>__<engine>.npz` (arrays `<case>/<field>`, C-contiguous in logical order) and "
         "`<family>__<engine>.json` (`family`, `engine`, `seed`, `generated`, `stored`, `cases` "

@@ -346,7 +346,7 @@ def record_conformance(directory, families=None, engines=None, cases: int = 100,
         "numpy_version": np.__version__, "python": platform.python_version(),
         "supported_engines": info.get("supported_engines"),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seed": seed, "profile": profile, "num_threads": 1,
+        "seed": seed, "profile": profile, "num_threads": "per case (num_threads, else 1)",
         "generator": "qexact conformance --record (numpy default_rng([seed, crc32(family), "
                      "engine index, case]))",
         "cells": manifest_cells,

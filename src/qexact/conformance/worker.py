@@ -1,8 +1,8 @@
 """PyTorch's side of a sweep, in a child process that may crash.
 
 The parent (``TorchWorker``) sends one case at a time over the child's stdin; the child
-(``python -m qexact.conformance.worker``) sets the quantized engine, calls the family's
-``run_torch`` twice and answers over a private copy of its stdout (file descriptor 1 is pointed at
+(``python -m qexact.conformance.worker``) sets the quantized engine and the case's intra-op
+threads (``num_threads``, else 1), calls the family's ``run_torch`` twice and answers over a private copy of its stdout (file descriptor 1 is pointed at
 stderr, so torch's own prints cannot corrupt the protocol). The child's stderr goes to a file, so
 torch's noise ("Error in QNNPACK: ...") never reaches the terminal; its tail is kept for the crash
 report. When the child dies, ``run`` reports the exit (``signal 11``) and the next call starts a
@@ -221,8 +221,12 @@ def _main() -> None:
             if torch.backends.quantized.engine != engine:
                 torch.backends.quantized.engine = engine
             case = Case(params, arrays)
-            first = family.run_torch(case)
-            second = family.run_torch(case)
+            torch.set_num_threads(int(params.get("num_threads", 1)))  # as qexact emulates it
+            try:
+                first = family.run_torch(case)
+                second = family.run_torch(case)
+            finally:
+                torch.set_num_threads(1)
         except Exception as error:  # torch refuses the configuration
             send(("refused", f"{type(error).__name__}: {error}".strip()[:500]))
             continue

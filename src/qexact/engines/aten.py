@@ -194,7 +194,9 @@ def simd_mask(numerics: ElementwiseNumerics, out_shape: tuple[int, ...], input_s
         return mask.reshape(out_shape)
     if total < numerics.grain_size or num_threads <= 1:
         chunks = [(0, total)]
-    else:
+    else:  # aten/src/ATen/ParallelOpenMP.h invoke_parallel: min(T, divup(n, grain)) chunks of
+        # divup(n, chunks); measured on float sigmoid/silu (AVX512 and AVX2 builds, 1-4 threads,
+        # 32767..200000 elements) and the quantized kernels (module docstring)
         count = min(num_threads, -(-total // numerics.grain_size))
         size = -(-total // count)
         chunks = [(start, min(total, start + size)) for start in range(0, total, size)]

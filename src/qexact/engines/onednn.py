@@ -122,19 +122,23 @@ ONEDNN_GEMM_JIT_MATMUL = GemmNumerics(
 )
 
 
-def _width_taps(geometry: ConvGeometry, width: int) -> list[list[int]]:
-    """Per output column, the input columns its taps read along the last (W) dim."""
-    size, stride = geometry.kernel_size[-1], geometry.stride[-1]
-    pad, dilation = geometry.padding[-1], geometry.dilation[-1]
-    columns = (width + 2 * pad - dilation * (size - 1) - 1) // stride + 1
-    return [[o * stride - pad + t * dilation for t in range(size)] for o in range(max(columns, 0))]
+def _taps(geometry: ConvGeometry, dim: int, size: int) -> list[list[int]]:
+    """Per output index along spatial ``dim``, the input indices its taps read there."""
+    kernel, stride = geometry.kernel_size[dim], geometry.stride[dim]
+    pad, dilation = geometry.padding[dim], geometry.dilation[dim]
+    count = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    return [[o * stride - pad + t * dilation for t in range(kernel)] for o in range(max(count, 0))]
+
+
+def _reads_input(taps: list[list[int]], size: int) -> list[bool]:
+    return [any(0 <= tap < size for tap in row) for row in taps]
 
 
 BRGEMM_NO_INPUT_COLUMN = (
-    "no output column reads an input column (every tap along W falls in the padding), W is "
-    "dilated (a 1-wide kernel) and H is not padded. "
-    "PyTorch's oneDNN brgemm convolution (brg_conv_fwd, AVX512-VNNI/AMX) crashes the process "
-    "with a segmentation fault on such shapes (measured on torch 2.13): its result is undefined.")
+    "no output column reads an input column (every tap along W falls in the padding) and W is "
+    "dilated (a 1-wide kernel). PyTorch's oneDNN brgemm convolution (brg_conv_fwd, "
+    "AVX512-VNNI/AMX) crashes the process with a segmentation fault on such shapes (measured on "
+    "torch 2.13, whether H is padded or not): its result is undefined.")
 BRGEMM_SKIPPED_INPUT = (
     "an output column's taps along W jump over the whole input (dilation wider than the input: "
     "all its taps fall in the padding on both sides) while another dim is padded too. PyTorch's "
@@ -148,6 +152,13 @@ BRGEMM_DEPTHWISE_MULTIPLIER_DEPTH_1 = (
     "convolution (AVX512-VNNI/AMX) reads padding it never wrote, and its outputs disagree with "
     "the convolution and change between runs (measured on torch 2.13), so the result is undefined.")
 
+BRGEMM_DEPTHWISE_MULTIPLIER_PADDED_ROW = (
+    "a depthwise convolution with a channel multiplier (one input channel, {out} output "
+    "channels per group) where a whole output row (or depth slice) reads only padding, with a "
+    "kernel taller than 1 there: "
+    "PyTorch's oneDNN brgemm convolution (AVX512-VNNI/AMX) gives such outputs bytes that change "
+    "between runs (measured on torch 2.13; a padded column along W alone is exact), so the "
+    "result is undefined.")
 BRGEMM_ONE_CHANNEL_DEPTH_1 = (
     "a 3-D convolution of one input channel on an input of depth 1 with a kernel depth above 3 "
     "(depth padding 2 or more): PyTorch's oneDNN brgemm convolution (AVX512-VNNI/AMX) reads "
@@ -158,22 +169,29 @@ BRGEMM_ONE_CHANNEL_DEPTH_1 = (
 def brgemm_undefined_input(geometry: ConvGeometry, spatial: tuple[int, ...]) -> str:
     """Input shapes on which PyTorch's oneDNN brgemm convolution has no defined result (measured
     on AVX512-VNNI and AMX; the AVX2 jit kernels compute them): along W, no output column reads
-    the input, W dilated and H unpadded (the recorded crashes; other such shapes are exact), or a
+    the input with W dilated (1-wide kernel: 42 of 48 such shapes crashed, H padded or not), or a
     column jumps over all of it while an outer dim is padded (W padding alone is exact); on an
     input of depth 1 with depth padding and kernel depth and width > 1, a 3-D depthwise
     multiplier (2-D and multiplier 1 are exact) or a single input channel with kernel depth 5
-    (depth 3 is exact; measured on cubic kernels, 128 cases, torch 2.13)."""
-    columns = _width_taps(geometry, spatial[-1])
-    reads = [any(0 <= tap < spatial[-1] for tap in taps) for taps in columns]
+    (depth 3 is exact; measured on cubic kernels, 128 cases, torch 2.13); a depthwise multiplier
+    whose output row (or depth slice) reads only padding with a kernel taller than 1 (2-D, 3 runs
+    of 480 cases: 14-19 of the 96 such cases nondeterministic each run, one wrong by 174 steps
+    yet repeatable in its process; every other case exact)."""
+    columns = _taps(geometry, -1, spatial[-1])
+    reads = _reads_input(columns, spatial[-1])
     outer_padding = any(geometry.padding[:-1])
     if outer_padding and any(not read and taps[0] < 0 and taps[-1] >= spatial[-1]
                              for read, taps in zip(reads, columns)):
         return BRGEMM_SKIPPED_INPUT
-    if (columns and not any(reads) and geometry.kernel_size[-1] == 1 and geometry.dilation[-1] > 1
-            and not geometry.padding[-2]):
+    if columns and not any(reads) and geometry.kernel_size[-1] == 1 and geometry.dilation[-1] > 1:
         return BRGEMM_NO_INPUT_COLUMN
     out_per_group = geometry.out_channels // geometry.groups
     kernel = geometry.kernel_size
+    multiplier = geometry.groups > 1 and geometry.in_channels == geometry.groups and out_per_group > 1
+    if multiplier and any(kernel[dim] > 1 and not all(_reads_input(_taps(geometry, dim, spatial[dim]),
+                                                                    spatial[dim]))
+                          for dim in range(geometry.spatial_dims - 1)):
+        return BRGEMM_DEPTHWISE_MULTIPLIER_PADDED_ROW.format(out=out_per_group)
     if (geometry.spatial_dims == 3 and geometry.in_channels == geometry.groups
             and spatial[0] == 1 and geometry.padding[0] > 0 and kernel[0] > 1 and kernel[-1] > 1):
         if geometry.groups > 1 and out_per_group > 1:

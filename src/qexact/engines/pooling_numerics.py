@@ -16,6 +16,11 @@ engine routes some quint8 average pools to QNNPACK. Two things decide the roundi
   average pooling (``AveragePool2d.cpp`` ``qnnpack_avg_pool2d``), and quint8 ``mean`` over
   dims (2, 3) of a 4-D tensor runs QNNPACK's global average pooling (``ReduceOps.cpp``).
 
+No pooling kernel runs for ``adaptive_avg_pool3d`` to (1, 1, 1): ATen computes it as quantized
+``mean`` over the last three dims (``native/AdaptiveAveragePooling3d.cpp``; ``ops.pooling``
+hands it to ``ops.reduce`` with that engine's ``MeanNumerics``). ``adaptive_avg_pool2d`` has the
+same shortcut for float inputs only.
+
 ``pooling_numerics(engine)`` derives the choice from the engine's data (``Engine.qnnpack_operators``
 and ``aten_capability``); ops only ever read the returned ``PoolingNumerics``.
 """
@@ -106,6 +111,10 @@ def pooling_numerics(engine) -> PoolingNumerics:
     return PoolingNumerics(
         name=f"{engine.name}/{capability}",
         nhwc_avg_pool_simd_channels=_SIMD_CHANNELS[kernel_capability(capability, avx512_build=True)],
+        # qadaptive_avg_pool2d_nhwc_stub / qadaptive_avg_pool3d_ndhwc_stub: REGISTER_DISPATCH
+        # only (kernels/QuantizedOpKernels.cpp), so AVX512 CPUs run the AVX2 build: 8 channels
+        # (measured on torch 2.13: 16 would miss 194 of 1.3M elements; ATEN_CPU_CAPABILITY=avx2
+        # and default agree with 8 and 0)
         nhwc_adaptive_simd_channels=_SIMD_CHANNELS[avx2_fallback],
         nchw_bilinear=BILINEAR_UNFUSED,
         nhwc_bilinear=_NHWC_BILINEAR[avx2_fallback],

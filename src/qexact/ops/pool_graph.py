@@ -14,7 +14,8 @@ from ..qparams import QuantizedArray
 from ..stages import Stage
 from ._registry import graph_op
 from .pooling import (_uses_qnnpack_avg, adaptive_avg_pool, adaptive_windows, avg_pool,
-                      is_channels_last, max_pool, prepare_adaptive_pool, prepare_pool)
+                      is_channels_last, max_pool, prepare_adaptive_pool, prepare_pool,
+                      uses_global_mean)
 from .quantize import require_quantized
 
 
@@ -142,7 +143,8 @@ class AdaptiveAvgPoolOp:
         qparams = require_quantized(node, input_qparams)
         a = node.attrs
         return prepare_adaptive_pool("avg", int(a["spatial_dims"]), a["output_size"],
-                                     engine=engine), qparams
+                                     engine=engine,
+                                     intra_op_threads=a.get("intra_op_threads", 1)), qparams
 
     @staticmethod
     def run(params, inputs):
@@ -151,6 +153,10 @@ class AdaptiveAvgPoolOp:
     @staticmethod
     def explain(params, inputs, result, index):
         x = inputs[0]
+        if uses_global_mean(x.values, params):  # PyTorch runs mean(dim=(-1, -2, -3), keepdim)
+            from .reduce import MeanOp
+
+            return MeanOp.explain(params.mean, inputs, result, index)
         spatial = len(params.output_size)
         bounds = []
         for d in range(spatial):

@@ -21,18 +21,25 @@ avg qnnpack (quint8, not     ``D = kH * kW`` always, padding counts as z; ``clam
 adaptive NCHW                ``rne(f32(S_raw * f32(f32(1/kH) / kW)))``: no zp, no clamp
   (AdaptiveAveragePooling.cpp)
 adaptive channels_last       SIMD channels ``rne(fmaf(A, inv, z))``, others as avg above
+adaptive 3-D to 1x1x1        no pooling kernel: quantized ``mean`` over the last 3 dims
+  (AdaptiveAveragePooling-   (``ops.reduce``: inner fast path ``rne(f32(f32(S) / f32(N)))``
+  3d.cpp)                    for NCDHW, dequantize / float sum / quantize for channels_last)
 ===========================  ==============================================================
 
 The memory layout is carried by the NumPy array's strides, as PyTorch carries it by the tensor's:
 an array that is channels_last-contiguous (``is_channels_last``) takes the channels_last kernel
-and gives a channels_last result (the layout helpers live in ``ops.shape``). The graph ops and
-their explain hooks are in ``ops.pool_graph``.
+and gives a channels_last result (the layout helpers live in ``ops.shape``). An unbatched
+(C, D, H, W) input to a 3-D adaptive pool that is channels_last-contiguous in the 4-D sense (e.g.
+any contiguous one with D == 1) takes that kernel too, which misreads and misplaces its values
+(``_unbatched_simd_reads``, ``_unbatched_ndhwc_result``). The graph ops and their explain hooks
+are in ``ops.pool_graph``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +49,9 @@ from ..qparams import QuantizedArray
 from ..rounding import f32, fma_float32, round_half_even
 from .shape import (is_channels_first_contiguous, is_channels_last,  # noqa: F401 (re-exported)
                     nhwc_kernel_result, suggests_channels_last, to_channels_last, to_contiguous)
+
+if TYPE_CHECKING:
+    from .reduce import MeanParams
 
 
 # --- windows ------------------------------------------------------------------------------
@@ -327,16 +337,33 @@ def adaptive_windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class AdaptivePoolParams:
-    """An adaptive pool to ``output_size`` over the last ``len(output_size)`` dims."""
+    """An adaptive pool to ``output_size`` over the last ``len(output_size)`` dims.
+
+    ``mean``: for 3-D pools, the engine's ``MeanParams`` of ``mean(dim=(-1, -2, -3),
+    keepdim=True)``, which PyTorch runs instead of a pooling kernel when the output is 1x1x1
+    (``uses_global_mean``); None for 1-D and 2-D pools.
+    """
 
     kind: str
     output_size: tuple[int | None, ...]
     numerics: PoolingNumerics
+    mean: MeanParams | None = None
+
+
+# aten/src/ATen/native/AdaptiveAveragePooling3d.cpp adaptive_avg_pool3d_symint: an output of
+# (1, 1, 1) is computed as input.mean({-1, -2, -3}, keepdim=true) -- quantized inputs included --
+# and the result restrided to (C, 1, C, C, C) when the input suggests channels_last_3d. The 2-D
+# shortcut (AdaptiveAveragePooling.cpp adaptive_avg_pool2d_symint) excludes quantized inputs,
+# and 1-D pools go through 2-D: both always run the pooling kernels.
+_GLOBAL_MEAN_DIMS = (-1, -2, -3)
 
 
 def prepare_adaptive_pool(kind: str, spatial_dims: int, output_size,
-                          engine="fbgemm") -> AdaptivePoolParams:
+                          engine="fbgemm", intra_op_threads: int = 1) -> AdaptivePoolParams:
+    """``intra_op_threads`` (PyTorch's ``torch.get_num_threads()``) matters only to a 3-D pool
+    to 1x1x1 that takes ``mean``'s reference path (see ``reduce.MeanParams``)."""
     from ..engines import get_engine
+    from .reduce import prepare_mean  # reduce imports this module
 
     if kind not in ("max", "avg"):
         raise UnsupportedError(f"adaptive pool kind {kind!r}; supported: 'max', 'avg'")
@@ -349,7 +376,19 @@ def prepare_adaptive_pool(kind: str, spatial_dims: int, output_size,
     if len(sizes) != spatial_dims or any(s is not None and s <= 0 for s in sizes):
         raise ShapeError(f"adaptive pool output_size must be {spatial_dims} positive ints, "
                          f"got {output_size!r}")
-    return AdaptivePoolParams(kind, sizes, pooling_numerics(get_engine(engine)))
+    engine = get_engine(engine)
+    mean = (prepare_mean(_GLOBAL_MEAN_DIMS, True, engine=engine, intra_op_threads=intra_op_threads)
+            if kind == "avg" and spatial_dims == 3 else None)
+    return AdaptivePoolParams(kind, sizes, pooling_numerics(engine), mean)
+
+
+def uses_global_mean(values: np.ndarray, p: AdaptivePoolParams) -> bool:
+    """Whether PyTorch computes this adaptive avg pool as ``mean`` (a 3-D pool to 1x1x1; a
+    ``None`` output size means the input's)."""
+    spatial = len(p.output_size)
+    return spatial == 3 and all(
+        (values.shape[values.ndim - spatial + d] if out is None else out) == 1
+        for d, out in enumerate(p.output_size))
 
 
 def _adaptive_geometry(values: np.ndarray, output_size):
@@ -365,6 +404,42 @@ def _adaptive_geometry(values: np.ndarray, output_size):
     return starts, ends, counts
 
 
+def _unbatched_simd_reads(values: np.ndarray, width: int) -> np.ndarray:
+    """The elements the SIMD channels of the NDHWC kernel read from an unbatched (C, D, H, W)
+    input (see ``_unbatched_ndhwc_result``): kernels/QuantizedOpKernels.cpp
+    ``do_avg_pool_on_AVX_n`` loads ``width`` consecutive bytes at channel ``c0`` of each block,
+    as if channels had stride 1, so channel ``c0 + j`` reads the element ``j`` places after
+    ``(c0, d, h, w)`` in memory (here C is dim 0, the outermost). Tail channels read correctly."""
+    strides = [stride // values.itemsize for stride in values.strides]
+    offsets = sum(np.arange(size).reshape([-1 if d == axis else 1 for d in range(values.ndim)])
+                  * stride for axis, (size, stride) in enumerate(zip(values.shape, strides)))
+    offsets = np.broadcast_to(offsets, values.shape)
+    memory = np.empty(values.size, values.dtype)
+    memory[offsets.reshape(-1)] = values.reshape(-1)  # dense: offsets are a permutation
+    channels = np.arange(values.shape[0] // width * width)
+    first = channels - channels % width
+    reads = np.array(values)
+    reads[channels] = memory[offsets[first] + (channels - first).reshape(-1, 1, 1, 1)]
+    return reads
+
+
+def _unbatched_ndhwc_result(result: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """What a 3-D adaptive pool of an unbatched (C, D, H, W) input returns from the channels_last
+    kernel (only 4-D inputs reach it: 3-D inputs are never channels_last).
+
+    quantized/cpu/AdaptiveAveragePooling.cpp ``_adaptive_avg_pool`` takes the NDHWC kernel when
+    the 4-D input ``is_contiguous(ChannelsLast)`` (the *2-D* format: dim 1, here D, innermost),
+    allocates the output in ``suggest_memory_format()`` and the kernel writes it in D, H, W, C
+    order (C innermost). Read through the output's strides (memory order C, H, W, D for
+    channels_last, C, D, H, W otherwise) the values are scrambled; qexact reproduces that.
+    """
+    written = np.ascontiguousarray(np.moveaxis(result, 0, -1)).reshape(-1)
+    c, d, h, w = result.shape
+    if suggests_channels_last(source):
+        return to_channels_last(written.reshape(c, h, w, d).transpose(0, 3, 1, 2))
+    return to_contiguous(written.reshape(result.shape))
+
+
 def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArray:
     """Quantized ``adaptive_avg_pool{1,2,3}d``; qparams kept (see module docstring)."""
     spatial = len(p.output_size)
@@ -376,6 +451,16 @@ def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArra
         p2 = AdaptivePoolParams(p.kind, (1,) + p.output_size, p.numerics)
         result = adaptive_avg_pool(QuantizedArray(np.expand_dims(values, -2), x.qparams), p2)
         return QuantizedArray(np.squeeze(result.values, -2), x.qparams)
+    if uses_global_mean(values, p):
+        from .reduce import mean  # reduce imports this module
+
+        if p.mean is None:
+            raise UnsupportedError("a 3-D adaptive pool to 1x1x1 runs PyTorch's quantized mean: "
+                                   "build its params with prepare_adaptive_pool")
+        result = mean(x, p.mean).values
+        if values.ndim == 5 and suggests_channels_last(values):  # as_strided_ to (C, 1, C, C, C)
+            result = to_channels_last(result)
+        return QuantizedArray(result, x.qparams)
     starts, ends, counts = _adaptive_geometry(values, p.output_size)
     sums = _box_sums(values, starts, ends)
     size = _outer(counts)
@@ -390,6 +475,9 @@ def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArra
         out = qnnpack_average(sums, size, x, kernel)
         return QuantizedArray(_strided_like(out, suggests_channels_last(values)), x.qparams)
     if is_channels_last(values):
+        width = p.numerics.nhwc_adaptive_simd_channels
+        if values.ndim == spatial + 1 and width and values.shape[0] >= width:
+            sums = _box_sums(_unbatched_simd_reads(values, width), starts, ends)
         centered = sums - size * zero_point
         multiplier = f32(np.float32(1.0) / f32(size))  # f32(f32(s_in) / f32(s_out)) / size, s/s = 1
         inverse = f32(np.float32(1.0) / f32(np.float32(1.0) / multiplier))
@@ -400,6 +488,8 @@ def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArra
             sums.ndim, spatial)
         rounded = np.clip(np.where(mask, simd, scalar), x.dtype.qmin, x.dtype.qmax)
         out = rounded.astype(x.dtype.numpy_dtype)
+        if values.ndim == spatial + 1:
+            return QuantizedArray(_unbatched_ndhwc_result(out, values), x.qparams)
         return QuantizedArray(nhwc_kernel_result(out, values), x.qparams)
     # NCHW: no zero point, no clamp; 1/(kD kH kW) as f32(f32(f32(1.0 / kD) / kH) / kW).
     counts3 = ([np.ones(1, np.int64)] if spatial == 2 else []) + counts
