@@ -296,3 +296,13 @@ def torch_weight(case):
             w, torch.from_numpy(case.arrays["w_scales"]),
             torch.from_numpy(case.arrays["w_zero_points"]), int(p.get("w_axis", 0)))
     return torch._make_per_tensor_quantized_tensor(w, float(p["w_scale"]), int(p["w_zero_point"]))
+
+
+def torch_packed_outputs(case, packed) -> dict:
+    """``torch.ops.quantized.<op>(x, packed, out_scale_req, out_zero_point_req)`` as Outputs."""
+    import torch
+
+    p = case.params
+    kernel = getattr(torch.ops.quantized, p["op"])
+    return torch_outputs(kernel(torch_input(case), packed, p["out_scale_req"],
+                                p["out_zero_point_req"]))

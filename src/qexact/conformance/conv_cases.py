@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._draws import (draw_gemm_operands, draw_scale, draw_weight_qparams, f32_scale, out_qparams_of,
-                     qexact_input, qexact_outputs, torch_floats, torch_input, torch_outputs,
-                     torch_weight, weight_qparams_of)
+from ._draws import (draw_gemm_operands, draw_scale, draw_weight_qparams, f32_scale,
+                     out_qparams_of, qexact_input, qexact_outputs, torch_floats,
+                     torch_packed_outputs, torch_weight, weight_qparams_of)
 from .family import Case, family
 
 KINDS = ("regular", "regular", "depthwise", "depthwise_x2", "groupwise")
@@ -165,9 +165,7 @@ def _run_torch(case):
     prepack = getattr(torch.ops.quantized, f"{kind}{dims}d_prepack")
     packed = prepack(torch_weight(case), torch_floats(case.arrays.get("bias")), *geometry,
                      p["dilation"], p["groups"])
-    kernel = getattr(torch.ops.quantized, p["op"])
-    return torch_outputs(kernel(torch_input(case), packed, p["out_scale_req"],
-                                p["out_zero_point_req"]))
+    return torch_packed_outputs(case, packed)
 
 
 def _run_qexact(case, engine):

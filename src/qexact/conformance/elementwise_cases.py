@@ -14,7 +14,8 @@ import numpy as np
 from ..qparams import QParams, QuantizedArray
 from ._draws import (DTYPES, draw_dtype, draw_elementwise_shape, draw_input_params, draw_ints,
                      draw_scale, draw_zero_point, f32_scale, out_qparams_of, pytorch_qparams,
-                     pytorch_shape, pytorch_tensor, qexact_input, qexact_outputs, threads, torch_input, torch_outputs, torch_tensor, with_layout)
+                     pytorch_shape, pytorch_tensor, qexact_input, qexact_outputs, threads,
+                     torch_input, torch_outputs, torch_tensor, with_layout)
 from .family import Case, family
 
 # --- add, add_relu, mul, mul_relu ----------------------------------------------------------------

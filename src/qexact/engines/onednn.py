@@ -152,13 +152,19 @@ BRGEMM_DEPTHWISE_MULTIPLIER_DEPTH_1 = (
     "convolution (AVX512-VNNI/AMX) reads padding it never wrote, and its outputs disagree with "
     "the convolution and change between runs (measured on torch 2.13), so the result is undefined.")
 
-BRGEMM_DEPTHWISE_MULTIPLIER_PADDED_ROW = (
-    "a depthwise convolution with a channel multiplier (one input channel, {out} output "
-    "channels per group) where a whole output row (or depth slice) reads only padding, with a "
-    "kernel taller than 1 there: "
-    "PyTorch's oneDNN brgemm convolution (AVX512-VNNI/AMX) gives such outputs bytes that change "
-    "between runs (measured on torch 2.13; a padded column along W alone is exact), so the "
-    "result is undefined.")
+BRGEMM_DEPTHWISE_PADDED_ROW = (
+    "a depthwise convolution (one input channel per group) where a whole output row (or depth "
+    "slice) reads only padding, with a channel multiplier and a kernel taller than 1 there, or "
+    "with a multiple of 16 groups and a kernel 1 tall there: PyTorch's oneDNN brgemm "
+    "convolution (AVX512-VNNI/AMX) then gives wrong outputs on the other rows too (measured on "
+    "torch 2.13: 16 groups, a 1x3 kernel and H padding 1 give one value for every row whatever "
+    "the input; with a multiplier, bytes that change between runs), so the result is undefined.")
+BRGEMM_DEPTHWISE_MULTIPLIER_ONE_COLUMN = (
+    "a depthwise convolution with a channel multiplier ({out} output channels per group) whose "
+    "output is one column wide, with a W stride larger than the H stride: PyTorch's oneDNN "
+    "brgemm convolution (AVX512-VNNI/AMX) gives outputs that disagree with the convolution by up "
+    "to 250 steps, and some change between runs (measured on torch 2.13: 69 of 76 such cases), "
+    "so the result is undefined.")
 BRGEMM_ONE_CHANNEL_DEPTH_1 = (
     "a 3-D convolution of one input channel on an input of depth 1 with a kernel depth above 3 "
     "(depth padding 2 or more): PyTorch's oneDNN brgemm convolution (AVX512-VNNI/AMX) reads "
@@ -173,10 +179,14 @@ def brgemm_undefined_input(geometry: ConvGeometry, spatial: tuple[int, ...]) -> 
     column jumps over all of it while an outer dim is padded (W padding alone is exact); on an
     input of depth 1 with depth padding and kernel depth and width > 1, a 3-D depthwise
     multiplier (2-D and multiplier 1 are exact) or a single input channel with kernel depth 5
-    (depth 3 is exact; measured on cubic kernels, 128 cases, torch 2.13); a depthwise multiplier
-    whose output row (or depth slice) reads only padding with a kernel taller than 1 (2-D, 3 runs
-    of 480 cases: 14-19 of the 96 such cases nondeterministic each run, one wrong by 174 steps
-    yet repeatable in its process; every other case exact)."""
+    (depth 3 is exact; measured on cubic kernels, 128 cases, torch 2.13); a depthwise conv with
+    an output row (or depth slice) that reads only padding (2-D, 3 runs of 480 cases: 14-19 of
+    the 96 such multiplier cases nondeterministic each run, one wrong by 174 steps yet
+    repeatable in its process; with multiplier 1, kernel 1 tall there and G % 16 == 0 wrong on
+    most elements, 90 of 90 cases; other depthwise and non-depthwise cases exact, 470 cases), or
+    a depthwise multiplier whose output is one column wide
+    with a W stride above the H stride (69 of 76 such 2-D cases wrong or nondeterministic; equal
+    strides, multiplier 1 and wider outputs exact, 1,084 cases)."""
     columns = _taps(geometry, -1, spatial[-1])
     reads = _reads_input(columns, spatial[-1])
     outer_padding = any(geometry.padding[:-1])
@@ -188,10 +198,16 @@ def brgemm_undefined_input(geometry: ConvGeometry, spatial: tuple[int, ...]) -> 
     out_per_group = geometry.out_channels // geometry.groups
     kernel = geometry.kernel_size
     multiplier = geometry.groups > 1 and geometry.in_channels == geometry.groups and out_per_group > 1
-    if multiplier and any(kernel[dim] > 1 and not all(_reads_input(_taps(geometry, dim, spatial[dim]),
-                                                                    spatial[dim]))
-                          for dim in range(geometry.spatial_dims - 1)):
-        return BRGEMM_DEPTHWISE_MULTIPLIER_PADDED_ROW.format(out=out_per_group)
+    if multiplier and len(columns) == 1 and geometry.stride[-1] > geometry.stride[-2]:
+        return BRGEMM_DEPTHWISE_MULTIPLIER_ONE_COLUMN.format(out=out_per_group)
+    depthwise = geometry.groups > 1 and geometry.in_channels == geometry.groups
+    padded_rows = [dim for dim in range(geometry.spatial_dims - 1)
+                   if not all(_reads_input(_taps(geometry, dim, spatial[dim]), spatial[dim]))]
+    # measured: a multiplier with a kernel taller than 1 there (any G), or full 16-channel blocks
+    # (G % 16 == 0) with a kernel 1 tall there; other depthwise cases with such rows are exact
+    if depthwise and any((multiplier and kernel[dim] > 1) or
+                         (geometry.groups % 16 == 0 and kernel[dim] == 1) for dim in padded_rows):
+        return BRGEMM_DEPTHWISE_PADDED_ROW
     if (geometry.spatial_dims == 3 and geometry.in_channels == geometry.groups
             and spatial[0] == 1 and geometry.padding[0] > 0 and kernel[0] > 1 and kernel[-1] > 1):
         if geometry.groups > 1 and out_per_group > 1:

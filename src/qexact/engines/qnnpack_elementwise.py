@@ -10,6 +10,14 @@ qnnpack/requantization.h (``pytorch_qnnp_compute_add_quantization_params``). sem
     acc = q_a m_a + q_b m_b - (m_a z_a + m_b z_b)        (int32)
     q = acc >> shift, rounded half AWAY from zero        (remainder > mask >> 1, with -1 for acc < 0)
     y = clamp(q + z_o, relu ? z_o : 0, 255)              (add_relu with z_o = 255 is an error)
+
+The kernel runs on tiles of 4096 elements in memory order (src/operator-run.c
+``compute_add_contiguous``); ``q8vadd/sse2.c`` takes a tile of 8 or more elements in 8-lane SIMD
+steps (the last step overlapping the previous one) and a shorter tile in scalar code. The two
+differ only when ``shift >= 32`` (ratios below 2^-10, which PyTorch accepts down to 2^-14; the
+source asserts ``shift < 32``, compiled out): the mask ``(1 << shift) - 1`` is computed with x86's
+count masked to 5 bits, ``psrad`` by 32 or more fills with the sign bit, and the scalar ``>>``
+masks its count too (measured: torch gives 255 where the shift is taken as 0).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UnsupportedError
-from ..rounding import f32
+from ..rounding import f32, wrap_int32
 
 
 @dataclass(frozen=True)
@@ -59,23 +67,70 @@ def prepare_qnnpack_add(a_scale: float, a_zero_point: int, b_scale: float, b_zer
                             int(output_zero_point), low, 255)
 
 
+ADD_TILE = 4096
+"""Elements per ``compute_add_contiguous`` call (src/operator-run.c)."""
+SIMD_MIN = 8
+"""``q8vadd/sse2.c``: a call of at least 8 elements runs the SIMD body, a shorter one scalar code."""
+
+
+def _remainder_mask(shift: int) -> int:
+    """``(UINT32_C(1) << shift) - 1`` as x86 computes it: the count is taken modulo 32."""
+    return (1 << (shift & 31)) - 1
+
+
+def _shift_right(acc: np.ndarray, shift: int, simd) -> np.ndarray:
+    """``psrad`` (SIMD: a count of 32 or more fills with the sign) or the scalar ``sar`` (count
+    modulo 32) of int32 ``acc``."""
+    if shift < 32:
+        return acc >> shift
+    return np.where(simd, np.where(acc < 0, -1, 0), acc >> (shift & 31))
+
+
+def simd_elements(count: int) -> np.ndarray:
+    """Per element in memory order, whether its tile runs the SIMD body (tiles of ``ADD_TILE``;
+    only the last can be shorter)."""
+    mask = np.ones(count, bool)
+    last = count % ADD_TILE
+    if 0 < last < SIMD_MIN:
+        mask[count - last:] = False
+    return mask
+
+
+def simd_mask_like(a: np.ndarray) -> np.ndarray:
+    """``simd_elements`` laid over ``a``'s memory order (PyTorch runs the add on ``a`` made
+    contiguous in its suggested memory format, and ``b`` in the same)."""
+    mask = np.empty_like(a, dtype=bool)  # a's layout (order "K")
+    flat = mask.ravel(order="K")
+    if not np.shares_memory(flat, mask):  # a was not dense: PyTorch makes it contiguous
+        return simd_elements(a.size).reshape(a.shape)
+    flat[:] = simd_elements(a.size)
+    return mask
+
+
 def qnnpack_add(a: np.ndarray, b: np.ndarray, p: QnnpackAddParams) -> np.ndarray:
-    """uint8 ``a + b`` through QNNPACK's fixed point (ties away from zero); returns uint8."""
-    acc = a.astype(np.int64) * p.a_multiplier + b.astype(np.int64) * p.b_multiplier \
-        - p.zero_point_product
-    mask = (1 << p.shift) - 1
+    """uint8 ``a + b`` through QNNPACK's fixed point (ties away from zero); returns uint8 of
+    ``a``'s shape. The SIMD/scalar split follows ``a``'s memory order (``simd_mask_like``)."""
+    acc = wrap_int32(a.astype(np.int64) * p.a_multiplier + b.astype(np.int64) * p.b_multiplier
+                     - p.zero_point_product)
+    mask = _remainder_mask(p.shift)
+    simd = simd_mask_like(a)
     remainder = (acc & mask) - (acc < 0)
-    shifted = (acc >> p.shift) + (remainder > (mask >> 1))
-    return np.clip(shifted + p.output_zero_point, p.output_min, p.output_max).astype(np.uint8)
+    shifted = _shift_right(acc, p.shift, simd) + (remainder > (mask >> 1))
+    out = np.where(simd, shifted + p.output_zero_point, wrap_int32(shifted + p.output_zero_point))
+    return np.clip(out, p.output_min, p.output_max).astype(np.uint8)
 
 
-def qnnpack_add_stages(a: int, b: int, p: QnnpackAddParams) -> list[tuple[str, str, dict, int]]:
-    """(name, formula, values, result) of each step for one element (for explain)."""
-    acc = int(a) * p.a_multiplier + int(b) * p.b_multiplier - p.zero_point_product
-    mask = (1 << p.shift) - 1
+def qnnpack_add_stages(a: int, b: int, p: QnnpackAddParams,
+                       simd: bool = True) -> list[tuple[str, str, dict, int]]:
+    """(name, formula, values, result) of each step for one element (for explain); ``simd``: the
+    element's tile runs the SIMD body (``simd_elements``)."""
+    acc = int(wrap_int32(int(a) * p.a_multiplier + int(b) * p.b_multiplier
+                         - p.zero_point_product))
+    mask = _remainder_mask(p.shift)
     remainder = (acc & mask) - (acc < 0)
-    shifted = (acc >> p.shift) + (remainder > (mask >> 1))
-    out = min(max(shifted + p.output_zero_point, p.output_min), p.output_max)
+    shifted = int(_shift_right(np.int64(acc), p.shift, simd)) + (remainder > (mask >> 1))
+    total = shifted + p.output_zero_point
+    out = min(max(total if simd else int(wrap_int32(total)), p.output_min), p.output_max)
     return [
         ("qnnpack add: accumulate", "acc = q_a m_a + q_b m_b - (m_a z_a + m_b z_b) (int32)",
          {"q_a": int(a), "m_a": p.a_multiplier, "q_b": int(b), "m_b": p.b_multiplier,
