@@ -479,3 +479,91 @@ def test_add_and_activation_channels_last_follow_memory_order(engine):
                                num_threads=torch.get_num_threads())
         assert_bitexact(activation(QuantizedArray(a, qa), p).values, expected.int_repr().numpy(),
                         f"{engine} leaky_relu {shape}")
+
+
+MIXED_LAYOUT_SHAPES = ((1, 17, 9, 4), (2, 64, 3, 5), (1, 96, 1, 7), (2, 3, 4, 4), (1, 32, 5, 1),
+                       (2, 16, 1, 1), (2, 1, 6, 11), (1, 8, 1, 70), (2, 17, 3, 2, 5),
+                       (1, 64, 24, 23))
+
+
+def _torch_layout(torch, tensor, channels_last):
+    if not channels_last or tensor.dim() not in (4, 5):
+        return tensor
+    return tensor.contiguous(memory_format=torch.channels_last if tensor.dim() == 4
+                             else torch.channels_last_3d)
+
+
+def _mixed_layout_cases(rng, dtype):
+    """(a, b) shapes and layouts: equal shapes in different memory formats (both orders), and
+    one input broadcast (size-1 dims) in another format than the other."""
+    for shape in MIXED_LAYOUT_SHAPES:
+        for a_last in (False, True):
+            yield shape, a_last, shape, not a_last
+        small = tuple(1 if rng.random() < 0.5 else size for size in shape)
+        a_last, b_last = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+        if rng.random() < 0.5:
+            yield small, a_last, shape, b_last
+        else:
+            yield shape, a_last, small, b_last
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", OPS)
+def test_binary_mixed_layouts_vs_torch(name):
+    """``a`` and ``b`` in different memory formats (a contiguous tensor plus a channels_last conv
+    output), on every engine this torch has: the output follows ``a``'s memory format, and an
+    input strided along the inner loop of TensorIterator's walk sends the elements to the scalar
+    lambda. Power-of-two scales with odd output zero points (exact ties) for add, output scales
+    past int32 for mul, where the SIMD body and the scalar tail give different integers."""
+    import torch
+
+    from qexact.ops.shape import contiguous
+
+    op, relu = name.split("_")[0], name.endswith("_relu")
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    previous = torch.backends.quantized.engine
+    elements = 0
+    try:
+        for engine in engines:
+            torch.backends.quantized.engine = engine
+            rng = np.random.default_rng([OPS.index(name), len(engine), ord(engine[0]), 11])
+            for dtype in (QUINT8, QINT8):
+                for a_shape, a_last, b_shape, b_last in _mixed_layout_cases(rng, dtype):
+                    z_a, z_b = (int(z) for z in rng.integers(dtype.qmin // 2, dtype.qmax // 2, 2))
+                    if op == "add":
+                        a_qp = QParams.per_tensor(2.0 ** -4, z_a, dtype)
+                        b_qp = QParams.per_tensor(2.0 ** -4, z_b, dtype)
+                        out_qp = QParams.per_tensor(2.0 ** -3, int(rng.integers(-30, 30)) * 2 + 1
+                                                    + (dtype.qmin + dtype.qmax + 1) // 2, dtype)
+                    else:
+                        a_qp = QParams.per_tensor(1.0, z_a, dtype)
+                        b_qp = QParams.per_tensor(1.0, z_b, dtype)
+                        out_scale = 2.0 ** -20 if rng.random() < 0.5 else 8.0  # -20: past int32
+                        out_qp = QParams.per_tensor(
+                            out_scale, int(rng.integers(dtype.qmin, dtype.qmax)), dtype)
+                    a = rng.integers(dtype.qmin, dtype.qmax + 1, a_shape).astype(dtype.numpy_dtype)
+                    b = rng.integers(dtype.qmin, dtype.qmax + 1, b_shape).astype(dtype.numpy_dtype)
+                    ta = _torch_layout(torch, torch_quantized(a, a_qp), a_last)
+                    tb = _torch_layout(torch, torch_quantized(b, b_qp), b_last)
+                    a = contiguous(a, "channels_last") if a_last and a.ndim in (4, 5) else a
+                    b = contiguous(b, "channels_last") if b_last and b.ndim in (4, 5) else b
+                    assert a.strides == ta.stride() and b.strides == tb.stride()  # 1-byte items
+                    context = (f"{engine} {name} {dtype.name} a {a_shape} channels_last {a_last} "
+                               f"b {b_shape} channels_last {b_last} out {out_qp.describe()}")
+                    try:
+                        expected = getattr(torch.ops.quantized, name)(ta, tb, out_qp.scale,
+                                                                      out_qp.zero_point)
+                    except RuntimeError:  # e.g. QNNPACK refusing the scales
+                        p = prepare_binary(op, a_qp, b_qp, out_qp, relu=relu, engine=engine)
+                        with pytest.raises(qexact.UnsupportedError):
+                            binary(QuantizedArray(a, a_qp), QuantizedArray(b, b_qp), p)
+                        continue
+                    p = prepare_binary(op, a_qp, b_qp, out_qp, relu=relu, engine=engine,
+                                       num_threads=torch.get_num_threads())
+                    actual = binary(QuantizedArray(a, a_qp), QuantizedArray(b, b_qp), p).values
+                    assert np.array_equal(actual, expected.int_repr().numpy()), context
+                    assert actual.strides == expected.stride(), context
+                    elements += actual.size
+    finally:
+        torch.backends.quantized.engine = previous
+    assert elements > 100000 * len(engines)

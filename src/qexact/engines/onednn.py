@@ -160,11 +160,11 @@ BRGEMM_DEPTHWISE_PADDED_ROW = (
     "torch 2.13: 16 groups, a 1x3 kernel and H padding 1 give one value for every row whatever "
     "the input; with a multiplier, bytes that change between runs), so the result is undefined.")
 BRGEMM_DEPTHWISE_MULTIPLIER_ONE_COLUMN = (
-    "a depthwise convolution with a channel multiplier ({out} output channels per group) whose "
-    "output is one column wide, with a W stride larger than the H stride: PyTorch's oneDNN "
-    "brgemm convolution (AVX512-VNNI/AMX) gives outputs that disagree with the convolution by up "
-    "to 250 steps, and some change between runs (measured on torch 2.13: 69 of 76 such cases), "
-    "so the result is undefined.")
+    "a 2-D depthwise convolution with a channel multiplier ({out} output channels per group) "
+    "whose output is one column wide and several rows tall, with a W stride larger than the H "
+    "stride: PyTorch's oneDNN brgemm convolution (AVX512-VNNI/AMX) gives outputs that disagree "
+    "with the convolution by up to 250 steps, and some change between runs (measured on torch "
+    "2.13: 69 of 76 such cases), so the result is undefined.")
 BRGEMM_ONE_CHANNEL_DEPTH_1 = (
     "a 3-D convolution of one input channel on an input of depth 1 with a kernel depth above 3 "
     "(depth padding 2 or more): PyTorch's oneDNN brgemm convolution (AVX512-VNNI/AMX) reads "
@@ -184,9 +184,10 @@ def brgemm_undefined_input(geometry: ConvGeometry, spatial: tuple[int, ...]) -> 
     the 96 such multiplier cases nondeterministic each run, one wrong by 174 steps yet
     repeatable in its process; with multiplier 1, kernel 1 tall there and G % 16 == 0 wrong on
     most elements, 90 of 90 cases; other depthwise and non-depthwise cases exact, 470 cases), or
-    a depthwise multiplier whose output is one column wide
-    with a W stride above the H stride (69 of 76 such 2-D cases wrong or nondeterministic; equal
-    strides, multiplier 1 and wider outputs exact, 1,084 cases)."""
+    a depthwise multiplier whose output is one column wide and several rows tall with a W stride
+    above the H stride (69 of 76 such 2-D cases wrong or nondeterministic; equal strides,
+    multiplier 1, wider outputs and one row, as every Conv1d, exact: 1,084 cases and the
+    recording's 18)."""
     columns = _taps(geometry, -1, spatial[-1])
     reads = _reads_input(columns, spatial[-1])
     outer_padding = any(geometry.padding[:-1])
@@ -197,10 +198,12 @@ def brgemm_undefined_input(geometry: ConvGeometry, spatial: tuple[int, ...]) -> 
         return BRGEMM_NO_INPUT_COLUMN
     out_per_group = geometry.out_channels // geometry.groups
     kernel = geometry.kernel_size
-    multiplier = geometry.groups > 1 and geometry.in_channels == geometry.groups and out_per_group > 1
-    if multiplier and len(columns) == 1 and geometry.stride[-1] > geometry.stride[-2]:
-        return BRGEMM_DEPTHWISE_MULTIPLIER_ONE_COLUMN.format(out=out_per_group)
     depthwise = geometry.groups > 1 and geometry.in_channels == geometry.groups
+    multiplier = depthwise and out_per_group > 1
+    rows = len(_taps(geometry, -2, spatial[-2]))
+    if (multiplier and geometry.spatial_dims == 2 and len(columns) == 1 and rows > 1
+            and geometry.stride[-1] > geometry.stride[-2]):
+        return BRGEMM_DEPTHWISE_MULTIPLIER_ONE_COLUMN.format(out=out_per_group)
     padded_rows = [dim for dim in range(geometry.spatial_dims - 1)
                    if not all(_reads_input(_taps(geometry, dim, spatial[dim]), spatial[dim]))]
     # measured: a multiplier with a kernel taller than 1 there (any G), or full 16-channel blocks
