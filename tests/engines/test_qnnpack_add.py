@@ -61,3 +61,16 @@ def test_qnnpack_add_vs_torch_at_every_shift(length):
                                                       int((ours != theirs).sum()))
     finally:
         torch.backends.quantized.engine = previous
+
+
+def test_explain_follows_the_run_at_a_large_shift():
+    """Explain's stages reach the value the run computed, in the SIMD body and in scalar code."""
+    p = prepare_qnnpack_add(1.0, 0, 1.0, 0, 1328.9736328125, 165, relu=False)
+    from qexact.engines.qnnpack_elementwise import qnnpack_add_stages
+
+    for length, simd in ((1, False), (8, True)):
+        a, b = np.zeros(length, np.uint8), np.full(length, 255, np.uint8)
+        run = qnnpack_add(a, b, p)
+        stages = qnnpack_add_stages(0, 255, p, simd)
+        assert stages[-1][3] == run[0]
+        assert ("psrad" if simd else "modulo 32") in stages[1][1]

@@ -135,7 +135,9 @@ def qnnpack_add_stages(a: int, b: int, p: QnnpackAddParams,
         ("qnnpack add: accumulate", "acc = q_a m_a + q_b m_b - (m_a z_a + m_b z_b) (int32)",
          {"q_a": int(a), "m_a": p.a_multiplier, "q_b": int(b), "m_b": p.b_multiplier,
           "m_a z_a + m_b z_b": p.zero_point_product}, acc),
-        ("qnnpack add: shift", "q = acc >> shift, rounded half away from zero",
+        ("qnnpack add: shift", "q = acc >> shift, rounded half away from zero" + (
+            "" if p.shift < 32 else " (shift >= 32: " + ("psrad gives the sign" if simd else
+                                                         "sar takes the count modulo 32") + ")"),
          {"acc": acc, "shift": p.shift}, shifted),
         ("qnnpack add: zero point and clamp", "y = clamp(q + z_o, lo, 255)",
          {"q": shifted, "z_o": p.output_zero_point, "lo": p.output_min}, out),

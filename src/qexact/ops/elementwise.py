@@ -34,7 +34,7 @@ import numpy as np
 from ..dtypes import QDType
 from ..engines.aten import ElementwiseNumerics, default_num_threads, elementwise_numerics, simd_mask
 from ..engines.qnnpack_elementwise import (QnnpackAddParams, prepare_qnnpack_add, qnnpack_add,
-                                           qnnpack_add_stages)
+                                           qnnpack_add_stages, simd_mask_like)
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
 from ..rounding import f32, fma_float32, round_half_even_to_int32, wrap_int32
@@ -398,8 +398,9 @@ def explain_binary(p: BinaryParams, a: QuantizedArray, b: QuantizedArray, result
     za, zb, zo = p.a_qparams.zero_point, p.b_qparams.zero_point, p.output_qparams.zero_point
     out = result.values[index]
     if _uses_qnnpack(p, a.values, b.values):
+        simd = bool(simd_mask_like(a.values)[index])  # the element's tile: SIMD body or scalar
         return [Stage(name, formula, values, res) for name, formula, values, res
-                in qnnpack_add_stages(qa, qb, p.qnnpack)]
+                in qnnpack_add_stages(qa, qb, p.qnnpack, simd)]
     if p.op == "mul":
         product = (int(qa) - za) * (int(qb) - zb)
         return [
