@@ -8,15 +8,18 @@ torch's noise ("Error in QNNPACK: ...") never reaches the terminal; its tail is 
 report. When the child dies, ``run`` reports the exit (``signal 11``) and the next call starts a
 fresh child.
 
-Messages are length-prefixed pickles (8 bytes, big-endian).
+Messages are length-prefixed (8 bytes, big-endian) ``.npz`` archives: the message as JSON with
+its arrays stored beside it (``encode``/``decode``; loaded with ``allow_pickle=False``, so
+reading a message never executes code).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
+import json
 import os
-import pickle
 import select
 import subprocess
 import sys
@@ -29,6 +32,50 @@ import numpy as np
 
 TORCH_ENGINE_OF = {"aten": "fbgemm"}
 """The quantized engine set while a float (``aten``) cell runs: it takes no part in float kernels."""
+
+
+ARRAY = "__array__"
+
+
+def encode(message) -> bytes:
+    """A message (dicts, lists, tuples, scalars, NumPy arrays) as npz bytes: its JSON under
+    ``__json__`` with each array replaced by ``{"__array__": key}``; tuples become lists."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def strip(value):
+        if isinstance(value, np.ndarray):
+            key = f"a{len(arrays)}"
+            arrays[key] = value
+            return {ARRAY: key}
+        if isinstance(value, dict):
+            return {str(k): strip(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strip(v) for v in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    head = json.dumps(strip(message)).encode("utf-8")
+    buffer = io.BytesIO()
+    np.savez(buffer, __json__=np.frombuffer(head, np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def decode(data: bytes):
+    """The inverse of ``encode`` (never unpickles)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+
+    def restore(value):
+        if isinstance(value, dict):
+            if set(value) == {ARRAY}:
+                return arrays[value[ARRAY]]
+            return {k: restore(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [restore(v) for v in value]
+        return value
+
+    return restore(json.loads(arrays.pop("__json__").tobytes().decode("utf-8")))
 
 
 @dataclass
@@ -105,7 +152,7 @@ class TorchWorker:
     # --- protocol --------------------------------------------------------------------------
 
     def _send(self, message) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = encode(message)
         self.process.stdin.write(len(data).to_bytes(8, "big") + data)
         self.process.stdin.flush()
 
@@ -115,7 +162,7 @@ class TorchWorker:
         if head is None:
             return None
         body = self._read_exactly(int.from_bytes(head, "big"), timeout)
-        return None if body is None else pickle.loads(body)
+        return None if body is None else decode(body)
 
     def _read_exactly(self, size: int, timeout: float) -> bytes | None:
         pipe, chunks, deadline = self.process.stdout, [], time.monotonic() + timeout
@@ -193,14 +240,14 @@ def _main() -> None:
     channel_in = sys.stdin.buffer
 
     def send(message):
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = encode(message)
         channel_out.write(len(data).to_bytes(8, "big") + data)
 
     def receive():
         head = channel_in.read(8)
         if len(head) < 8:
             return None
-        return pickle.loads(channel_in.read(int.from_bytes(head, "big")))
+        return decode(channel_in.read(int.from_bytes(head, "big")))
 
     import torch
 
