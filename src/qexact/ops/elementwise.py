@@ -179,6 +179,8 @@ def iterator_walk(shape, arrays, out_strides=None) -> IteratorWalk:
     single loop.) aten/src/ATen/native/cpu/Loops.h ``VectorizedLoop2d``: an inner loop is
     vectorized when every operand is contiguous along it, or all but one input are and that one
     is broadcast (``is_contiguous_scalar``); otherwise ``basic_loop``."""
+    from .shape import reorder_dimensions
+
     shape = tuple(int(size) for size in shape)
     ndim = len(shape)
     inputs = []
@@ -199,16 +201,7 @@ def iterator_walk(shape, arrays, out_strides=None) -> IteratorWalk:
                 return 1
         return 0
 
-    perm = list(range(ndim - 1, -1, -1))
-    for i in range(1, ndim):
-        dim1 = i
-        for dim0 in range(i - 1, -1, -1):
-            comparison = should_swap(perm[dim0], perm[dim1])
-            if comparison > 0:
-                perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
-                dim1 = dim0
-            elif comparison < 0:
-                break
+    perm = reorder_dimensions(ndim, should_swap)
     if out_strides is None:
         out_strides, step = [0] * ndim, 1
         for dim in perm:

@@ -41,8 +41,8 @@ from ..stages import Stage
 from ._registry import graph_op
 from .pooling import qnnpack_average
 from .quantize import dequantize, quantize_per_tensor, require_quantized
-from .shape import (is_channels_first_contiguous, suggests_channels_last, to_channels_last,
-                    to_contiguous)
+from .shape import (is_channels_first_contiguous, reorder_dimensions, suggests_channels_last,
+                    to_channels_last, to_contiguous)
 
 _LEVELS = 4  # SumKernel.cpp multi_row_sum num_levels
 _ILP = 4  # SumKernel.cpp row_sum ilp_factor and the outer-sum row blocks (nrows)
@@ -269,16 +269,7 @@ def _iterator_dims(shape, in_strides, reduced):
                 return -1 if strides[a] < strides[b] else 1
         return 0
 
-    perm = list(reversed(range(len(shape))))
-    for i in range(1, len(perm)):
-        moving = i
-        for j in range(i - 1, -1, -1):
-            comparison = should_swap(perm[j], perm[moving])
-            if comparison > 0:
-                perm[j], perm[moving] = perm[moving], perm[j]
-                moving = j
-            elif comparison < 0:
-                break
+    perm = reorder_dimensions(len(shape), should_swap)
     dims = [[shape[d], in_strides[d], out_strides[d]] for d in perm]
     merged = [dims[0]] if dims else []
     for size, in_stride, out_stride in dims[1:]:

@@ -84,6 +84,22 @@ def suggests_channels_last(values: np.ndarray) -> bool:
     return True
 
 
+def reorder_dimensions(ndim: int, should_swap) -> list[int]:
+    """c10 TensorIterator.cpp ``reorder_dimensions``: dims fastest first, by an insertion sort
+    from the reversed order on ``should_swap(dim0, dim1)`` (> 0: swap, < 0: stop, 0: go on)."""
+    perm = list(range(ndim - 1, -1, -1))
+    for i in range(1, ndim):
+        moving = i
+        for j in range(i - 1, -1, -1):
+            comparison = should_swap(perm[j], perm[moving])
+            if comparison > 0:
+                perm[j], perm[moving] = perm[moving], perm[j]
+                moving = j
+            elif comparison < 0:
+                break
+    return perm
+
+
 def nhwc_kernel_result(result: np.ndarray, source: np.ndarray) -> np.ndarray:
     """The array a channels_last kernel returns for the logical ``result``.
 
