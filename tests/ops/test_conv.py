@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.assertions import assert_bitexact
-from support.torch_ref import torch_quantized
+from support.torch_worker import torch_conv_in_child
 
 import qexact
 from qexact import QINT8, QUINT8, QParams, QuantizedArray, QuantParamError, ShapeError
@@ -29,19 +29,6 @@ CASES_2D = 500
 CASES_1D_3D = 100
 
 
-def torch_conv(x, x_qp, w, w_qp, bias, out_qp, stride, padding, dilation, groups, relu):
-    """``quantized::conv{1,2,3}d[_relu]`` under the current torch engine; uint8 outputs."""
-    import torch
-
-    dims = w.ndim - 2
-    prepack = getattr(torch.ops.quantized, f"conv{dims}d_prepack")
-    op = getattr(torch.ops.quantized, f"conv{dims}d" + ("_relu" if relu else ""))
-    listed = (lambda v: list(v) if isinstance(v, tuple) else [v] * dims)  # noqa: E731
-    packed = prepack(torch_quantized(w, w_qp), None if bias is None else torch.from_numpy(bias),
-                     listed(stride), listed(padding), listed(dilation), groups)
-    return op(torch_quantized(x, x_qp), packed, out_qp.scale, out_qp.zero_point).int_repr().numpy()
-
-
 def qexact_conv(x, x_qp, w, w_qp, bias, out_qp, stride, padding, dilation, groups, relu, engine):
     params = prepare_conv(w, w_qp, bias, x_qp, out_qp, stride=stride, padding=padding,
                           dilation=dilation, groups=groups, relu=relu, engine=engine)
@@ -49,10 +36,12 @@ def qexact_conv(x, x_qp, w, w_qp, bias, out_qp, stride, padding, dilation, group
 
 
 def check_vs_torch(engine, case, context=""):
+    """qexact first (it refuses what PyTorch leaves undefined), then PyTorch in a child process
+    (``support.torch_worker``: a crash fails this case, not the run)."""
     import torch
 
-    actual, params = qexact_conv(**case, engine=engine)  # first: it refuses what would crash torch
-    expected = torch_conv(**case)
+    actual, params = qexact_conv(**case, engine=engine)
+    expected = torch_conv_in_child(torch.backends.quantized.engine, **case)
     assert_bitexact(actual, expected, f"{engine} (torch {torch.__version__}, backend "
                     f"{torch.backends.quantized.engine}, isa {qexact.detect_isa()}, kernel "
                     f"{params.kernel}) {context}")
