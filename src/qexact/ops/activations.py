@@ -240,11 +240,28 @@ def _dequantize(kind: str, q: np.ndarray, scale: float, zero_point: int) -> np.n
     return dequantize_scalar(q, scale, zero_point)
 
 
+CONTIGUOUS_OUTPUT = frozenset({"elu"})
+"""Kernels that allocate their output contiguous whatever the input's layout (QuantizedOpKernels.cpp
+``qelu_kernel``; measured: a channels_last input gives NCHW strides). Against a channels_last
+input the inner loop is then strided, so ``cpu_kernel_vec`` runs ``basic_loop``: every element
+takes the scalar lambda."""
+
+
+def activation_simd_mask(p: ActivationParams, values: np.ndarray) -> np.ndarray:
+    """Which elements the kernel's SIMD lambda computes (the run and explain share it)."""
+    from .elementwise import layout_simd_mask
+    from .shape import is_channels_last
+
+    if p.function in CONTIGUOUS_OUTPUT and is_channels_last(values):
+        return np.zeros(values.shape, bool)
+    return layout_simd_mask(p.numerics, values.shape, [values], p.num_threads)
+
+
 def activation(x: QuantizedArray, p: ActivationParams) -> QuantizedArray:
     """Rescaling activation: dequantize, the float32 function, quantize; each element with the
     rules of the lambda that runs it (``kernel_lambda``; SIMD body or scalar tail as
     ``qexact.ops.elementwise.layout_simd_mask`` decides)."""
-    from .elementwise import inverse_scale, layout_simd_mask, like_memory_format, quantize_scalar, quantize_simd
+    from .elementwise import inverse_scale, like_memory_format, quantize_scalar, quantize_simd
 
     dtype = p.output_qparams.dtype
     if p.function in p.numerics.qnnpack_activations and dtype == QUINT8:
@@ -253,16 +270,11 @@ def activation(x: QuantizedArray, p: ActivationParams) -> QuantizedArray:
                              "'Got empty input tensor'")
         table = qnnpack_table(p)
         return QuantizedArray(like_memory_format(table[x.values], x.values), p.output_qparams)
-    from .shape import is_channels_first_contiguous, is_channels_last
+    from .shape import is_channels_first_contiguous
 
-    # qelu_kernel allocates its output contiguous whatever the input's layout (measured: a
-    # channels_last input gives NCHW strides); against a channels_last input the inner loop is
-    # then strided and cpu_kernel_vec runs basic_loop: every element takes the scalar lambda.
-    contiguous_out = p.function == "elu" and not is_channels_first_contiguous(x.values)
-    if contiguous_out and is_channels_last(x.values):
-        mask = np.zeros(x.values.shape, bool)
-    else:
-        mask = layout_simd_mask(p.numerics, x.values.shape, [x.values], p.num_threads)
+    contiguous_out = (p.function in CONTIGUOUS_OUTPUT
+                      and not is_channels_first_contiguous(x.values))
+    mask = activation_simd_mask(p, x.values)
     inv = inverse_scale(p.output_qparams.scale)
     out = np.empty(x.values.shape, np.int64)
     for simd, quant in ((True, quantize_simd), (False, quantize_scalar)):
@@ -420,7 +432,7 @@ class ActivationOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        from .elementwise import inverse_scale, layout_simd_mask
+        from .elementwise import inverse_scale
 
         from .float_activations import FloatKernelParams, explain_float_kernel
 
@@ -435,8 +447,7 @@ class ActivationOp:
         if params.function in params.numerics.qnnpack_activations and q.dtype == QUINT8:
             return [Stage(params.function, "QNNPACK 256-entry table (qnnpack_table)",
                           {"q": value}, result.values[index])], [(0, index)]
-        simd = bool(layout_simd_mask(params.numerics, q.values.shape, [q.values],
-                                     params.num_threads)[index])
+        simd = bool(activation_simd_mask(params, q.values)[index])
         rule = kernel_lambda(params.function, simd)
         real = _dequantize(rule.dequantize, value, params.input_qparams.scale,
                            params.input_qparams.zero_point)
