@@ -12,6 +12,7 @@ Values flow as int64 (integer steps) or float32 (float steps); each step states 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,14 @@ class Step:
     def constants(self) -> dict[str, np.ndarray]:
         """The step's constants by name (for ``net.layers``, explain and export)."""
         return {}
+
+    def shown(self) -> dict:
+        """What ``formula`` names: the constants, and the step's own scalar fields."""
+        shown = dict(self.constants())
+        for name in re.findall(r"\{(\w+)\}", self.formula):
+            if name not in shown and hasattr(self, name):
+                shown[name] = getattr(self, name)
+        return shown
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,6 +140,55 @@ class ClampFloat32(Step):
 
     def apply(self, value):
         return np.minimum(np.maximum(value, np.float32(self.low)), np.float32(self.high))
+
+
+@dataclass(frozen=True, eq=False)
+class MultiplyAddFloat32(Step):
+    """``v = fmaf(v, factor, term)`` (``fused``: one rounding) or ``f32(f32(v * factor) + term)``."""
+
+    factor: np.ndarray = field(default_factory=lambda: np.ones(1, np.float32))
+    term: np.ndarray = field(default_factory=lambda: np.zeros(1, np.float32))
+    fused: bool = True
+
+    @property
+    def formula(self):
+        return "fmaf(v, {factor}, {term})" if self.fused else "f32(f32(v * {factor}) + {term})"
+
+    def apply(self, value):
+        if self.fused:
+            return fma_float32(value, self.factor, self.term)
+        return f32(f32(value * self.factor) + self.term)
+
+    def constants(self):
+        return {"factor": self.factor, "term": self.term}
+
+
+@dataclass(frozen=True, eq=False)
+class MinFloat32(Step):
+    """``v = min(v, high)`` as ``minps(v, high)``: NaN gives ``high`` (x86 returns the second
+    operand when either is NaN), as ``QuantizeAvx2`` caps values below INT32_MAX."""
+
+    high: float = float("inf")
+    formula = "min(v, {high}) (NaN: {high})"
+
+    def apply(self, value):
+        high = np.float32(self.high)
+        return np.where(np.isnan(value) | (value > high), high, value).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class RoundHalfEvenToInt64(Step):
+    """``v = int64(nearbyint(v))``: ties to even, in double, the result kept in 64 bits (the
+    scalar ``quantize_val``); NaN gives ``nan``."""
+
+    nan: int = 0
+    formula = "round_half_even(v) (NaN: {nan})"
+
+    def apply(self, value):
+        value = np.asarray(value)
+        rounded = np.rint(np.where(np.isnan(value), 0, value).astype(np.float64))
+        rounded = np.clip(rounded, -2.0 ** 62, 2.0 ** 62).astype(np.int64)
+        return np.where(np.isnan(value), np.int64(self.nan), rounded)
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qexact.engines.qnnpack_elementwise import (ADD_TILE, prepare_qnnpack_add, qnnpack_add,
+from qexact.engines.qnnpack_add import (ADD_TILE, prepare_qnnpack_add, qnnpack_add,
                                                 simd_elements)
 
 
@@ -66,7 +66,7 @@ def test_qnnpack_add_vs_torch_at_every_shift(length):
 def test_explain_follows_the_run_at_a_large_shift():
     """Explain's stages reach the value the run computed, in the SIMD body and in scalar code."""
     p = prepare_qnnpack_add(1.0, 0, 1.0, 0, 1328.9736328125, 165, relu=False)
-    from qexact.engines.qnnpack_elementwise import qnnpack_add_stages
+    from qexact.engines.qnnpack_add import qnnpack_add_stages
 
     for length, simd in ((1, False), (8, True)):
         a, b = np.zeros(length, np.uint8), np.full(length, 255, np.uint8)

@@ -137,7 +137,7 @@ def test_clamps_random_vs_torch(engine):
     import torch.nn.functional as F
 
     from qexact.engines.aten import elementwise_numerics
-    from qexact.ops.shape import to_channels_last
+    from qexact.layout import to_channels_last
 
     numerics = elementwise_numerics(qexact.get_engine(engine))
     rng = np.random.default_rng(len(engine))

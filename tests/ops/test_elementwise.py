@@ -21,7 +21,7 @@ import qexact
 from qexact import QINT8, QUINT8, QParams, QuantizedArray, QuantParamError, ShapeError
 from qexact.engines.aten import elementwise_numerics, simd_mask
 from qexact.ops.elementwise import binary, prepare_binary
-from qexact.ops.shape import to_channels_last
+from qexact.layout import to_channels_last
 
 CASES_PER_OP = 500
 OPS = ("add", "add_relu", "mul", "mul_relu")
@@ -374,7 +374,7 @@ sys.path.insert(0, {support!r})
 from support.torch_ref import torch_quantized
 from qexact import QParams, QUINT8, QuantizedArray
 from qexact.ops.concat import cat, prepare_cat
-from qexact.ops.shape import to_channels_last
+from qexact.layout import to_channels_last
 rng = np.random.default_rng(0)
 bad = 0
 for c in range(1, 70, 3):

@@ -20,7 +20,7 @@ from support.torch_ref import torch_quantized
 import qexact
 from qexact import QINT8, QUINT8, QParams, QuantizedArray, QuantParamError, ShapeError
 from qexact.ops.prelu import prelu, prepare_prelu
-from qexact.ops.shape import to_channels_last
+from qexact.layout import to_channels_last
 
 CASES = 500
 

@@ -56,7 +56,7 @@ def with_layout(values: np.ndarray, channels_last: bool) -> np.ndarray:
     (4-D / 5-D), else C-contiguous, as ``int_repr()`` would hand it to qexact. ``contiguous``
     returns the tensor itself when it already is ``is_contiguous(channels_last)`` (size-1 dims
     ignored: (1, C, 1, 1), C == 1, ...), keeping its NCHW strides (TensorBase::contiguous)."""
-    from ..ops.shape import is_channels_last, to_channels_last
+    from ..layout import is_channels_last, to_channels_last
 
     values = np.ascontiguousarray(values)
     if not channels_last or values.ndim not in (4, 5) or is_channels_last(values):

@@ -35,6 +35,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..layout import (is_channels_first_contiguous, is_channels_last, reorder_dimensions,
+                      suggests_channels_last, to_channels_last)
+from ..requantize import (AddFloat32, AddInt, ClampInt, MinFloat32, MultiplyAddFloat32,
+                          MultiplyFloat32, RoundHalfEvenToInt32, RoundHalfEvenToInt64, Step,
+                          ToFloat32)
+from ..rounding import f32
+
 VECTOR_LANES_8BIT = {"avx512": 64, "avx2": 32, "default": 0}
 """uint8 lanes of ``Vectorized<quint8>`` per kernel build (0: no SIMD lambda runs). The quantized
 elementwise kernels have no AVX512 build (``kernel_capability``), so 64 is never used for them."""
@@ -208,3 +215,219 @@ def simd_mask(numerics: ElementwiseNumerics, out_shape: tuple[int, ...], input_s
             mask[start:start + (stop - start) // unit * unit] = True
             start = stop
     return mask.reshape(out_shape)
+
+
+# --- ATen's quantize and dequantize: the SIMD body's and the scalar tail's pipelines ----------
+#
+# aten/src/ATen/cpu/vec/vec256/vec256_qint.h (Vectorized<quint8>::dequantize, QuantizeAvx2) for
+# the SIMD body; aten/src/ATen/native/quantized/AffineQuantizerBase.cpp (dequantize_val,
+# quantize_val -> fbgemm::Quantize) for the scalar tail. Every ATen kernel that rescales through
+# float (add, activations, normalization, pooling's NHWC tails, prelu, quantize) uses these.
+
+INT32_FLOAT_MAX = 2147483520.0
+"""The largest float32 below INT32_MAX: ``QuantizeAvx2`` caps values there before ``cvtps2dq``."""
+
+
+def inverse_scale(scale: float) -> np.float32:
+    """``1.0f / (float)scale``: the factor every ATen quantize multiplies by."""
+    return f32(np.float32(1.0) / f32(scale))[()]
+
+
+def dequantize_vector(scale: float, zero_point: int) -> tuple[Step, ...]:
+    """``Vectorized::dequantize(scale, zp, scale * -zp)``: ``fmaf(f32(q), f32(s), f32(f32(s) f32(-z)))``
+    (the zero point premultiplied, one FMA)."""
+    scale32 = f32(scale)
+    return (ToFloat32("q to float32"),
+            MultiplyAddFloat32("dequantize (premultiplied zero point, FMA)", factor=scale32,
+                               term=f32(scale32 * f32(-int(zero_point)))))
+
+
+def dequantize_vector_sub_mul(scale: float, zero_point: int) -> tuple[Step, ...]:
+    """``Vectorized::dequantize(scale, zp)`` (two arguments): ``f32(f32(q - z) * f32(s))``."""
+    return (AddInt("q - z", term=-int(zero_point)), ToFloat32("to float32"),
+            MultiplyFloat32("dequantize (times s)", factor=f32(scale)))
+
+
+def dequantize_scalar(scale: float, zero_point: int) -> tuple[Step, ...]:
+    """``dequantize_val``: ``f32(f32(s) * f32(q - z))``."""
+    return (AddInt("q - z", term=-int(zero_point)), ToFloat32("to float32"),
+            MultiplyFloat32("dequantize (times s)", factor=f32(scale)))
+
+
+def quantize_vector(inv, zero_point: int, dtype) -> tuple[Step, ...]:
+    """``QuantizeAvx2``: ``clamp(cvtps2dq(min(f32(y * inv), 2147483520)) + z)``: the zero point
+    added in integers after rounding."""
+    return (MultiplyFloat32("times 1/s_out", factor=f32(inv)),
+            MinFloat32("cap below INT32_MAX (minps)", high=INT32_FLOAT_MAX),
+            RoundHalfEvenToInt32("round half to even (cvtps2dq)", role="round"),
+            AddInt("output zero point, after rounding", term=int(zero_point)),
+            ClampInt("output range", role="output_clamp", low=dtype.qmin, high=dtype.qmax))
+
+
+def quantize_scalar(inv, zero_point: int, dtype) -> tuple[Step, ...]:
+    """``quantize_val`` (FBGEMM ``Quantize``): ``clamp(rne(f32(f32(y * inv) + f32(z))))``: the
+    zero point added in float32 before rounding."""
+    return (MultiplyFloat32("times 1/s_out", factor=f32(inv)),
+            AddFloat32("output zero point, before rounding", term=f32(int(zero_point))),
+            RoundHalfEvenToInt64("round half to even (nearbyint)", role="round", nan=dtype.qmax),
+            ClampInt("output range", role="output_clamp", low=dtype.qmin, high=dtype.qmax))
+
+
+# --- Which elements take the SIMD body: TensorIterator's walk ---------------------------------
+
+
+def layout_simd_mask(numerics: ElementwiseNumerics, out_shape, arrays, num_threads: int) -> np.ndarray:
+    """``simd_mask`` in the order TensorIterator walks memory: when every operand has the output's
+    shape and torch would call it channels_last (``suggests_channels_last`` on its NumPy strides),
+    the walk is N, H, W, C; otherwise C order (``simd_mask``'s own coalescing). (Unary kernels;
+    add and mul take ``binary_walk``, which also covers mixed layouts and broadcasting.)"""
+    out_shape = tuple(out_shape)
+    if (len(arrays) == 1 and arrays[0].shape == out_shape and arrays[0].size
+            and not is_channels_first_contiguous(arrays[0]) and not is_channels_last(arrays[0])):
+        return _strided_simd_mask(numerics, arrays[0], num_threads)
+    if (len(out_shape) in (4, 5) and all(a.shape == out_shape for a in arrays)
+            and all(suggests_channels_last(a) for a in arrays)):
+        order = (0,) + tuple(range(2, len(out_shape))) + (1,)
+        memory_shape = tuple(out_shape[d] for d in order)
+        mask = simd_mask(numerics, memory_shape, [memory_shape] * len(arrays), num_threads)
+        return mask.transpose(np.argsort(order))
+    return simd_mask(numerics, out_shape, [a.shape for a in arrays], num_threads)
+
+
+def _strided_simd_mask(numerics: ElementwiseNumerics, x: np.ndarray, num_threads: int):
+    """A unary kernel on a non-dense input (a slice such as ``y[:, :2]`` or a chunk): TensorIterator
+    orders the dims by the input's strides, allocates the output dense in that order, and
+    coalesces adjacent dims only where the input's strides continue (c10 TensorIterator
+    ``reorder_dimensions``/``coalesce_dimensions``); each inner loop then has its own SIMD body
+    and scalar tail."""
+    strides = [abs(s) // x.itemsize for s in x.strides]
+    dims = [d for d in range(x.ndim) if x.shape[d] > 1]
+    order = sorted(dims, key=lambda d: strides[d])  # innermost first
+    inner = 1
+    expected = None
+    for d in order:
+        if expected is not None and strides[d] != expected:
+            break
+        inner *= x.shape[d]
+        expected = strides[d] * x.shape[d]
+    if order and strides[order[0]] != 1:
+        inner = 1  # the inner loop is not contiguous: basic_loop, every element scalar
+    axes = [d for d in range(x.ndim) if x.shape[d] == 1] + order[::-1]  # outermost first
+    total = x.size
+    flat = (simd_mask(numerics, (total,), [(total,)], num_threads, inner=inner) if inner > 1
+            else np.zeros(total, bool))
+    positions = np.arange(total).reshape(x.shape).transpose(axes).ravel()  # walk -> logical
+    mask = np.zeros(total, bool)
+    mask[positions] = flat
+    return mask.reshape(x.shape)
+
+
+@dataclass(frozen=True)
+class IteratorWalk:
+    """How TensorIterator runs a kernel over ``shape``: ``perm``, the dims fastest first;
+    ``inner``, the size of the coalesced innermost dim (one inner loop per row of that many
+    elements of the walk); ``vectorized``, whether those inner loops run ``vectorized_loop``
+    (SIMD body and scalar tail) or ``basic_loop`` (every element scalar); ``out_strides``, the
+    output's strides in elements."""
+
+    shape: tuple
+    perm: tuple
+    inner: int
+    vectorized: bool
+    out_strides: tuple
+
+    def simd_mask(self, numerics: ElementwiseNumerics, num_threads: int) -> np.ndarray:
+        """True where the SIMD lambda runs (``simd_mask`` over the walk, mapped back to the
+        logical indices)."""
+        total = math.prod(self.shape)
+        if not self.vectorized or total == 0:
+            return np.zeros(self.shape, bool)
+        flat = simd_mask(numerics, (total,), [(total,)], num_threads, inner=self.inner)
+        mask = np.zeros(total, bool)
+        mask[self.positions()] = flat
+        return mask.reshape(self.shape)
+
+    def positions(self) -> np.ndarray:
+        """The logical flat index of each element, in walk order."""
+        return (np.arange(math.prod(self.shape)).reshape(self.shape)
+                .transpose(self.perm[::-1]).ravel())
+
+    def output(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (logical order) in a fresh array with the output's (dense) strides."""
+        buffer = np.empty(math.prod(self.shape), values.dtype)
+        out = np.lib.stride_tricks.as_strided(
+            buffer, self.shape, tuple(s * values.itemsize for s in self.out_strides))
+        out[...] = values
+        return out
+
+
+def iterator_walk(shape, arrays, out_strides=None) -> IteratorWalk:
+    """TensorIterator's walk of a kernel writing an output of ``shape`` from ``arrays`` (their
+    NumPy strides; broadcast to ``shape``). ``out_strides``: the strides (in elements) of an
+    output allocated beforehand with this shape, or None when TensorIterator allocates (or
+    resizes) it.
+
+    c10 TensorIterator.cpp: ``compute_strides`` (a broadcast dim gets stride 0);
+    ``reorder_dimensions``: the dims sorted fastest first by an insertion sort on
+    ``should_swap``, where the first operand (output first, unless it is being allocated) with
+    unequal nonzero strides decides, and equal strides put the smaller dim first;
+    ``allocate_or_resize_outputs``: an allocated output is dense in that order;
+    ``coalesce_dimensions``: adjacent dims merge where every operand's strides continue (size-1
+    dims always). (``fast_set_up``, all operands dense with the same strides, gives the same
+    single loop.) aten/src/ATen/native/cpu/Loops.h ``VectorizedLoop2d``: an inner loop is
+    vectorized when every operand is contiguous along it, or all but one input are and that one
+    is broadcast (``is_contiguous_scalar``); otherwise ``basic_loop``."""
+    shape = tuple(int(size) for size in shape)
+    ndim = len(shape)
+    inputs = []
+    for array in arrays:
+        offset = ndim - array.ndim
+        inputs.append([0] * offset + [
+            0 if array.shape[d] == 1 and shape[offset + d] != 1
+            else array.strides[d] // array.itemsize for d in range(array.ndim)])
+    deciding = ([list(out_strides)] if out_strides is not None else []) + inputs
+
+    def should_swap(dim0, dim1):
+        for strides in deciding:
+            if strides[dim0] == 0 or strides[dim1] == 0:
+                continue
+            if strides[dim0] != strides[dim1]:
+                return 1 if strides[dim0] > strides[dim1] else -1
+            if shape[dim0] > shape[dim1]:
+                return 1
+        return 0
+
+    perm = reorder_dimensions(ndim, should_swap)
+    if out_strides is None:
+        out_strides, step = [0] * ndim, 1
+        for dim in perm:
+            out_strides[dim] = step
+            step *= shape[dim]
+    sizes = [shape[d] for d in perm]
+    walked = [[strides[d] for d in perm] for strides in [list(out_strides)] + inputs]
+    previous = 0
+    for dim in range(1, ndim):
+        if sizes[previous] == 1 or sizes[dim] == 1 or all(
+                strides[previous] * sizes[previous] == strides[dim] for strides in walked):
+            if sizes[previous] == 1:
+                for strides in walked:
+                    strides[previous] = strides[dim]
+            sizes[previous] *= sizes[dim]
+        else:
+            previous += 1
+            for strides in walked:
+                strides[previous] = strides[dim]
+            sizes[previous] = sizes[dim]
+    inner = [strides[0] for strides in walked] if ndim else [1] * len(walked)
+    vectorized = (inner[0] == 1 and all(s in (0, 1) for s in inner[1:])
+                  and inner[1:].count(0) <= 1)
+    return IteratorWalk(shape, tuple(perm), sizes[0] if ndim else 1, vectorized,
+                        tuple(int(s) for s in out_strides))
+
+
+def like_memory_format(result: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """``result`` with the strides of ``source.suggest_memory_format()`` (outputs of ATen's
+    elementwise kernels are allocated that way)."""
+    if result.shape == source.shape and suggests_channels_last(source):
+        return to_channels_last(result)
+    return result

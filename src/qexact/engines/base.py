@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -227,6 +228,13 @@ class Engine:
     """``conv_transpose(geometry, isa)``: the kernel PyTorch runs for a transposed convolution
     (``geometry.transposed``; see ``conv_transpose_kernel``)."""
 
+    kernels: Mapping[str, Callable[..., Any]] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False)
+    """The engine's table for every op family beyond the GEMMs: family name -> ``choose(engine,
+    ...)``, which returns that family's frozen kernel description (which kernel runs and its
+    arithmetic as ``Step``s). Ops reach it through ``kernel``; docs/engines.md lists the
+    families and what each description states."""
+
     qnnpack_operators: frozenset[str] = frozenset()
     """Ops this engine hands to QNNPACK operators instead of ATen's kernels (for quint8, where
     their conditions hold): ``add``, ``hardswish``, ``clamp``, ``avg_pool``, ``max_pool``,
@@ -243,6 +251,14 @@ class Engine:
         ``t`` (the weight's own order, channel fastest) the row holds ``x[(o + pad - t*dil) /
         stride]`` where that is an integer inside the input, else a "padded tap"."""
         return self.conv_transpose(geometry, self.isa)
+
+    def kernel(self, family: str, *args, **kwargs):
+        """The kernel this engine runs for an op of ``family`` (``kernels[family](self, ...)``)."""
+        choose = self.kernels.get(family)
+        if choose is None:
+            raise UnsupportedError(f"engine {self.name!r} has no {family} kernel; its op "
+                                   f"families: {sorted(self.kernels)}")
+        return choose(self, *args, **kwargs)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.isa})"

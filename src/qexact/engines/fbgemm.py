@@ -22,6 +22,7 @@ import numpy as np
 
 from ..requantize import AddFloat32, FusedMultiplyAdd, MultiplyFloat32, ToFloat32
 from ..rounding import f32
+from .aten_kernels import ATEN_KERNELS
 from .base import (AVX2, AVX512_VNNI, BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics,
                    LayerQuantization, Requantization, integer_output_steps)
 
@@ -223,5 +224,5 @@ def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
 
 def engine(isa: str) -> Engine:
     return Engine("fbgemm", isa, linear=FBGEMM_GEMM, conv=conv_kernel,
-                  conv_transpose=conv_transpose_kernel,
+                  conv_transpose=conv_transpose_kernel, kernels=ATEN_KERNELS,
                   description="FBGEMM kernels (server x86 CPUs)")

@@ -65,3 +65,7 @@ def normalization_numerics(engine) -> NormalizationNumerics:
         raise UnsupportedError(f"aten_capability {capability!r} is not supported; "
                                f"supported: {sorted(_NUMERICS)}")
     return _NUMERICS[capability]
+
+
+KERNELS: dict = {}
+"""This module's entries of the kernel table (``Engine.kernels``)."""

@@ -34,6 +34,7 @@ import numpy as np
 from ..requantize import (AddFloat32, ClampFloat32, DivideFloat32, MultiplyFloat32,
                           RoundHalfEvenToInt32, ToFloat32)
 from ..rounding import f32
+from .aten_kernels import ATEN_KERNELS
 from .base import (AVX2, AVX512_VNNI, PAD_ZERO, BiasMode, ConvGeometry, ConvKernel, Engine,
                    GemmNumerics, LayerQuantization, Requantization)
 
@@ -299,5 +300,5 @@ def engine(isa: str) -> Engine:
     """oneDNN picks brgemm on VNNI CPUs and its int8 ``gemm:jit`` elsewhere (ONEDNN_VERBOSE)."""
     linear = ONEDNN_BRGEMM_MATMUL if isa == AVX512_VNNI else ONEDNN_GEMM_JIT_MATMUL
     return Engine("onednn", isa, linear=linear, conv=conv_kernel,
-                  conv_transpose=conv_transpose_kernel,
+                  conv_transpose=conv_transpose_kernel, kernels=ATEN_KERNELS,
                   description="oneDNN kernels through ideep")

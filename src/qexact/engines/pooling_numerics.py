@@ -121,3 +121,7 @@ def pooling_numerics(engine) -> PoolingNumerics:
         qnnpack_avg_pool="avg_pool" in engine.qnnpack_operators,
         qnnpack_max_pool="max_pool" in engine.qnnpack_operators,
     )
+
+
+KERNELS: dict = {}
+"""This module's entries of the kernel table (``Engine.kernels``)."""

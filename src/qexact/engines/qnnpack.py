@@ -16,6 +16,8 @@ Weights are stored as ``w + 128`` (uint8) with zero point ``z_w + 128``; the dif
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 from ..dtypes import QINT32
@@ -23,6 +25,8 @@ from ..errors import UnsupportedError
 from ..ops.quantize import quantize_per_channel, quantize_per_tensor
 from ..requantize import AddInt32, MultiplyFloat32, ToFloat32
 from ..rounding import f32
+from . import qnnpack_add, qnnpack_lut, qnnpack_pooling
+from .aten_kernels import ATEN_KERNELS
 from .base import (BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics, LayerQuantization,
                    Requantization, integer_output_steps)
 
@@ -108,8 +112,13 @@ def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
 def engine(isa: str) -> Engine:
     return Engine("qnnpack", isa, linear=QNNPACK_GEMM, conv=conv_kernel,
                   conv_transpose=conv_transpose_kernel, qnnpack_operators=QNNPACK_OPERATORS,
+                  kernels=QNNPACK_KERNELS,
                   description="QNNPACK kernels (mobile; PyTorch's ARM default)")
 
+
+QNNPACK_KERNELS = MappingProxyType({**ATEN_KERNELS, **qnnpack_add.KERNELS, **qnnpack_lut.KERNELS,
+                                    **qnnpack_pooling.KERNELS})
+"""ATen's table, with the op families PyTorch hands to QNNPACK operators on this engine."""
 
 QNNPACK_OPERATORS = frozenset({"add", "hardswish", "sigmoid", "tanh", "clamp", "avg_pool",
                                "max_pool", "global_average_pool"})

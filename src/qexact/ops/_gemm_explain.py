@@ -43,10 +43,7 @@ def requantization_stages(steps: tuple[Step, ...], acc: int, channel: int,
     stages = []
     for step, after in trace_requantize(acc_row, steps):
         constants = {name: per_channel(value, channel) for name, value in step.constants().items()}
-        shown = dict(constants)
-        for attribute in ("low", "high", "term"):
-            if hasattr(step, attribute) and attribute not in shown:
-                shown[attribute] = getattr(step, attribute)
+        shown = {name: per_channel(value, channel) for name, value in step.shown().items()}
         formula = step.formula.format(**{key: _text(value) for key, value in shown.items()})
         stages.append(Stage(step.label, formula, constants, after[0, channel]))
     return stages

@@ -8,6 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
+from ..errors import QexactError
+from ..qparams import QuantizedArray
+from ..stages import Stage
+from ..trace import observe
+
 
 @dataclass(frozen=True)
 class OpDefinition:
@@ -42,3 +49,17 @@ def graph_op(name: str, summary: str):
         return cls
 
     return register
+
+
+def observed_stages(run: Callable, params, inputs, result, index) -> list[Stage]:
+    """The stages of element ``index``, observed on a second run of the op (``run(params,
+    inputs)`` inside ``qexact.trace.observe``): explain shows what the run computes, by the same
+    code. The second run must give the first run's output."""
+    with observe() as trace:
+        again = run(params, inputs)
+    first, second = (value.values if isinstance(value, QuantizedArray) else np.asarray(value)
+                     for value in (result, again))
+    if first.shape != second.shape or first.tobytes() != np.ascontiguousarray(second).tobytes() \
+            and not np.array_equal(first, second, equal_nan=first.dtype.kind == "f"):
+        raise QexactError("explain: running the op again gave a different output")
+    return trace.stages_at(tuple(index), first.shape)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..dtypes import QINT8, QUINT8
 from ..engines.aten import ElementwiseNumerics, default_num_threads, elementwise_numerics
-from ..engines.qnnpack_elementwise import qnnpack_hardswish_table
+from ..engines.qnnpack_lut import qnnpack_hardswish_table
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..float_math import (glibc_expf, glibc_expm1f, glibc_tanhf, sleef_expf_u10, sleef_expm1f_u10,
                           sleef_tanhf_u10)
@@ -250,7 +250,7 @@ takes the scalar lambda."""
 def activation_simd_mask(p: ActivationParams, values: np.ndarray) -> np.ndarray:
     """Which elements the kernel's SIMD lambda computes (the run and explain share it)."""
     from .elementwise import layout_simd_mask
-    from .shape import is_channels_last
+    from ..layout import is_channels_last
 
     if p.function in CONTIGUOUS_OUTPUT and is_channels_last(values):
         return np.zeros(values.shape, bool)
@@ -270,7 +270,7 @@ def activation(x: QuantizedArray, p: ActivationParams) -> QuantizedArray:
                              "'Got empty input tensor'")
         table = qnnpack_table(p)
         return QuantizedArray(like_memory_format(table[x.values], x.values), p.output_qparams)
-    from .shape import is_channels_first_contiguous
+    from ..layout import is_channels_first_contiguous
 
     contiguous_out = (p.function in CONTIGUOUS_OUTPUT
                       and not is_channels_first_contiguous(x.values))
@@ -302,7 +302,7 @@ def clamp(x: QuantizedArray, low: float | None, high: float | None,
     ``ElementwiseNumerics.qnnpack_clamp``); with one bound missing PyTorch raises.
     """
     from .elementwise import inverse_scale, quantize_scalar
-    from .shape import suggests_channels_last
+    from ..layout import suggests_channels_last
 
     if numerics is not None and numerics.qnnpack_clamp and (low is None or high is None):
         raise UnsupportedError("quantized clamp with one bound on the qnnpack engine: PyTorch "

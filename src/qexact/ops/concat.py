@@ -13,7 +13,7 @@ Two paths, chosen by the inputs' memory format in PyTorch:
   The output is channels_last when every input suggests channels_last (``at::cat`` then
   ``quantize_per_tensor`` keep ``suggest_memory_format()``), else contiguous.
 - **NHWC** (dim == 1 and every input 4-D and channels_last-contiguous, read from the NumPy strides
-  with ``qexact.ops.shape.is_channels_last``: quantized conv outputs are channels_last; NCHW arrays
+  with ``qexact.layout.is_channels_last``: quantized conv outputs are channels_last; NCHW arrays
   with C == 1 or H*W == 1 are too); the output is channels_last. Per pixel and per input, an input
   with exactly the output scale and zero point is memcpy'd (not with relu); otherwise channels
   ``c < floor(C_i / F) F`` (``F`` = float lanes, 8 on AVX2) take the SIMD rules of
@@ -39,7 +39,7 @@ from ._registry import graph_op
 from .elementwise import (dequantize_scalar, dequantize_simd, inverse_scale, quantize_scalar,
                           quantize_simd)
 from .quantize import dequantize, quantize_per_tensor, require_quantized
-from .shape import is_channels_last, suggests_channels_last, to_channels_last
+from ..layout import is_channels_last, suggests_channels_last, to_channels_last
 
 
 @dataclass(frozen=True)

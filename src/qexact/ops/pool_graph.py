@@ -176,7 +176,7 @@ def adaptive_max_pool_float(x: np.ndarray, output_size) -> np.ndarray:
     quantized kernel). AdaptiveMaxPoolKernel.cpp: integer windows ``[floor(o L / O),
     ceil((o + 1) L / O))``, taps in row-major order, ``best = v if v > best or isnan(v)``;
     the kernel and the output's memory format follow ``suggest_memory_format()``."""
-    from .shape import suggests_channels_last, to_channels_last, to_contiguous
+    from ..layout import suggests_channels_last, to_channels_last, to_contiguous
 
     spatial = len(output_size)
     if x.ndim not in (spatial + 1, spatial + 2) or x.dtype != np.float32:

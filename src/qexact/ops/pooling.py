@@ -47,7 +47,7 @@ from ..engines.pooling_numerics import PoolingNumerics, pooling_numerics
 from ..errors import ShapeError, UnsupportedError
 from ..qparams import QuantizedArray
 from ..rounding import f32, fma_float32, round_half_even
-from .shape import (is_channels_first_contiguous, is_channels_last,  # noqa: F401 (re-exported)
+from ..layout import (is_channels_first_contiguous, is_channels_last,  # noqa: F401 (re-exported)
                     nhwc_kernel_result, suggests_channels_last, to_channels_last, to_contiguous)
 
 if TYPE_CHECKING:

@@ -111,7 +111,7 @@ def _broadcast_weight(p: PreluParams, shape: tuple[int, ...]) -> np.ndarray:
 def prelu_mask(p: PreluParams, x: np.ndarray) -> np.ndarray:
     """True where ``cpu_kernel_vec`` runs the SIMD lambda. TensorIterator walks a channels_last
     input (and its channels_last output) in N, H, W, C order; others in C order."""
-    from .shape import suggests_channels_last
+    from ..layout import suggests_channels_last
 
     shape = x.shape
     weight_shape = _weight_shape(p, x.ndim)

@@ -41,7 +41,7 @@ from ..stages import Stage
 from ._registry import graph_op
 from .pooling import qnnpack_average
 from .quantize import dequantize, quantize_per_tensor, require_quantized
-from .shape import (is_channels_first_contiguous, reorder_dimensions, suggests_channels_last,
+from ..layout import (is_channels_first_contiguous, reorder_dimensions, suggests_channels_last,
                     to_channels_last, to_contiguous)
 
 _LEVELS = 4  # SumKernel.cpp multi_row_sum num_levels

@@ -139,7 +139,7 @@ _BLEND_FORMULA = {"none": "f32(a x) + f32(b y)", "first": "fmaf(a, x, f32(b y))"
 
 def bilinear_rule(p: UpsampleParams, values: np.ndarray) -> BilinearNumerics:
     """The kernel an input takes: channels_last-contiguous arrays take the NHWC kernel."""
-    from .shape import is_channels_last
+    from ..layout import is_channels_last
 
     return p.numerics.nhwc_bilinear if is_channels_last(values) else p.numerics.nchw_bilinear
 
@@ -177,7 +177,7 @@ def _bilinear(values: np.ndarray, zero_point: int, out_h: int, out_w: int, scale
 
 
 def upsample(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
-    from .pooling import is_channels_last, nhwc_kernel_result, to_contiguous
+    from ..layout import is_channels_last, nhwc_kernel_result, to_contiguous
 
     values = x.values
     if values.ndim != 4:
@@ -216,7 +216,7 @@ def upsample_nearest_float(x: np.ndarray, p: UpsampleParams) -> np.ndarray:
     UpSampleKernel.cpp ``nearest_idx`` decides per dim, ``o`` when out == in, ``o >> 1`` when
     out == 2 in (whatever the scale factor), else ``nearest_indices``. The output follows
     ``suggest_memory_format()``."""
-    from .shape import suggests_channels_last, to_channels_last, to_contiguous
+    from ..layout import suggests_channels_last, to_channels_last, to_contiguous
 
     if x.ndim != 4:
         raise ShapeError(f"upsample expects a 4-D (N, C, H, W) input, got {x.shape}")

@@ -1,0 +1,19 @@
+"""ATen's kernel table: what every PyTorch engine runs for the op families beyond the GEMMs,
+unless it states otherwise (the qnnpack engine hands some to QNNPACK operators).
+
+``ATEN_KERNELS`` maps an op family to ``choose(engine, ...)`` (see ``Engine.kernels``); each
+family's entries live with its numerics, one module per family.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from . import aten_activations, aten_elementwise, normalization_numerics, pooling_numerics
+
+ATEN_KERNELS = MappingProxyType({
+    **aten_elementwise.KERNELS,
+    **aten_activations.KERNELS,
+    **pooling_numerics.KERNELS,
+    **normalization_numerics.KERNELS,
+})
