@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from qexact.engines import engine_names  # noqa: E402
 from support.reporting import print_counts  # noqa: E402
 
 settings.register_profile(
@@ -20,7 +21,8 @@ settings.register_profile(
 )
 settings.load_profile("qexact")
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
+"""Every registered engine (``qexact.engines.ENGINES``): the tests' engine parametrization."""
 
 
 @pytest.fixture(params=ENGINES)

@@ -63,6 +63,12 @@ def test_info_json():
     assert info["this_cpu_isa"] in info["isas"]
 
 
+def test_engine_choices_come_from_the_registry():
+    result = qexact_cli("demo", "--engine", "no_such_engine")
+    assert result.returncode == 2
+    assert all(name in result.stderr for name in qexact.engines.engine_names())
+
+
 # --- On a saved model ----------------------------------------------------------------------------
 
 

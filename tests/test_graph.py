@@ -15,10 +15,11 @@ import pytest
 import qexact
 from qexact import Graph, Net, Node, QParams, Ref
 from qexact.dtypes import QINT8, QUINT8
+from qexact.engines import engine_names
 from qexact.qparams import qparams_to_fields
 from support.assertions import assert_bitexact
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
 
 
 def linear_node(name, source, weight, weight_qparams, bias, out_scale, out_zp, relu):
@@ -151,7 +152,7 @@ def test_graph_without_torch_in_a_subprocess(tmp_path):
         "g = Graph(['x'], [Node('q', 'quantize', (Ref('x'),), {'output_dtype': 'quint8',\n"
         "    'output_axis': None, 'output_scale': 0.5, 'output_zero_point': 3}),\n"
         "    Node('r', 'relu', (Ref('q'),)), Node('d', 'dequantize', (Ref('r'),))], [Ref('d')])\n"
-        "for engine in ('fbgemm', 'x86', 'qnnpack', 'onednn'):\n"
+        "for engine in qexact.engines.engine_names():\n"
         "    out = Net(g, engine)(np.float32([-1.0, 0.25, 0.75, 2.0]))\n"
         "    assert out.tolist() == [0.0, 0.5, 0.5, 2.0], out  # 0.75/0.5+3 = 4.5 -> 4 (half-even)\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from . import __version__
+from .engines import ATEN_CAPABILITIES, ENGINES, ISAS, detect_isa, engine_names
 from .errors import QexactError
 
 WIDTH = 80
@@ -71,7 +72,6 @@ def _render_demo(demo) -> str:
 
 def command_demo(arguments) -> int:
     from .demo import run_forum_demo
-    from .engines import detect_isa
 
     engines = arguments.engine or ["qnnpack", "x86"]
     print(textwrap.fill(
@@ -228,8 +228,6 @@ def command_conformance(arguments) -> int:
 
 
 def command_info(arguments) -> int:
-    from .engines import ENGINES, ISAS, detect_isa
-
     info = {"qexact": __version__, "engines": sorted(ENGINES), "isas": list(ISAS),
             "this_cpu_isa": detect_isa()}
     print(json.dumps(info) if arguments.json else
@@ -246,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="the forum scenario, end to end (needs torch)")
-    demo.add_argument("--engine", action="append", choices=["fbgemm", "x86", "qnnpack", "onednn"],
+    demo.add_argument("--engine", action="append", choices=engine_names(),
                       help="engine(s) to show (default: qnnpack and x86)")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(handler=command_demo)
@@ -256,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("model", help="a model saved with qexact.save, or a TorchScript "
                              "file (torch.jit.save; needs torch)")
         command.add_argument("--engine", help="override the saved engine")
-        command.add_argument("--isa", choices=["avx512_vnni", "avx2"], help="override the saved ISA")
+        command.add_argument("--isa", choices=ISAS, help="override the saved ISA")
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.set_defaults(handler=handler)
         return command
@@ -298,16 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
         "against a recording (no torch needed), with the recording machine's ISA.")
     conformance.add_argument("--cases", type=int, default=50, help="cases per op and engine")
     conformance.add_argument("--ops", help="comma-separated families (default: all)")
-    conformance.add_argument("--engines", help="comma-separated engines (default: all four)")
+    conformance.add_argument("--engines", help="comma-separated engines (default: all)")
     conformance.add_argument("--seed", type=int, default=0)
     conformance.add_argument("--profile", choices=["default", "pytorch"], default="default",
                              help="how cases are drawn: qexact's generators, or as PyTorch's own "
                              "quantized-op tests draw them")
     conformance.add_argument("--record", metavar="DIR", help="write a recording to DIR")
     conformance.add_argument("--replay", metavar="DIR", help="replay the recording in DIR")
-    conformance.add_argument("--isa", choices=["avx512_vnni", "avx2"],
+    conformance.add_argument("--isa", choices=ISAS,
                              help="replay: the ISA to emulate (default: the recording's)")
-    conformance.add_argument("--aten-capability", choices=["avx512", "avx2", "default"],
+    conformance.add_argument("--aten-capability", choices=ATEN_CAPABILITIES,
                              help="replay: ATen's capability (default: the recording's)")
     conformance.add_argument("--report", default="conformance.md",
                              help="markdown report path (default: conformance.md; '' for none)")

@@ -1,11 +1,11 @@
 """Explain one output element: every stage, in the order the engine computes it, with its values.
 
-``explain(net, inputs, layer=None, index=None)`` returns an ``Explanation``: a list of ``Stage``
-events (structured data; no printing here). ``render_text``/``render_markdown``/``to_json`` render
-it at the edge. Each op contributes its own stages through the ``explain`` hook of its graph-op
-class: ``explain(params, inputs, output, index) -> (stages, upstream)``, where ``upstream`` lists
-``(input position, index into that input)`` to walk back through (a ReLU's one element, a
-Linear's row of inputs when they come straight from a quantize).
+``Net.explain(inputs, layer=None, index=None)`` (``qexact.graph``; ``explain(net, ...)`` here is
+the same) walks the graph back from the element and returns an ``Explanation``: a list of
+``Stage`` events (structured data; no printing here). ``render_text``/``render_markdown``/
+``to_json`` render it at the edge. Each op contributes its own stages through the ``explain`` hook
+of its graph-op class (see ``Net.explain``). This module knows no graph: ``qexact.graph`` builds
+on it.
 
 JSON schema: ``EXPLAIN_SCHEMA`` (``docs/explain.md``), versioned by ``"schema_version"``.
 """
@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import QexactError, ShapeError
-from .graph import Net, Ref
-from .qparams import QuantizedArray
 from .stages import Stage
 
 SCHEMA_NAME = "qexact-explain"
@@ -61,20 +60,10 @@ class Explanation:
         return render_text(self)
 
 
-def explain(net: Net, inputs, layer: str | None = None, index=None) -> Explanation:
-    """Explain element ``index`` of node ``layer``'s output (default: the model's first output)."""
-    if not isinstance(inputs, (tuple, list)):
-        inputs = (inputs,)
-    values = net.run_values(*inputs)
-    name = layer or net.graph.outputs[0].name
-    prepared = net.prepared_node(name)
-    output = values[name]
-    shape = _values_of(output).shape
-    index = normalize_index(index, shape, name)
-    stages = _explain(net, values, name, index)
-    element = _values_of(output)[index]
-    return Explanation(name, prepared.node.op, net.engine.name, net.engine.isa, index, stages,
-                       element[()])
+def explain(net, inputs, layer: str | None = None, index=None) -> Explanation:
+    """Explain element ``index`` of node ``layer``'s output (default: the model's first output)
+    of ``net`` (a ``qexact.Net``): ``net.explain(inputs, layer, index)``."""
+    return net.explain(inputs, layer=layer, index=index)
 
 
 def normalize_index(index, shape: tuple[int, ...], name: str = "") -> tuple[int, ...]:
@@ -86,32 +75,6 @@ def normalize_index(index, shape: tuple[int, ...], name: str = "") -> tuple[int,
     if len(index) != len(shape) or any(not -size <= i < size for i, size in zip(index, shape)):
         raise ShapeError(f"index {index} is not an element of {name!r}, whose shape is {shape}")
     return tuple(i % size for i, size in zip(index, shape))
-
-
-def _values_of(value) -> np.ndarray:
-    return value.values if isinstance(value, QuantizedArray) else np.asarray(value)
-
-
-def _explain(net: Net, values: dict, name: str, index) -> list[Stage]:
-    prepared = net.prepared_node(name)
-    node = prepared.node
-    hook = prepared.definition.explain
-    inputs = [values[item.name] if isinstance(item, Ref) else item for item in node.inputs]
-    if hook is None:
-        return [Stage(f"{node.op}", f"{node.op} (no explanation for this op yet)", node=name,
-                      op=node.op)]
-    stages, upstream = hook(prepared.params, inputs, values[name], index)
-    before: list[Stage] = []
-    for position, input_index in upstream:
-        item = node.inputs[position]
-        if not isinstance(item, Ref) or item.name in net.graph.inputs:
-            continue
-        producer = net.prepared_node(item.name)
-        scalar = all(isinstance(i, int) for i in input_index)
-        if scalar or producer.node.op == "quantize":
-            before += _explain(net, values, item.name, input_index)
-    return before + [Stage(s.name, s.formula, s.values, s.result, s.node or name,
-                           s.op or node.op, s.note) for s in stages]
 
 
 def _jsonable(value):
@@ -161,8 +124,6 @@ def render_text(explanation: Explanation) -> str:
 
 
 def _wrap(text: str, indent: str = "      ") -> list[str]:
-    import textwrap
-
     return textwrap.wrap(text, TEXT_WIDTH, subsequent_indent=indent, break_on_hyphens=False,
                          replace_whitespace=False) or [""]
 

@@ -19,9 +19,11 @@ import numpy as np
 
 from .engines import Engine, get_engine
 from .errors import QexactError, ShapeError, UnsupportedError
+from .explain import Explanation, normalize_index
 from .ops import load_all_ops
 from .ops._registry import OP_REGISTRY, OpDefinition
 from .qparams import QParams, QuantizedArray
+from .stages import Stage
 
 
 @dataclass(frozen=True)
@@ -116,11 +118,46 @@ class Net:
         raise QexactError(f"no layer or node {name!r}; nodes: "
                           f"{[item.node.name for item in self._prepared]}")
 
-    def explain(self, x, layer: str | None = None, index=None):
-        """Every stage of one output element's arithmetic (``qexact.explain.explain``)."""
-        from .explain import explain
+    def explain(self, x, layer: str | None = None, index=None) -> Explanation:
+        """Every stage of element ``index`` of node ``layer``'s output (default: the model's
+        first output), in the order the engine computes it, with its values.
 
-        return explain(self, x, layer=layer, index=index)
+        Each op contributes its own stages through the ``explain`` hook of its graph-op class:
+        ``explain(params, inputs, output, index) -> (stages, upstream)``, where ``upstream``
+        lists ``(input position, index into that input)`` to walk back through (a ReLU's one
+        element, a Linear's row of inputs when they come straight from a quantize).
+        """
+        inputs = x if isinstance(x, (tuple, list)) else (x,)
+        values = self.run_values(*inputs)
+        name = layer or self.graph.outputs[0].name
+        prepared = self.prepared_node(name)
+        output = _values_of(values[name])
+        index = normalize_index(index, output.shape, name)
+        stages = self._explain_stages(values, name, index)
+        return Explanation(name, prepared.node.op, self.engine.name, self.engine.isa, index,
+                           stages, output[index][()])
+
+    def _explain_stages(self, values: dict, name: str, index) -> list[Stage]:
+        """The stages of node ``name``'s element ``index``, after those of the upstream elements
+        its hook names (inputs computed by a node: one element, or a quantize's row)."""
+        prepared = self.prepared_node(name)
+        node = prepared.node
+        hook = prepared.definition.explain
+        if hook is None:
+            return [Stage(f"{node.op}", f"{node.op} (no explanation for this op yet)", node=name,
+                          op=node.op)]
+        stages, upstream = hook(prepared.params, _arguments(node, values), values[name], index)
+        before: list[Stage] = []
+        for position, input_index in upstream:
+            item = node.inputs[position]
+            if not isinstance(item, Ref) or item.name in self.graph.inputs:
+                continue
+            producer = self.prepared_node(item.name)
+            scalar = all(isinstance(i, int) for i in input_index)
+            if scalar or producer.node.op == "quantize":
+                before += self._explain_stages(values, item.name, input_index)
+        return before + [Stage(s.name, s.formula, s.values, s.result, s.node or name,
+                               s.op or node.op, s.note) for s in stages]
 
     @property
     def isa(self) -> str:
@@ -134,10 +171,9 @@ class Net:
             name: _as_numpy(value) for name, value in zip(self.graph.inputs, inputs)
         }
         for item in self._prepared:
-            arguments = [values[ref.name] if isinstance(ref, Ref) else ref
-                         for ref in item.node.inputs]
             try:
-                values[item.node.name] = item.definition.run(item.params, arguments)
+                values[item.node.name] = item.definition.run(item.params,
+                                                             _arguments(item.node, values))
             except QexactError as error:
                 raise type(error)(f"{_where(item.node)}: {error}") from None
         return values
@@ -179,6 +215,15 @@ class Net:
 def _where(node: Node) -> str:
     source = f" (model: {node.source})" if node.source and node.source != node.name else ""
     return f"node {node.name!r} [{node.op}]{source}"
+
+
+def _arguments(node: Node, values: dict[str, Any]) -> list:
+    """The node's arguments: each ``Ref`` replaced by its value, constants as they are."""
+    return [values[item.name] if isinstance(item, Ref) else item for item in node.inputs]
+
+
+def _values_of(value) -> np.ndarray:
+    return value.values if isinstance(value, QuantizedArray) else np.asarray(value)
 
 
 def _as_numpy(value):

@@ -224,6 +224,50 @@ class ClampInt(Step):
         return np.clip(value, self.low, self.high)
 
 
+@dataclass(frozen=True, eq=False)
+class MultiplyInt(Step):
+    """``v = v * factor`` on integers, exact (int64): an input times its fixed-point multiplier."""
+
+    factor: int = 1
+    formula = "v * {factor}"
+
+    def apply(self, value):
+        return np.asarray(value, dtype=np.int64) * self.factor
+
+
+@dataclass(frozen=True, eq=False)
+class RoundingShiftRightInt32(Step):
+    """``v = (v >> shift) + (r > (mask >> 1))`` on int32 ``v``, with ``mask = (1 << shift) - 1``
+    and ``r = (v & mask) - (v < 0)``: ``v / 2**shift`` rounded half away from zero (QNNPACK's
+    add, qnnpack/src/q8vadd/sse2.c). x86 masks shift counts to 5 bits, so for ``shift >= 32`` the
+    mask is ``(1 << (shift mod 32)) - 1``, and the shift itself fills with the sign (``psrad``;
+    ``count_modulo_32`` False) or shifts by ``shift mod 32`` (the scalar ``sar``; True)."""
+
+    shift: int = 0
+    count_modulo_32: bool = False
+
+    @property
+    def formula(self):
+        rounding = "(v >> {shift}) + ((v & mask) - (v < 0) > mask >> 1), mask = 2^{shift} - 1"
+        if self.shift < 32:
+            return rounding
+        return (rounding.replace("2^{shift}", "2^({shift} mod 32)")
+                + ("; v >> {shift} shifts by {shift} mod 32 (sar)" if self.count_modulo_32
+                   else "; v >> {shift} gives the sign, 0 or -1 (psrad)"))
+
+    def apply(self, value):
+        value = np.asarray(value, dtype=np.int64)
+        mask = (1 << (self.shift & 31)) - 1
+        remainder = (value & mask) - (value < 0)
+        if self.shift < 32:
+            shifted = value >> self.shift
+        elif self.count_modulo_32:
+            shifted = value >> (self.shift & 31)
+        else:
+            shifted = np.where(value < 0, -1, 0).astype(np.int64)
+        return shifted + (remainder > (mask >> 1))
+
+
 def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype) -> np.ndarray:
     """Apply ``steps`` to the int64 accumulator ``acc``; the last step must leave integers in range."""
     value = acc

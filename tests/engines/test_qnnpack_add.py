@@ -7,8 +7,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qexact.engines.qnnpack_add import (ADD_TILE, prepare_qnnpack_add, qnnpack_add,
-                                                simd_elements)
+from qexact import QUINT8, QParams, QuantizedArray
+from qexact.engines.qnnpack_add import ADD_TILE, prepare_qnnpack_add, simd_elements
+from qexact.ops.elementwise import binary, prepare_binary
+
+
+def qnnpack_add(a: np.ndarray, b: np.ndarray, a_scale, a_zero_point, b_scale, b_zero_point,
+                out_scale, out_zero_point, relu=False) -> np.ndarray:
+    """quint8 ``a + b`` of equal shapes on the qnnpack engine (its ``"binary"`` kernel)."""
+    qparams = [QParams.per_tensor(s, z, QUINT8) for s, z in
+               ((a_scale, a_zero_point), (b_scale, b_zero_point), (out_scale, out_zero_point))]
+    p = prepare_binary("add", *qparams, relu=relu, engine="qnnpack")
+    assert p.choose_kernel(a.shape, b.shape).name.startswith("QNNPACK add")
+    return binary(QuantizedArray(a, qparams[0]), QuantizedArray(b, qparams[1]), p).values
 
 
 def test_simd_elements_by_tile():
@@ -21,10 +32,10 @@ def test_simd_elements_by_tile():
 def test_large_shift_scalar_takes_the_count_modulo_32():
     """shift 32: the scalar ``sar`` shifts by 0, so a positive sum saturates to 255; the SIMD
     ``psrad`` gives the sign (0) and the zero point."""
-    p = prepare_qnnpack_add(1.0, 0, 1.0, 0, 1328.9736328125, 165, relu=False)
-    assert p.shift == 32
-    assert qnnpack_add(np.array([0], np.uint8), np.array([255], np.uint8), p)[0] == 255
-    simd = qnnpack_add(np.full(8, 0, np.uint8), np.full(8, 255, np.uint8), p)
+    scales = (1.0, 0, 1.0, 0, 1328.9736328125, 165)
+    assert prepare_qnnpack_add(*scales, relu=False).shift == 32
+    assert qnnpack_add(np.array([0], np.uint8), np.array([255], np.uint8), *scales)[0] == 255
+    simd = qnnpack_add(np.full(8, 0, np.uint8), np.full(8, 255, np.uint8), *scales)
     assert (simd == 165).all()
 
 
@@ -49,28 +60,37 @@ def test_qnnpack_add_vs_torch_at_every_shift(length):
             for relu in (False, True):
                 if relu and zps[2] == 255:
                     continue
-                p = prepare_qnnpack_add(a_scale, zps[0], b_scale, zps[1], out_scale, zps[2], relu)
+                shift = prepare_qnnpack_add(a_scale, zps[0], b_scale, zps[1], out_scale, zps[2],
+                                            relu).shift
                 op = torch.ops.quantized.add_relu if relu else torch.ops.quantized.add
                 theirs = op(torch._make_per_tensor_quantized_tensor(torch.from_numpy(a), a_scale,
                                                                     zps[0]),
                             torch._make_per_tensor_quantized_tensor(torch.from_numpy(b), b_scale,
                                                                     zps[1]),
                             out_scale, zps[2]).int_repr().numpy()
-                ours = qnnpack_add(a, b, p)
-                assert np.array_equal(ours, theirs), (exponent, p.shift, relu,
+                ours = qnnpack_add(a, b, a_scale, zps[0], b_scale, zps[1], out_scale, zps[2], relu)
+                assert np.array_equal(ours, theirs), (exponent, shift, relu,
                                                       int((ours != theirs).sum()))
     finally:
         torch.backends.quantized.engine = previous
 
 
 def test_explain_follows_the_run_at_a_large_shift():
-    """Explain's stages reach the value the run computed, in the SIMD body and in scalar code."""
-    p = prepare_qnnpack_add(1.0, 0, 1.0, 0, 1328.9736328125, 165, relu=False)
-    from qexact.engines.qnnpack_add import qnnpack_add_stages
+    """Explain's stages reach the value the run computed, in the SIMD body and in scalar code,
+    and name the path and the shift the element took."""
+    from qexact.ops._registry import OP_REGISTRY
 
-    for length, simd in ((1, False), (8, True)):
+    qparams = [QParams.per_tensor(s, z, QUINT8) for s, z in ((1.0, 0), (1.0, 0),
+                                                             (1328.9736328125, 165))]
+    p = prepare_binary("add", *qparams, engine="qnnpack")
+    for length, simd in ((1, False), (7, False), (8, True), (ADD_TILE + 3, False)):
         a, b = np.zeros(length, np.uint8), np.full(length, 255, np.uint8)
-        run = qnnpack_add(a, b, p)
-        stages = qnnpack_add_stages(0, 255, p, simd)
-        assert stages[-1][3] == run[0]
-        assert ("psrad" if simd else "modulo 32") in stages[1][1]
+        inputs = [QuantizedArray(a, qparams[0]), QuantizedArray(b, qparams[1])]
+        run = binary(*inputs, p)
+        index = (length - 1,)
+        stages, _ = OP_REGISTRY["add"].explain(p, inputs, run, index)
+        assert stages[-1].result == run.values[index] == (165 if simd else 255)
+        path = next(stage.values["path"] for stage in stages if stage.name == "add: path")
+        assert path.startswith("SIMD body" if simd else "scalar code")
+        shift = next(stage for stage in stages if "shift right" in stage.name)
+        assert ("psrad" if simd else "mod 32 (sar)") in shift.formula

@@ -7,13 +7,14 @@ import pytest
 from support.assertions import assert_bitexact
 
 import qexact
+from qexact.engines import engine_names
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from support.models import build, forum_model, multilayer_model, multilayer_view_model  # noqa: E402
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
 
 
 class FxModel(torch.nn.Module):

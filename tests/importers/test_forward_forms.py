@@ -10,13 +10,14 @@ import pytest
 from support.assertions import assert_bitexact
 
 import qexact
+from qexact.engines import engine_names
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 F = torch.nn.functional
 nn = torch.nn
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
 
 
 class ShapeSizedHead(nn.Module):

@@ -16,13 +16,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import qexact  # noqa: E402
+from qexact.engines import engine_names  # noqa: E402
 from support.assertions import assert_bitexact  # noqa: E402
 from support.models import (MODELS, build, forum_model_quantized_output,  # noqa: E402
                             multilayer_quantized_output)
 
 pytestmark = pytest.mark.torch
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
 
 
 @pytest.fixture(autouse=True)
@@ -413,3 +414,47 @@ def test_quantized_tensor_input_is_rejected():
     xq = torch.quantize_per_tensor(torch.rand(shape), 0.1, 0, torch.quint8)
     with pytest.raises(qexact.ShapeError, match="quantized torch tensors"):
         net(xq)
+
+
+class _ReLU6Model(torch.nn.Module):
+    """nn.ReLU6 converts to nnq.ReLU6, a subclass of nn.ReLU: the most derived class's handler
+    (a clamp at 6) must win over nn.ReLU's, whatever order the handler modules registered in."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.act = torch.nn.ReLU6()
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.act(self.quant(x)))
+
+
+def _relu6_model(engine):
+    torch.manual_seed(0)
+    return _ReLU6Model(), [torch.randn(64, 10) * 10 for _ in range(3)], (1, 10)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_quantized_relu6_is_a_clamp_not_a_relu(engine):
+    model, _ = build(_relu6_model, engine)
+    assert isinstance(model.act, torch.ao.nn.quantized.ReLU6)
+    net = qexact.from_torch(model, engine=engine)
+    assert [node.op for node in net.graph.nodes] == ["quantize", "clamp", "dequantize"]
+    x = torch.randn(256, 10) * 10
+    assert_bitexact(net(x), model(x).numpy(), f"ReLU6 on {engine}")
+
+
+def test_handler_modules_are_discovered():
+    """Every public module of qexact.importers is loaded, without a list to keep."""
+    import pkgutil
+    import sys
+
+    import qexact.importers
+    from qexact.importers._handlers import load_handler_modules
+
+    load_handler_modules()
+    public = [info.name for info in pkgutil.iter_modules(qexact.importers.__path__)
+              if not info.name.startswith("_")]
+    assert {"torch", "torchscript", "torch_conv", "torch_shape"} <= set(public)
+    assert all(f"qexact.importers.{name}" in sys.modules for name in public)

@@ -20,6 +20,7 @@ from support.torch_worker import torch_conv_in_child
 
 import qexact
 from qexact import QINT8, QUINT8, QParams, QuantizedArray, QuantParamError, ShapeError
+from qexact.engines import engine_names
 from qexact.errors import UnsupportedError
 from qexact.ops.conv import conv, conv_accumulator, prepare_conv
 from qexact.ops._conv_explain import explain_conv
@@ -197,7 +198,7 @@ def test_relu_output_at_least_zero_point():
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, size=(1, 4, 6, 6)).astype(np.uint8)
     w = rng.integers(-128, 128, size=(5, 4, 3, 3)).astype(np.int8)
-    for engine in ("fbgemm", "x86", "qnnpack", "onednn"):
+    for engine in engine_names():
         params = prepare_conv(w, QParams.per_tensor(0.01, 0, QINT8), None,
                               QParams.per_tensor(0.05, 7, QUINT8),
                               QParams.per_tensor(0.5, 100, QUINT8), relu=True, engine=engine)
@@ -213,22 +214,23 @@ def test_errors():
     w = np.zeros((4, 2, 3, 3), np.int8)
     wqp = QParams.per_tensor(0.01, 0, QINT8)
     with pytest.raises(ShapeError, match="int8"):
-        prepare_conv(w.astype(np.int16), wqp, None, _qp(), _qp())
+        prepare_conv(w.astype(np.int16), wqp, None, _qp(), _qp(), engine="fbgemm")
     with pytest.raises(ShapeError, match="multiple of groups"):
-        prepare_conv(w, wqp, None, _qp(), _qp(), groups=3)
+        prepare_conv(w, wqp, None, _qp(), _qp(), groups=3, engine="fbgemm")
     with pytest.raises(QuantParamError, match="symmetric"):
         prepare_conv(w, QParams.per_tensor(0.01, 3, QINT8), None, _qp(), _qp(), engine="onednn")
     with pytest.raises(QuantParamError, match="axis 0"):
-        prepare_conv(w, QParams.per_channel(np.ones(3), np.zeros(3), 0, QINT8), None, _qp(), _qp())
+        prepare_conv(w, QParams.per_channel(np.ones(3), np.zeros(3), 0, QINT8), None, _qp(), _qp(),
+                     engine="fbgemm")
     with pytest.raises(QuantParamError, match="qint8"):
-        prepare_conv(w, QParams.per_tensor(0.1, 0, QUINT8), None, _qp(), _qp())
+        prepare_conv(w, QParams.per_tensor(0.1, 0, QUINT8), None, _qp(), _qp(), engine="fbgemm")
     with pytest.raises(UnsupportedError, match="padding_mode"):
-        prepare_conv(w, wqp, None, _qp(), _qp(), padding_mode="mirror")
+        prepare_conv(w, wqp, None, _qp(), _qp(), padding_mode="mirror", engine="fbgemm")
     with pytest.raises(ShapeError, match="bias"):
-        prepare_conv(w, wqp, np.zeros(3, np.float32), _qp(), _qp())
+        prepare_conv(w, wqp, np.zeros(3, np.float32), _qp(), _qp(), engine="fbgemm")
     with pytest.raises(ShapeError, match="stride"):
-        prepare_conv(w, wqp, None, _qp(), _qp(), stride=(1, 2, 3))
-    params = prepare_conv(w, wqp, None, _qp(), _qp(), groups=2)
+        prepare_conv(w, wqp, None, _qp(), _qp(), stride=(1, 2, 3), engine="fbgemm")
+    params = prepare_conv(w, wqp, None, _qp(), _qp(), groups=2, engine="fbgemm")
     with pytest.raises(ShapeError, match="expects input"):
         conv(QuantizedArray(np.zeros((1, 3, 5, 5), np.uint8), _qp()), params)
     with pytest.raises(ShapeError, match="too small"):

@@ -243,11 +243,12 @@ def test_errors():
     w = np.zeros((4, 2, 3, 3), np.int8)
     wqp = QParams.per_tensor(0.01, 0, QINT8)
     with pytest.raises(ShapeError, match="int8"):
-        prepare_conv_transpose(w.astype(np.int16), wqp, None, _qp(), _qp())
+        prepare_conv_transpose(w.astype(np.int16), wqp, None, _qp(), _qp(), engine="fbgemm")
     with pytest.raises(ShapeError, match="multiple of groups"):
-        prepare_conv_transpose(w, wqp, None, _qp(), _qp(), groups=3)
+        prepare_conv_transpose(w, wqp, None, _qp(), _qp(), groups=3, engine="fbgemm")
     with pytest.raises(ShapeError, match="output_padding"):
-        prepare_conv_transpose(w, wqp, None, _qp(), _qp(), stride=2, output_padding=2)
+        prepare_conv_transpose(w, wqp, None, _qp(), _qp(), stride=2, output_padding=2,
+                               engine="fbgemm")
     with pytest.raises(QuantParamError, match="symmetric"):
         prepare_conv_transpose(w, QParams.per_tensor(0.01, 3, QINT8), None, _qp(), _qp(),
                                engine="onednn")
@@ -265,10 +266,11 @@ def test_errors():
         prepare_conv_transpose(np.zeros((4, 2, 3, 3, 3), np.int8), wqp, None, _qp(), _qp(),
                                engine="qnnpack")
     with pytest.raises(QuantParamError, match="qint8"):
-        prepare_conv_transpose(w, QParams.per_tensor(0.1, 0, QUINT8), None, _qp(), _qp())
+        prepare_conv_transpose(w, QParams.per_tensor(0.1, 0, QUINT8), None, _qp(), _qp(),
+                               engine="fbgemm")
     with pytest.raises(ShapeError, match="bias"):
-        prepare_conv_transpose(w, wqp, np.zeros(3, np.float32), _qp(), _qp())
-    params = prepare_conv_transpose(w, wqp, None, _qp(), _qp(), groups=2)
+        prepare_conv_transpose(w, wqp, np.zeros(3, np.float32), _qp(), _qp(), engine="fbgemm")
+    params = prepare_conv_transpose(w, wqp, None, _qp(), _qp(), groups=2, engine="fbgemm")
     with pytest.raises(ShapeError, match="expects input"):
         conv_transpose(QuantizedArray(np.zeros((1, 3, 5, 5), np.uint8), _qp()), params)
     with pytest.raises(QuantParamError, match="prepared for input"):

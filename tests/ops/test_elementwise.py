@@ -130,7 +130,8 @@ for n in range(1, 300, 7):
     ref = torch.ops.quantized.add(torch_quantized(a, qa), torch_quantized(b, qb), qo.scale, qo.zero_point).int_repr().numpy()
     p = prepare_binary("add", qa, qb, qo, engine="fbgemm", num_threads=1)
     bad += int((binary(QuantizedArray(a, qa), QuantizedArray(b, qb), p).values != ref).sum())
-print(torch.backends.cpu.get_cpu_capability(), p.numerics.capability, bad)
+capability = p.choose_kernel((n,), (n,)).placement.numerics.capability
+print(torch.backends.cpu.get_cpu_capability(), capability, bad)
 """
 
 
@@ -147,10 +148,12 @@ def test_add_aten_capability_default_subprocess():
 def test_errors():
     u8 = QParams.per_tensor(0.1, 0, QUINT8)
     with pytest.raises(QuantParamError, match="dtypes differ"):
-        prepare_binary("add", u8, QParams.per_tensor(0.1, 0, QINT8), u8)
+        prepare_binary("add", u8, QParams.per_tensor(0.1, 0, QINT8), u8, engine="fbgemm")
     with pytest.raises(qexact.UnsupportedError, match="not supported"):
-        prepare_binary("sub", u8, u8, u8)
-    p = prepare_binary("add", u8, u8, u8)
+        prepare_binary("sub", u8, u8, u8, engine="fbgemm")
+    with pytest.raises(TypeError, match="engine"):  # no default engine
+        prepare_binary("add", u8, u8, u8)
+    p = prepare_binary("add", u8, u8, u8, engine="fbgemm")
     with pytest.raises(ShapeError, match="broadcast"):
         binary(QuantizedArray(np.zeros(3, np.uint8), u8), QuantizedArray(np.zeros(4, np.uint8), u8), p)
 
@@ -245,7 +248,7 @@ def test_scalar_ops_random_vs_torch(engine, name):
         values, qp, scalar = random_scalar_case(rng, QUINT8 if case % 2 else QINT8, op)
         with torch_threads(1):
             expected = getattr(torch.ops.quantized, name)(torch_quantized(values, qp), scalar)
-        p = prepare_scalar(op, qp, scalar, relu=relu)
+        p = prepare_scalar(op, qp, scalar, relu=relu, engine=engine)
         actual = scalar_op(QuantizedArray(values, qp), p)
         where = f"{engine} {name} c={scalar!r} {qp.describe()} n={values.size}"
         assert (actual.scale, actual.zero_point) == (expected.q_scale(), expected.q_zero_point()), where
@@ -261,11 +264,14 @@ def test_scalar_errors():
 
     qp = QParams.per_tensor(0.1, 0, QUINT8)
     with pytest.raises(qexact.UnsupportedError, match="supported"):
-        prepare_scalar("sub_scalar", qp, 1.0)
+        prepare_scalar("sub_scalar", qp, 1.0, engine="fbgemm")
     with pytest.raises(qexact.UnsupportedError, match="non-finite"):
-        prepare_scalar("add_scalar", qp, float("nan"))
+        prepare_scalar("add_scalar", qp, float("nan"), engine="fbgemm")
     with pytest.raises(QuantParamError, match="per-tensor"):
-        prepare_scalar("mul_scalar", QParams.per_channel([0.1, 0.2], [0, 0], 0, QUINT8), 2.0)
+        prepare_scalar("mul_scalar", QParams.per_channel([0.1, 0.2], [0, 0], 0, QUINT8), 2.0,
+                       engine="fbgemm")
+    with pytest.raises(TypeError, match="engine"):  # no default engine
+        prepare_scalar("add_scalar", qp, 1.0)
 
 
 # --- cat ------------------------------------------------------------------------------------------
@@ -350,7 +356,7 @@ def test_torch_cat_uses_first_input_qparams():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = torch.cat([torch_quantized(v, q) for v, q in zip(values, qps)], 1)
-    p = prepare_cat(qps, qps[0], 1, wraps_dim=True)
+    p = prepare_cat(qps, qps[0], 1, engine="fbgemm", wraps_dim=True)
     assert (expected.q_scale(), expected.q_zero_point()) == (qps[0].scale, qps[0].zero_point)
     assert_bitexact(cat([QuantizedArray(v, q) for v, q in zip(values, qps)], p).values,
                     expected.int_repr().numpy(), "torch.cat")
@@ -361,8 +367,10 @@ def test_cat_errors():
 
     u8 = QParams.per_tensor(0.1, 0, QUINT8)
     with pytest.raises(QuantParamError, match="dtype"):
-        prepare_cat([u8, QParams.per_tensor(0.1, 0, QINT8)], u8, 0)
-    p = prepare_cat([u8, u8], u8, 1)
+        prepare_cat([u8, QParams.per_tensor(0.1, 0, QINT8)], u8, 0, engine="fbgemm")
+    with pytest.raises(TypeError, match="engine"):  # no default engine
+        prepare_cat([u8, u8], u8, 1)
+    p = prepare_cat([u8, u8], u8, 1, engine="fbgemm")
     with pytest.raises(ShapeError, match="differ"):
         cat([QuantizedArray(np.zeros((2, 3), np.uint8), u8),
              QuantizedArray(np.zeros((3, 3), np.uint8), u8)], p)
@@ -383,10 +391,10 @@ for c in range(1, 70, 3):
     out = QParams.per_tensor(2.0 ** -2, 7, QUINT8)
     ts = [torch_quantized(v, q).contiguous(memory_format=torch.channels_last) for v, q in zip(vs, qps)]
     ref = torch.ops.quantized.cat(ts, 1, out.scale, out.zero_point).int_repr().numpy()
-    p = prepare_cat(qps, out, 1)
+    p = prepare_cat(qps, out, 1, engine="fbgemm")
     vs = [to_channels_last(v) for v in vs]
     bad += int((cat([QuantizedArray(v, q) for v, q in zip(vs, qps)], p).values != ref).sum())
-print(torch.backends.cpu.get_cpu_capability(), p.numerics.capability, bad)
+print(torch.backends.cpu.get_cpu_capability(), p.description.capability, bad)
 """
 
 
@@ -567,3 +575,139 @@ def test_binary_mixed_layouts_vs_torch(name):
     finally:
         torch.backends.quantized.engine = previous
     assert elements > 100000 * len(engines)
+
+
+# --- explain: derived from the run ----------------------------------------------------------------
+
+EXPLAIN_ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+
+
+def _explained(name, params, inputs, result, index):
+    """The op's explain stages of element ``index``; the last one must give the output element,
+    and one stage names the code path the element took (returned)."""
+    from qexact.ops._registry import OP_REGISTRY
+
+    stages, _ = OP_REGISTRY[name].explain(params, inputs, result, index)
+    output = result.values[index]
+    assert stages[-1].result == output and np.asarray(stages[-1].result).dtype.kind == "i", \
+        (name, index, stages[-1], output)
+    paths = [stage.values["path"] for stage in stages if stage.name.endswith("path")]
+    assert len(paths) == 1, [stage.name for stage in stages]
+    return stages, paths[0]
+
+
+def _explain_binary_case(rng, engine, name):
+    op, relu = name.split("_")[0], name.endswith("_relu")
+    dtype = QUINT8 if rng.random() < 0.6 or engine.name == "qnnpack" else QINT8
+    if rng.random() < 0.5:  # short ones: a QNNPACK tile of fewer than 8 runs scalar code
+        a_shape = b_shape = (int(rng.integers(1, 12 if rng.random() < 0.3 else 300)),)
+    else:
+        a_shape = tuple(int(s) for s in rng.integers(1, 9, 4))
+        b_shape = tuple(1 if rng.random() < 0.3 else s for s in a_shape)
+    a = rng.integers(dtype.qmin, dtype.qmax + 1, a_shape).astype(dtype.numpy_dtype)
+    b = rng.integers(dtype.qmin, dtype.qmax + 1, b_shape).astype(dtype.numpy_dtype)
+    if rng.random() < 0.3:
+        a = to_channels_last(a) if a.ndim == 4 else a
+    z_a, z_b, z_o = (int(z) for z in rng.integers(dtype.qmin, dtype.qmax, 3))
+    if op == "mul" and rng.random() < 0.5:  # past int32: the SIMD body wraps, the tail does not
+        scales = (1.0, 1.0, 2.0 ** -20)
+    elif engine.name == "qnnpack" and op == "add" and rng.random() < 0.3:  # shift >= 32
+        scales = (1.0, 1.0, 1328.9736328125)
+    else:  # power-of-two scales, odd output zero point: exact ties
+        scales = (2.0 ** -4, 2.0 ** -5, 2.0 ** -3)
+        z_o = min(z_o | 1, dtype.qmax - 2)
+    qparams = [QParams.per_tensor(s, z, dtype) for s, z in zip(scales, (z_a, z_b, z_o))]
+    p = prepare_binary(op, *qparams, relu=relu, engine=engine, num_threads=1)
+    return p, [QuantizedArray(a, qparams[0]), QuantizedArray(b, qparams[1])]
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+@pytest.mark.parametrize("engine_name", EXPLAIN_ENGINES)
+def test_explain_binary_is_the_run(engine_name, capability):
+    """Random add/mul cases on every engine: explain's last stage is the output element, and its
+    path stage names the path the kernel's split gave that element (ATen's SIMD body and scalar
+    tail, QNNPACK's SIMD body and scalar code, shift >= 32 included)."""
+    engine = qexact.get_engine(engine_name, aten_capability=capability)
+    rng = np.random.default_rng([len(engine_name), ord(engine_name[0]), len(capability)])
+    seen = set()
+    for case in range(60):
+        name = OPS[case % len(OPS)]
+        p, inputs = _explain_binary_case(rng, engine, name)
+        try:
+            result = binary(*inputs, p)
+        except qexact.UnsupportedError:  # QNNPACK refusing the scales, as PyTorch does
+            continue
+        kernel = p.choose_kernel(inputs[0].values.shape, inputs[1].values.shape)
+        masks, _ = kernel.split(result.values.shape, inputs[0].values, inputs[1].values)
+        flat = [int(i) for i in rng.choice(result.values.size, min(3, result.values.size), False)]
+        for path, mask in zip(kernel.paths, masks):  # an element of every path that runs
+            if mask.any():
+                flat.append(int(np.flatnonzero(mask)[-1]))
+        for position in flat:
+            index = tuple(int(i) for i in np.unravel_index(position, result.values.shape))
+            _, shown = _explained(name, p, inputs, result, index)
+            which = [mask[index] for mask in masks].index(True)
+            assert shown == kernel.paths[which].name
+            seen.add((kernel.name.split(" (")[0], shown.split(" (")[0]))
+    expected = {("ATen qadd_kernel", "scalar tail"), ("ATen qmul_kernel", "scalar tail")}
+    if capability != "default":
+        expected |= {("ATen qmul_kernel", "SIMD body")}
+    if engine_name == "qnnpack":
+        expected |= {("QNNPACK add", "SIMD body"), ("QNNPACK add", "scalar code")}
+    elif capability != "default":
+        expected |= {("ATen qadd_kernel", "SIMD body")}
+    assert expected <= seen, expected - seen
+
+
+def test_explain_mul_past_int32_both_paths():
+    """mul with ``f32(c) m`` past int32: the SIMD body's cvtps2dq gives INT32_MIN and its int32
+    add of z_o wraps, the scalar tail keeps 64 bits; explain shows each path's steps."""
+    qp, out = QParams.per_tensor(1.0, 0, QINT8), QParams.per_tensor(2.0 ** -20, -5, QINT8)
+    a = np.full(65, 127, np.int8)
+    inputs = [QuantizedArray(a, qp), QuantizedArray(a, qp)]
+    engine = qexact.get_engine("fbgemm", aten_capability="avx2")
+    p = prepare_binary("mul", qp, qp, out, engine=engine, num_threads=1)
+    result = binary(*inputs, p)
+    assert result.values[0] == 127 and result.values[64] == 127  # wrapped to qmax; clamped
+    body, path = _explained("mul", p, inputs, result, (0,))
+    assert path.startswith("SIMD body")
+    rounded = next(stage for stage in body if stage.name.startswith("mul: round"))
+    assert rounded.result == -2 ** 31
+    tail, path = _explained("mul", p, inputs, result, (64,))
+    assert path.startswith("scalar tail")
+    rounded = next(stage for stage in tail if stage.name.startswith("mul: round"))
+    assert rounded.result == 127 * 127 * 2 ** 20
+
+
+@pytest.mark.parametrize("engine_name", EXPLAIN_ENGINES)
+def test_explain_scalar_ops_and_cat_are_the_run(engine_name):
+    """add_scalar / mul_scalar (every case) and cat (NHWC SIMD and scalar channels, copied
+    inputs, the general path): explain's last stage is the output element."""
+    from qexact.ops.concat import cat, prepare_cat
+    from qexact.ops.scalar import prepare_scalar, scalar_op
+
+    rng = np.random.default_rng([len(engine_name), 3])
+    for case in range(40):
+        dtype = QUINT8 if case % 2 else QINT8
+        op = SCALAR_OPS[case % len(SCALAR_OPS)]
+        values, qp, scalar = random_scalar_case(rng, dtype, op.replace("_relu", ""))
+        p = prepare_scalar(op.replace("_relu", ""), qp, scalar, relu=op.endswith("_relu"),
+                           engine=engine_name)
+        inputs = [QuantizedArray(values, qp)]
+        result = scalar_op(inputs[0], p)
+        for index in {(0,) * values.ndim, tuple(s - 1 for s in values.shape)}:
+            _explained(op.replace("_relu", ""), p, inputs, result, index)
+    paths = set()
+    for case in range(30):
+        dtype = QUINT8 if case % 2 else QINT8
+        values, qparams, out, dim = random_cat_case(rng, dtype, channels_last=case % 3 != 0)
+        if case % 3:
+            values = [to_channels_last(v) for v in values]
+        p = prepare_cat(qparams, out, dim, relu=case % 4 == 0, engine=engine_name)
+        inputs = [QuantizedArray(v, q) for v, q in zip(values, qparams)]
+        result = cat(inputs, p)
+        for position in rng.choice(result.values.size, min(6, result.values.size), False):
+            index = tuple(int(i) for i in np.unravel_index(position, result.values.shape))
+            paths.add(_explained("cat", p, inputs, result, index)[1].split(" (")[0])
+    assert paths >= {"NHWC kernel, SIMD channels", "NHWC kernel, scalar channels",
+                     "general: dequantize, at::cat, quantize_per_tensor"}, paths

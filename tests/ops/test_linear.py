@@ -21,10 +21,11 @@ from support.torch_ref import qexact_linear, torch_linear
 
 import qexact
 from qexact import QINT8, QUINT8, QParams, QuantParamError, ShapeError
+from qexact.engines import engine_names
 from qexact.ops.linear import linear_accumulator
 from qexact.requantize import RoundHalfEvenToInt32, trace_requantize
 
-ENGINE_NAMES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINE_NAMES = engine_names()
 RANDOM_CASES_PER_ENGINE = 2000
 SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 
@@ -547,17 +548,20 @@ def test_torch_onednn_refuses_weight_zero_point_too():
 
 def test_linear_validation_errors():
     wq = QParams.per_tensor(0.1, 0, QINT8)
+    with pytest.raises(TypeError, match="engine"):  # no default engine: it must be named
+        qexact.prepare_linear(W, wq, None, IN, OUT)
     with pytest.raises(ShapeError, match="2-D int8"):
-        qexact.prepare_linear(W.astype(np.int16), wq, None, IN, OUT)
+        qexact.prepare_linear(W.astype(np.int16), wq, None, IN, OUT, engine="fbgemm")
     with pytest.raises(QuantParamError, match="qint8"):
-        qexact.prepare_linear(W, QParams.per_tensor(0.1, 0, QUINT8), None, IN, OUT)
+        qexact.prepare_linear(W, QParams.per_tensor(0.1, 0, QUINT8), None, IN, OUT, engine="fbgemm")
     with pytest.raises(QuantParamError, match="axis 0"):
-        qexact.prepare_linear(W, QParams.per_channel([0.1] * 4, [0] * 4, 1, QINT8), None, IN, OUT)
+        qexact.prepare_linear(W, QParams.per_channel([0.1] * 4, [0] * 4, 1, QINT8), None, IN, OUT,
+                              engine="fbgemm")
     with pytest.raises(QuantParamError, match="quint8"):
-        qexact.prepare_linear(W, wq, None, QParams.per_tensor(0.1, 0, QINT8), OUT)
+        qexact.prepare_linear(W, wq, None, QParams.per_tensor(0.1, 0, QINT8), OUT, engine="fbgemm")
     with pytest.raises(ShapeError, match="bias"):
-        qexact.prepare_linear(W, wq, np.zeros(3, np.float64), IN, OUT)
-    params = qexact.prepare_linear(W, wq, None, IN, OUT)
+        qexact.prepare_linear(W, wq, np.zeros(3, np.float64), IN, OUT, engine="fbgemm")
+    params = qexact.prepare_linear(W, wq, None, IN, OUT, engine="fbgemm")
     with pytest.raises(ShapeError, match="rank >= 2"):
         qexact.linear(qexact.QuantizedArray(np.zeros(4, np.uint8), IN), params)
     with pytest.raises(QuantParamError, match="prepare it again"):

@@ -143,7 +143,8 @@ def _scalar_run_qexact(case, engine):
     p = case.params
     x = qexact_input(case)
     op, relu = p["op"].removesuffix("_relu"), p["op"].endswith("_relu")
-    return qexact_outputs(scalar_op(x, prepare_scalar(op, x.qparams, float(p["scalar"]), relu=relu)))
+    return qexact_outputs(scalar_op(x, prepare_scalar(op, x.qparams, float(p["scalar"]), relu=relu,
+                                                      engine=engine)))
 
 
 for _op in ("add_scalar", "mul_scalar", "add_scalar_relu", "mul_scalar_relu"):

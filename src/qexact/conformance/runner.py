@@ -22,13 +22,18 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from ..engines import detect_aten_capability, detect_isa, engine_names, get_engine
 from ..errors import QexactError, UnsupportedError
 from . import recording
 from .family import FAMILIES, Case, Family, compare_outputs
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
-"""Quantized engines; a float family runs on ``aten`` (index 4 in the case streams)."""
-STREAM_ENGINES = ENGINES + ("aten",)
+ENGINES = engine_names()
+"""Quantized engines (the registry ``qexact.engines.ENGINES``); a float family runs on ``aten``."""
+FIRST_ENGINES = 4
+"""The engines qexact 0.1 had: the first four of the registry, case streams 0..3."""
+STREAM_ENGINES = ENGINES[:FIRST_ENGINES] + ("aten",) + ENGINES[FIRST_ENGINES:]
+"""Case-stream order: each registered engine in registry order, with ``aten`` at 4 where qexact
+0.1 put it; an engine appended to the registry later gets the next stream, so no stream moves."""
 DRAW_ATTEMPTS = 50
 
 Progress = Callable[[int, int, str], None]
@@ -200,8 +205,6 @@ def _cells(families: list[Family], engines) -> tuple[list[tuple[Family, str]], l
 def qexact_engine(engine: str, isa: str | None = None, aten_capability: str | None = None):
     """qexact's engine for a cell (``aten``, a float family's cell: fbgemm's object, whose
     quantized numerics go unused; float kernels read only its ATen capability)."""
-    from ..engines import get_engine
-
     return get_engine("fbgemm" if engine == "aten" else engine, isa, aten_capability)
 
 
@@ -244,7 +247,6 @@ def _compare(result: CellResult, name: str, case: Case, ours, message: str, thei
 
 def _sweep(mode: str, families, engines, cases: int, seed: int, profile: str,
            progress: Progress | None, keep: Callable | None, worker=None) -> ConformanceReport:
-    from ..engines import detect_aten_capability, detect_isa
     from .worker import TorchWorker
 
     if cases < 1:

@@ -1,12 +1,20 @@
 """Engines: PyTorch's quantized CPU backends, each stating its numerics as data.
 
+``ENGINES`` is the one list of engines: ``get_engine``, the command line (its ``--engine``
+choices), the conformance sweep (its default engines) and the tests (their engine
+parametrization) read it. A new engine is one module here with ``engine(isa) -> Engine`` and one
+line in ``ENGINES``.
+
 >>> get_engine("qnnpack", isa="avx2").linear.name
 'qnnpack'
+>>> engine_names()
+('fbgemm', 'x86', 'qnnpack', 'onednn')
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 from ..errors import UnsupportedError
 from . import fbgemm, onednn, qnnpack, x86
@@ -14,8 +22,20 @@ from .base import (ATEN_CAPABILITIES, AVX2, AVX512_VNNI, ISAS, BiasMode, Engine,
                    LayerQuantization, Requantization, check_isa, detect_aten_capability,
                    detect_isa)
 
-ENGINES = {"fbgemm": fbgemm.engine, "x86": x86.engine, "qnnpack": qnnpack.engine,
-           "onednn": onednn.engine}
+ENGINES: dict[str, Callable[[str], Engine]] = {
+    "fbgemm": fbgemm.engine,
+    "x86": x86.engine,
+    "qnnpack": qnnpack.engine,
+    "onednn": onednn.engine,
+}
+"""The engine registry: name -> ``engine(isa) -> Engine``. Append a new engine at the end: the
+order is the conformance sweep's case-stream order, and appending leaves every existing stream
+(and so every recorded case) as it was."""
+
+
+def engine_names() -> tuple[str, ...]:
+    """The registered engines' names, in registry order."""
+    return tuple(ENGINES)
 
 
 def get_engine(name: str | Engine, isa: str | None = None,
@@ -35,5 +55,6 @@ def get_engine(name: str | Engine, isa: str | None = None,
     return replace(engine, aten_capability=aten_capability or detect_aten_capability())
 
 
-__all__ = ["ATEN_CAPABILITIES", "detect_aten_capability", "AVX2", "AVX512_VNNI", "ENGINES", "ISAS", "BiasMode", "Engine", "GemmNumerics",
-           "LayerQuantization", "Requantization", "detect_isa", "get_engine"]
+__all__ = ["ATEN_CAPABILITIES", "AVX2", "AVX512_VNNI", "ENGINES", "ISAS", "BiasMode", "Engine",
+           "GemmNumerics", "LayerQuantization", "Requantization", "detect_aten_capability",
+           "detect_isa", "engine_names", "get_engine"]

@@ -1,4 +1,5 @@
-"""QNNPACK's fixed-point quantized add (``pytorch_qnnp_create_add_nc_q8``), as data and a kernel.
+"""QNNPACK's fixed-point quantized add (``pytorch_qnnp_create_add_nc_q8``): its constants, its
+refusals and its arithmetic as ``Step``s, the ``"binary"`` family of the qnnpack engine's table.
 
 Source: pytorch aten/src/ATen/native/quantized/cpu/BinaryOps.cpp (``qnnpack_add``: quint8, equal
 shapes, engine qnnpack), aten/src/ATen/native/quantized/cpu/qnnpack/src/add.c and
@@ -28,7 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UnsupportedError
-from ..rounding import f32, wrap_int32
+from ..requantize import AddInt, AddInt32, ClampInt, MultiplyInt, RoundingShiftRightInt32
+from ..rounding import f32
+from . import aten_elementwise
+from .aten import like_memory_format
+from .aten_elementwise import BinaryKernel, BinaryPath, Combine
+
+SOURCE = ("pytorch aten/src/ATen/native/quantized/cpu/BinaryOps.cpp qnnpack_add, "
+          "qnnpack/src/add.c, qnnpack/src/q8vadd/sse2.c")
 
 
 @dataclass(frozen=True)
@@ -73,19 +81,6 @@ SIMD_MIN = 8
 """``q8vadd/sse2.c``: a call of at least 8 elements runs the SIMD body, a shorter one scalar code."""
 
 
-def _remainder_mask(shift: int) -> int:
-    """``(UINT32_C(1) << shift) - 1`` as x86 computes it: the count is taken modulo 32."""
-    return (1 << (shift & 31)) - 1
-
-
-def _shift_right(acc: np.ndarray, shift: int, simd) -> np.ndarray:
-    """``psrad`` (SIMD: a count of 32 or more fills with the sign) or the scalar ``sar`` (count
-    modulo 32) of int32 ``acc``."""
-    if shift < 32:
-        return acc >> shift
-    return np.where(simd, np.where(acc < 0, -1, 0), acc >> (shift & 31))
-
-
 def simd_elements(count: int) -> np.ndarray:
     """Per element in memory order, whether its tile runs the SIMD body (tiles of ``ADD_TILE``;
     only the last can be shorter)."""
@@ -107,42 +102,64 @@ def simd_mask_like(a: np.ndarray) -> np.ndarray:
     return mask
 
 
-def qnnpack_add(a: np.ndarray, b: np.ndarray, p: QnnpackAddParams) -> np.ndarray:
-    """uint8 ``a + b`` through QNNPACK's fixed point (ties away from zero); returns uint8 of
-    ``a``'s shape. The SIMD/scalar split follows ``a``'s memory order (``simd_mask_like``)."""
-    acc = wrap_int32(a.astype(np.int64) * p.a_multiplier + b.astype(np.int64) * p.b_multiplier
-                     - p.zero_point_product)
-    mask = _remainder_mask(p.shift)
-    simd = simd_mask_like(a)
-    remainder = (acc & mask) - (acc < 0)
-    shifted = _shift_right(acc, p.shift, simd) + (remainder > (mask >> 1))
-    out = np.where(simd, shifted + p.output_zero_point, wrap_int32(shifted + p.output_zero_point))
-    return np.clip(out, p.output_min, p.output_max).astype(np.uint8)
+def add_paths(p: QnnpackAddParams) -> tuple[BinaryPath, BinaryPath]:
+    """``q8vadd/sse2.c`` as steps: ``q_a m_a + q_b m_b``, minus the folded zero points (int32),
+    the rounding shift, ``+ z_o``, the clamp. The SIMD body packs with saturation (its add of
+    ``z_o`` cannot wrap); the scalar code adds ``z_o`` in int32. They differ only for
+    ``shift >= 32`` (``RoundingShiftRightInt32``)."""
+    a_steps = (MultiplyInt("q_a m_a", factor=p.a_multiplier),)
+    b_steps = (MultiplyInt("q_b m_b", factor=p.b_multiplier),)
+    total = Combine("integer sum", "integer sum")
+    zero_points = AddInt32("minus the folded zero points m_a z_a + m_b z_b (int32)",
+                           term=-p.zero_point_product)
+    output_range = ClampInt("output range (add_relu: from z_o)", role="output_clamp",
+                            low=p.output_min, high=p.output_max)
+    simd = BinaryPath(
+        f"SIMD body (q8vadd sse2, a tile of {SIMD_MIN} or more elements)", a_steps, b_steps,
+        total, (zero_points,
+                RoundingShiftRightInt32("shift right, rounded half away from zero (psrad)",
+                                        role="round", shift=p.shift),
+                AddInt("output zero point (saturating packs)", term=p.output_zero_point),
+                output_range))
+    scalar = BinaryPath(
+        f"scalar code (q8vadd sse2, a tile of fewer than {SIMD_MIN} elements)", a_steps, b_steps,
+        total, (zero_points,
+                RoundingShiftRightInt32("shift right, rounded half away from zero (sar)",
+                                        role="round", shift=p.shift, count_modulo_32=True),
+                AddInt32("output zero point (int32 add)", term=p.output_zero_point),
+                output_range))
+    return simd, scalar
 
 
-def qnnpack_add_stages(a: int, b: int, p: QnnpackAddParams,
-                       simd: bool = True) -> list[tuple[str, str, dict, int]]:
-    """(name, formula, values, result) of each step for one element (for explain); ``simd``: the
-    element's tile runs the SIMD body (``simd_elements``)."""
-    acc = int(wrap_int32(int(a) * p.a_multiplier + int(b) * p.b_multiplier
-                         - p.zero_point_product))
-    mask = _remainder_mask(p.shift)
-    remainder = (acc & mask) - (acc < 0)
-    shifted = int(_shift_right(np.int64(acc), p.shift, simd)) + (remainder > (mask >> 1))
-    total = shifted + p.output_zero_point
-    out = min(max(total if simd else int(wrap_int32(total)), p.output_min), p.output_max)
-    return [
-        ("qnnpack add: accumulate", "acc = q_a m_a + q_b m_b - (m_a z_a + m_b z_b) (int32)",
-         {"q_a": int(a), "m_a": p.a_multiplier, "q_b": int(b), "m_b": p.b_multiplier,
-          "m_a z_a + m_b z_b": p.zero_point_product}, acc),
-        ("qnnpack add: shift", "q = acc >> shift, rounded half away from zero" + (
-            "" if p.shift < 32 else " (shift >= 32: " + ("psrad gives the sign" if simd else
-                                                         "sar takes the count modulo 32") + ")"),
-         {"acc": acc, "shift": p.shift}, shifted),
-        ("qnnpack add: zero point and clamp", "y = clamp(q + z_o, lo, 255)",
-         {"q": shifted, "z_o": p.output_zero_point, "lo": p.output_min}, out),
-    ]
+@dataclass(frozen=True)
+class TilePlacement:
+    """``compute_add_contiguous`` over ``a``'s memory order (PyTorch makes both inputs contiguous
+    in ``a.suggest_memory_format()``): tiles of ``ADD_TILE`` elements, the SIMD body for a tile of
+    ``SIMD_MIN`` or more, scalar code for a shorter one (``simd_mask_like``); the output in
+    ``a``'s memory format."""
+
+    def split(self, out_shape, a, b):
+        simd = simd_mask_like(a)
+        return (simd, ~simd), lambda values: like_memory_format(values, a)
 
 
-KERNELS: dict = {}
-"""This module's entries of the kernel table (``Engine.kernels``)."""
+def add_kernel(p: QnnpackAddParams) -> BinaryKernel:
+    """QNNPACK's add with the constants ``p`` (``prepare_qnnpack_add``)."""
+    return BinaryKernel("QNNPACK add (q8vadd sse2)", SOURCE, add_paths(p), TilePlacement())
+
+
+def choose_binary(engine, op: str, relu: bool, a_qparams, b_qparams, output_qparams, a_shape,
+                  b_shape, num_threads: int) -> BinaryKernel:
+    """pytorch BinaryOps.cpp ``qadd``: on the qnnpack engine, quint8 add/add_relu of equal shapes
+    run QNNPACK's add (refused where PyTorch raises: ``prepare_qnnpack_add``); everything else
+    ATen's kernels (``aten_elementwise.choose_binary``)."""
+    if op == "add" and a_qparams.dtype.name == "quint8" and tuple(a_shape) == tuple(b_shape):
+        return add_kernel(prepare_qnnpack_add(
+            a_qparams.scale, a_qparams.zero_point, b_qparams.scale, b_qparams.zero_point,
+            output_qparams.scale, output_qparams.zero_point, relu))
+    return aten_elementwise.choose_binary(engine, op, relu, a_qparams, b_qparams, output_qparams,
+                                          a_shape, b_shape, num_threads)
+
+
+KERNELS: dict = {"binary": choose_binary}
+"""This module's entries of the qnnpack engine's kernel table (``Engine.kernels``)."""

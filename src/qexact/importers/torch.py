@@ -4,7 +4,8 @@ The model's ``forward`` is captured with ``torch.fx`` symbolic tracing: quantize
 leaves (``call_module``), and functions called between them (``torch.flatten``, ``x.view``,
 ``F.relu``, shape arithmetic) become nodes, so the data flow is the model's own. Each module type
 has a handler registered with ``@module_handler``; anything else raises ``UnsupportedError`` naming
-the module, its place in the model and the supported list.
+the module, its place in the model and the supported list. Handlers of other op families live in
+the other modules of this package (``_handlers``: the tables and their decorators).
 
 torch is imported only inside these functions: ``import qexact`` never imports torch.
 """
@@ -13,108 +14,18 @@ from __future__ import annotations
 
 import os
 
-from typing import Callable
-
-import numpy as np
-
+from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
 from ..graph import Graph, Net, Node, Ref
 from ..qparams import QParams, qparams_to_fields
-from ..dtypes import dtype_named
-
-_MODULE_HANDLERS: list[tuple[str, Callable]] = []
-"""(dotted class path, handler) pairs; the first whose class the module is an instance of wins."""
-
-
-def module_handler(*class_paths: str):
-    """Register ``handler(module, node_name, inputs) -> Node`` for modules of these classes."""
-
-    def register(handler):
-        for path in class_paths:
-            _MODULE_HANDLERS.append((path, handler))
-        return handler
-
-    return register
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise ImporterError(
-            "reading a PyTorch model needs torch; install qexact[torch] (torch==2.13.0)"
-        ) from None
-    return torch
-
-
-def _resolve(path: str):
-    """The object at a dotted path (``torch.ao.nn.quantized.Linear``, ``torch.ops.quantized.add``),
-    or None where this torch has none."""
-    import importlib
-    import sys
-
-    parts = path.split(".")
-    if parts[0] not in ("torch", "operator", "_operator", "builtins") and parts[0] not in sys.modules:
-        return None  # a model using torchvision has imported it; never import it ourselves
-    try:
-        value = importlib.import_module(parts[0])
-        for part in parts[1:]:
-            value = getattr(value, part)
-    except (ImportError, AttributeError, RuntimeError):
-        return None
-    return value
-
-
-HANDLER_MODULES = ("torch_conv", "torch_elementwise", "torch_pooling", "torch_normalization",
-                   "torch_shape", "torch_prelu")
-"""Modules of this package that register more handlers (one per op family), loaded by capture."""
-
-
-def _load_handler_modules() -> None:
-    import importlib
-
-    for module in HANDLER_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
-
-
-def supported_modules() -> list[str]:
-    return sorted({path for path, _ in _MODULE_HANDLERS})
+from ._handlers import (_arg, _import_torch, _resolve, function_handler, function_node,
+                        handler_of_module, load_handler_modules, method_handler, method_node,
+                        module_handler, module_handlers, module_output_qparams,
+                        supported_modules, weighted_layer_fields)
+from .torchscript import capture_script, is_script_module, load_script
 
 
 # --- Module handlers -------------------------------------------------------------------------
-
-
-def _qparams_of_tensor(tensor) -> QParams:
-    """QParams of a quantized torch tensor (per-tensor or per-channel affine)."""
-    torch = _import_torch()
-    dtype = dtype_named(str(tensor.dtype).replace("torch.", ""))
-    scheme = tensor.qscheme()
-    if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-        return QParams.per_tensor(tensor.q_scale(), tensor.q_zero_point(), dtype)
-    if scheme in (torch.per_channel_affine, torch.per_channel_symmetric):
-        return QParams.per_channel(
-            tensor.q_per_channel_scales().double().numpy(),
-            tensor.q_per_channel_zero_points().numpy(), tensor.q_per_channel_axis(), dtype,
-        )
-    raise UnsupportedError(f"quantization scheme {scheme} is not supported")
-
-
-def weighted_layer_fields(weight, bias, output: QParams) -> tuple[dict, dict]:
-    """Node attrs and arrays of a layer with weights: output and weight qparams, the int8
-    weight as PyTorch's kernel unpacks it, and the float32 bias (if any)."""
-    torch = _import_torch()
-    attrs, arrays = qparams_to_fields(output, "output")
-    weight_attrs, weight_arrays = qparams_to_fields(_qparams_of_tensor(weight), "weight")
-    attrs.update(weight_attrs)
-    arrays.update(weight_arrays)
-    arrays["weight"] = weight.int_repr().numpy().astype(np.int8)
-    if bias is not None:
-        arrays["bias"] = bias.detach().to(torch.float32).numpy().copy()
-    return attrs, arrays
-
-
-def module_output_qparams(module, dtype: str = "quint8") -> QParams:
-    return QParams.per_tensor(float(module.scale), int(module.zero_point), dtype_named(dtype))
 
 
 @module_handler("torch.ao.nn.quantized.Quantize")
@@ -154,33 +65,6 @@ def _flatten(module, name, inputs):
 
 
 # --- Functions and methods called in forward --------------------------------------------------
-
-_FUNCTION_HANDLERS: list[tuple[str, Callable]] = []
-"""(dotted path of a function, handler) pairs: ``torch.flatten``, ``torch.ops.quantized.add``."""
-_METHOD_HANDLERS: dict[str, Callable] = {}
-
-
-def function_handler(*paths: str):
-    """Register ``handler(name, args, kwargs) -> Node`` for calls of these functions."""
-
-    def register(handler):
-        for path in paths:
-            _FUNCTION_HANDLERS.append((path, handler))
-        return handler
-
-    return register
-
-
-def method_handler(*names: str):
-    """Register ``handler(name, args, kwargs) -> Node`` for these tensor methods."""
-
-    def register(handler):
-        for method in names:
-            _METHOD_HANDLERS[method] = handler
-        return handler
-
-    return register
-
 
 def _flatten_node(name, args, kwargs) -> Node:
     return Node(name, "flatten", args[:1], {"start_dim": _arg(args, kwargs, 1, "start_dim", 0),
@@ -250,37 +134,9 @@ for _operator in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
 method_handler("flatten")(_flatten_node)
 method_handler("view", "reshape")(_reshape_node)
 method_handler("relu", "relu_")(_first_input("relu"))
-method_handler("contiguous")(_first_input("identity"))
 method_handler("dequantize")(_first_input("dequantize"))
 method_handler("size")(lambda name, args, kwargs: Node(
     name, "size", args[:1], {"dim": _arg(args, kwargs, 1, "dim", None)}))
-
-
-def _function_node(name: str, function, args, kwargs) -> Node:
-    for path, handler in _FUNCTION_HANDLERS:
-        target = _resolve(path)
-        if target is not None and function is target:
-            return handler(name, args, kwargs)
-    raise UnsupportedError(
-        f"function {getattr(function, '__module__', '')}.{getattr(function, '__name__', function)} "
-        f"is not supported; supported functions: {', '.join(sorted({p for p, _ in _FUNCTION_HANDLERS}))}"
-    )
-
-
-def _method_node(name: str, method: str, args, kwargs) -> Node:
-    handler = _METHOD_HANDLERS.get(method)
-    if handler is None:
-        raise UnsupportedError(
-            f"tensor method .{method}() is not supported; supported methods: "
-            f"{', '.join(sorted(_METHOD_HANDLERS))}"
-        )
-    return handler(name, args, kwargs)
-
-
-def _arg(args, kwargs, index, keyword, default):
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(keyword, default)
 
 
 def _sizes(positional, keyword) -> tuple:
@@ -299,7 +155,7 @@ def capture(model) -> Graph:
     if not isinstance(model, torch.nn.Module):
         raise ImporterError(f"expected a torch.nn.Module, got {type(model).__name__}")
     model = model.eval()
-    _load_handler_modules()
+    load_handler_modules()
     try:
         traced = torch.fx.Tracer().trace(model)
     except Exception as error:  # torch.fx raises many types
@@ -309,8 +165,7 @@ def capture(model) -> Graph:
             "logic out of forward, or wrap it in a submodule qexact supports"
         ) from None
     modules = dict(model.named_modules())
-    handlers = [(cls, handler) for path, handler in _MODULE_HANDLERS
-                if (cls := _resolve(path)) is not None]
+    handlers = module_handlers()
     inputs: list[str] = []
     nodes: list[Node] = []
     outputs: list[Ref] = []
@@ -362,15 +217,15 @@ def capture(model) -> Graph:
                 continue
             if fx_node.op == "call_module":
                 module = modules[fx_node.target]
-                handler = next((h for cls, h in handlers if isinstance(module, cls)), None)
+                handler = handler_of_module(handlers, module)
                 if handler is None:
                     raise _unsupported_module(fx_node.target, module,
                                               fx=isinstance(model, torch.fx.GraphModule))
                 node = handler(module, fx_node.name, args)
             elif fx_node.op == "call_function":
-                node = _function_node(fx_node.name, fx_node.target, args, kwargs)
+                node = function_node(fx_node.name, fx_node.target, args, kwargs)
             elif fx_node.op == "call_method":
-                node = _method_node(fx_node.name, fx_node.target, args, kwargs)
+                node = method_node(fx_node.name, fx_node.target, args, kwargs)
             else:
                 raise UnsupportedError(f"graph operation {fx_node.op} ({fx_node.target}) is not supported")
         except UnsupportedError as error:
@@ -432,8 +287,6 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
     ``example_inputs``, if given, are run once through the imported net to check it.
     """
     torch = _import_torch()
-    from .torchscript import capture_script, is_script_module, load_script
-
     if isinstance(model, (str, os.PathLike)):
         model = load_script(model)
     graph = capture_script(model) if is_script_module(model) else capture(model)

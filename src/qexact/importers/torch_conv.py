@@ -4,8 +4,8 @@ and nnq.ConvTranspose1d/2d/3d (fused Conv+BN(+ReLU) modules become these on conv
 from __future__ import annotations
 
 from ..errors import UnsupportedError
-from .torch import (Node, _resolve, module_handler, module_output_qparams,
-                    weighted_layer_fields)
+from ..graph import Node
+from ._handlers import _resolve, module_handler, module_output_qparams, weighted_layer_fields
 
 _RELU_CLASSES = ("torch.ao.nn.intrinsic.quantized.ConvReLU1d",
                  "torch.ao.nn.intrinsic.quantized.ConvReLU2d",

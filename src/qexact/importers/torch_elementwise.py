@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from ..dtypes import dtype_named
 from ..errors import UnsupportedError
+from ..graph import Node
 from ..qparams import QParams, qparams_to_fields
-from .torch import Node, _arg, _import_torch, function_handler, method_handler, module_handler
+from ._handlers import _arg, _import_torch, function_handler, method_handler, module_handler
 
 
 def _threads() -> int:

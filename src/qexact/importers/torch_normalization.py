@@ -9,7 +9,8 @@ quantized Conv returns): set ``node.attrs["channels_last"] = True`` for those.
 
 from __future__ import annotations
 
-from .torch import Node, _resolve, module_handler
+from ..graph import Node
+from ._handlers import _resolve, module_handler
 
 
 def _float32(tensor):

@@ -4,8 +4,8 @@ nn.AdaptiveAvgPool*d, nn.Upsample and their functional forms."""
 from __future__ import annotations
 
 from ..errors import UnsupportedError
-from ..graph import Ref
-from .torch import Node, _arg, function_handler, module_handler
+from ..graph import Node, Ref
+from ._handlers import _arg, function_handler, module_handler
 
 _SPATIAL = {"1d": 1, "2d": 2, "3d": 3}
 

@@ -12,8 +12,9 @@ import numpy as np
 
 from ..dtypes import dtype_named
 from ..errors import UnsupportedError
+from ..graph import Node
 from ..qparams import QParams, qparams_to_fields
-from .torch import Node, _import_torch, module_handler
+from ._handlers import _import_torch, module_handler
 
 _DTYPES = {"torch.quint8": "quint8", "torch.qint8": "qint8"}
 

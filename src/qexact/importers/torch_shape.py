@@ -5,7 +5,8 @@ and the reduction ``mean`` (``ops.reduce``)."""
 from __future__ import annotations
 
 from ..errors import UnsupportedError
-from .torch import Node, _arg, function_handler, method_handler, module_handler
+from ..graph import Node
+from ._handlers import _arg, function_handler, method_handler, module_handler
 
 
 def _plain(value):

@@ -10,34 +10,16 @@ with the kernels' own unpack functions, so what qexact holds is exactly what PyT
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
 from ..graph import Graph, Node, Ref
 from ..qparams import QParams, qparams_to_fields
-from .torch import _import_torch, weighted_layer_fields
-
-_HANDLERS: dict[str, Callable] = {}
+from ._handlers import (_import_torch, load_handler_modules, script_handler,
+                        supported_script_kinds, torchscript_handler, weighted_layer_fields)
 
 _SCALAR_TYPES = {12: "qint8", 13: "quint8", 14: "qint32"}
 """c10::ScalarType codes of the quantized dtypes, as traced graphs pass them."""
-
-
-def torchscript_handler(*kinds: str):
-    """Register ``handler(name, inputs, module_path) -> Node`` for TorchScript node kinds.
-
-    ``inputs`` holds each input as a ``Ref`` (a tensor), or its constant value (numbers, lists,
-    packed-parameter objects); ``module_path`` is the qualified name of the module the node's
-    attribute reads came from (``head.out``), or "".
-    """
-
-    def register(handler):
-        for kind in kinds:
-            _HANDLERS[kind] = handler
-        return handler
-
-    return register
 
 
 @torchscript_handler("aten::quantize_per_tensor")
@@ -101,9 +83,7 @@ def load_script(path: str | os.PathLike):
 
 def capture_script(module) -> Graph:
     """Walk a ScriptModule's inlined graph into a qexact ``Graph``."""
-    from . import torch as eager  # handler modules of op families register TorchScript kinds too
-
-    eager._load_handler_modules()
+    load_handler_modules()  # handler modules of op families register TorchScript kinds too
     graph = module.inlined_graph
     branching = [node.kind() for node in graph.nodes() if node.kind() in ("prim::If", "prim::Loop")]
     if branching:
@@ -140,12 +120,12 @@ def capture_script(module) -> Graph:
         if kind == "prim::TupleConstruct":
             values[outputs[0].unique()] = tuple(arguments)
             continue
-        handler = _HANDLERS.get(kind)
+        handler = script_handler(kind)
         location = _location(ts_node)
         if handler is None:
             raise UnsupportedError(
                 f"TorchScript op {kind} at {location} is not supported; supported: "
-                f"{', '.join(sorted(_HANDLERS))}")
+                f"{', '.join(supported_script_kinds())}")
         module_path = next((paths[item.unique()] for item in ts_node.inputs()
                             if item.unique() in paths and paths[item.unique()]), "")
         module_path = module_path.replace("._packed_params._packed_params", "")

@@ -1,5 +1,8 @@
 """``explain`` for quantized convolutions: the receptive field's taps as terms, the dot product,
-int16 pair saturation where the kernel has it, then every requantization step."""
+int16 pair saturation where the kernel has it, then every requantization step.
+
+Reads the prepared ``ConvParams`` (``qexact.ops.conv``, which imports this module) through its
+fields and methods (``padded``, ``weight_row``)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,8 @@ from ._gemm_explain import pair_saturation_stage, per_channel, requantization_st
 def _field(params, x_values: np.ndarray, index, pad_value: int):
     """The receptive field of output ``index`` = (n, out_channel, *out) as im2col row of its
     group: (taps * C/G,) raw values, plus the input index of every term (None when padded)."""
-    from .conv import _padded_input
-
     batch, channel, out = index[0], index[1], tuple(index[2:])
-    values, padding = _padded_input(x_values[batch:batch + 1], params)
+    values, padding = params.padded(x_values[batch:batch + 1])
     per_group = params.weight.shape[1]
     group = channel // (params.out_channels // params.groups)
     spatial = values.shape[2:]
@@ -56,19 +57,14 @@ def receptive_field_index(params, x, index):
 
 def explain_conv(params, x, index) -> list[Stage]:
     """The stages that produce output element ``index`` = (n, out_channel, *out_position)."""
-    from .conv import grouped_rows
-
     values = x.values
     index = tuple(int(i) for i in index)
     if values.ndim == len(params.kernel_size) + 1:
         values, index = values[None], (0,) + index
     channel = index[1]
-    per_out_group = params.out_channels // params.groups
     z_x = int(params.input_zero_point)
     x_row, _ = _field(params, values, index, z_x)
-    weight_row = grouped_rows(params.weight, params.groups)[channel // per_out_group,
-                                                            channel % per_out_group]
-    weight_row = weight_row.astype(np.int64)
+    weight_row = params.weight_row(channel).astype(np.int64)
     z_w = int(per_channel(params.weight_zero_point, channel))
     terms = (x_row - z_x) * (weight_row - z_w)
     exact = int(terms.sum())

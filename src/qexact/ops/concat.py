@@ -2,7 +2,9 @@
 
 Source: pytorch aten/src/ATen/native/quantized/cpu/TensorShape.cpp (``quantized_cat_impl``,
 ``is_cat_nhwc_fast_path``, ``cat_quantized_cpu``) and QuantizedOpKernels.cpp
-(``qcat_nhwc_kernel``). Engine-independent (measured on fbgemm, x86, qnnpack, onednn).
+(``qcat_nhwc_kernel``). The engine's ``"cat"`` kernel (``CatKernel``, engines/aten_elementwise.py)
+states which inputs take which path and the NHWC kernel's steps; ATen's, the same on every engine
+(measured on fbgemm, x86, qnnpack, onednn) but for the capability's float lanes.
 
 Two paths, chosen by the inputs' memory format in PyTorch:
 
@@ -16,8 +18,8 @@ Two paths, chosen by the inputs' memory format in PyTorch:
   with ``qexact.layout.is_channels_last``: quantized conv outputs are channels_last; NCHW arrays
   with C == 1 or H*W == 1 are too); the output is channels_last. Per pixel and per input, an input
   with exactly the output scale and zero point is memcpy'd (not with relu); otherwise channels
-  ``c < floor(C_i / F) F`` (``F`` = float lanes, 8 on AVX2) take the SIMD rules of
-  ``qexact.ops.elementwise`` (dequantize ``fmaf(f32(s_i), q, f32(f32(s_i) f32(-z_i)))``, quantize
+  ``c < floor(C_i / F) F`` (``F`` = float lanes, 8 on AVX2) take ATen's SIMD pipelines
+  (``qexact.engines.aten``: dequantize ``fmaf(f32(s_i), q, f32(f32(s_i) f32(-z_i)))``, quantize
   ``clamp(rne(f32(y inv_d)) + z)`` with ``inv_d = f32(1.0 / s)`` computed in double) and the rest
   the scalar rules (``dequantize_val`` / ``quantize_val`` with ``f32(1 / f32(s))``).
 
@@ -31,41 +33,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engines.aten import ElementwiseNumerics, elementwise_numerics
+from ..engines.aten_elementwise import CatKernel
 from ..errors import QuantParamError, ShapeError, UnsupportedError
+from ..layout import suggests_channels_last, to_channels_last
 from ..qparams import QParams, QuantizedArray
-from ..stages import Stage
-from ._registry import graph_op
-from .elementwise import (dequantize_scalar, dequantize_simd, inverse_scale, quantize_scalar,
-                          quantize_simd)
+from ..requantize import ClampInt
+from ..trace import apply_steps, observing, record
+from ._registry import graph_op, observed_stages
 from .quantize import dequantize, quantize_per_tensor, require_quantized
-from ..layout import is_channels_last, suggests_channels_last, to_channels_last
 
 
 @dataclass(frozen=True)
 class CatParams:
     """A prepared quantized cat: ``dim``, ``input_qparams`` (one per input), ``output_qparams``,
-    ``relu`` (cat_relu), ``numerics`` (ATen capability: float lanes of the NHWC kernel),
-    ``wraps_dim`` (torch.cat wraps a negative dim before choosing the kernel; quantized::cat
-    does not, so ``dim=-3`` never takes the NHWC kernel there). Which
+    ``relu`` (cat_relu), ``description`` (the engine's ``"cat"`` kernel: which kernel takes which
+    inputs, and its steps), ``wraps_dim`` (torch.cat wraps a negative dim before choosing the
+    kernel; quantized::cat does not, so ``dim=-3`` never takes the NHWC kernel there). Which
     kernel runs depends on the inputs' strides (channels_last or not), read at run time."""
 
     dim: int
     input_qparams: tuple
     output_qparams: QParams
     relu: bool
-    numerics: ElementwiseNumerics
+    description: CatKernel
     wraps_dim: bool = False
 
-    @property
-    def float_lanes(self) -> int:
-        """``Vectorized<float>::size()``: a quarter of the 8-bit lanes (0: scalar only)."""
-        return self.numerics.lanes // 4
 
-
-def prepare_cat(input_qparams, output_qparams: QParams, dim: int, relu: bool = False,
-                engine="fbgemm", isa: str | None = None, wraps_dim: bool = False) -> CatParams:
-    """Validate ``quantized::cat``/``cat_relu``."""
+def prepare_cat(input_qparams, output_qparams: QParams, dim: int, relu: bool = False, *,
+                engine, isa: str | None = None, wraps_dim: bool = False) -> CatParams:
+    """Validate ``quantized::cat``/``cat_relu`` for ``engine`` (a name or an ``Engine``)."""
     from ..engines import get_engine
 
     input_qparams = tuple(input_qparams)
@@ -81,13 +77,12 @@ def prepare_cat(input_qparams, output_qparams: QParams, dim: int, relu: bool = F
     if output_qparams.dtype.bits != 8:
         raise UnsupportedError(f"quantized cat on {output_qparams.dtype} is not supported (8-bit only)")
     return CatParams(int(dim), input_qparams, output_qparams, bool(relu),
-                     elementwise_numerics(get_engine(engine, isa)), bool(wraps_dim))
+                     get_engine(engine, isa).kernel("cat"), bool(wraps_dim))
 
 
 def uses_nhwc_path(p: CatParams, arrays) -> bool:
-    """``is_cat_nhwc_fast_path``: dim 1 and every input 4-D and channels_last-contiguous."""
-    dim = p.dim + 4 if p.dim < 0 and p.wraps_dim else p.dim
-    return dim == 1 and all(a.ndim == 4 and is_channels_last(a) for a in arrays)
+    """Whether the kernel's NHWC path takes these inputs (``CatKernel.takes_nhwc_kernel``)."""
+    return p.description.takes_nhwc_kernel(p.dim, arrays, p.wraps_dim)
 
 
 def _check_shapes(p: CatParams, shapes) -> int:
@@ -105,25 +100,71 @@ def _check_shapes(p: CatParams, shapes) -> int:
     return dim
 
 
-def _nhwc_channel_values(p: CatParams, values: np.ndarray, qparams: QParams) -> np.ndarray:
-    """One input of the NHWC kernel, requantized to the output qparams (int64, NCHW)."""
+def _slab(shape, dim: int, start: int, stop: int):
+    """Where output elements ``start:stop`` along ``dim`` lie (a mask for ``trace``), or None
+    when nobody observes the run."""
+    if not observing():
+        return None
+    mask = np.zeros(shape, bool)
+    mask[(slice(None),) * dim + (slice(start, stop),)] = True
+    return mask
+
+
+def _nhwc(p: CatParams, values, out_shape) -> np.ndarray:
+    """The NHWC kernel: each input's channels requantized to the output qparams (int64, NCHW)."""
+    kernel = p.description
+    out = np.empty(out_shape, np.int64)
+    offset = 0
+    for i, (v, qparams) in enumerate(zip(values, p.input_qparams)):
+        channels = v.shape[1]
+        if kernel.copies(qparams, p.output_qparams, p.relu):
+            segments = (("NHWC kernel, input shares the output qparams: bytes copied", None, 0,
+                         channels),)
+        else:
+            body = kernel.simd_channels(channels)
+            segments = ((f"NHWC kernel, SIMD channels (blocks of {kernel.float_lanes} floats)",
+                         True, 0, body), ("NHWC kernel, scalar channels", False, body, channels))
+        for path, simd, lo, hi in segments:
+            if hi <= lo:
+                continue
+            where = _slab(out_shape, 1, offset + lo, offset + hi)
+            record("cat: path", "which code path of the kernel computes this element", None,
+                   where=where, kernel=kernel.name, path=path, input=i)
+            part = v[:, lo:hi].astype(np.int64)
+            if simd is None:
+                result = record("cat: bytes copied", "q' = q", part.ravel(), where=where,
+                                q=part.ravel())
+            else:
+                steps = kernel.nhwc_steps(simd, qparams, p.output_qparams, p.relu)
+                result = apply_steps(part.ravel(), steps, where=where, prefix=f"cat input {i}: ")
+            out[:, offset + lo:offset + hi] = result.reshape(part.shape)
+        offset += channels
+    return out
+
+
+def _general(p: CatParams, values, dim: int) -> np.ndarray:
+    """The general path: dequantize each input, ``at::cat``, ``quantize_per_tensor``, relu."""
     out_qp = p.output_qparams
-    dtype = out_qp.dtype
-    if (float(qparams.scale) == float(out_qp.scale) and qparams.zero_point == out_qp.zero_point
-            and not p.relu):
-        return values.astype(np.int64)
-    channels = values.shape[1]
-    body = channels // p.float_lanes * p.float_lanes if p.float_lanes else 0
-    out = np.empty(values.shape, np.int64)
-    inv_double = np.float32(1.0 / float(out_qp.scale))
-    for lo, hi, dequant, quant, inv in ((0, body, dequantize_simd, quantize_simd, inv_double),
-                                        (body, channels, dequantize_scalar, quantize_scalar,
-                                         inverse_scale(out_qp.scale))):
-        if hi > lo:
-            real = dequant(values[:, lo:hi], qparams.scale, qparams.zero_point)
-            if p.relu:
-                real = np.maximum(real, np.float32(0))
-            out[:, lo:hi] = quant(real, inv, out_qp.zero_point, dtype)
+    out_shape = list(values[0].shape)
+    out_shape[dim] = sum(v.shape[dim] for v in values)
+    record("cat: path", "which code path of the kernel computes this element", None,
+           kernel=p.description.name, path=f"general: {p.description.general}")
+    reals, offset = [], 0
+    for i, (v, qparams) in enumerate(zip(values, p.input_qparams)):
+        real = dequantize(QuantizedArray(v, qparams))
+        record(f"cat: dequantize input {i}", "d = f32(f32(s_i) f32(q - z_i))", real.ravel(),
+               where=_slab(out_shape, dim, offset, offset + v.shape[dim]),
+               q=v.astype(np.int64).ravel(), s_i=qparams.scale, z_i=qparams.zero_point)
+        reals.append(real)
+        offset += v.shape[dim]
+    real = np.concatenate(reals, axis=dim)
+    out = quantize_per_tensor(real, out_qp.scale, out_qp.zero_point, out_qp.dtype).values
+    record("cat: quantize_per_tensor", "q = clamp(rne(fmaf(d, f32(1/f32(s)), f32(z))))",
+           out.astype(np.int64), d=real, s=out_qp.scale, z=out_qp.zero_point)
+    if p.relu:
+        out = apply_steps(out.astype(np.int64), (ClampInt(
+            "relu: max(q, z)", role="relu", low=int(out_qp.zero_point), high=out_qp.dtype.qmax),),
+            prefix="cat: ")
     return out
 
 
@@ -132,19 +173,15 @@ def cat(inputs, p: CatParams) -> QuantizedArray:
     values = [x.values for x in inputs]
     dim = _check_shapes(p, [v.shape for v in values])
     out_qp = p.output_qparams
+    dtype = out_qp.dtype.numpy_dtype
     if uses_nhwc_path(p, values):
-        parts = [_nhwc_channel_values(p, v, qp) for v, qp in zip(values, p.input_qparams)]
-        out = to_channels_last(np.concatenate(parts, axis=1).astype(out_qp.dtype.numpy_dtype))
-        return QuantizedArray(out, out_qp)
-    else:
-        real = np.concatenate([dequantize(QuantizedArray(v, qp))
-                               for v, qp in zip(values, p.input_qparams)], axis=dim)
-        out = quantize_per_tensor(real, out_qp.scale, out_qp.zero_point, out_qp.dtype).values
-        if p.relu:
-            out = np.maximum(out, out_qp.dtype.numpy_dtype.type(out_qp.zero_point))
-        out = out.astype(out_qp.dtype.numpy_dtype)
-        if out.ndim in (4, 5) and all(suggests_channels_last(v) for v in values):
-            out = to_channels_last(out)
+        out_shape = list(values[0].shape)
+        out_shape[1] = sum(v.shape[1] for v in values)
+        return QuantizedArray(to_channels_last(_nhwc(p, values, tuple(out_shape)).astype(dtype)),
+                              out_qp)
+    out = _general(p, values, dim).astype(dtype)
+    if out.ndim in (4, 5) and all(suggests_channels_last(v) for v in values):
+        out = to_channels_last(out)
     return QuantizedArray(out, out_qp)
 
 
@@ -158,31 +195,20 @@ def _locate(shapes, dim: int, index) -> tuple[int, tuple]:
     raise IndexError(index)
 
 
-def explain_cat(p: CatParams, inputs, result: QuantizedArray, index):
-    shapes = [x.values.shape for x in inputs]
-    dim = p.dim % len(shapes[0])
-    which, inner = _locate(shapes, dim, index)
-    qp = p.input_qparams[which]
-    q = inputs[which].values[inner]
-    out = result.values[index]
-    values = {"input": which, "q": q, "s_i": qp.scale, "z_i": qp.zero_point,
-              "s": p.output_qparams.scale, "z": p.output_qparams.zero_point}
-    relu = "; relu" if p.relu else ""
-    if not uses_nhwc_path(p, [x.values for x in inputs]):
-        formula = "q' = clamp(rne(fmaf(f32(f32(s_i) f32(q - z_i)), f32(1/f32(s)), z)))" + relu
-        return [Stage("cat: dequantize, concatenate, quantize_per_tensor", formula, values, out)], \
-            [(which, inner)]
-    same = float(qp.scale) == float(p.output_qparams.scale) and qp.zero_point == p.output_qparams.zero_point
-    channels = shapes[which][1]
-    simd = p.float_lanes and inner[1] < channels // p.float_lanes * p.float_lanes
-    if same and not p.relu:
-        formula = "NHWC kernel: input shares the output qparams, bytes copied"
-    elif simd:
-        formula = ("NHWC kernel SIMD channels: q' = clamp(rne(f32(fmaf(f32(s_i), q, f32(f32(s_i) "
-                   "f32(-z_i))) f32(1.0/s))) + z)" + relu)
-    else:
-        formula = "NHWC kernel scalar channels: q' = clamp(rne(f32(f32(d f32(1/f32(s))) + z)))" + relu
-    return [Stage("cat (channels_last)", formula, values, out)], [(which, inner)]
+def _float_cat(inputs, dim: int) -> np.ndarray:
+    """``torch.cat`` on floats: the values copied (exact)."""
+    arrays = [np.asarray(x) for x in inputs]
+    out = np.concatenate(arrays, axis=dim)
+    if observing():
+        source = np.concatenate([np.full(a.shape, i) for i, a in enumerate(arrays)], axis=dim)
+        record("cat (float)", "values copied from input {input}", out, input=source)
+    return out
+
+
+def _run_cat(params, inputs):
+    if isinstance(params, tuple):
+        return _float_cat(inputs, params[1])
+    return cat(inputs, params)
 
 
 @graph_op("cat", "quantized cat / cat_relu (QFunctional.cat, torch.ops.quantized.cat, torch.cat); "
@@ -203,17 +229,12 @@ class CatOp:
                              wraps_dim="output_scale" not in node.attrs)
         return params, output
 
-    @staticmethod
-    def run(params, inputs):
-        if isinstance(params, tuple):
-            return np.concatenate([np.asarray(x) for x in inputs], axis=params[1])
-        return cat(inputs, params)
+    run = staticmethod(_run_cat)
 
     @staticmethod
     def explain(params, inputs, result, index):
-        if isinstance(params, tuple):
-            shapes = [np.shape(x) for x in inputs]
-            which, inner = _locate(shapes, params[1] % len(shapes[0]), index)
-            return [Stage("cat (float)", "values copied", {"input": which},
-                          np.asarray(result)[index])], [(which, inner)]
-        return explain_cat(params, inputs, result, index)
+        shapes = [x.values.shape if isinstance(x, QuantizedArray) else np.shape(x)
+                  for x in inputs]
+        dim = params[1] if isinstance(params, tuple) else params.dim
+        which, inner = _locate(shapes, dim % len(shapes[0]), index)
+        return observed_stages(_run_cat, params, inputs, result, index), [(which, inner)]

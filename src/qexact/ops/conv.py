@@ -37,6 +37,7 @@ from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, requantize
+from ._conv_explain import explain_conv, receptive_field_index
 from ._registry import graph_op
 from ._window import im2col, output_shape
 from .quantize import require_quantized
@@ -99,6 +100,20 @@ class ConvParams(QuantizedLayerAccessors):
     def out_channels(self) -> int:
         return self.weight.shape[0]
 
+    def padded(self, values: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        """Apply a non-zeros ``padding_mode`` to the integers (``F.pad``); returns (values,
+        the padding left for the convolution)."""
+        mode = PADDING_MODES[self.padding_mode]
+        if mode is None:
+            return values, self.padding
+        widths = [(0, 0), (0, 0)] + [(p, p) for p in self.padding]
+        return np.pad(values, widths, mode=mode), (0,) * len(self.padding)
+
+    def weight_row(self, channel: int) -> np.ndarray:
+        """Output channel ``channel``'s weights in im2col order (taps, channel fastest)."""
+        per_group = self.out_channels // self.groups
+        return grouped_rows(self.weight, self.groups)[channel // per_group, channel % per_group]
+
 
 def _tuple(value, dims: int, name: str) -> tuple[int, ...]:
     if isinstance(value, str):
@@ -121,12 +136,13 @@ def grouped_rows(weight: np.ndarray, groups: int) -> np.ndarray:
 def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                  output_qparams: QParams, *, stride=1, padding=0, dilation=1, groups: int = 1,
                  padding_mode: str = "zeros", relu: bool = False,
-                 engine: Engine | str = "fbgemm", isa: str | None = None) -> ConvParams:
+                 engine: Engine | str, isa: str | None = None) -> ConvParams:
     """Validate a quantized ConvNd (N = weight.ndim - 2 in 1..3) and derive its kernel's constants.
 
     ``weight``: (OC, C/G, *kernel) int8, qint8 per-tensor or per-channel on axis 0; ``bias``: (OC,)
     float32 or None; activations per-tensor quint8. Raises ``QuantParamError``/``ShapeError``/
-    ``UnsupportedError`` where PyTorch would refuse the convolution.
+    ``UnsupportedError`` where PyTorch would refuse the convolution. ``engine`` (required: a name or
+    an ``Engine``) on ``isa`` (default: this CPU's).
     """
     engine = get_engine(engine, isa)
     weight = np.asarray(weight)
@@ -207,18 +223,9 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
     )
 
 
-def _padded_input(values: np.ndarray, params: ConvParams) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Apply a non-zeros ``padding_mode`` to the integers (``F.pad``); returns (values, padding)."""
-    mode = PADDING_MODES[params.padding_mode]
-    if mode is None:
-        return values, params.padding
-    widths = [(0, 0), (0, 0)] + [(p, p) for p in params.padding]
-    return np.pad(values, widths, mode=mode), (0,) * len(params.padding)
-
-
 def conv_columns(values: np.ndarray, params: ConvParams, pad_value: int) -> np.ndarray:
     """(N, C, *spatial) uint8 -> (G, N * out_positions, K) in each group's im2col order."""
-    values, padding = _padded_input(values, params)
+    values, padding = params.padded(values)
     cols = im2col(values, params.kernel_size, params.stride, padding, params.dilation, pad_value)
     positions = int(np.prod(cols.shape[:-2]))
     taps = cols.shape[-2]
@@ -306,7 +313,5 @@ class ConvOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        from ._conv_explain import explain_conv, receptive_field_index
-
         return explain_conv(params, inputs[0], index), receptive_field_index(params, inputs[0],
                                                                              index)

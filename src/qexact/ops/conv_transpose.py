@@ -132,12 +132,13 @@ def reread_weight_buffer(weight: np.ndarray, groups: int) -> np.ndarray:
 
 def prepare_conv_transpose(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                            output_qparams: QParams, *, stride=1, padding=0, output_padding=0,
-                           dilation=1, groups: int = 1, engine: Engine | str = "fbgemm",
+                           dilation=1, groups: int = 1, engine: Engine | str,
                            isa: str | None = None) -> ConvTransposeParams:
     """Validate a quantized ConvTransposeNd (N = weight.ndim - 2 in 1..3).
 
     ``weight``: (C, OC/G, *kernel) int8 qint8; ``bias``: (OC,) float32 or None; activations
     per-tensor quint8. Raises where PyTorch (nn.ConvTranspose, qconv_prepack.cpp) refuses.
+    ``engine`` (required: a name or an ``Engine``) on ``isa`` (default: this CPU's).
     """
     engine = get_engine(engine, isa)
     weight = np.asarray(weight)

@@ -1,50 +1,45 @@
 """Quantized elementwise binary ops: add, add_relu, mul, mul_relu (add_scalar / mul_scalar are in
 ``qexact.ops.scalar``, cat in ``qexact.ops.concat``).
 
-ATen kernels (pytorch aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp), each
-element either in the SIMD body or the scalar tail (``qexact.engines.aten.simd_mask``):
+The op validates, broadcasts, and runs the kernel its engine states for the call (the ``"binary"``
+family of ``Engine.kernels``: a ``BinaryKernel``, engines/aten_elementwise.py): the kernel splits
+the output's elements between its code paths (ATen's SIMD body and scalar tail over
+TensorIterator's walk, or another engine's), and each path's steps compute its elements:
 
-    add (qadd_kernel):   SIMD   d = fmaf(f32(s), f32(q), f32(f32(s) f32(-z)))    per input
-                                c = f32(d_a + d_b); relu: max(c, 0)
-                                q = clamp(rne(f32(c inv)) + z_o)          inv = f32(1 / f32(s_o))
-                         scalar d = f32(f32(s) f32(q - z)); c likewise
-                                q = clamp(rne(f32(f32(c inv) + f32(z_o))))
-    mul (qmul_kernel):   m = f32(f32(f32(s_a) f32(s_b)) f32(1 / f32(s_o)))
-                         q = clamp(rne(f32(f32((q_a - z_a)(q_b - z_b)) m)) + z_o); relu: max(q, z_o)
-                         (same on both paths)
+    d_a = a_steps(q_a),  d_b = b_steps(q_b),  c = combine(d_a, d_b),  q = output_steps(c)
 
-Memory layouts (channels_last operands are quantized conv outputs; NumPy strides as
-``qexact.ops.shape`` reads them): the output is allocated in ``a.suggest_memory_format()``, and
-TensorIterator walks the dims in the output's memory order (N, H, W, C for a channels_last
-``a``), so the body/tail split is taken in that order (``binary_walk``). An input strided along
-the innermost walked dim (``a`` and ``b`` in different memory formats) sends every element of
-that loop to the scalar lambda.
+ATen's add dequantizes (``Vectorized``'s or ``dequantize_val``'s pipeline), sums in float32 and
+quantizes (``QuantizeAvx2`` or ``quantize_val``); its mul requantizes the integer product of the
+centered inputs (engines/aten_elementwise.py states both). The output comes out in the memory
+format the kernel allocates (``a.suggest_memory_format()`` for ATen's, ``binary_walk``).
 
-On the qnnpack engine, quint8 add/add_relu of equal shapes run QNNPACK's fixed-point add
-(``qexact.engines.qnnpack_add``).
+The thin wrappers ``dequantize_simd``, ``dequantize_scalar``, ``quantize_simd``,
+``quantize_scalar`` apply ATen's named pipelines (``qexact.engines.aten``) for older callers.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..dtypes import QDType
 from ..engines import aten
-from ..engines.aten import (INT32_FLOAT_MAX, ElementwiseNumerics, IteratorWalk,  # noqa: F401
-                            default_num_threads, elementwise_numerics, inverse_scale,
-                            iterator_walk, layout_simd_mask, like_memory_format)
-from ..engines.qnnpack_add import (QnnpackAddParams, prepare_qnnpack_add, qnnpack_add,
-                                           qnnpack_add_stages, simd_mask_like)
+from ..engines.aten import (default_num_threads, inverse_scale, layout_simd_mask,
+                            like_memory_format)
+from ..engines.base import Engine
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
-from ..rounding import f32, fma_float32, round_half_even_to_int32, wrap_int32
-from ..stages import Stage
-from ..trace import apply_steps
-from ._registry import graph_op
+from ..rounding import f32
+from ..trace import apply_steps, record
+from ._registry import graph_op, observed_stages
 from .quantize import require_quantized
+
+__all__ = ["BinaryParams", "binary", "dequantize_scalar", "dequantize_simd", "inverse_scale",
+           "layout_simd_mask", "like_memory_format", "prepare_binary", "quantize_scalar",
+           "quantize_simd"]
+"""``inverse_scale``, ``layout_simd_mask``, ``like_memory_format``: re-exported from
+``qexact.engines.aten`` for older callers."""
 
 
 # --- The two quantization paths of ATen's elementwise kernels (engines.aten's pipelines) ------
@@ -69,30 +64,6 @@ def quantize_scalar(y: np.ndarray, inv, zero_point: int, dtype: QDType) -> np.nd
     """``quantize_val`` (FBGEMM ``Quantize``): ``clamp(rne(f32(f32(y * inv) + f32(z))))``."""
     return apply_steps(f32(y), aten.quantize_scalar(inv, zero_point, dtype))
 
-def binary_walk(op: str, out_shape, a: np.ndarray, b: np.ndarray) -> IteratorWalk:
-    """``qadd_kernel``/``qmul_kernel``'s walk (``iterator_walk``). The output is allocated in
-    ``a.suggest_memory_format()``, so its memory order decides the walk: add allocates it with
-    ``a``'s shape (pytorch aten/src/ATen/native/quantized/cpu/BinaryOps.cpp ``qadd``), and when
-    ``b`` broadcasts ``a`` larger TensorIterator resizes it (``b``'s strides decide the order,
-    the output is dense in it); mul allocates it with the broadcast shape (qmul.cpp ``QMul``).
-
-    So with ``a`` and ``b`` in different memory formats (contiguous and channels_last), ``b`` is
-    strided along the innermost walked dim (W for a contiguous ``a``, C for a channels_last one)
-    and every element takes the scalar lambda, unless the dims they differ in have size 1.
-    Measured (torch 2.13, AVX2 build, the ATen kernels on every engine): 4-D and 5-D, N 1-2,
-    C in {1, 3, 8, 16, 17, 32, 64, 96}, both layouts in both orders, broadcasting, permuted and
-    sliced views, 1 and 4 threads on 32768+ elements: 0 elements and 0 output strides off."""
-    from ..layout import suggests_channels_last, to_channels_last
-
-    out_shape = tuple(out_shape)
-    out_strides = None
-    if a.shape == out_shape or op == "mul":
-        allocated = np.empty(out_shape, np.uint8)
-        if len(out_shape) == a.ndim and suggests_channels_last(a):
-            allocated = to_channels_last(allocated)
-        out_strides = allocated.strides  # itemsize 1: strides in elements
-    return iterator_walk(out_shape, [a, b], out_strides)
-
 
 # --- add / mul ---------------------------------------------------------------------------------
 
@@ -102,10 +73,9 @@ class BinaryParams:
     """A quantized add/mul prepared for one engine.
 
     ``op``: "add" or "mul"; ``relu``: fused ReLU; ``a_qparams``, ``b_qparams``,
-    ``output_qparams``; ``numerics``: ATen's elementwise numerics on this engine;
-    ``num_threads``: PyTorch's intra-op threads (large tensors are cut into one chunk per
-    thread); ``qnnpack``: QNNPACK add constants (quint8 add on qnnpack), or None;
-    ``qnnpack_error``: why PyTorch would refuse the QNNPACK add, or "".
+    ``output_qparams``; ``engine``: the ``Engine`` whose ``"binary"`` kernel runs it (chosen per
+    call: the choice may depend on the input shapes); ``num_threads``: PyTorch's intra-op threads
+    (large tensors are cut into one chunk per thread).
     """
 
     op: str
@@ -113,22 +83,22 @@ class BinaryParams:
     a_qparams: QParams
     b_qparams: QParams
     output_qparams: QParams
-    numerics: ElementwiseNumerics
+    engine: Engine
     num_threads: int
-    qnnpack: QnnpackAddParams | None
-    qnnpack_error: str = ""
 
-    @property
-    def mul_multiplier(self) -> np.float32:
-        """``f32(f32(f32(s_a) f32(s_b)) f32(1 / f32(s_o)))``."""
-        product = f32(f32(self.a_qparams.scale) * f32(self.b_qparams.scale))
-        return f32(product * inverse_scale(self.output_qparams.scale))[()]
+    def choose_kernel(self, a_shape, b_shape):
+        """The kernel description the engine runs for inputs of these shapes
+        (``Engine.kernel("binary", ...)``; engines/aten_elementwise.py ``BinaryKernel``)."""
+        return self.engine.kernel("binary", self.op, self.relu, self.a_qparams, self.b_qparams,
+                                  self.output_qparams, tuple(a_shape), tuple(b_shape),
+                                  self.num_threads)
 
 
 def prepare_binary(op: str, a_qparams: QParams, b_qparams: QParams, output_qparams: QParams,
-                   relu: bool = False, engine="fbgemm", num_threads: int | None = None,
+                   relu: bool = False, *, engine, num_threads: int | None = None,
                    isa: str | None = None) -> BinaryParams:
-    """Validate and prepare ``quantized::add``/``add_relu``/``mul``/``mul_relu``."""
+    """Validate and prepare ``quantized::add``/``add_relu``/``mul``/``mul_relu`` for ``engine``
+    (a name or an ``Engine``)."""
     from ..engines import get_engine
 
     if op not in ("add", "mul"):
@@ -141,117 +111,43 @@ def prepare_binary(op: str, a_qparams: QParams, b_qparams: QParams, output_qpara
                               f"{b_qparams.dtype}, {output_qparams.dtype})")
     if a_qparams.dtype.bits != 8:
         raise UnsupportedError(f"quantized {op} on {a_qparams.dtype} is not supported (8-bit only)")
-    engine = get_engine(engine, isa)
-    numerics = elementwise_numerics(engine)
-    qnnpack, error = None, ""
-    if op == "add" and numerics.qnnpack_add and a_qparams.dtype.name == "quint8":
-        try:
-            qnnpack = prepare_qnnpack_add(a_qparams.scale, a_qparams.zero_point, b_qparams.scale,
-                                          b_qparams.zero_point, output_qparams.scale,
-                                          output_qparams.zero_point, relu)
-        except UnsupportedError as failure:
-            error = str(failure)
-    return BinaryParams(op, bool(relu), a_qparams, b_qparams, output_qparams, numerics,
-                        int(num_threads or default_num_threads()), qnnpack, error)
-
-
-def _uses_qnnpack(p: BinaryParams, a: np.ndarray, b: np.ndarray) -> bool:
-    return (p.op == "add" and p.numerics.qnnpack_add and p.a_qparams.dtype.name == "quint8"
-            and a.shape == b.shape)
+    return BinaryParams(op, bool(relu), a_qparams, b_qparams, output_qparams,
+                        get_engine(engine, isa), int(num_threads or default_num_threads()))
 
 
 def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedArray:
-    """Quantized ``a + b`` or ``a * b`` (broadcasting) with ``p.output_qparams``."""
+    """Quantized ``a + b`` or ``a * b`` (broadcasting) with ``p.output_qparams``: the engine's
+    kernel (``BinaryParams.choose_kernel``) splits the elements between its code paths, and
+    each path applies its steps to its elements (each input's steps, the combination, the
+    output steps); explain observes every one of them."""
     try:
         out_shape = np.broadcast_shapes(a.values.shape, b.values.shape)
     except ValueError:
         raise ShapeError(f"quantized {p.op}: shapes {a.values.shape} and {b.values.shape} "
                          "do not broadcast") from None
-    dtype = p.output_qparams.dtype
-    if _uses_qnnpack(p, a.values, b.values):
-        if p.qnnpack is None:
-            raise UnsupportedError(p.qnnpack_error)
-        return QuantizedArray(like_memory_format(qnnpack_add(a.values, b.values, p.qnnpack),
-                                                 a.values), p.output_qparams)
+    kernel = p.choose_kernel(a.values.shape, b.values.shape)
+    masks, output = kernel.split(out_shape, a.values, b.values)
     qa = np.broadcast_to(a.values, out_shape)
     qb = np.broadcast_to(b.values, out_shape)
-    zo = int(p.output_qparams.zero_point)
-    walk = binary_walk(p.op, out_shape, a.values, b.values)
-    mask = walk.simd_mask(p.numerics, p.num_threads)
-    if p.op == "mul":
-        product = (qa.astype(np.int64) - p.a_qparams.zero_point) * \
-            (qb.astype(np.int64) - p.b_qparams.zero_point)
-        with np.errstate(over="ignore"):
-            scaled = f32(f32(product) * p.mul_multiplier)
-        # Both paths round half to even; beyond int32 the SIMD body's cvtps2dq gives INT32_MIN
-        # and its 32-bit add of z_o wraps (a negative z_o turns it into INT32_MAX-ish: qmax;
-        # Vectorized<qint8>::requantize_from_int, vec512/vec256_qint.h), while the scalar
-        # tail's 64-bit rounding keeps the value.
-        shifted = np.where(mask, wrap_int32(round_half_even_to_int32(scaled) + zo),
-                           np.rint(scaled.astype(np.float64)).clip(-2.0**62, 2.0**62)
-                           .astype(np.int64) + zo)
-        out = np.clip(shifted, dtype.qmin, dtype.qmax)
-        if p.relu:
-            out = np.maximum(out, zo)
-        return QuantizedArray(walk.output(out.astype(dtype.numpy_dtype)), p.output_qparams)
-    inv = inverse_scale(p.output_qparams.scale)
     out = np.empty(out_shape, np.int64)
-    for simd, dequant, quant in ((True, dequantize_simd, quantize_simd),
-                                 (False, dequantize_scalar, quantize_scalar)):
-        where = mask if simd else ~mask
+    for path, where in zip(kernel.paths, masks):
         if not where.any():
             continue
-        total = f32(dequant(qa[where], p.a_qparams.scale, p.a_qparams.zero_point)
-                    + dequant(qb[where], p.b_qparams.scale, p.b_qparams.zero_point))
-        if p.relu:
-            total = np.maximum(total, np.float32(0))
-        out[where] = quant(total, inv, zo, dtype)
-    return QuantizedArray(walk.output(out.astype(dtype.numpy_dtype)), p.output_qparams)
+        record(f"{p.op}: path", "which code path of the kernel computes this element", None,
+               where=where, kernel=kernel.name, path=path.name)
+        da = apply_steps(qa[where].astype(np.int64), path.a_steps, where=where,
+                         prefix=f"{p.op} a: ")
+        db = apply_steps(qb[where].astype(np.int64), path.b_steps, where=where,
+                         prefix=f"{p.op} b: ")
+        combined = record(f"{p.op}: {path.combine.label}", path.combine.formula,
+                          path.combine.apply(da, db), where=where, a=da, b=db)
+        out[where] = apply_steps(combined, path.output_steps, where=where, prefix=f"{p.op}: ")
+    dtype = p.output_qparams.dtype
+    return QuantizedArray(output(out.astype(dtype.numpy_dtype)), p.output_qparams)
 
 
-def explain_binary(p: BinaryParams, a: QuantizedArray, b: QuantizedArray, result, index):
-    out_shape = result.values.shape
-    qa = np.broadcast_to(a.values, out_shape)[index]
-    qb = np.broadcast_to(b.values, out_shape)[index]
-    za, zb, zo = p.a_qparams.zero_point, p.b_qparams.zero_point, p.output_qparams.zero_point
-    out = result.values[index]
-    if _uses_qnnpack(p, a.values, b.values):
-        simd = bool(simd_mask_like(a.values)[index])  # the element's tile: SIMD body or scalar
-        return [Stage(name, formula, values, res) for name, formula, values, res
-                in qnnpack_add_stages(qa, qb, p.qnnpack, simd)]
-    if p.op == "mul":
-        product = (int(qa) - za) * (int(qb) - zb)
-        return [
-            Stage("mul: multiplier (offline)", "m = f32(f32(f32(s_a) f32(s_b)) f32(1/f32(s_o)))",
-                  {"s_a": p.a_qparams.scale, "s_b": p.b_qparams.scale, "s_o": p.output_qparams.scale},
-                  p.mul_multiplier),
-            Stage("mul: integer product", "c = (q_a - z_a)(q_b - z_b)",
-                  {"q_a": qa, "z_a": za, "q_b": qb, "z_b": zb}, product),
-            Stage("mul: requantize", "q = clamp(rne(f32(f32(c) m)) + z_o)"
-                  + ("; relu: max(q, z_o)" if p.relu else "") + "; past int32 the SIMD body gets INT32_MIN",
-                  {"c": product, "m": p.mul_multiplier, "z_o": zo}, out)]
-    mask = binary_walk(p.op, out_shape, a.values, b.values).simd_mask(p.numerics, p.num_threads)
-    simd = bool(mask[index])
-    inv = inverse_scale(p.output_qparams.scale)
-    dequant = dequantize_simd if simd else dequantize_scalar
-    da = dequant(np.asarray(qa), p.a_qparams.scale, za)[()]
-    db = dequant(np.asarray(qb), p.b_qparams.scale, zb)[()]
-    total = f32(da + db)[()]
-    path = (f"SIMD body ({p.numerics.capability}, units of {p.numerics.body_unit})" if simd
-            else "scalar tail (basic_loop)")
-    deq_formula = ("d = fmaf(f32(s), f32(q), f32(f32(s) f32(-z)))" if simd
-                   else "d = f32(f32(s) f32(q - z))")
-    stages = [
-        Stage("add: path", "which lambda of cpu_kernel_vec runs this element", {"path": path}),
-        Stage("add: dequantize a", deq_formula, {"q": qa, "s": p.a_qparams.scale, "z": za}, da),
-        Stage("add: dequantize b", deq_formula, {"q": qb, "s": p.b_qparams.scale, "z": zb}, db),
-        Stage("add: float sum", "c = f32(d_a + d_b)" + ("; relu: max(c, 0)" if p.relu else ""),
-              {"d_a": da, "d_b": db}, np.maximum(total, 0) if p.relu else total),
-        Stage("add: requantize", ("q = clamp(rne(f32(c inv)) + z_o): zero point after rounding"
-                                  if simd else
-                                  "q = clamp(rne(f32(f32(c inv) + f32(z_o)))): zero point before "
-                                  "rounding"), {"inv": inv, "z_o": zo}, out)]
-    return stages
+def _run_binary(params: BinaryParams, inputs) -> QuantizedArray:
+    return binary(inputs[0], inputs[1], params)
 
 
 def _binary_prepare(op: str, relu: bool):
@@ -271,9 +167,7 @@ def _binary_class(op: str, relu: bool):
     class BinaryOp:
         prepare = _binary_prepare(op, relu)
 
-        @staticmethod
-        def run(params, inputs):
-            return binary(inputs[0], inputs[1], params)
+        run = staticmethod(_run_binary)
 
         @staticmethod
         def explain(params, inputs, result, index):
@@ -284,7 +178,7 @@ def _binary_class(op: str, relu: bool):
                 offset = len(out_shape) - len(shape)
                 upstream.append((position, tuple(0 if size == 1 else index[offset + d]
                                                  for d, size in enumerate(shape))))
-            return explain_binary(params, inputs[0], inputs[1], result, index), upstream
+            return observed_stages(_run_binary, params, inputs, result, index), upstream
 
     return BinaryOp
 

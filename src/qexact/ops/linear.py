@@ -93,11 +93,12 @@ class LinearParams(QuantizedLayerAccessors):
 
 def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                    output_qparams: QParams, *, relu: bool = False,
-                   engine: Engine | str = "fbgemm", isa: str | None = None) -> LinearParams:
+                   engine: Engine | str, isa: str | None = None) -> LinearParams:
     """Validate a quantized Linear and derive everything its integer kernel needs.
 
     ``weight``: (N, K) int8; ``weight_qparams``: qint8, per-tensor or per-channel on axis 0;
     ``bias``: (N,) float32 or None; ``input_qparams``/``output_qparams``: per-tensor quint8.
+    ``engine`` (required: a name or an ``Engine``) on ``isa`` (default: this CPU's).
     Raises ``QuantParamError`` where PyTorch's engine would refuse the parameters.
     """
     engine = get_engine(engine, isa)

@@ -1,0 +1,214 @@
+"""What the torch importers share: the handler tables with their decorators, the discovery of
+the modules that fill them, and the helpers handlers use (torch, dotted paths, tensor fields).
+
+Each module of this package registers its handlers when imported, with
+``@module_handler("torch.ao.nn.quantized.Linear", ...)`` (eager and FX leaves),
+``@function_handler`` / ``@method_handler`` (calls traced in ``forward``) or
+``@torchscript_handler("quantized::linear", ...)`` (TorchScript node kinds).
+``load_handler_modules`` imports every public module of the package, so a new handler module
+needs no list edit. A module is handled by the handler of the most derived of its classes
+(``type(module).__mro__``), whatever order the modules registered in.
+
+torch is imported only inside functions: ``import qexact`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from typing import Callable
+
+import numpy as np
+
+from ..dtypes import dtype_named
+from ..errors import ImporterError, UnsupportedError
+from ..graph import Node
+from ..qparams import QParams, qparams_to_fields
+
+_MODULE_HANDLERS: list[tuple[str, Callable]] = []
+"""(dotted class path, handler) pairs: ``handler(module, node_name, inputs) -> Node``."""
+_FUNCTION_HANDLERS: list[tuple[str, Callable]] = []
+"""(dotted path of a function, handler) pairs: ``torch.flatten``, ``torch.ops.quantized.add``."""
+_METHOD_HANDLERS: dict[str, Callable] = {}
+"""Tensor method name -> ``handler(name, args, kwargs) -> Node``."""
+_SCRIPT_HANDLERS: dict[str, Callable] = {}
+"""TorchScript node kind -> ``handler(name, inputs, module_path) -> Node``."""
+
+
+def module_handler(*class_paths: str):
+    """Register ``handler(module, node_name, inputs) -> Node`` for modules of these classes."""
+
+    def register(handler):
+        for path in class_paths:
+            _MODULE_HANDLERS.append((path, handler))
+        return handler
+
+    return register
+
+
+def function_handler(*paths: str):
+    """Register ``handler(name, args, kwargs) -> Node`` for calls of these functions."""
+
+    def register(handler):
+        for path in paths:
+            _FUNCTION_HANDLERS.append((path, handler))
+        return handler
+
+    return register
+
+
+def method_handler(*names: str):
+    """Register ``handler(name, args, kwargs) -> Node`` for these tensor methods."""
+
+    def register(handler):
+        for method in names:
+            _METHOD_HANDLERS[method] = handler
+        return handler
+
+    return register
+
+
+def torchscript_handler(*kinds: str):
+    """Register ``handler(name, inputs, module_path) -> Node`` for TorchScript node kinds.
+
+    ``inputs`` holds each input as a ``Ref`` (a tensor), or its constant value (numbers, lists,
+    packed-parameter objects); ``module_path`` is the qualified name of the module the node's
+    attribute reads came from (``head.out``), or "".
+    """
+
+    def register(handler):
+        for kind in kinds:
+            _SCRIPT_HANDLERS[kind] = handler
+        return handler
+
+    return register
+
+
+def load_handler_modules() -> None:
+    """Import every public module of this package: each registers its handlers."""
+    package = sys.modules[__package__]
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{info.name}")
+
+
+# --- Looking handlers up -----------------------------------------------------------------------
+
+
+def supported_modules() -> list[str]:
+    return sorted({path for path, _ in _MODULE_HANDLERS})
+
+
+def module_handlers() -> dict[type, Callable]:
+    """Handler by class, for the classes this torch has (the first registration of a class)."""
+    handlers: dict[type, Callable] = {}
+    for path, handler in _MODULE_HANDLERS:
+        cls = _resolve(path)
+        if cls is not None:
+            handlers.setdefault(cls, handler)
+    return handlers
+
+
+def handler_of_module(handlers: dict[type, Callable], module) -> Callable | None:
+    """The handler of the most derived class of ``module`` that has one (``nnq.ReLU6``'s own,
+    not that of ``nn.ReLU``, its base class), or None."""
+    return next((handlers[cls] for cls in type(module).__mro__ if cls in handlers), None)
+
+
+def function_node(name: str, function, args, kwargs) -> Node:
+    for path, handler in _FUNCTION_HANDLERS:
+        target = _resolve(path)
+        if target is not None and function is target:
+            return handler(name, args, kwargs)
+    supported = ", ".join(sorted({path for path, _ in _FUNCTION_HANDLERS}))
+    raise UnsupportedError(
+        f"function {getattr(function, '__module__', '')}.{getattr(function, '__name__', function)} "
+        f"is not supported; supported functions: {supported}"
+    )
+
+
+def method_node(name: str, method: str, args, kwargs) -> Node:
+    handler = _METHOD_HANDLERS.get(method)
+    if handler is None:
+        raise UnsupportedError(
+            f"tensor method .{method}() is not supported; supported methods: "
+            f"{', '.join(sorted(_METHOD_HANDLERS))}"
+        )
+    return handler(name, args, kwargs)
+
+
+def script_handler(kind: str) -> Callable | None:
+    return _SCRIPT_HANDLERS.get(kind)
+
+
+def supported_script_kinds() -> list[str]:
+    return sorted(_SCRIPT_HANDLERS)
+
+
+# --- Helpers for handlers ----------------------------------------------------------------------
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise ImporterError(
+            "reading a PyTorch model needs torch; install qexact[torch] (torch==2.13.0)"
+        ) from None
+    return torch
+
+
+def _resolve(path: str):
+    """The object at a dotted path (``torch.ao.nn.quantized.Linear``, ``torch.ops.quantized.add``),
+    or None where this torch has none."""
+    parts = path.split(".")
+    if parts[0] not in ("torch", "operator", "_operator", "builtins") \
+            and parts[0] not in sys.modules:
+        return None  # a model using torchvision has imported it; never import it ourselves
+    try:
+        value = importlib.import_module(parts[0])
+        for part in parts[1:]:
+            value = getattr(value, part)
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    return value
+
+
+def _arg(args, kwargs, index, keyword, default):
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(keyword, default)
+
+
+def _qparams_of_tensor(tensor) -> QParams:
+    """QParams of a quantized torch tensor (per-tensor or per-channel affine)."""
+    torch = _import_torch()
+    dtype = dtype_named(str(tensor.dtype).replace("torch.", ""))
+    scheme = tensor.qscheme()
+    if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return QParams.per_tensor(tensor.q_scale(), tensor.q_zero_point(), dtype)
+    if scheme in (torch.per_channel_affine, torch.per_channel_symmetric):
+        return QParams.per_channel(
+            tensor.q_per_channel_scales().double().numpy(),
+            tensor.q_per_channel_zero_points().numpy(), tensor.q_per_channel_axis(), dtype,
+        )
+    raise UnsupportedError(f"quantization scheme {scheme} is not supported")
+
+
+def weighted_layer_fields(weight, bias, output: QParams) -> tuple[dict, dict]:
+    """Node attrs and arrays of a layer with weights: output and weight qparams, the int8
+    weight as PyTorch's kernel unpacks it, and the float32 bias (if any)."""
+    torch = _import_torch()
+    attrs, arrays = qparams_to_fields(output, "output")
+    weight_attrs, weight_arrays = qparams_to_fields(_qparams_of_tensor(weight), "weight")
+    attrs.update(weight_attrs)
+    arrays.update(weight_arrays)
+    arrays["weight"] = weight.int_repr().numpy().astype(np.int8)
+    if bias is not None:
+        arrays["bias"] = bias.detach().to(torch.float32).numpy().copy()
+    return attrs, arrays
+
+
+def module_output_qparams(module, dtype: str = "quint8") -> QParams:
+    return QParams.per_tensor(float(module.scale), int(module.zero_point), dtype_named(dtype))
