@@ -21,6 +21,9 @@ settings.register_profile(
 )
 settings.load_profile("qexact")
 
+collect_ignore_glob = ["data/*"]
+"""Data and the scripts that made it (tests/data/v0_1/make_files.py needs the qexact it froze)."""
+
 ENGINES = engine_names()
 """Every registered engine (``qexact.engines.ENGINES``): the tests' engine parametrization."""
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import qexact
+from qexact.engines import engine_names
 
 torch = pytest.importorskip("torch")
 
@@ -108,7 +109,7 @@ def forum(engine: str):
     return model, net
 
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -8,6 +8,7 @@ import pytest
 from support.assertions import assert_bitexact
 
 import qexact
+from qexact.engines import engine_names
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -24,7 +25,7 @@ def build_cnn(name: str, engine: str):
     torch.backends.quantized.engine = engine
     return ENGINE_CACHE[(name, engine)]
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -19,6 +19,7 @@ from qexact.engines import LayerQuantization
 from qexact.requantize import (AddFloat32, AddInt, AddInt32, ClampFloat32, ClampInt,
                                FusedMultiplyAdd, MultiplyFloat32, RoundHalfEvenToInt32, ToFloat32,
                                requantize, trace_requantize)
+from qexact.engines import engine_names
 
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 F = np.float32
@@ -117,7 +118,7 @@ ZP_BEFORE_ROUNDING = {100: [98, 98, 100, 100, 102, 102, 104], 101: [98, 100, 100
 
 
 @pytest.mark.parametrize("z_out", [100, 101])
-@pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack", "onednn"])
+@pytest.mark.parametrize("engine", engine_names())
 def test_engine_multiplier_half_ties(engine, z_out):
     steps = engine_steps(engine, 2**-3, 2**-4, 2**-6, z_out)  # M = 2**-7 / 2**-6 = 0.5
     table = ZP_BEFORE_ROUNDING if engine == "onednn" else ZP_AFTER_ROUNDING
@@ -125,7 +126,7 @@ def test_engine_multiplier_half_ties(engine, z_out):
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
-@pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack", "onednn"])
+@pytest.mark.parametrize("engine", engine_names())
 def test_engine_half_grid_bias_ties(engine, per_channel):
     """bias = 0.5 * s_x * s_w, M = 1. Float-bias engines see acc + 0.5 (a tie at the final
     rounding); QNNPACK rounds the bias itself: quantize(0.5) = 0 (ties to even)."""
@@ -141,7 +142,7 @@ def test_engine_half_grid_bias_ties(engine, per_channel):
     assert_bitexact(requantize(acc, steps, np.uint8), np.array(expected, np.uint8)[:, None], engine)
 
 
-@pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack", "onednn"])
+@pytest.mark.parametrize("engine", engine_names())
 def test_engine_relu_lower_bound(engine):
     steps = engine_steps(engine, 2**-3, 2**-4, 2**-6, 101, relu=True)
     # oneDNN: max(acc/2, 0) + 101.0 = 101 101 101 101.5 102.5 103.5 104.5 -> ties to even

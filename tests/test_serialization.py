@@ -26,9 +26,10 @@ import qexact
 from qexact import Graph, Net, Node, QParams, Ref
 from qexact.dtypes import QINT8, QUINT8
 from qexact.qparams import qparams_to_fields
+from qexact.engines import engine_names
 from support.assertions import assert_bitexact
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
 
 
 # --- A valid file without torch ------------------------------------------------------------------

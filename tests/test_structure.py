@@ -29,9 +29,6 @@ ABOVE_ENGINES = ("qexact.ops", "qexact.graph", "qexact.explain", "qexact.importe
 """Modules an engine must not import (nor the package ``qexact`` itself, which imports them)."""
 
 KNOWN_IN_CYCLES: set[str] = {
-    "qexact", "qexact.serialization",  # serialization reads qexact.__version__
-    # runner -> worker; the worker's child imports qexact.conformance to register the families
-    "qexact.conformance", "qexact.conformance.runner", "qexact.conformance.worker",
     "qexact.ops.pool_graph", "qexact.ops.pooling", "qexact.ops.reduce",
 }
 KNOWN_ENGINE_IMPORTS: set[str] = {

@@ -13,6 +13,7 @@ import pytest
 from support.assertions import assert_bitexact
 
 import qexact
+from qexact.engines import engine_names
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.torch
 from support.fx_models import as_args, build_fx_model, random_input  # noqa: E402
 from support.torchvision_models import import_torchvision  # noqa: E402
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
 
 EXACT = ["interpolate_middle", "cat_many", "mean_flatten_head", "residual_plus", "audio_conv1d",
          "squeeze_excite_mul", "spatial_attention", "activation_zoo", "norm_zoo", "gated_scalar",

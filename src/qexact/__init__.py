@@ -8,7 +8,7 @@ True
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .dtypes import QINT8, QINT32, QUINT8, QDType
 from .engines import ENGINES, ISAS, Engine, detect_isa, get_engine

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .engines import ATEN_CAPABILITIES, ENGINES, ISAS, detect_isa, engine_names
 from .errors import QexactError
 

@@ -22,6 +22,7 @@ import struct
 
 import numpy as np
 
+from ._version import __version__
 from .errors import FormatError, QexactError, UnsupportedError
 from .graph import Graph, Net, Node, Ref
 
@@ -66,8 +67,6 @@ def _decode_input(item):
 def graph_to_json(graph: Graph, engine: str, isa: str,
                   aten_capability: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """The graph as a JSON document plus its arrays, keyed ``<node>.<array>``."""
-    from . import __version__
-
     tensors = {}
     nodes = []
     for node in graph.nodes:

@@ -29,9 +29,10 @@ import qexact
 from qexact import QINT8, QUINT8, QParams
 from qexact.accumulate import reference_matmul
 from qexact.ops.linear import linear_accumulator
+from qexact.engines import engine_names
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINE_NAMES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINE_NAMES = engine_names()
 AVX2_ENV = {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 

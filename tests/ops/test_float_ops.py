@@ -10,6 +10,7 @@ from support.assertions import assert_bitexact
 import qexact
 from qexact.ops.pool_graph import adaptive_max_pool_float
 from qexact.ops.resample import prepare_upsample, upsample_nearest_float
+from qexact.engines import engine_names
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -87,7 +88,7 @@ def _fx(builder, engine, shape):
     return convert_fx(prepared)
 
 
-@pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack", "onednn"])
+@pytest.mark.parametrize("engine", engine_names())
 def test_fx_model_with_float_pool_and_upsample(engine):
     model = _fx(FloatPoolAndUpsample, engine, (2, 3, 9, 10))
     net = qexact.from_torch(model)

@@ -10,6 +10,7 @@ from support.torch_ref import torch_quantized
 import qexact
 from qexact import QUINT8, QINT8, QParams, QuantizedArray
 from qexact.ops.shape import pad_constant
+from qexact.engines import engine_names
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -49,7 +50,7 @@ def test_pad_vs_torch():
               "float " + context)
 
 
-@pytest.mark.parametrize("engine", ["fbgemm", "x86", "qnnpack", "onednn"])
+@pytest.mark.parametrize("engine", engine_names())
 def test_padding_modules_and_functions_in_models(engine):
     from torch import nn
     from torch.ao.quantization import get_default_qconfig_mapping

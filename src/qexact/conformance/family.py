@@ -21,6 +21,7 @@ A family may have more than one way to draw its cases (``profiles``): ``"default
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -126,3 +127,16 @@ def _differ_mask(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
         width = {2: np.uint16, 4: np.uint32, 8: np.uint64}[expected.dtype.itemsize]
         return actual.view(width) != expected.view(width)
     return actual != expected
+
+
+FAMILY_MODULES = ("quantize_cases", "linear_cases", "conv_cases", "elementwise_cases",
+                  "activation_cases", "pooling_cases", "normalization_cases", "reduce_cases")
+"""The modules that register qexact's own families, in the report's row order (from quantize to
+whole-tensor reductions)."""
+
+
+def load_families() -> dict[str, "Family"]:
+    """Import the family modules (each registers its families on import); returns ``FAMILIES``."""
+    for name in FAMILY_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
+    return FAMILIES

@@ -25,7 +25,7 @@ import numpy as np
 from ..engines import detect_aten_capability, detect_isa, engine_names, get_engine
 from ..errors import QexactError, UnsupportedError
 from . import recording
-from .family import FAMILIES, Case, Family, compare_outputs
+from .family import FAMILIES, Case, Family, compare_outputs, load_families
 
 ENGINES = engine_names()
 """Quantized engines (the registry ``qexact.engines.ENGINES``); a float family runs on ``aten``."""
@@ -177,6 +177,7 @@ def _count_messages(entries: Iterable[dict]) -> list[tuple[str, int]]:
 # --- selection ------------------------------------------------------------------------------
 
 def _families(names) -> list[Family]:
+    load_families()
     if not names:
         return list(FAMILIES.values())
     unknown = [name for name in names if name not in FAMILIES]

@@ -251,8 +251,9 @@ def _main() -> None:
 
     import torch
 
-    import qexact.conformance  # noqa: F401  (registers the families)
-    from .family import Case
+    from .family import Case, load_families
+
+    load_families()
 
     torch.set_num_threads(1)
     send(("hello", {"torch_version": torch.__version__,
