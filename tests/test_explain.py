@@ -24,10 +24,11 @@ from qexact import Graph, Net, Node, QParams, Ref
 from qexact.dtypes import QINT8, QUINT8
 from qexact.explain import EXPLAIN_SCHEMA, TEXT_WIDTH
 from qexact.qparams import QuantizedArray, qparams_to_fields
+from qexact.engines import engine_names
 
 jsonschema = pytest.importorskip("jsonschema")
 
-ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+ENGINES = engine_names()
 MODEL_NAMES = ("forum", "multilayer_flatten", "multilayer_view", "per_tensor", "no_bias")
 
 

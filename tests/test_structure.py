@@ -35,11 +35,10 @@ KNOWN_ENGINE_IMPORTS: set[str] = {
     "qexact.engines.qnnpack",  # imports qexact.ops.quantize
 }
 KNOWN_BACKEND_NAMES: set[str] = {
-    "qexact.ops.activations", "qexact.ops.pool_graph", "qexact.ops.pooling", "qexact.ops.reduce",
+    "qexact.ops.pool_graph", "qexact.ops.pooling", "qexact.ops.reduce",
 }
 KNOWN_ENGINE_DEFAULTS: set[str] = {
-    "qexact.ops.activations", "qexact.ops.float_activations", "qexact.ops.normalization",
-    "qexact.ops.pooling", "qexact.ops.prelu", "qexact.ops.reduce", "qexact.ops.resample",
+    "qexact.ops.normalization", "qexact.ops.pooling", "qexact.ops.reduce", "qexact.ops.resample",
 }
 
 

@@ -268,6 +268,22 @@ class RoundingShiftRightInt32(Step):
         return shifted + (remainder > (mask >> 1))
 
 
+@dataclass(frozen=True, eq=False)
+class RoundHalfEvenLrint(Step):
+    """``v = lrintf(v)`` on x86-64 (``cvtss2si`` to 64 bits): ties to even; NaN, infinities and
+    values outside ``[-2**63, 2**63)`` give INT64_MIN (the "integer indefinite" value), so a
+    huge positive value comes out most negative (ATen's scalar ``requantize_from_int``)."""
+
+    formula = "lrintf(v) (NaN or past int64: INT64_MIN)"
+
+    def apply(self, value):
+        value = np.asarray(value)
+        wide = value.astype(np.float64)
+        fits = (wide >= -2.0 ** 63) & (wide < 2.0 ** 63)  # False for NaN
+        rounded = np.rint(np.where(fits, wide, 0.0)).astype(np.int64)
+        return np.where(fits, rounded, np.int64(-2 ** 63))
+
+
 def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype) -> np.ndarray:
     """Apply ``steps`` to the int64 accumulator ``acc``; the last step must leave integers in range."""
     value = acc

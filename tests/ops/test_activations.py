@@ -136,10 +136,9 @@ def test_clamps_random_vs_torch(engine):
     import torch
     import torch.nn.functional as F
 
-    from qexact.engines.aten import elementwise_numerics
     from qexact.layout import to_channels_last
 
-    numerics = elementwise_numerics(qexact.get_engine(engine))
+    ours = qexact.get_engine(engine)
     rng = np.random.default_rng(len(engine))
     for case in range(CASES):
         dtype = QUINT8 if case % 2 else QINT8
@@ -156,8 +155,9 @@ def test_clamps_random_vs_torch(engine):
                                    (F.hardtanh(x, low, high), (low, high)),
                                    (torch.clamp(x, low, high), (low, high)),
                                    (torch.relu(x), (0.0, None))):
+            # torch.relu is no clamp call: ATen's one-bound clamp gives its values
             actual = clamp(QuantizedArray(values, qp), lo, hi,
-                           numerics if hi is not None else None).values
+                           ours if hi is not None else "fbgemm").values
             assert_bitexact(actual, expected.int_repr().numpy(), f"{engine} clamp {lo} {hi} {shape}")
         slope = float(rng.choice([0.01, 0.1, 0.3]))
         expected = F.leaky_relu(x, slope)
@@ -166,9 +166,11 @@ def test_clamps_random_vs_torch(engine):
         assert (expected.q_scale(), expected.q_zero_point()) == (qp.scale, qp.zero_point)
         assert_bitexact(activation(QuantizedArray(values, qp), p).values,
                         expected.int_repr().numpy(), f"{engine} F.leaky_relu {shape}")
-    if numerics.qnnpack_clamp:
-        with pytest.raises(qexact.UnsupportedError, match="Both min and max"):
-            clamp(QuantizedArray(values, qp), 0.0, None, numerics)
+    if engine == "qnnpack":
+        for dtype in (QUINT8, QINT8):
+            with pytest.raises(qexact.UnsupportedError, match="Both min and max"):
+                clamp(QuantizedArray(np.zeros(3, dtype.numpy_dtype),
+                                     QParams.per_tensor(0.1, 0, dtype)), 0.0, None, ours)
 
 
 FLOAT_CASES = 500
@@ -199,7 +201,8 @@ def test_float_activations_vs_torch(name):
             slope = float(rng.uniform(0, 1))
             expected = {"hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
                         "leaky_relu": lambda v: F.leaky_relu(v, slope)}[name](t)
-            actual = float_activation(x, prepare_float_activation(name, slope))
+            actual = float_activation(x, prepare_float_activation(name, slope,
+                                                                  engine="fbgemm"))
         expected = expected.numpy()
         # NaN payloads are not compared: ATen's SIMD min/max OR in an all-ones NaN mask
         # (0xFFFFFFFF) where NumPy gives the default NaN; every quantize maps any NaN alike.
@@ -209,12 +212,12 @@ def test_float_activations_vs_torch(name):
                         f"float {name} n={n}")
 
 
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "elu"])
+@pytest.mark.parametrize("name", ["tanh", "elu"])
 def test_float_activations_not_reproducible_raise(name):
     from qexact.ops.activations import prepare_float_activation
 
     with pytest.raises(qexact.UnsupportedError, match=f"{name} on float32"):
-        prepare_float_activation(name)
+        prepare_float_activation(name, engine="fbgemm")
 
 
 @pytest.mark.torch
@@ -259,42 +262,147 @@ def test_fx_model_float_activations_and_cat(engine):
 
 def test_errors():
     with pytest.raises(qexact.UnsupportedError, match="not supported"):
-        prepare_activation("gelu", QParams.per_tensor(0.1, 0, QUINT8))
+        prepare_activation("gelu", QParams.per_tensor(0.1, 0, QUINT8), None, "fbgemm")
     with pytest.raises(QuantParamError, match="required"):
-        prepare_activation("hardswish", QParams.per_tensor(0.1, 0, QUINT8))
+        prepare_activation("hardswish", QParams.per_tensor(0.1, 0, QUINT8), None, "fbgemm")
     qp = QParams.per_tensor(0.1, 3, QUINT8)
-    p = prepare_activation("sigmoid", qp, None, engine="qnnpack")
-    if "sigmoid" in p.numerics.qnnpack_activations:
-        with pytest.raises(qexact.ShapeError, match="empty input tensor"):
-            activation(QuantizedArray(np.zeros((), np.uint8), qp), p)
+    p = prepare_activation("sigmoid", qp, None, "qnnpack")
+    with pytest.raises(qexact.ShapeError, match="empty input tensor"):
+        activation(QuantizedArray(np.zeros((), np.uint8), qp), p)
 
 
-def test_qnnpack_engine_hands_quint8_sigmoid_and_tanh_to_qnnpack_tables():
-    """qsigmoid.cpp / qtanh.cpp send quint8 inputs to QNNPACK's lookup tables on the qnnpack
-    engine (measured: the ATen lambdas miss 199 of 773,120 sigmoid entries near ties, the tables
-    none); the engine states it in its data (``Engine.qnnpack_operators``,
-    ``engines.aten.QNNPACK_ACTIVATIONS``)."""
-    from qexact.engines.aten import elementwise_numerics
+def _table_entries(function, s, z, s_o, z_o):
+    """QNNPACK's tables as the sources write them (qnnpack/src/hardswish.c, sigmoid.c, tanh.c;
+    measured: float tanhf), independently of the kernel's steps."""
+    from qexact.float_math import glibc_expf, glibc_tanhf
 
-    handed = elementwise_numerics(qexact.get_engine("qnnpack")).qnnpack_activations
-    assert {"hardswish", "sigmoid", "tanh"} <= handed
-    assert not elementwise_numerics(qexact.get_engine("fbgemm")).qnnpack_activations
+    f32 = np.float32
+    x = (f32(s) * (np.arange(256) - z).astype(f32)).astype(f32)
+    with np.errstate(over="ignore"):
+        if function == "sigmoid":
+            t = (f32(256) / (f32(1) + glibc_expf(-x)).astype(f32)).astype(f32)
+        elif function == "tanh":
+            t = ((f32(128) * glibc_tanhf(x)).astype(f32) + f32(128)).astype(f32)
+        else:
+            clipped = np.minimum(np.maximum((x + f32(3)).astype(f32), f32(0)), f32(6))
+            y = ((x * clipped).astype(f32) / f32(6)).astype(f32)
+            t = ((f32(1) / f32(s_o)) * y).astype(f32)
+            t = (t + f32(z_o)).astype(f32)
+    return np.rint(np.clip(t, 0, 255).astype(np.float64)).astype(np.uint8)
 
 
-def test_explain_names_each_lambda():
-    from qexact.ops.activations import ActivationOp
+def test_qnnpack_engine_runs_quint8_hardswish_sigmoid_tanh_as_tables():
+    """qhardswish.cpp / qsigmoid.cpp / qtanh.cpp send quint8 inputs to QNNPACK's lookup tables on
+    the qnnpack engine (measured: the ATen lambdas miss 199 of 773,120 sigmoid entries near ties,
+    the tables none); qint8, the other activations and the other engines run ATen's lambdas.
+    The tables the kernel's steps build equal the sources' formulas."""
+    from qexact.engines.qnnpack_lut import table
 
-    qp = QParams.per_tensor(0.05, 3, QUINT8)
-    p = prepare_activation("elu", qp, QParams.per_tensor(0.02, 100, QUINT8), engine="fbgemm",
-                           num_threads=1, alpha=0.5)
-    x = QuantizedArray(np.arange(70, dtype=np.uint8), qp)
-    result = activation(x, p)
-    if p.numerics.lanes:
-        body, _ = ActivationOp.explain(p, [x], result, (0,))
-        assert body[0].values["path"] == "SIMD body" and "sleef_expm1f" in body[2].formula
-    tail, _ = ActivationOp.explain(p, [x], result, (69,))
-    assert tail[0].values["path"] == "scalar tail" and "glibc_expm1f" in tail[2].formula
-    assert tail[-1].result == result.values[69]
+    rng = np.random.default_rng(3)
+    for function in ("hardswish", "sigmoid", "tanh", "elu", "leaky_relu", "hardsigmoid"):
+        for dtype in (QUINT8, QINT8):
+            qp = QParams.per_tensor(0.05, 3 if dtype is QUINT8 else -3, dtype)
+            out = QParams.per_tensor(0.02, 7, dtype)
+            for engine in qexact.engines.engine_names():
+                kernel = prepare_activation(function, qp, out, engine).kernel
+                lookup = [path.lookup for path in kernel.paths]
+                expected = engine == "qnnpack" and dtype is QUINT8 and function in (
+                    "hardswish", "sigmoid", "tanh")
+                assert lookup == ([True] if expected else [False, False]), (function, engine)
+    for case in range(200):
+        function = ("hardswish", "sigmoid", "tanh")[case % 3]
+        s, s_o = (float(v) for v in 10.0 ** rng.uniform(-3, 0, 2))
+        z, z_o = (int(v) for v in rng.integers(0, 256, 2))
+        p = prepare_activation(function, QParams.per_tensor(s, z, QUINT8),
+                               QParams.per_tensor(s_o, z_o, QUINT8), "qnnpack")
+        s_o, z_o = p.output_qparams.scale, p.output_qparams.zero_point
+        assert_bitexact(table(p.kernel), _table_entries(function, s, z, s_o, z_o),
+                        f"{function} table s={s} z={z}")
+
+
+def _path_of(stages, label):
+    (path,) = [stage for stage in stages if stage.name == f"{label}: path"]
+    return path.values["path"]
+
+
+@pytest.mark.parametrize("engine", qexact.engines.engine_names())
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_explain_replays_the_run(engine, capability):
+    """Explain's last stage is the output element, for every activation, both dtypes, the SIMD
+    body and the scalar tail (ATen's lambdas: the dequantized value, the function, the quantize
+    steps with their constants), elu's contiguous output on a channels_last input (every
+    element scalar), QNNPACK's tables (the entry read, and how it was built) and QNNPACK's clamp
+    on a channels_last input (the element it read)."""
+    from qexact.layout import to_channels_last
+    from qexact.ops.activations import ActivationOp, ClampOp, ClampParams
+
+    ours = qexact.get_engine(engine, aten_capability=capability)
+    rng = np.random.default_rng([len(engine), len(capability)])
+    for case in range(24):
+        dtype = QUINT8 if case % 2 else QINT8
+        function = ("sigmoid", "tanh", "hardsigmoid", "hardswish", "leaky_relu", "elu")[case % 6]
+        qp = QParams.per_tensor(float(10 ** rng.uniform(-2, -0.5)),
+                                int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
+        out = QParams.per_tensor(float(10 ** rng.uniform(-2, -0.5)),
+                                 int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
+        constants = {"slope": 0.2} if function == "leaky_relu" else (
+            {"alpha": 0.7, "scale": 1.3, "input_scale": 0.9} if function == "elu" else {})
+        p = prepare_activation(function, qp, out, ours, num_threads=1, **constants)
+        shape = (130,) if case % 4 < 2 else (2, 3, 5, 7)
+        values = rng.integers(dtype.qmin, dtype.qmax + 1, shape).astype(dtype.numpy_dtype)
+        if len(shape) == 4:
+            values = to_channels_last(values)
+        x = QuantizedArray(values, qp)
+        result = activation(x, p)
+        table = p.kernel.paths[0].lookup
+        for index in ([(0,), (63,), (64,), (129,)] if len(shape) == 1
+                      else [(0, 0, 0, 0), (1, 2, 4, 6), (1, 1, 2, 3)]):
+            stages, upstream = ActivationOp.explain(p, [x], result, index)
+            assert upstream == [(0, index)]
+            assert stages[-1].result == result.values[index], (engine, function, index)
+            path = _path_of(stages, function)
+            if table:
+                assert path == f"QNNPACK {function} 256-entry table"
+                (lookup,) = [stage for stage in stages if stage.name.endswith("table lookup")]
+                assert lookup.values["q"] == values[index]
+                built = [stage for stage in stages if "table entry" in stage.name]
+                assert built[0].values["v"] == values[index]  # the entry of this element's code
+                assert built[-1].result == lookup.result
+                continue
+            # the walk: C order (1-D), N, H, W, C (channels_last); SIMD units of 64 bytes
+            walked = index[0] if len(shape) == 1 else (
+                index[0] * 105 + (index[2] * 7 + index[3]) * 3 + index[1])
+            simd = (capability == "avx2" and walked < (128 if len(shape) == 1 else 192)
+                    and not (function == "elu" and len(shape) == 4))
+            assert path.startswith("SIMD body" if simd else "scalar tail"), (function, index, path)
+            names = [stage.name for stage in stages]
+            assert f"{function}: float function" in names
+            function_stage = stages[names.index(f"{function}: float function")]
+            assert ("sleef" in function_stage.formula.lower()) == (
+                simd and function in ("sigmoid", "tanh", "elu"))
+            assert any("zero point" in name for name in names)
+        if function == "elu" and len(shape) == 4:  # contiguous output, every element scalar
+            assert result.values.flags.c_contiguous
+    # QNNPACK's clamp operator reads a channels_last quint8 input's bytes in memory order
+    values = to_channels_last(rng.integers(0, 256, (2, 3, 4, 5)).astype(np.uint8))
+    x = QuantizedArray(values, QParams.per_tensor(0.03, 100, QUINT8))
+    params = ClampParams(-1.0, 2.5, ours)
+    result = ClampOp.run(params, [x])
+    for index in [(0, 0, 0, 0), (0, 1, 0, 0), (1, 2, 3, 4), (0, 0, 1, 2)]:
+        stages, [(position, source)] = ClampOp.explain(params, [x], result, index)
+        assert stages[-1].result == result.values[index]
+        (kernel,) = [stage for stage in stages if stage.name == "clamp: kernel"]
+        if engine == "qnnpack":
+            assert kernel.values["kernel"].startswith("QNNPACK clamp")
+            order = (0, 2, 3, 1)  # NHWC bytes read as NCHW
+            flat = np.ravel_multi_index(index, values.shape)
+            assert source == np.unravel_index(
+                np.arange(values.size).reshape(values.shape).transpose(order).ravel()[flat],
+                values.shape)
+        else:
+            assert kernel.values["kernel"] == "ATen qclamp_kernel" and source == index
+        low, high = (int(np.clip(np.rint(b / 0.03 + 100), 0, 255)) for b in (-1.0, 2.5))
+        assert result.values[index] == min(max(int(values[source]), low), high)
 
 
 CAPABILITY_SCRIPT = """
@@ -324,7 +432,7 @@ for engine in ("fbgemm", "qnnpack"):
             ours = activation(QuantizedArray(values, qp), p).values
             bad += int((ours != theirs.int_repr().numpy()).sum())
             elements += values.size
-print(torch.backends.cpu.get_cpu_capability(), p.numerics.capability, elements, bad)
+print(torch.backends.cpu.get_cpu_capability(), p.kernel.placement.numerics.capability, elements, bad)
 """
 
 

@@ -19,8 +19,7 @@ from support.assertions import assert_bitexact
 import qexact
 from qexact.engines import ATEN_CAPABILITIES, detect_aten_capability
 from qexact.engines.aten import float_elementwise_numerics
-from qexact.ops.float_activations import (FLOAT_KERNELS, FloatKernelParams, float_kernel,
-                                          prepare_float_kernel)
+from qexact.ops.float_activations import FLOAT_KERNELS, float_kernel, prepare_float_kernel
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -32,9 +31,13 @@ RECORDING = Path(__file__).parents[1] / "data" / "recordings" / "avx512_vnni" / 
 
 
 def _params(engine="fbgemm", threads=None, capability=None, function="silu"):
-    numerics = float_elementwise_numerics(qexact.get_engine(engine, aten_capability=capability),
-                                          function)
-    return FloatKernelParams(function, numerics, threads or torch.get_num_threads())
+    return prepare_float_kernel(function, qexact.get_engine(engine, aten_capability=capability),
+                                threads or torch.get_num_threads())
+
+
+def _numerics(params):
+    """The float split of the kernel's two lambdas (``LambdaPlacement.numerics``)."""
+    return params.kernel.placement.numerics
 
 
 @pytest.mark.parametrize("capability, lanes", [("avx512", 16), ("avx2", 8), ("default", 0)])
@@ -88,7 +91,7 @@ def test_float_kernel_large_tensor_chunks(threads, function):
 def test_float_kernel_lengths_around_the_split():
     """Every length up to 300 (the body/tail split at multiples of 16 or 32 floats), at the host's
     capability."""
-    assert _params().numerics.capability == detect_aten_capability()
+    assert _numerics(_params()).capability == detect_aten_capability()
     rng = np.random.default_rng(11)
     for function in ("silu", "sigmoid"):
         for n in range(1, 301):
@@ -128,7 +131,7 @@ def test_float_kernel_thread_chunks_vs_torch(threads, function):
     where every element shows which lambda ran; the single-thread split must not fit (the
     boundaries matter on these lengths)."""
     params = _params(threads=threads, function=function)
-    assert params.numerics.capability == detect_aten_capability()
+    assert _numerics(params).capability == detect_aten_capability()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     serial_fits = []
@@ -145,24 +148,23 @@ def test_float_kernel_thread_chunks_vs_torch(threads, function):
     finally:
         torch.set_num_threads(previous)
     # 120000 on 2 or 3 threads: chunks of 60000 / 40000 floats, whole SIMD units, no chunk tail
-    if params.numerics.body_unit:
+    if _numerics(params).body_unit:
         assert set(serial_fits) <= {120000}, serial_fits
 
 
 SCRIPT = r"""
 import sys
 import numpy as np, torch, qexact
-from qexact.engines.aten import float_elementwise_numerics
-from qexact.ops.float_activations import FloatKernelParams, float_kernel
+from qexact.ops.float_activations import float_kernel, prepare_float_kernel
 function = sys.argv[1]
 torch_function = {"silu": torch.nn.functional.silu, "sigmoid": torch.sigmoid}[function]
-numerics = float_elementwise_numerics(qexact.get_engine("fbgemm"), function)
+engine = qexact.get_engine("fbgemm")
 rng = np.random.default_rng(5)
 bad = 0
 for n, threads in [(n, 1) for n in range(1, 130)] + [(4099, 1), (70001, 2)]:
     torch.set_num_threads(threads)
     x = (rng.standard_normal(n) * 8).astype(np.float32)
-    ours = float_kernel(x, FloatKernelParams(function, numerics, threads))
+    ours = float_kernel(x, prepare_float_kernel(function, engine, threads))
     theirs = torch_function(torch.from_numpy(x)).numpy()
     bad += int((ours.view(np.uint32) != theirs.view(np.uint32)).sum())
 # per-thread chunks: inputs where SLEEF and glibc differ, so every element shows its lambda;
@@ -178,10 +180,10 @@ pool = candidates[differ]
 for n, threads in [(66001, 2), (70001, 2), (32769, 3), (98305, 3), (100003, 3), (131073, 3)]:
     torch.set_num_threads(threads)
     x = rng.choice(pool, n)
-    ours = float_kernel(x, FloatKernelParams(function, numerics, threads))
+    ours = float_kernel(x, prepare_float_kernel(function, engine, threads))
     theirs = torch_function(torch.from_numpy(x)).numpy()
     bad += int((ours.view(np.uint32) != theirs.view(np.uint32)).sum())
-print(bad, numerics.capability)
+print(bad, prepare_float_kernel(function, engine, 1).kernel.placement.numerics.capability)
 """
 
 
@@ -209,10 +211,39 @@ def test_float_kernel_matches_avx512_recording(function):
     for name, case in cases.items():
         x = arrays[f"{name}/x"]
         params = prepare_float_kernel(function, engine, case["num_threads"])
-        assert params.numerics.body_unit == 32
+        assert _numerics(params).body_unit == 32
         assert_bitexact(float_kernel(x, params), arrays[f"{name}/y_{function}"], f"{name} {case}")
         elements += x.size
     assert elements > 250_000
+
+
+@pytest.mark.parametrize("capability, unit", [("avx512", 32), ("avx2", 16), ("default", 0)])
+def test_explain_replays_the_run(capability, unit):
+    """Explain's last stage is the output element, and names the lambda that computed it (SLEEF
+    in the SIMD body, glibc in the scalar tail); hardswish, hardsigmoid and leaky_relu have one
+    path. Float kernels run between dequantize and quantize, so only their graph op explains."""
+    from qexact.ops.activations import ActivationOp
+    from qexact.ops.float_activations import SiluOp
+
+    engine = qexact.get_engine("fbgemm", aten_capability=capability)
+    rng = np.random.default_rng(unit)
+    x = (rng.standard_normal(45) * 6).astype(np.float32)
+    for function in ("silu", "sigmoid", "hardswish", "hardsigmoid", "leaky_relu"):
+        params = prepare_float_kernel(function, engine, 1, slope=0.3)
+        op = SiluOp if function == "silu" else ActivationOp
+        result = op.run(params, [x])
+        for index in [(0,), (31,), (32,), (44,)]:
+            stages, upstream = op.explain(params, [x], result, index)
+            assert upstream == [(0, index)]
+            assert stages[-1].result.view(np.uint32) == result[index].view(np.uint32)
+            assert stages[-1].values["x"] == x[index]
+            (path,) = [stage.values["path"] for stage in stages if stage.name.endswith(": path")]
+            if function in ("silu", "sigmoid"):
+                simd = index[0] < (45 // unit * unit if unit else 0)
+                assert path.startswith("SIMD body" if simd else "scalar tail"), (function, path)
+                assert ("sleef" in stages[-1].formula) == simd
+            else:
+                assert path.startswith("SIMD body and scalar tail alike")
 
 
 class SqueezeExciteSiLU(nn.Module):

@@ -125,9 +125,9 @@ for n in (1, 63, 64, 65, 130):
     x = np.full(n, 255, np.uint8); qp = QParams.per_tensor(100.0, 10, QUINT8)
     w = np.array([255], np.uint8); qo = QParams.per_tensor(1e-6, 3, QUINT8)
     ref = torch.ops.quantized.prelu(torch_quantized(x, qp), torch_quantized(w, qp), 1e-6, 3)
-    p = prepare_prelu(w, qp, qp, qo, num_threads=1)
+    p = prepare_prelu(w, qp, qp, qo, engine="fbgemm", num_threads=1)
     bad += int((prelu(QuantizedArray(x, qp), p).values != ref.int_repr().numpy()).sum())
-print(torch.backends.cpu.get_cpu_capability(), p.numerics.capability, bad)
+print(torch.backends.cpu.get_cpu_capability(), p.kernel.placement.numerics.capability, bad)
 """
 
 
@@ -144,17 +144,64 @@ def test_prelu_aten_capability_default_subprocess():
 def test_errors():
     u8 = QParams.per_tensor(0.1, 0, QUINT8)
     with pytest.raises(QuantParamError, match="dtypes differ"):
-        prepare_prelu(np.zeros(3, np.int8), QParams.per_tensor(0.1, 0, QINT8), u8, u8)
+        prepare_prelu(np.zeros(3, np.int8), QParams.per_tensor(0.1, 0, QINT8), u8, u8,
+                      engine="fbgemm")
     with pytest.raises(ShapeError, match="1-D"):
-        prepare_prelu(np.zeros((2, 3), np.uint8), u8, u8, u8)
+        prepare_prelu(np.zeros((2, 3), np.uint8), u8, u8, u8, engine="fbgemm")
     with pytest.raises(qexact.UnsupportedError, match="8-bit"):
         i32 = QParams.per_tensor(0.1, 0, qexact.QINT32)
-        prepare_prelu(np.zeros(3, np.int32), i32, i32, i32)
-    p = prepare_prelu(np.zeros(3, np.uint8), u8, u8, u8)
+        prepare_prelu(np.zeros(3, np.int32), i32, i32, i32, engine="fbgemm")
+    with pytest.raises(TypeError, match="engine"):
+        prepare_prelu(np.zeros(3, np.uint8), u8, u8, u8)  # the engine is required
+    p = prepare_prelu(np.zeros(3, np.uint8), u8, u8, u8, engine="fbgemm")
     with pytest.raises(ShapeError, match="broadcast"):
         prelu(QuantizedArray(np.zeros((2, 4), np.uint8), u8), p)
     with pytest.raises(ShapeError, match="zero-dim"):
         prelu(QuantizedArray(np.zeros((), np.uint8), u8), p)
+
+
+def test_prelu_past_int64_wraps_a_negative_zero_point():
+    """The scalar tail's ``lrintf`` gives INT64_MIN past int64 and ``z_o + INT64_MIN`` wraps in
+    int64 for a negative ``z_o`` (qmax), not for a positive one (qmin). Measured on torch 2.13
+    with ATEN_CPU_CAPABILITY=default: [127, 127, 127] and [-128, -128, -128]."""
+    for z_o, expected in ((-5, 127), (5, -128)):
+        qp = QParams.per_tensor(1e10, 127, QINT8)
+        p = prepare_prelu(np.full(1, -128, np.int8), qp, qp, QParams.per_tensor(1e-5, z_o, QINT8),
+                          engine=qexact.get_engine("fbgemm", aten_capability="default"),
+                          num_threads=1)
+        out = prelu(QuantizedArray(np.full(3, -128, np.int8), qp), p).values
+        assert_bitexact(out, np.full(3, expected, np.int8), f"z_o {z_o}")
+
+
+@pytest.mark.parametrize("engine", qexact.engines.engine_names())
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_explain_replays_the_run(engine, capability):
+    """Explain's last stage is the output element; it shows the offline constants, the integer
+    product and the lambda that requantized it (SIMD body or scalar tail), for random cases with
+    contiguous and channels_last inputs, including products past int32."""
+    from qexact.ops.prelu import PreluOp
+
+    ours = qexact.get_engine(engine, aten_capability=capability)
+    rng = np.random.default_rng([len(engine), len(capability), 5])
+    paths = set()
+    for case in range(40):
+        dtype = QUINT8 if case % 3 else QINT8
+        x, x_qp, weight, w_qp, out_qp = random_case(rng, dtype)
+        p = prepare_prelu(weight, w_qp, x_qp, out_qp, engine=ours, num_threads=1)
+        qx = QuantizedArray(x, x_qp)
+        result = prelu(qx, p)
+        for _ in range(3):
+            index = tuple(int(rng.integers(0, size)) for size in x.shape)
+            stages, upstream = PreluOp.explain(p, [qx], result, index)
+            assert upstream == [(0, index)]
+            assert stages[-1].result == result.values[index], (engine, index)
+            names = [stage.name for stage in stages]
+            product = stages[names.index("prelu: integer product")]
+            assert product.values["q_x"] == x[index]
+            (path,) = [stage.values["path"] for stage in stages if stage.name == "prelu: path"]
+            paths.add(path.split(" (")[0])
+            assert "prelu: multiplier (offline)" in names
+    assert paths == ({"SIMD body", "scalar tail"} if capability == "avx2" else {"scalar tail"})
 
 
 @pytest.mark.torch

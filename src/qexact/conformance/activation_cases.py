@@ -105,7 +105,6 @@ def _activation_run_torch(case):
 
 
 def _activation_run_qexact(case, engine):
-    from ..engines.aten import elementwise_numerics
     from ..ops.activations import activation, clamp, prepare_activation
 
     p = case.params
@@ -113,7 +112,7 @@ def _activation_run_qexact(case, engine):
     op = p["op"]
     if op in ("relu6", "hardtanh", "clamp"):
         low, high = (0.0, 6.0) if op == "relu6" else (p["min_val"], p["max_val"])
-        return qexact_outputs(clamp(x, low, high, elementwise_numerics(as_engine(engine))))
+        return qexact_outputs(clamp(x, low, high, as_engine(engine)))
     out = out_qparams_of(p) if "out_scale_req" in p else None
     if op == "leaky_relu" and out is None:  # F.leaky_relu keeps the input's qparams
         out = x.qparams

@@ -37,9 +37,9 @@ import numpy as np
 
 from ..layout import (is_channels_first_contiguous, is_channels_last, reorder_dimensions,
                       suggests_channels_last, to_channels_last)
-from ..requantize import (AddFloat32, AddInt, ClampInt, MinFloat32, MultiplyAddFloat32,
-                          MultiplyFloat32, RoundHalfEvenToInt32, RoundHalfEvenToInt64, Step,
-                          ToFloat32)
+from ..requantize import (AddFloat32, AddInt, AddInt32, ClampInt, MinFloat32, MultiplyAddFloat32,
+                          MultiplyFloat32, RoundHalfEvenLrint, RoundHalfEvenToInt32,
+                          RoundHalfEvenToInt64, Step, ToFloat32)
 from ..rounding import f32
 
 VECTOR_LANES_8BIT = {"avx512": 64, "avx2": 32, "default": 0}
@@ -270,6 +270,29 @@ def quantize_scalar(inv, zero_point: int, dtype) -> tuple[Step, ...]:
     return (MultiplyFloat32("times 1/s_out", factor=f32(inv)),
             AddFloat32("output zero point, before rounding", term=f32(int(zero_point))),
             RoundHalfEvenToInt64("round half to even (nearbyint)", role="round", nan=dtype.qmax),
+            ClampInt("output range", role="output_clamp", low=dtype.qmin, high=dtype.qmax))
+
+
+def requantize_from_int_vector(multiplier, zero_point: int, dtype) -> tuple[Step, ...]:
+    """``Vectorized<T>::requantize_from_int`` (vec256_qint.h, ``RequantizeAvx2``) on an integer
+    ``c``: ``clamp(wrap32(cvtps2dq(f32(f32(c) m)) + z))``: past int32 ``cvtps2dq`` gives
+    INT32_MIN and the 32-bit add of the zero point wraps."""
+    return (ToFloat32("to float32"),
+            MultiplyFloat32("times the multiplier m", factor=f32(multiplier)),
+            RoundHalfEvenToInt32("round half to even (cvtps2dq; past int32: INT32_MIN)",
+                                 role="round"),
+            AddInt32("output zero point (int32 add, wraps)", term=int(zero_point)),
+            ClampInt("output range", role="output_clamp", low=dtype.qmin, high=dtype.qmax))
+
+
+def requantize_from_int_scalar(multiplier, zero_point: int, dtype) -> tuple[Step, ...]:
+    """``requantize_from_int`` (aten/src/ATen/native/quantized/AffineQuantizer.cpp) on an integer
+    ``c``: ``clamp(z + lrintf(f32(f32(c) m)))`` in int64: ``lrintf`` gives INT64_MIN for NaN or
+    past int64, and adding a negative zero point to that wraps (measured on prelu)."""
+    return (ToFloat32("to float32"),
+            MultiplyFloat32("times the multiplier m", factor=f32(multiplier)),
+            RoundHalfEvenLrint("round half to even (lrintf, 64-bit)", role="round"),
+            AddInt("output zero point (int64 add)", term=int(zero_point)),
             ClampInt("output range", role="output_clamp", low=dtype.qmin, high=dtype.qmax))
 
 

@@ -13,11 +13,10 @@ and broadcast by TensorIterator. The kernel is integer arithmetic plus one float
     scalar tail: q = clamp(z_o + lrintf(f32(f32(c) m)))       (requantize_from_int, int64)
     SIMD body:   q = clamp(wrap32(cvtps2dq(f32(f32(c) m)) + z_o))   (RequantizeAvx2)
 
-Both paths agree unless ``f32(c) m`` does not fit int32: then ``cvtps2dq`` gives INT32_MIN (and
-adding a negative zero point wraps to near INT32_MAX), while the scalar ``lrintf`` saturates
-naturally. Which element takes which path is ``qexact.engines.aten.simd_mask`` over the iteration
-order (channels_last inputs walk N, H, W, C); measured on AVX2 and ATEN_CPU_CAPABILITY=default.
-No engine hands PReLU to another library: fbgemm, x86, qnnpack and onednn all run this kernel.
+The engine states that kernel (the ``"prelu"`` family of ``Engine.kernels``,
+engines/aten_activations.py ``PreluKernel``: the constants, the product, each lambda's steps
+from ``engines.aten.requantize_from_int_vector`` / ``_scalar``, and which element takes which
+lambda); the op validates, broadcasts the weight and runs it. Explain observes the run.
 """
 
 from __future__ import annotations
@@ -26,17 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dtypes import QDType
-from ..engines.aten import ElementwiseNumerics, default_num_threads, elementwise_numerics, simd_mask
+from ..engines.aten import default_num_threads
+from ..engines.base import Engine
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray, qparams_from_fields
-from ..rounding import f32, round_half_even_to_int32, wrap_int32
-from ..stages import Stage
-from ._registry import graph_op
-from .elementwise import inverse_scale, quantize_scalar
+from ..trace import apply_steps, record
+from ._registry import graph_op, observed_stages
 from .quantize import require_quantized
-
-INT64_MIN = -2 ** 63
 
 
 @dataclass(frozen=True)
@@ -44,25 +39,31 @@ class PreluParams:
     """A quantized PReLU prepared for one engine.
 
     ``weight``: the quantized slopes (1-D, one value or one per channel); ``weight_qparams``,
-    ``input_qparams``, ``output_qparams``: per-tensor; ``multiplier``: ``m`` of the module
-    docstring; ``weight_one``: ``quantize_val(s_w, z_w, 1.0)``; ``numerics``: ATen's elementwise
-    numerics on this engine; ``num_threads``: PyTorch's intra-op threads.
+    ``input_qparams``, ``output_qparams``: per-tensor; ``kernel``: the engine's description
+    (``PreluKernel``: ``multiplier`` m and ``weight_one`` of the module docstring, the product,
+    the SIMD body's and scalar tail's steps, and their placement).
     """
 
     weight: np.ndarray
     weight_qparams: QParams
     input_qparams: QParams
     output_qparams: QParams
-    multiplier: np.float32
-    weight_one: int
-    numerics: ElementwiseNumerics
-    num_threads: int
+    kernel: object
+
+    @property
+    def multiplier(self) -> np.float32:
+        return self.kernel.multiplier
+
+    @property
+    def weight_one(self) -> int:
+        return self.kernel.weight_one
 
 
 def prepare_prelu(weight: np.ndarray, weight_qparams: QParams, input_qparams: QParams,
-                  output_qparams: QParams, engine="fbgemm", num_threads: int | None = None,
+                  output_qparams: QParams, *, engine: Engine | str, num_threads: int | None = None,
                   isa: str | None = None) -> PreluParams:
-    """Validate and prepare ``quantized::prelu``."""
+    """Validate and prepare ``quantized::prelu`` for ``engine`` (a name or an ``Engine``);
+    ``num_threads``: PyTorch's intra-op threads."""
     from ..engines import get_engine
 
     for name, qparams in (("input", input_qparams), ("weight", weight_qparams),
@@ -81,13 +82,11 @@ def prepare_prelu(weight: np.ndarray, weight_qparams: QParams, input_qparams: QP
         raise ShapeError(f"quantized prelu: weight must be 1-D and non-empty, got {weight.shape}")
     if weight.min() < dtype.qmin or weight.max() > dtype.qmax:
         raise QuantParamError(f"quantized prelu: weight values outside {dtype}")
-    multiplier = f32(f32(f32(input_qparams.scale) * f32(weight_qparams.scale))
-                     * inverse_scale(output_qparams.scale))[()]
-    one = quantize_scalar(np.float32(1.0), inverse_scale(weight_qparams.scale),
-                          weight_qparams.zero_point, dtype)[()]
-    numerics = elementwise_numerics(get_engine(engine, isa))
+    kernel = get_engine(engine, isa).kernel("prelu", input_qparams, weight_qparams,
+                                            output_qparams,
+                                            int(num_threads or default_num_threads()))
     return PreluParams(weight.astype(np.int64), weight_qparams, input_qparams, output_qparams,
-                       multiplier, int(one), numerics, int(num_threads or default_num_threads()))
+                       kernel)
 
 
 def _weight_shape(p: PreluParams, ndim: int) -> tuple[int, ...]:
@@ -108,89 +107,39 @@ def _broadcast_weight(p: PreluParams, shape: tuple[int, ...]) -> np.ndarray:
                          f"{shape} (weight shape {weight_shape})") from None
 
 
-def prelu_mask(p: PreluParams, x: np.ndarray) -> np.ndarray:
-    """True where ``cpu_kernel_vec`` runs the SIMD lambda. TensorIterator walks a channels_last
-    input (and its channels_last output) in N, H, W, C order; others in C order."""
-    from ..layout import suggests_channels_last
-
-    shape = x.shape
-    weight_shape = _weight_shape(p, x.ndim)
-    if suggests_channels_last(x):
-        order = (0,) + tuple(range(2, x.ndim)) + (1,)
-        memory = tuple(shape[d] for d in order)
-        mask = simd_mask(p.numerics, memory, [memory, tuple(weight_shape[d] for d in order)],
-                         p.num_threads)
-        return mask.transpose(np.argsort(order))
-    return simd_mask(p.numerics, shape, [shape, weight_shape], p.num_threads)
-
-
-def _accumulate(p: PreluParams, qx: np.ndarray, qw: np.ndarray) -> np.ndarray:
-    zx, zw = int(p.input_qparams.zero_point), int(p.weight_qparams.zero_point)
-    qx = qx.astype(np.int64)
-    return ((np.maximum(qx, zx) - zx) * (p.weight_one - zw)
-            + (np.minimum(qx, zx) - zx) * (qw.astype(np.int64) - zw))
-
-
-def _requantize(p: PreluParams, acc: np.ndarray, simd: np.ndarray) -> np.ndarray:
-    dtype: QDType = p.output_qparams.dtype
-    zo = int(p.output_qparams.zero_point)
-    scaled = f32(f32(acc) * p.multiplier)
-    body = wrap_int32(round_half_even_to_int32(scaled) + zo)
-    rounded = np.rint(scaled.astype(np.float64))
-    fits = (rounded >= -2.0 ** 63) & (rounded < 2.0 ** 63)  # False for NaN: cvtss2si indefinite
-    tail = np.where(fits, rounded, float(INT64_MIN)) + zo
-    return np.clip(np.where(simd, body, tail), dtype.qmin, dtype.qmax).astype(np.int64)
-
-
 def prelu(x: QuantizedArray, p: PreluParams) -> QuantizedArray:
-    """Quantized PReLU of ``x`` with ``p.output_qparams`` (output keeps ``x``'s memory format)."""
-    from .elementwise import like_memory_format
-
+    """Quantized PReLU of ``x`` with ``p.output_qparams`` (output keeps ``x``'s memory format):
+    the integer product of each element, then the requantization of the lambda that runs it."""
     values = np.asarray(x.values)
     if values.ndim == 0:
         raise ShapeError("qprelu: zero-dim input tensor is not allowed")
     if x.qparams.is_per_channel or x.qparams.dtype != p.input_qparams.dtype:
         raise QuantParamError("quantized prelu: input does not match the prepared qparams")
+    kernel = p.kernel
     qw = _broadcast_weight(p, values.shape)
-    out = _requantize(p, _accumulate(p, values, qw), prelu_mask(p, values))
-    dtype = p.output_qparams.dtype
-    return QuantizedArray(like_memory_format(out.astype(dtype.numpy_dtype), values),
-                          p.output_qparams)
+    masks, output = kernel.split(values, _weight_shape(p, values.ndim))
+    record("prelu: weight for slope 1.0 (offline)", "w_one = quantize_val({s_w}, {z_w}, 1.0)",
+           np.int64(kernel.weight_one), s_w=p.weight_qparams.scale,
+           z_w=int(p.weight_qparams.zero_point))
+    record("prelu: multiplier (offline)", "m = f32(f32(f32({s_x}) f32({s_w})) f32(1/f32({s_o})))",
+           kernel.multiplier, s_x=p.input_qparams.scale, s_w=p.weight_qparams.scale,
+           s_o=p.output_qparams.scale)
+    product = record("prelu: integer product", kernel.product_formula,
+                     kernel.product(values, qw), q_x=values, q_w=qw,
+                     z_x=kernel.input_zero_point, z_w=kernel.weight_zero_point,
+                     w_one=kernel.weight_one)
+    out = np.empty(values.shape, p.output_qparams.dtype.numpy_dtype)
+    for path, where in zip(kernel.paths, masks):
+        if not where.any():
+            continue
+        record("prelu: path", "which code path of the kernel computes this element", None,
+               where=where, kernel=kernel.name, path=path.name)
+        out[where] = apply_steps(product[where], path.steps, where=where, prefix="prelu: ")
+    return QuantizedArray(output(out), p.output_qparams)
 
 
-def explain_prelu(p: PreluParams, x: QuantizedArray, result: QuantizedArray, index) -> list:
-    values = np.asarray(x.values)
-    qx = int(values[index])
-    qw = int(_broadcast_weight(p, values.shape)[index])
-    simd = bool(prelu_mask(p, values)[index])
-    zx, zw = p.input_qparams.zero_point, p.weight_qparams.zero_point
-    zo = p.output_qparams.zero_point
-    sx, sw = p.input_qparams.scale, p.weight_qparams.scale
-    acc = int(_accumulate(p, np.asarray(qx), np.asarray(qw)))
-    dx = float(f32(f32(sx) * f32(qx - zx)))
-    slope = float(f32(f32(sw) * f32(qw - zw)))
-    path = (f"SIMD body ({p.numerics.capability}, units of {p.numerics.body_unit})" if simd
-            else "scalar tail (basic_loop)")
-    return [
-        Stage("prelu: dequantize x (for reference)", "x = f32(s_x (q_x - z_x))",
-              {"q_x": qx, "s_x": sx, "z_x": zx}, dx),
-        Stage("prelu: dequantize slope (for reference)", "a = f32(s_w (q_w - z_w))",
-              {"q_w": qw, "s_w": sw, "z_w": zw}, slope),
-        Stage("prelu: float formula", "y = x >= 0 ? x : a x (computed in integers below)",
-              {"x": dx, "a": slope}, dx if dx >= 0 else dx * slope),
-        Stage("prelu: slope one (offline)", "w_one = quantize_val(s_w, z_w, 1.0)",
-              {"s_w": sw, "z_w": zw}, p.weight_one),
-        Stage("prelu: multiplier (offline)", "m = f32(f32(f32(s_x) f32(s_w)) f32(1/f32(s_o)))",
-              {"s_x": sx, "s_w": sw, "s_o": p.output_qparams.scale}, p.multiplier),
-        Stage("prelu: integer product",
-              "c = (max(q_x, z_x) - z_x)(w_one - z_w) + (min(q_x, z_x) - z_x)(q_w - z_w)",
-              {"q_x": qx, "z_x": zx, "w_one": p.weight_one, "q_w": qw, "z_w": zw}, acc),
-        Stage("prelu: path", "which lambda of cpu_kernel_vec runs this element", {"path": path}),
-        Stage("prelu: requantize", ("q = clamp(wrap32(cvtps2dq(f32(f32(c) m)) + z_o)) "
-                                    "(RequantizeAvx2)" if simd else
-                                    "q = clamp(z_o + lrintf(f32(f32(c) m))) (requantize_from_int)"),
-              {"c": acc, "m": p.multiplier, "z_o": zo}, result.values[index]),
-    ]
+def _run_prelu(params: PreluParams, inputs) -> QuantizedArray:
+    return prelu(inputs[0], params)
 
 
 @graph_op("prelu", "quantized PReLU (nnq.PReLU, torch.ops.quantized.prelu)")
@@ -214,4 +163,4 @@ class PreluOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        return explain_prelu(params, inputs[0], result, index), [(0, index)]
+        return observed_stages(_run_prelu, params, inputs, result, index), [(0, index)]
