@@ -36,16 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..layout import is_channels_last, suggests_channels_last, to_channels_last
-from ..requantize import (AddInt, AddInt32, ClampFloat32, ClampInt, MultiplyFloat32, MultiplyInt,
-                          RoundHalfEvenToInt32, RoundHalfEvenToInt64, Step, ToFloat32)
+from ..requantize import AddInt, ClampFloat32, ClampInt, MultiplyInt, Step
 from ..rounding import f32
 from . import aten
 from .aten import (VECTOR_LANES_8BIT, ElementwiseNumerics, IteratorWalk, inverse_scale,
                    iterator_walk, kernel_capability)
 
 KERNELS_SOURCE = "pytorch aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp"
-INT64_MIN = -2 ** 63
-"""What ``lrintf`` gives for NaN on x86 (the "integer indefinite" value)."""
 
 
 def quantized_numerics(engine) -> ElementwiseNumerics:
@@ -200,26 +197,17 @@ def mul_paths(numerics: ElementwiseNumerics, relu: bool, a_qparams, b_qparams,
     ``requantize_from_int``: the SIMD body's ``cvtps2dq`` and 32-bit add of ``z_o`` (wrapping
     past int32), the scalar tail's 64-bit ``lrintf``; relu ``max(q, z_o)``."""
     m = mul_multiplier(a_qparams, b_qparams, output_qparams)
-    zo, dtype = int(output_qparams.zero_point), output_qparams.dtype
+    dtype = output_qparams.dtype
     a_steps = (AddInt("q_a - z_a", term=-int(a_qparams.zero_point)),)
     b_steps = (AddInt("q_b - z_b", term=-int(b_qparams.zero_point)),)
     product = Combine("integer product", "integer product")
-    scale = (ToFloat32("to float32"),
-             MultiplyFloat32("times m = f32(f32(s_a s_b) f32(1/s_o))", factor=m))
-    output_range = ClampInt("output range", role="output_clamp", low=dtype.qmin, high=dtype.qmax)
+    zo = int(output_qparams.zero_point)
     simd = BinaryPath(
         f"SIMD body ({numerics.capability}, units of {numerics.body_unit})", a_steps, b_steps,
-        product, scale + (
-            RoundHalfEvenToInt32("round half to even (cvtps2dq; past int32: INT32_MIN)",
-                                 role="round"),
-            AddInt32("output zero point (int32 add, wraps)", term=zo),
-            output_range) + _relu_int(relu, output_qparams))
+        product, aten.requantize_from_int_vector(m, zo, dtype) + _relu_int(relu, output_qparams))
     tail = BinaryPath(
-        "scalar tail (the scalar lambda)", a_steps, b_steps, product, scale + (
-            RoundHalfEvenToInt64("round half to even (lrintf, 64-bit)", role="round",
-                                 nan=INT64_MIN),
-            AddInt("output zero point", term=zo),
-            output_range) + _relu_int(relu, output_qparams))
+        "scalar tail (the scalar lambda)", a_steps, b_steps, product,
+        aten.requantize_from_int_scalar(m, zo, dtype) + _relu_int(relu, output_qparams))
     return simd, tail
 
 
@@ -285,12 +273,8 @@ def choose_scalar(engine, op: str, relu: bool, scalar: float, input_qparams, out
         return ScalarKernel("ATen add_scalar (copy)", source, rule + "; q' = q", relu_steps)
     m = f32(f32(input_qparams.scale) * inverse_scale(output_qparams.scale))[()]
     return ScalarKernel("ATen qadd_scalar_kernel", source, rule + "; requantized", (
-        AddInt("q - z + c_q", term=scalar_quantized - int(input_qparams.zero_point)),
-        ToFloat32("to float32"),
-        MultiplyFloat32("times m = f32(f32(s) f32(1/f32(s')))", factor=m),
-        RoundHalfEvenToInt64("round half to even (lrintf)", role="round", nan=INT64_MIN),
-        AddInt("output zero point z'", term=int(output_qparams.zero_point)),
-        ClampInt("output range", role="output_clamp", low=dtype.qmin, high=dtype.qmax))
+        AddInt("q - z + c_q", term=scalar_quantized - int(input_qparams.zero_point)),)
+        + aten.requantize_from_int_scalar(m, int(output_qparams.zero_point), dtype)
         + relu_steps)
 
 
