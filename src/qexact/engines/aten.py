@@ -23,8 +23,8 @@ With ``ATEN_CPU_CAPABILITY=default`` every element takes the scalar lambda (meas
 threads PyTorch uses (``torch.get_num_threads()``) therefore changes outputs of large tensors;
 measured with 1, 2 and 4 threads on 65599..200003 elements.
 
-Which ops an engine hands to QNNPACK instead is the engine's own data
-(``Engine.qnnpack_operators``); ops call only ``elementwise_numerics(engine)``.
+Which ops an engine hands to other kernels (QNNPACK operators on the qnnpack engine) is that
+engine's own table (``Engine.kernels``); this module states ATen's.
 """
 
 from __future__ import annotations
@@ -70,26 +70,12 @@ class ElementwiseNumerics:
     - ``unroll``: vectors per ``vectorized_loop`` iteration (2), so the body unit is
       ``lanes * unroll`` elements;
     - ``grain_size``: TensorIterator's parallel grain;
-    - ``qnnpack_add``: quint8 add/add_relu of equal shapes run QNNPACK's fixed-point add
-      (pytorch BinaryOps.cpp ``qnnpack_add``), not the ATen kernel;
-    - ``qnnpack_lut_activations``: quint8 activations PyTorch sends to a QNNPACK operator
-      by op name;
-    - ``qnnpack_clamp``: quint8 clamp / hardtanh / relu6 run QNNPACK's clamp operator
-      (pytorch aten/src/ATen/native/quantized/cpu/qclamp.cpp ``qnnpack_clamp``, qrelu.cpp
-      ``qnnpack_relu6``... measured here): it walks the input in its
-      ``suggest_memory_format()`` order but writes a contiguous output, so a channels_last input
-      comes out with its NHWC bytes read as NCHW (a PyTorch bug qexact reproduces); and
-      ``torch.clamp`` with one bound raises ("Both min and max should be specified") on every
-      dtype.
     """
 
     capability: str
     lanes: int
     unroll: int = 2
     grain_size: int = GRAIN_SIZE
-    qnnpack_add: bool = False
-    qnnpack_activations: frozenset = frozenset()
-    qnnpack_clamp: bool = False
 
     @property
     def body_unit(self) -> int:
@@ -111,17 +97,10 @@ def kernel_capability(capability: str, avx512_build: bool = False) -> str:
 
 
 def elementwise_numerics(engine) -> ElementwiseNumerics:
-    """The elementwise numerics of ``engine`` (a ``qexact.engines.Engine``).
-
-    ATen's kernels at the engine's ``aten_capability``, except the ops the engine states it hands
-    to QNNPACK operators (``Engine.qnnpack_operators``).
-    """
+    """ATen's quantized elementwise kernels at ``engine.aten_capability``: their AVX2 build on an
+    AVX512 CPU (``kernel_capability``), 8-bit lanes, two vectors per loop iteration."""
     capability = kernel_capability(engine.aten_capability)
-    handed = engine.qnnpack_operators
-    return ElementwiseNumerics(
-        capability, VECTOR_LANES_8BIT[capability], qnnpack_add="add" in handed,
-        qnnpack_activations=frozenset(a for a in QNNPACK_ACTIVATIONS if a in handed),
-        qnnpack_clamp="clamp" in handed)
+    return ElementwiseNumerics(capability, VECTOR_LANES_8BIT[capability])
 
 
 def float_elementwise_numerics(engine, function: str) -> ElementwiseNumerics:
@@ -134,12 +113,6 @@ def float_elementwise_numerics(engine, function: str) -> ElementwiseNumerics:
     capability = kernel_capability(engine.aten_capability,
                                    avx512_build=function in FLOAT_KERNELS_WITH_AVX512_BUILD)
     return ElementwiseNumerics(capability, VECTOR_LANES_FLOAT[capability])
-
-
-QNNPACK_ACTIVATIONS = ("hardswish", "sigmoid", "tanh")
-"""quint8 activations PyTorch runs through a QNNPACK operator when the engine is qnnpack
-(qhardswish.cpp, qsigmoid.cpp, qtanh.cpp: lookup tables built in float). Measured: hardsigmoid,
-leaky_relu and elu give ATen's results on qnnpack."""
 
 
 def default_num_threads() -> int:

@@ -51,7 +51,6 @@ from ..rounding import f32
 from . import aten
 from .aten import (ElementwiseNumerics, float_elementwise_numerics, inverse_scale,
                    layout_simd_mask, like_memory_format, simd_mask)
-from .aten_elementwise import quantized_numerics
 
 KERNELS_SOURCE = "pytorch aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp"
 _ONE = np.float32(1.0)
@@ -269,7 +268,7 @@ def choose_activation(engine, function: str, input_qparams, output_qparams, cons
     if function not in KERNEL_LAMBDAS:
         raise UnsupportedError(f"activation {function!r} is not supported; supported: "
                                f"{sorted(KERNEL_LAMBDAS)}")
-    numerics = quantized_numerics(engine)
+    numerics = aten.elementwise_numerics(engine)
     inv = inverse_scale(output_qparams.scale)
     zero_point, dtype = int(output_qparams.zero_point), output_qparams.dtype
     quantize = (aten.quantize_vector(inv, zero_point, dtype),
@@ -464,7 +463,7 @@ def choose_prelu(engine, input_qparams, weight_qparams, output_qparams,
     to another library). Both lambdas agree unless ``f32(c) m`` does not fit int32: then the
     SIMD body's ``cvtps2dq`` gives INT32_MIN (its 32-bit add of a negative zero point wraps to
     near INT32_MAX), while the scalar ``lrintf`` keeps 64 bits."""
-    numerics = quantized_numerics(engine)
+    numerics = aten.elementwise_numerics(engine)
     multiplier = f32(f32(f32(input_qparams.scale) * f32(weight_qparams.scale))
                      * inverse_scale(output_qparams.scale))[()]
     weight_one = requantize(np.float32(1.0), aten.quantize_scalar(

@@ -39,17 +39,9 @@ from ..layout import is_channels_last, suggests_channels_last, to_channels_last
 from ..requantize import AddInt, ClampFloat32, ClampInt, MultiplyInt, Step
 from ..rounding import f32
 from . import aten
-from .aten import (VECTOR_LANES_8BIT, ElementwiseNumerics, IteratorWalk, inverse_scale,
-                   iterator_walk, kernel_capability)
+from .aten import ElementwiseNumerics, IteratorWalk, inverse_scale, iterator_walk
 
 KERNELS_SOURCE = "pytorch aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp"
-
-
-def quantized_numerics(engine) -> ElementwiseNumerics:
-    """ATen's quantized elementwise kernels at the engine's ``aten_capability``: their AVX2 build
-    on an AVX512 CPU (``kernel_capability``), 8-bit lanes, two vectors per loop iteration."""
-    capability = kernel_capability(engine.aten_capability)
-    return ElementwiseNumerics(capability, VECTOR_LANES_8BIT[capability])
 
 
 # --- The binary family: a description any engine can state ----------------------------------
@@ -214,7 +206,7 @@ def mul_paths(numerics: ElementwiseNumerics, relu: bool, a_qparams, b_qparams,
 def choose_binary(engine, op: str, relu: bool, a_qparams, b_qparams, output_qparams, a_shape,
                   b_shape, num_threads: int) -> BinaryKernel:
     """ATen's ``qadd_kernel``/``qmul_kernel`` at the engine's capability (any shapes)."""
-    numerics = quantized_numerics(engine)
+    numerics = aten.elementwise_numerics(engine)
     paths = (add_paths if op == "add" else mul_paths)(numerics, relu, a_qparams, b_qparams,
                                                        output_qparams)
     return BinaryKernel(f"ATen q{op}_kernel ({numerics.capability})",
@@ -333,7 +325,7 @@ class CatKernel:
 def choose_cat(engine) -> CatKernel:
     """ATen's cat on every engine (measured on fbgemm, x86, qnnpack, onednn), at the engine's
     capability: ``Vectorized<float>::size()``, a quarter of the 8-bit lanes."""
-    numerics = quantized_numerics(engine)
+    numerics = aten.elementwise_numerics(engine)
     return CatKernel(f"ATen quantized cat ({numerics.capability})",
                      "pytorch aten/src/ATen/native/quantized/cpu/TensorShape.cpp, "
                      f"{KERNELS_SOURCE} qcat_nhwc_kernel", numerics.capability,
