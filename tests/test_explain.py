@@ -201,12 +201,12 @@ def test_default_element_is_first_output_element(engine):
     assert explanation.index == (0, 0)
     assert _same(explanation.output, net(x)[0, 0])
     names = [stage.name for stage in explanation.stages]
-    # The walk starts at the input quantization of the row that feeds the Linear.
-    assert names[:3] == ["input quantization: scale", "input quantization: multiply-add",
-                         "input quantization: round and clamp"]
-    quantized_row = explanation.stages[2].result
+    # The walk starts at the input quantization of the row that feeds the Linear: the kernel,
+    # the inverse scale, then its steps (observed on the run), the last giving the row.
+    assert names[:6] == QUANTIZE_STAGES
+    quantized_row = explanation.stages[5].result
     assert np.array_equal(quantized_row, net.run_values(x)["quant"].values[0])
-    assert names[-1] == "dequantize"
+    assert names[-4:] == DEQUANTIZE_STAGES
 
 
 # --- A hand-made Linear (2x3) -------------------------------------------------------------------
@@ -228,6 +228,13 @@ def tiny_graph(bias=True) -> Graph:
 
 
 TINY_X = np.float32([[1.0, -2.0, 3.5], [0.25, 0.0, -1.0]])
+QUANTIZE_STAGES = ["quantize: kernel", "quantize: inverse scale",
+                   "quantize: x * inv + z (fused, zero point before rounding)",
+                   "quantize: cap below INT32_MAX (minps)",
+                   "quantize: round half to even (cvtps2dq)", "quantize: output range"]
+"""An 8-bit per-tensor quantize as explain shows it (engines/aten_quantize.py)."""
+DEQUANTIZE_STAGES = ["dequantize: kernel", "dequantize: q - z (int32, wraps)",
+                     "dequantize: to float32", "dequantize: times s"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -246,7 +253,9 @@ def test_tiny_linear_text_rendering(engine):
     too_long = [line for line in lines if len(line) > TEXT_WIDTH]
     assert not too_long, too_long
     assert all(len(line) <= 80 for line in lines)
-    assert " 1. input quantization: scale  (quant)" in lines
+    assert " 1. quantize: kernel  (quant)" in lines
+    assert "      kernel = FBGEMM QuantizeAvx2 (fused zero point)" in lines
+    assert " 2. quantize: inverse scale  (quant)" in lines
     assert "    inv = f32(1.0f / f32(s))" in lines
     assert "      -> 2.0" in lines                                     # 1 / 0.5
     assert "      -> [12, 6, 17]" in lines                             # the quantized row
@@ -260,7 +269,7 @@ def test_tiny_linear_text_rendering(engine):
     assert "      -> 26" in lines
     assert any("round half to even" in line for line in lines)
     assert "      -> 32" in lines
-    assert any(line.endswith(". dequantize  (dequant)") for line in lines)
+    assert any(line.endswith(". dequantize: times s  (dequant)") for line in lines)
     assert lines[-1] == "      -> 3.0"
     pair = any(line.endswith("int16 pair saturation (vpmaddubsw)  (fc)") for line in lines)
     assert pair == (engine != "qnnpack" and net.engine.isa == "avx2")  # VNNI sums exactly
@@ -269,10 +278,12 @@ def test_tiny_linear_text_rendering(engine):
         assert "      -> 24" in lines                                 # 26 + int32 bias -2
     else:
         assert any("bias" in line for line in lines)
-    # The stages in order: quantize (3), weights, dot product, [pair saturation], the engine's
-    # requantization steps, dequantize.
+    # The stages in order: quantize (6), weights, dot product, [pair saturation], the engine's
+    # requantization steps, dequantize (4).
     steps = net.layers["fc"].requantization
-    assert len(explanation.stages) == 3 + 2 + pair + len(steps) + 1
+    assert len(explanation.stages) == 6 + 2 + pair + len(steps) + 4
+    names = [stage.name for stage in explanation.stages]
+    assert names[:6] == QUANTIZE_STAGES and names[-4:] == DEQUANTIZE_STAGES
 
 
 def test_tiny_linear_long_lines_wrap_to_80_columns():
@@ -316,7 +327,7 @@ def test_tiny_linear_json_and_formats():
     assert document["index"] == [1, 0]
     # x_q = [10, 10, 8] -> centered [0, 0, -2]; acc = -2*-1 = 2; 2/8 / 0.25 = 1 -> q 21.
     assert document["output"] == 21
-    assert [stage["node"] for stage in document["stages"]][:3] == ["quant"] * 3
+    assert [stage["node"] for stage in document["stages"]][:6] == ["quant"] * 6
     dot = next(stage for stage in document["stages"] if stage["name"] == "dot product")
     assert dot["result"] == 2 and dot["values"]["terms"] == [0, 0, 2]
     with pytest.raises(qexact.QexactError, match="unknown format 'html'"):
@@ -330,10 +341,10 @@ def test_non_finite_floats_are_strings_in_json():
     document = explanation.to_json()
     jsonschema.validate(document, EXPLAIN_SCHEMA)
     json.dumps(document, allow_nan=False)
-    quantized = next(stage for stage in document["stages"]
-                     if stage["name"] == "input quantization: multiply-add")
-    assert quantized["result"] == ["nan", "inf", "-inf"]
-    assert document["stages"][2]["result"] == [255, 255, 0]           # NaN -> qmax
+    stages = {stage["name"]: stage for stage in document["stages"]}
+    assert stages[QUANTIZE_STAGES[2]]["result"] == ["nan", "inf", "-inf"]
+    assert stages[QUANTIZE_STAGES[3]]["result"] == [2147483520.0, 2147483520.0, "-inf"]
+    assert stages["quantize: output range"]["result"] == [255, 255, 0]  # NaN -> qmax
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -343,7 +354,9 @@ def test_json_of_a_quantize_element(engine):
     assert explanation.stages[-1].result == 17
     document = explanation.to_json()
     jsonschema.validate(document, EXPLAIN_SCHEMA)
-    assert document["stages"][1]["result"] == 17.0                      # fmaf(3.5, 2, 10)
+    stages = {stage["name"]: stage for stage in document["stages"]}
+    assert stages[QUANTIZE_STAGES[2]]["result"] == 17.0                 # fmaf(3.5, 2, 10)
+    assert [stage["name"] for stage in document["stages"]] == QUANTIZE_STAGES
 
 
 # --- Errors -------------------------------------------------------------------------------------

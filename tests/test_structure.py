@@ -28,18 +28,10 @@ ABOVE_ENGINES = ("qexact.ops", "qexact.graph", "qexact.explain", "qexact.importe
                  "qexact.demo", "qexact.report", "qexact.summary", "qexact.__main__")
 """Modules an engine must not import (nor the package ``qexact`` itself, which imports them)."""
 
-KNOWN_IN_CYCLES: set[str] = {
-    "qexact.ops.pool_graph", "qexact.ops.pooling", "qexact.ops.reduce",
-}
-KNOWN_ENGINE_IMPORTS: set[str] = {
-    "qexact.engines.qnnpack",  # imports qexact.ops.quantize
-}
-KNOWN_BACKEND_NAMES: set[str] = {
-    "qexact.ops.pool_graph", "qexact.ops.pooling", "qexact.ops.reduce",
-}
-KNOWN_ENGINE_DEFAULTS: set[str] = {
-    "qexact.ops.normalization", "qexact.ops.pooling", "qexact.ops.reduce", "qexact.ops.resample",
-}
+KNOWN_IN_CYCLES: set[str] = set()
+KNOWN_ENGINE_IMPORTS: set[str] = set()
+KNOWN_BACKEND_NAMES: set[str] = set()
+KNOWN_ENGINE_DEFAULTS: set[str] = set()
 
 
 # --- reading the source ------------------------------------------------------------------------

@@ -284,6 +284,23 @@ class RoundHalfEvenLrint(Step):
         return np.where(fits, rounded, np.int64(-2 ** 63))
 
 
+@dataclass(frozen=True, eq=False)
+class MultiplyFloat64(Step):
+    """``v = f32(double(v) * factor)``: a float32 ``v`` times a double ``factor`` in double (one
+    rounding), then to float32 (a second), as ``(float)(f * (double)scale)`` in C (per-channel
+    dequantize, whose scales are doubles)."""
+
+    factor: np.ndarray = field(default_factory=lambda: np.ones(1, np.float64))
+    formula = "f32(double(v) * {factor})"
+
+    def apply(self, value):
+        wide = np.asarray(value, dtype=np.float32).astype(np.float64)
+        return f32(wide * np.asarray(self.factor, dtype=np.float64))
+
+    def constants(self):
+        return {"factor": self.factor}
+
+
 def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype) -> np.ndarray:
     """Apply ``steps`` to the int64 accumulator ``acc``; the last step must leave integers in range."""
     value = acc

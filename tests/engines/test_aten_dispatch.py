@@ -4,11 +4,13 @@ Only channels_last avg_pool has an AVX512 build among the kernels qexact models.
 
 from __future__ import annotations
 
+import numpy as np
+
 import qexact
+from qexact.dtypes import QUINT8
 from qexact.engines.aten import elementwise_numerics, kernel_capability
-from qexact.engines.normalization_numerics import normalization_numerics
-from qexact.engines.pooling_numerics import pooling_numerics
-from qexact.ops.reduce import mean_numerics
+from qexact.engines.aten_normalization import normalization_numerics
+from qexact.layout import to_channels_last
 
 
 def test_kernel_capability():
@@ -23,8 +25,11 @@ def test_avx512_cpus_run_the_avx2_quantized_kernels():
         avx2 = qexact.get_engine(name, aten_capability="avx2")
         assert elementwise_numerics(avx512).body_unit == elementwise_numerics(avx2).body_unit == 64
         assert normalization_numerics(avx512) == normalization_numerics(avx2)
-        assert mean_numerics(avx512) == mean_numerics(avx2)
-        pooling = pooling_numerics(avx512)
-        assert pooling.nhwc_adaptive_simd_channels == 8
-        assert pooling.nhwc_bilinear == pooling_numerics(avx2).nhwc_bilinear
-        assert pooling.nhwc_avg_pool_simd_channels == 16  # ALSO_REGISTER_AVX512_DISPATCH
+        nhwc = to_channels_last(np.zeros((1, 17, 4, 4), np.uint8))
+        for family, args in (("mean", (None, (0, 1, 2, 3), (), QUINT8, nhwc)),
+                             ("upsample", ("bilinear", nhwc))):
+            assert avx512.kernel(family, *args) == avx2.kernel(family, *args)
+        adaptive = avx512.kernel("adaptive_avg_pool", (4, 4), (3, 3), QUINT8, nhwc)
+        assert adaptive.placement.simd_channels == 8
+        avg_pool = avx512.kernel("avg_pool", (3, 3), True, QUINT8, nhwc)
+        assert avg_pool.placement.simd_channels == 16  # ALSO_REGISTER_AVX512_DISPATCH

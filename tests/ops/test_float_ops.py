@@ -60,7 +60,7 @@ def test_nearest_upsample_float_vs_torch():
             size, scale = None, float(rng.choice([0.5, 1.0, 1.5, 2.0, 3.0, 0.7, 2.3]))
             if min(int(s * scale) for s in t.shape[2:]) < 1:
                 continue  # PyTorch refuses an empty output
-        params = prepare_upsample("nearest", size, scale)
+        params = prepare_upsample("nearest", size, scale, engine="fbgemm")
         _same(upsample_nearest_float(t.numpy(), params),
               F.interpolate(t, size=size, scale_factor=scale, mode="nearest"),
               f"{tuple(t.shape)} size={size} scale={scale}")

@@ -15,8 +15,8 @@ from support.assertions import assert_bitexact
 import qexact
 from qexact import QINT8, QUINT8, QParams
 from qexact.errors import ShapeError, UnsupportedError
-from qexact.ops.pooling import (adaptive_avg_pool, is_channels_last, pool, prepare_adaptive_pool,
-                                prepare_pool)
+from qexact.layout import is_channels_last, to_channels_last
+from qexact.ops.pooling import adaptive_avg_pool, pool, prepare_adaptive_pool, prepare_pool
 from qexact.ops.resample import prepare_upsample, upsample
 from qexact.qparams import QuantizedArray
 
@@ -115,7 +115,8 @@ def test_pool_random_vs_torch(engine, kind, spatial):
         elements += _compare(expected, got, context)
         if expected.dim() >= 4 and min(expected.shape[2:]) > 1:
             fmt = torch.channels_last if expected.dim() == 4 else torch.channels_last_3d
-            assert is_channels_last(got.values) == expected.is_contiguous(memory_format=fmt), context
+            assert is_channels_last(got.values) == expected.is_contiguous(memory_format=fmt), \
+                context
         compared += 1
     assert compared >= CASES, f"only {compared} cases ran"
     assert elements > 5000
@@ -129,8 +130,8 @@ def test_adaptive_avg_pool_random_vs_torch(engine, spatial):
     elements = 0
     for _ in range(CASES):
         values, qparams, channels_last = _random_input(rng, spatial, 9 if spatial < 3 else 6)
-        outs = [int(rng.integers(1, s + 2)) if rng.random() < 0.6 else max(1, s // int(rng.integers(1, 4)))
-                for s in values.shape[-spatial:]]
+        outs = [int(rng.integers(1, s + 2)) if rng.random() < 0.6
+                else max(1, s // int(rng.integers(1, 4))) for s in values.shape[-spatial:]]
         t = _torch_input(values, qparams, channels_last)
         expected = getattr(F, f"adaptive_avg_pool{spatial}d")(t, outs)
         params = prepare_adaptive_pool("avg", spatial, outs, engine=engine)
@@ -325,18 +326,41 @@ def _bilinear_channels_last_case(rng):
     return values, qparams, size, scale, bool(rng.random() < 0.5)
 
 
+def _nhwc_bilinear(engine):
+    """The ``BilinearNumerics`` of the channels_last bilinear kernel ``engine`` runs (its table's
+    ``"upsample"`` family, on a channels_last input)."""
+    values = to_channels_last(np.zeros((1, 3, 2, 2), np.uint8))
+    return qexact.get_engine(engine).kernel("upsample", "bilinear", values).bilinear
+
+
+def _with_bilinear(engine, numerics):
+    """``engine`` with its channels_last bilinear kernel computing under ``numerics`` instead (a
+    table entry replaced: the op reads nothing else)."""
+    import dataclasses
+    from types import MappingProxyType
+
+    base = qexact.get_engine(engine)
+    choose = base.kernels["upsample"]
+
+    def upsample_kernel(engine, mode, values):
+        kernel = choose(engine, mode, values)
+        if kernel.bilinear is None or not is_channels_last(values):
+            return kernel
+        return dataclasses.replace(kernel, bilinear=numerics)
+
+    return dataclasses.replace(base, kernels=MappingProxyType(
+        {**base.kernels, "upsample": upsample_kernel}))
+
+
 def _bilinear_channels_last(engine, values, qparams, size, scale, align, numerics=None):
     """(torch's int_repr, qexact's values, context) for one channels_last case."""
-    import dataclasses
-
     import torch.nn.functional as F
 
     t = _torch_input(values, qparams, True)
     expected = F.interpolate(t, size=size, scale_factor=scale, mode="bilinear", align_corners=align)
-    params = prepare_upsample("bilinear", size, scale, align, engine=engine)
-    if numerics is not None:
-        params = dataclasses.replace(params, numerics=dataclasses.replace(
-            params.numerics, nhwc_bilinear=numerics))
+    params = prepare_upsample("bilinear", size, scale, align,
+                              engine=engine if numerics is None else _with_bilinear(engine,
+                                                                                    numerics))
     got = upsample(QuantizedArray(t.int_repr().numpy(), qparams), params)
     context = (f"bilinear channels_last {engine} {values.dtype} {values.shape} zp "
                f"{qparams.zero_point} size={size} scale={scale} align={align}")
@@ -348,7 +372,7 @@ def test_upsample_bilinear_channels_last_vs_torch(engine):
     from qexact.ops.resample import simd_channel_count
 
     rng = np.random.default_rng(13)
-    rule = prepare_upsample("bilinear", 2, engine=engine).numerics.nhwc_bilinear
+    rule = _nhwc_bilinear(engine)
     elements = simd_elements = 0
     for _ in range(CASES):
         values, qparams, size, scale, align = _bilinear_channels_last_case(rng)
@@ -379,7 +403,7 @@ def test_upsample_bilinear_channels_last_near_ties(engine):
     the AVX2 build's arithmetic (source index, SIMD blend, tail blend) is caught by some case."""
     import dataclasses
 
-    rule = prepare_upsample("bilinear", 2, engine=engine).numerics.nhwc_bilinear
+    rule = _nhwc_bilinear(engine)
     if rule.simd_channels != 8:
         pytest.skip("the near ties are those of the AVX2 build")
     caught = set()
@@ -402,8 +426,7 @@ def test_upsample_bilinear_channels_last_near_ties(engine):
 BILINEAR_DEFAULT_SCRIPT = r"""
 import sys, numpy as np, torch
 sys.path.insert(0, {tests!r})
-from ops.test_pooling import _bilinear_channels_last, _bilinear_channels_last_case
-from qexact.ops.resample import prepare_upsample
+from ops.test_pooling import _bilinear_channels_last, _bilinear_channels_last_case, _nhwc_bilinear
 torch.set_num_threads(1)
 rng = np.random.default_rng(21)
 bad = elements = 0
@@ -411,7 +434,7 @@ for _ in range(150):
     expected, got, _ = _bilinear_channels_last("fbgemm", *_bilinear_channels_last_case(rng))
     bad += int((expected != got).sum())
     elements += expected.size
-rule = prepare_upsample("bilinear", 2, engine="fbgemm").numerics.nhwc_bilinear
+rule = _nhwc_bilinear("fbgemm")
 print(torch.backends.cpu.get_cpu_capability(), rule.simd_channels, rule.source_index_fused,
       elements > 50000, bad)
 """
@@ -467,12 +490,12 @@ def test_eager_model_bilinear_vs_torch(engine):
     values = net.run_values(x)
     layers = [name for name in values if name not in net.graph.inputs
               and net.prepared_node(name).node.op == "upsample"]
-    expected_blend = prepare_upsample("bilinear", 2, engine=engine).numerics.nhwc_bilinear
+    expected_blend = _nhwc_bilinear(engine)
     for channel, blend in ((2, expected_blend.simd_blend), (9, expected_blend.tail_blend)):
         explanation = net.explain(x, layer=layers[-1], index=(0, channel, 5, 3))
-        stage = explanation.stages[-1]
-        assert stage.values["blend"] == blend
-        assert int(stage.result) == int(values[layers[-1]].values[0, channel, 5, 3])
+        own = [stage for stage in explanation.stages if stage.node == layers[-1]]
+        assert {stage.values["blend"] for stage in own if "blend" in stage.values} == {blend}
+        assert int(own[-1].result) == int(values[layers[-1]].values[0, channel, 5, 3])
 
 
 def test_channel_split_width_is_eight_on_avx2():
@@ -480,18 +503,19 @@ def test_channel_split_width_is_eight_on_avx2():
     a 16-channel split (semantics.md, AVX512) must disagree somewhere; the 8-channel one never."""
     if qexact.engines.detect_aten_capability() != "avx2":
         pytest.skip("AVX2 only")
-    from qexact.engines.pooling_numerics import pooling_numerics
     engine = qexact.get_engine("fbgemm")
-    assert pooling_numerics(engine).nhwc_avg_pool_simd_channels == 8
+    values = to_channels_last(np.zeros((1, 17, 2, 2), np.uint8))
+    kernel = engine.kernel("avg_pool", (2, 2), False, QUINT8, values)
+    assert kernel.placement.simd_channels == 8
 
 
 def test_pool_errors():
     with pytest.raises(ShapeError, match="half of effective kernel"):
-        prepare_pool("avg", 2, 2, padding=2)
+        prepare_pool("avg", 2, 2, padding=2, engine="fbgemm")
     with pytest.raises(ShapeError, match="divisor must be not zero"):
-        prepare_pool("avg", 2, 2, divisor_override=0)
+        prepare_pool("avg", 2, 2, divisor_override=0, engine="fbgemm")
     with pytest.raises(UnsupportedError, match="pool kind"):
-        prepare_pool("min", 2, 2)
+        prepare_pool("min", 2, 2, engine="fbgemm")
     params = prepare_pool("avg", 2, 1, engine="qnnpack")
     x = QuantizedArray(np.zeros((1, 2, 3, 3), np.uint8), QParams.per_tensor(0.1, 0, QUINT8))
     with pytest.raises(UnsupportedError, match="1x1"):
@@ -531,3 +555,164 @@ def test_eager_model_pools_vs_torch(engine):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         assert_bitexact(net(x), converted(x).numpy(), f"eager model {engine} cl={channels_last}")
+
+
+# --- explain: the stages the run executes, ending at the output element ----------------------
+
+
+def _explain_all(op, params, x, indices):
+    """(kernels, paths) named by explain over ``indices``: for each, the last stage's result is
+    the output element, a stage names the kernel, and the upstream index lies in the input."""
+    result = op.run(params, [x])
+    out = result.values
+    kernels, paths = set(), set()
+    for index in indices:
+        stages, upstream = op.explain(params, [x], result, index)
+        assert stages[-1].result == out[index], (index, stages[-1])
+        names = {stage.name.split(": ")[-1] for stage in stages}
+        assert "kernel" in names, [stage.name for stage in stages]
+        for stage in stages:
+            kernels.update([stage.values["kernel"]] if "kernel" in stage.values else [])
+            paths.update([stage.values["path"]] if "path" in stage.values else [])
+        for position, source in upstream:
+            assert position == 0 and all(0 <= i < s for i, s in zip(source, x.values.shape))
+    return kernels, paths
+
+
+def _indices(rng, shape, count=5):
+    """Random output indices, plus the first element of the first and the last channel (dim 1:
+    a SIMD and a scalar channel when there are both)."""
+    size = int(np.prod(shape))
+    picks = {tuple(int(i) for i in np.unravel_index(k, shape))
+             for k in rng.choice(size, min(count, size), replace=False)}
+    for channel in (0, shape[1] - 1):
+        picks.add((0, channel) + (0,) * (len(shape) - 2))
+    return sorted(picks)
+
+
+def _explain_input(rng, spatial, channels_last, channels=None, dtype=None, max_size=7):
+    dtype = dtype or (QUINT8 if rng.random() < 0.7 else QINT8)
+    channels = channels or int(rng.choice([1, 3, 8, 11, 17, 19, 33]))
+    shape = (int(rng.integers(1, 3)), channels,
+             *[int(rng.integers(2, max_size + 1)) for _ in range(spatial)])
+    values = rng.integers(dtype.qmin, dtype.qmax + 1, size=shape).astype(dtype.numpy_dtype)
+    if channels_last and spatial > 1:
+        values = to_channels_last(values)
+    qparams = QParams.per_tensor(float(10 ** rng.uniform(-2, 0)),
+                                 int(rng.integers(dtype.qmin, dtype.qmax + 1)), dtype)
+    return QuantizedArray(values, qparams)
+
+
+@pytest.mark.parametrize("engine_name", qexact.engines.engine_names())
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_pool_explain_is_the_run(engine_name, kind):
+    """explain's last stage is the output element, for pools on every engine and code path: the
+    NCHW kernel, the channels_last kernel's SIMD channels and scalar channels, QNNPACK's average
+    and max pooling (quint8, 4-D); its stages name the kernel and the path."""
+    from qexact.ops.pool_graph import AvgPoolOp, MaxPoolOp
+
+    op = AvgPoolOp if kind == "avg" else MaxPoolOp
+    rng = np.random.default_rng(71 + (kind == "max"))
+    kernels, paths = set(), set()
+    for case in range(36):
+        spatial = (1, 2, 2, 2, 3)[case % 5]
+        if kind == "max" and spatial == 3 and engine_name == "qnnpack":
+            spatial = 2
+        x = _explain_input(rng, spatial, channels_last=case % 2 == 0,
+                           dtype=QUINT8 if case % 3 == 0 else None)
+        kernel = [int(rng.integers(2, 4)) for _ in range(spatial)]
+        padding = [int(rng.integers(0, k // 2 + 1)) for k in kernel]
+        try:
+            params = prepare_pool(kind, spatial, kernel, [int(rng.integers(1, 3))] * spatial,
+                                  padding, [int(rng.integers(1, 3)) if kind == "max" else 1]
+                                  * spatial, bool(rng.random() < 0.2), bool(rng.random() < 0.5),
+                                  None, engine=engine_name)
+            out_shape = pool(x, params).values.shape
+        except ShapeError:
+            continue
+        found = _explain_all(op, params, x, _indices(rng, out_shape))
+        kernels |= found[0]
+        paths |= found[1]
+    if kind == "avg":
+        assert {"NCHW kernel (avg_pool2d_out_frame)", "scalar channel loop (quantize_val)"} <= paths
+        assert any(path.startswith("SIMD channels") for path in paths), paths
+        assert (engine_name == "qnnpack") == any(k.startswith("QNNPACK") for k in kernels)
+    else:
+        assert {"ATen max_pool2d", "ATen max_pool2d channels_last"} & kernels, kernels
+        assert (engine_name == "qnnpack") == ("QNNPACK max pooling (u8maxpool)" in kernels)
+
+
+@pytest.mark.parametrize("engine_name", qexact.engines.engine_names())
+def test_adaptive_avg_pool_explain_is_the_run(engine_name):
+    """explain's last stage is the output element for adaptive average pools: NCHW, channels_last
+    SIMD and scalar channels, QNNPACK (quint8 with divisible sizes), and the 3-D pool to 1x1x1
+    that runs ``mean``."""
+    from qexact.ops.pool_graph import AdaptiveAvgPoolOp
+
+    rng = np.random.default_rng(73)
+    kernels, paths = set(), set()
+    for case in range(30):
+        spatial = (1, 2, 2, 3)[case % 4]
+        x = _explain_input(rng, spatial, channels_last=case % 2 == 1,
+                           dtype=QUINT8 if case % 3 == 0 else None, max_size=6)
+        sizes = x.values.shape[-spatial:]
+        outs = ([1] * spatial if case % 7 == 0 else
+                [s // 2 if case % 3 == 0 and s % 2 == 0 else int(rng.integers(1, s + 2))
+                 for s in sizes])
+        params = prepare_adaptive_pool("avg", spatial, outs, engine=engine_name)
+        out_shape = adaptive_avg_pool(x, params).values.shape
+        found = _explain_all(AdaptiveAvgPoolOp, params, x, _indices(rng, out_shape))
+        kernels |= found[0]
+        paths |= found[1]
+    assert "ATen qmean_inner_dim_kernel" in kernels or any("mean" in k for k in kernels), kernels
+    assert any(path.startswith("SIMD channels") for path in paths), paths
+    assert "scalar channel loop (quantize_val)" in paths
+    assert "NCHW kernel (adaptive_avg_pool_single_out_frame)" in paths
+    assert (engine_name == "qnnpack") == any(k.startswith("QNNPACK") for k in kernels), kernels
+
+
+@pytest.mark.parametrize("engine_name", qexact.engines.engine_names())
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_upsample_explain_is_the_run(engine_name, mode):
+    """explain's last stage is the output element for upsampling: nearest, bilinear NCHW (and
+    its copy for an unchanged size), channels_last SIMD and scalar channels (each with its blend
+    rule); upstream is the source pixel."""
+    from qexact.ops.resample import UpsampleOp
+
+    rng = np.random.default_rng(79)
+    paths, blends = set(), set()
+    for case in range(24):
+        x = _explain_input(rng, 2, channels_last=case % 2 == 0)
+        size = (x.values.shape[2:] if case % 5 == 0 else
+                tuple(int(rng.integers(1, 12)) for _ in range(2)))
+        params = prepare_upsample(mode, size, None, bool(rng.random() < 0.5), engine=engine_name)
+        result = UpsampleOp.run(params, [x])
+        _, found = _explain_all(UpsampleOp, params, x, _indices(rng, result.values.shape))
+        paths |= found
+        for index in _indices(rng, result.values.shape, 2):
+            stages, _ = UpsampleOp.explain(params, [x], result, index)
+            blends |= {stage.values["blend"] for stage in stages if "blend" in stage.values}
+    if mode == "bilinear":
+        assert {"scalar channel loop"} <= paths and any(p.startswith("SIMD") for p in paths)
+        assert blends == {"none", "first", "second"} or qexact.engines.detect_aten_capability() \
+            == "default", blends
+
+
+def test_explain_names_the_element_a_scrambling_kernel_moved_here():
+    """A channels_last-contiguous input whose strides suggest contiguous (H == W == 1): the NHWC
+    kernel's bytes are read as NCHW, and explain's last stage says which computed value lands on
+    the element (and gives no upstream)."""
+    from qexact.ops.resample import UpsampleOp
+
+    values = np.arange(6, dtype=np.uint8).reshape(2, 3, 1, 1)
+    x = QuantizedArray(values, QParams.per_tensor(0.1, 3, QUINT8))
+    params = prepare_upsample("nearest", (2, 2), None, None, engine="fbgemm")
+    result = UpsampleOp.run(params, [x])
+    moved = 0
+    for index in np.ndindex(result.values.shape):
+        stages, upstream = UpsampleOp.explain(params, [x], result, index)
+        assert stages[-1].result == result.values[index]
+        if stages[-1].name == "upsample: memory layout":
+            moved += 1
+            assert upstream == []
+    assert moved > 0

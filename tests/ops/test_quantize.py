@@ -215,7 +215,8 @@ def test_integer_and_float16_input_are_rejected():
 
 @pytest.mark.parametrize("axis", [2, -3, 5])
 def test_bad_axis(axis):
-    with pytest.raises(ShapeError, match=f"axis {axis} out of range for an input of shape \\(2, 3\\)"):
+    message = f"axis {axis} out of range for an input of shape \\(2, 3\\)"
+    with pytest.raises(ShapeError, match=message):
         qexact.quantize_per_channel(np.zeros((2, 3), np.float32), [0.1, 0.2], [0, 0], axis, QINT8)
 
 
@@ -365,15 +366,15 @@ def test_quantize_per_channel_vs_torch(engine, dtype, seed, channels, ndim, scal
 def test_dequantize_any_integers_vs_torch(engine, dtype, granularity, seed, scale, data):
     """Dequantize of arbitrary stored integers (not only quantize's outputs): every value of the
     8-bit types, the int32 extremes and large zero points (where ``q - zp`` leaves int32)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from support.torch_ref import torch_quantized
 
     rng = np.random.default_rng(seed)
     n = 4096
     if dtype == QINT32:
         values = rng.integers(INT32_MIN, INT32_MAX, n, endpoint=True)
-        values[: n // 8] = rng.choice([INT32_MIN, INT32_MAX, INT32_MIN + 1, INT32_MAX - 1, 0, -1, 1],
-                                      n // 8)
+        values[: n // 8] = rng.choice([INT32_MIN, INT32_MAX, INT32_MIN + 1, INT32_MAX - 1, 0, -1,
+                                       1], n // 8)
         values[n // 8: n // 4] = rng.integers(-(1 << 24), 1 << 24, n // 8)
     else:
         values = rng.integers(dtype.qmin, dtype.qmax, n, endpoint=True)
@@ -409,7 +410,7 @@ def test_dequantize_per_channel_qint32_minimal(engine):
     agree for 8-bit types but not for qint32 once |q| or |zp| exceed 2**24. Here q = 2**24 + 1,
     zp = 1, scale 1.0: torch gives f32(16777217) - 1 = 16777215.0, qexact 16777216.0.
     (Checked on 200,000 random qint32 elements: torch's formula above matches 100 %.)"""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from support.torch_ref import torch_quantized
 
     qparams = qexact.QParams.per_channel([1.0], [1], 0, QINT32)
@@ -434,3 +435,79 @@ def test_zz_elements_compared_per_cell():
         for dtype in DTYPES:
             assert COMPARED[(engine, dtype.name, "per_tensor_exact_ties")] >= 1000
     print("\nelements compared:", dict(sorted(COMPARED.items())))
+
+
+@pytest.mark.torch
+def test_nan_in_vector_body_and_tail_vs_torch(engine):
+    """NaN at the start, middle and end of tensors of 1..100 elements (FBGEMM's 8-element vector
+    body and its masked remainder): per-tensor 8-bit gives qmax everywhere, qint32 INT32_MIN,
+    per-channel 8-bit (quantize_val) 0; measured on torch 2.13, compared bit for bit."""
+    torch = pytest.importorskip("torch")
+    for dtype in DTYPES:
+        zp = -3 if dtype == QINT8 else 3
+        nan_value = INT32_MIN if dtype == QINT32 else dtype.qmax
+        for n in (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100):
+            x = np.linspace(-20, 20, n).astype(np.float32)
+            x[sorted({0, n // 2, n - 1})] = np.nan
+            expected = torch.quantize_per_tensor(torch.from_numpy(x), 0.1, zp,
+                                                 torch_dtype(dtype)).int_repr().numpy()
+            actual = qexact.quantize_per_tensor(x, 0.1, zp, dtype).values
+            assert_bitexact(actual, expected, _context(engine, "NaN per tensor", n=n))
+            assert np.all(actual[np.isnan(x)] == nan_value)
+            if dtype == QINT32:
+                continue
+            x2 = np.stack([x, x[::-1]])
+            scales, zps = np.float64([0.1, 0.2]), np.int64([zp, 2 * zp])
+            for axis in (0, 1):
+                s, z = (scales, zps) if axis == 0 else (np.full(n, 0.1), np.full(n, zp))
+                expected = torch.quantize_per_channel(
+                    torch.from_numpy(x2), torch.from_numpy(s), torch.from_numpy(z), axis,
+                    torch_dtype(dtype)).int_repr().numpy()
+                actual = qexact.quantize_per_channel(x2, s, z, axis, dtype).values
+                assert_bitexact(actual, expected, _context(engine, "NaN per channel", n=n))
+                assert np.all(actual[np.isnan(x2)] == 0)
+
+
+# ---------------------------------------------------------------- explain
+
+def _explain(name, params, inputs, result, index):
+    from qexact.ops._registry import OP_REGISTRY
+
+    return OP_REGISTRY[name].explain(params, inputs, result, index)
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+def test_explain_last_stage_is_the_output(dtype, granularity):
+    """Quantize and dequantize explain, observed on the run: the kernel is named, the last stage
+    is the output element (float32 bit for bit for dequantize), NaN and infinities included; a
+    Linear's walk into a quantize explains a whole row, whose last result is the row."""
+    from qexact.engines.aten_quantize import dequantize_kernel, quantize_kernel
+    from qexact.ops.quantize import quantize
+
+    rng = np.random.default_rng(5)
+    shape = (3, 37)
+    if granularity == "per_tensor":
+        zp = 7 if dtype != QINT8 else -7
+        qparams = qexact.QParams.per_tensor(0.02, zp, dtype)
+    else:
+        zps = rng.integers(max(dtype.qmin, -100), min(dtype.qmax, 100), shape[1])
+        qparams = qexact.QParams.per_channel(10 ** rng.uniform(-3, 0, shape[1]), zps, 1, dtype)
+    x = make_values(rng, np.full(shape, 0.02), np.full(shape, 7), dtype)
+    x[0, :4] = [np.nan, np.inf, -np.inf, 0.5]
+    q = quantize(x, qparams)
+    r = qexact.dequantize(q)
+    kernel = quantize_kernel(qparams, x.ndim)
+    for index in [(0, 0), (0, 1), (0, 2), (2, 36)] + [
+            tuple(int(i) for i in rng.integers(0, shape)) for _ in range(20)]:
+        stages, upstream = _explain("quantize", qparams, [x], q, index)
+        assert upstream == []
+        assert stages[-1].result == q.values[index], (index, stages[-1])
+        assert stages[0].values["kernel"] == kernel.name
+        stages, upstream = _explain("dequantize", None, [q], r, index)
+        assert upstream == [(0, index)]
+        assert np.float32(stages[-1].result).view(np.uint32) == r[index].view(np.uint32)
+        assert stages[0].values["kernel"] == dequantize_kernel(qparams, q.values.ndim).name
+    stages, _ = _explain("quantize", qparams, [x], q, (1, slice(None)))
+    assert np.array_equal(stages[-1].result, q.values[1])
+    assert stages[0].values["kernel"] == kernel.name

@@ -17,6 +17,7 @@ from support.assertions import assert_bitexact
 import qexact
 from qexact import QINT8, QUINT8, QParams
 from qexact.errors import ShapeError, UnsupportedError
+from qexact.engines.aten_pooling import FloatMeanKernel
 from qexact.ops.reduce import mean, mean_kernel, prepare_mean
 from qexact.qparams import QuantizedArray
 
@@ -33,6 +34,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def _kind(kernel) -> str:
+    """Which of the three kernels a ``"mean"`` description is: ``"qnnpack"`` (QNNPACK's global
+    average pooling), ``"inner"`` (ATen's inner-dim kernel) or ``"reference"``."""
+    if isinstance(kernel, FloatMeanKernel):
+        return "reference"
+    return "qnnpack" if kernel.name.startswith("QNNPACK") else "inner"
 
 
 def _random_case(rng):
@@ -77,11 +86,11 @@ def _check(t, qparams, dim, keepdim, engine, context="", threads=1):
     got = mean(x, params)
     context = (f"mean {engine} shape {tuple(t.shape)} strides {t.stride()} dim={dim} "
                f"keepdim={keepdim} {qparams.dtype.name} s={qparams.scale} z={qparams.zero_point}"
-               f" kernel={mean_kernel(x, params)} {context}")
+               f" kernel={mean_kernel(x, params).name} {context}")
     wanted = expected.int_repr().numpy()
     assert_bitexact(got.values, wanted, context)
     assert got.values.strides == wanted.strides, context
-    return mean_kernel(x, params), wanted.size
+    return _kind(mean_kernel(x, params)), wanted.size
 
 
 def test_mean_random_vs_torch(engine):
@@ -142,14 +151,14 @@ def test_mean_non_dense_input_vs_torch(engine):
 def test_mean_errors():
     x = QuantizedArray(np.zeros((2, 3), np.uint8), QParams.per_tensor(1.0, 0, QUINT8))
     with pytest.raises(ShapeError, match="multiple times"):
-        mean(x, prepare_mean([1, -1]))
+        mean(x, prepare_mean([1, -1], engine="fbgemm"))
     with pytest.raises(ShapeError, match="out of range"):
-        mean(x, prepare_mean([2]))
+        mean(x, prepare_mean([2], engine="fbgemm"))
     with pytest.raises(UnsupportedError, match="dtype"):
-        prepare_mean([1], dtype="torch.float32")
+        prepare_mean([1], dtype="torch.float32", engine="fbgemm")
     empty = QuantizedArray(np.zeros((2, 0), np.uint8), QParams.per_tensor(1.0, 0, QUINT8))
     with pytest.raises(ShapeError, match="empty"):
-        mean(empty, prepare_mean([1]))
+        mean(empty, prepare_mean([1], engine="fbgemm"))
 
 
 def test_eager_model_conv_mean_vs_torch(engine):
@@ -197,7 +206,7 @@ def test_conv_output_reaches_mean_in_torchs_layout(engine, monkeypatch):
     original = reduce_module.mean
 
     def spy(x, params):
-        kernels.append(mean_kernel(x, params))
+        kernels.append(_kind(mean_kernel(x, params)))
         return original(x, params)
 
     monkeypatch.setattr(reduce_module, "mean", spy)
@@ -252,3 +261,44 @@ def test_mean_of_a_1x1_conv_output_refused_where_torch_raises(engine):
                                 f"{engine} dim={dim} keepdim={keepdim}")
     finally:
         torch.backends.quantized.engine = previous
+
+
+@pytest.mark.parametrize("engine_name", qexact.engines.engine_names())
+def test_mean_explain_is_the_run(engine_name):
+    """explain's last stage is the output element for every mean kernel (ATen's inner-dim kernel,
+    the reference path, QNNPACK's global average pooling on the qnnpack engine); its stages name
+    the kernel, and upstream is the group's first element."""
+    from qexact.layout import to_channels_last
+    from qexact.ops.reduce import MeanOp
+
+    rng = np.random.default_rng(83)
+    seen = Counter()
+    for case in range(40):
+        ndim = 4 if case % 2 == 0 else int(rng.integers(1, 5))
+        shape = tuple(int(rng.integers(1, 7)) for _ in range(ndim))
+        dtype = QUINT8 if case % 3 else QINT8
+        values = rng.integers(dtype.qmin, dtype.qmax + 1, size=shape).astype(dtype.numpy_dtype)
+        if ndim == 4 and case % 4 == 0:
+            values = to_channels_last(values)
+        dim = ([2, 3] if ndim == 4 and case % 4 != 2 else
+               sorted(rng.choice(ndim, int(rng.integers(1, ndim + 1)), replace=False).tolist()))
+        x = QuantizedArray(values, QParams.per_tensor(float(10 ** rng.uniform(-2, 0)),
+                                                      int(rng.integers(dtype.qmin,
+                                                                       dtype.qmax + 1)), dtype))
+        params = prepare_mean(dim, bool(case % 3 == 1), engine=engine_name, intra_op_threads=1)
+        try:
+            result = MeanOp.run(params, [x])
+        except UnsupportedError:
+            continue  # PyTorch raises there too (a channels_last-suggesting 1x1 image)
+        kind = _kind(mean_kernel(x, params))
+        out = result.values
+        for flat in rng.choice(out.size, min(4, out.size), replace=False):
+            index = tuple(int(i) for i in np.unravel_index(flat, out.shape))
+            stages, upstream = MeanOp.explain(params, [x], result, index)
+            assert stages[-1].result == out[index], (kind, index, stages[-1])
+            assert stages[0].values["kernel"] == mean_kernel(x, params).name
+            assert len(upstream) == 1 and all(0 <= i < s for i, s in
+                                               zip(upstream[0][1], values.shape))
+            seen[kind] += 1
+    assert seen["inner"] and seen["reference"], seen
+    assert (engine_name == "qnnpack") == bool(seen["qnnpack"]), seen

@@ -40,7 +40,7 @@ from ..layout import (is_channels_first_contiguous, is_channels_last, reorder_di
 from ..requantize import (AddFloat32, AddInt, AddInt32, ClampInt, MinFloat32, MultiplyAddFloat32,
                           MultiplyFloat32, RoundHalfEvenLrint, RoundHalfEvenToInt32,
                           RoundHalfEvenToInt64, Step, ToFloat32)
-from ..rounding import f32
+from ..rounding import INT32_MIN, f32
 
 VECTOR_LANES_8BIT = {"avx512": 64, "avx2": 32, "default": 0}
 """uint8 lanes of ``Vectorized<quint8>`` per kernel build (0: no SIMD lambda runs). The quantized
@@ -228,21 +228,37 @@ def dequantize_scalar(scale: float, zero_point: int) -> tuple[Step, ...]:
 
 
 def quantize_vector(inv, zero_point: int, dtype) -> tuple[Step, ...]:
-    """``QuantizeAvx2``: ``clamp(cvtps2dq(min(f32(y * inv), 2147483520)) + z)``: the zero point
-    added in integers after rounding."""
+    """``QuantizeAvx2``: ``clamp(wrap32(cvtps2dq(min(f32(y * inv), 2147483520)) + z))``: the zero
+    point added in integers after rounding, a 32-bit add (``_mm256_add_epi32``) that wraps.
+
+    NaN (and +inf) become 2147483520 at ``minps``, -inf INT32_MIN at ``cvtps2dq``; measured on
+    torch 2.13 (quantized LayerNorm/GroupNorm/InstanceNorm with eps=0 on a constant group, 0 * inf
+    = NaN; BatchNorm with a NaN/inf bias; tests/ops/test_normalization.py): quint8 NaN gives 255
+    for z < 128 and 0 for z >= 128 (2147483520 + z wraps), qint8 NaN gives 127, and qint8 -inf
+    with z < 0 gives 127 (INT32_MIN + z wraps)."""
     return (MultiplyFloat32("times 1/s_out", factor=f32(inv)),
             MinFloat32("cap below INT32_MAX (minps)", high=INT32_FLOAT_MAX),
             RoundHalfEvenToInt32("round half to even (cvtps2dq)", role="round"),
-            AddInt("output zero point, after rounding", term=int(zero_point)),
+            AddInt32("output zero point, after rounding (int32 add, wraps)", term=int(zero_point)),
             ClampInt("output range", role="output_clamp", low=dtype.qmin, high=dtype.qmax))
 
 
-def quantize_scalar(inv, zero_point: int, dtype) -> tuple[Step, ...]:
+def quantize_scalar(inv, zero_point, dtype) -> tuple[Step, ...]:
     """``quantize_val`` (FBGEMM ``Quantize``): ``clamp(rne(f32(f32(y * inv) + f32(z))))``: the
-    zero point added in float32 before rounding."""
+    zero point added in float32 before rounding. ``inv`` and ``zero_point`` may be arrays that
+    broadcast to the values (``quantize_per_channel``: one per channel).
+
+    NaN: ``nearbyint`` keeps it, FBGEMM's ``clamp`` (``std::min(std::max(v, lo), hi)``) keeps it,
+    and the conversion to the integer type (``cvttsd2si``, 32 bits) gives 0x80000000, stored in
+    the dtype's width: 0 for quint8/qint8, INT32_MIN for qint32. Measured on torch 2.13: the
+    scalar tails of quantized LayerNorm and NHWC GroupNorm (eps=0 on a constant group), and
+    ``quantize_per_channel``, give 0 for every zero point (not qmax, not qmin);
+    ``quantize_per_tensor``/``_per_channel`` to qint32 give INT32_MIN."""
     return (MultiplyFloat32("times 1/s_out", factor=f32(inv)),
-            AddFloat32("output zero point, before rounding", term=f32(int(zero_point))),
-            RoundHalfEvenToInt64("round half to even (nearbyint)", role="round", nan=dtype.qmax),
+            AddFloat32("output zero point, before rounding",
+                       term=f32(np.asarray(zero_point, dtype=np.int64))),
+            RoundHalfEvenToInt64("round half to even (nearbyint)", role="round",
+                                 nan=INT32_MIN if dtype.bits == 32 else 0),
             ClampInt("output range", role="output_clamp", low=dtype.qmin, high=dtype.qmax))
 
 

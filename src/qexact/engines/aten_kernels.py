@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from . import aten_activations, aten_elementwise, normalization_numerics, pooling_numerics
+from . import aten_activations, aten_elementwise, aten_normalization, aten_pooling
 
 ATEN_KERNELS = MappingProxyType({
     **aten_elementwise.KERNELS,
     **aten_activations.KERNELS,
-    **pooling_numerics.KERNELS,
-    **normalization_numerics.KERNELS,
+    **aten_pooling.KERNELS,
+    **aten_normalization.KERNELS,
 })

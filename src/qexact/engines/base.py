@@ -235,11 +235,6 @@ class Engine:
     arithmetic as ``Step``s). Ops reach it through ``kernel``; docs/engines.md lists the
     families and what each description states."""
 
-    qnnpack_operators: frozenset[str] = frozenset()
-    """Ops this engine hands to QNNPACK operators instead of ATen's kernels (for quint8, where
-    their conditions hold): ``add``, ``hardswish``, ``clamp``, ``avg_pool``, ``max_pool``,
-    ``global_average_pool``. The op families' numerics read this set."""
-
     def conv_kernel(self, geometry: ConvGeometry) -> ConvKernel:
         """The kernel (and its numerics) this engine runs for a convolution of ``geometry``."""
         return self.conv(geometry, self.isa)

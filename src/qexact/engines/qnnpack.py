@@ -22,24 +22,27 @@ import numpy as np
 
 from ..dtypes import QINT32
 from ..errors import UnsupportedError
-from ..ops.quantize import quantize_per_channel, quantize_per_tensor
-from ..requantize import AddInt32, MultiplyFloat32, ToFloat32
+from ..qparams import QParams
+from ..requantize import AddInt32, MultiplyFloat32, ToFloat32, requantize
 from ..rounding import f32
 from . import qnnpack_add, qnnpack_lut, qnnpack_pooling
 from .aten_kernels import ATEN_KERNELS
+from .aten_quantize import quantize_kernel
 from .base import (BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics, LayerQuantization,
                    Requantization, integer_output_steps)
 
 
 def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale) -> np.ndarray:
-    """The int32 bias QNNPACK adds: ``quantize(bias, s_w * s_x, 0, qint32)`` (QuantizeBias)."""
+    """The int32 bias QNNPACK adds: ``quantize(bias, s_w * s_x, 0, qint32)`` (QuantizeBias:
+    ``at::quantize_per_tensor``/``_per_channel`` to qint32, i.e. ``quantize_val`` per element,
+    ``engines.aten_quantize.quantize_kernel``)."""
     bias = f32(bias)
     bias_scale = np.asarray(weight_scale, dtype=np.float64) * float(input_scale)
     if bias_scale.ndim:
-        quantized = quantize_per_channel(bias, bias_scale, np.zeros(bias.shape, np.int64), 0, QINT32)
+        qparams = QParams.per_channel(bias_scale, np.zeros(bias.shape, np.int64), 0, QINT32)
     else:
-        quantized = quantize_per_tensor(bias, float(bias_scale), 0, QINT32)
-    return quantized.values  # int32
+        qparams = QParams.per_tensor(float(bias_scale), 0, QINT32)
+    return requantize(bias, quantize_kernel(qparams, bias.ndim).steps, np.int32)
 
 
 def requantization(layer: LayerQuantization) -> Requantization:
@@ -111,19 +114,15 @@ def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
 
 def engine(isa: str) -> Engine:
     return Engine("qnnpack", isa, linear=QNNPACK_GEMM, conv=conv_kernel,
-                  conv_transpose=conv_transpose_kernel, qnnpack_operators=QNNPACK_OPERATORS,
-                  kernels=QNNPACK_KERNELS,
+                  conv_transpose=conv_transpose_kernel, kernels=QNNPACK_KERNELS,
                   description="QNNPACK kernels (mobile; PyTorch's ARM default)")
 
 
 QNNPACK_KERNELS = MappingProxyType({**ATEN_KERNELS, **qnnpack_add.KERNELS, **qnnpack_lut.KERNELS,
                                     **qnnpack_pooling.KERNELS})
-"""ATen's table, with the op families PyTorch hands to QNNPACK operators on this engine."""
+"""ATen's table, with the op families PyTorch hands to QNNPACK operators on this engine
+(BinaryOps.cpp qnnpack_add, qhardswish.cpp, qsigmoid.cpp, qtanh.cpp (quint8: lookup tables),
+qclamp.cpp, q_avgpool.cpp, qpool.cpp, ReduceOps.cpp); measured: hardsigmoid, leaky_relu and elu
+stay on ATen's kernels, and quint8 sigmoid/tanh match the tables at every tie (the ATen formula
+misses 199 of 773,120 sigmoid entries)."""
 
-QNNPACK_OPERATORS = frozenset({"add", "hardswish", "sigmoid", "tanh", "clamp", "avg_pool",
-                               "max_pool", "global_average_pool"})
-"""What the qnnpack engine runs through QNNPACK operators rather than ATen (BinaryOps.cpp
-qnnpack_add, qhardswish.cpp, qsigmoid.cpp, qtanh.cpp (quint8: lookup tables), qclamp.cpp,
-q_avgpool.cpp, qpool.cpp, ReduceOps.cpp); measured: hardsigmoid, leaky_relu and elu stay on
-ATen's kernels, and quint8 sigmoid/tanh match the tables at every tie (the ATen formula misses
-199 of 773,120 sigmoid entries)."""

@@ -13,6 +13,7 @@ import itertools
 import numpy as np
 
 from ..errors import ShapeError
+from ..rounding import f32
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -54,3 +55,58 @@ def im2col(values: np.ndarray, kernel, stride, padding, dilation, pad_value: int
                        for t, d, o, s in zip(tap, dilation, out, stride))
         columns.append(padded[(slice(None),) + window])
     return np.stack(columns, axis=-2)
+
+
+# --- pooling windows (ops.pooling, ops.pool_graph) ------------------------------------------------
+
+
+def pooling_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int,
+                        ceil_mode: bool) -> int:
+    """ATen ``pooling_output_shape`` (aten/src/ATen/native/Pool.h)."""
+    numerator = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def pool_window_starts(size: int, kernel: int, stride: int, pad: int, dilation: int,
+                       ceil_mode: bool) -> np.ndarray:
+    """Per output position along one dim, the first tap of its window, ``o * stride - pad``
+    (negative in the padding)."""
+    out = pooling_output_size(size, kernel, pad, stride, dilation, ceil_mode)
+    if out <= 0:
+        raise ShapeError(f"pool output size {out} is too small for input size {size}")
+    return np.arange(out) * stride - pad
+
+
+def adaptive_windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[floor(f32(o*L)/O), ceil(f32((o+1)*L)/O))`` in float32, as AdaptiveAveragePooling.cpp
+    ``start_index``/``end_index``."""
+    index = np.arange(out, dtype=np.int64)
+    start = np.floor(f32(f32(index * size) / np.float32(out))).astype(np.int64)
+    end = np.ceil(f32(f32((index + 1) * size) / np.float32(out))).astype(np.int64)
+    return start, end
+
+
+def box_sums(values: np.ndarray, starts, ends) -> np.ndarray:
+    """Exact int64 sums of ``values`` over the boxes ``[starts[d][o], ends[d][o])`` along the
+    trailing ``len(starts)`` dims (prefix sums per dim)."""
+    total = values.astype(np.int64)
+    spatial = len(starts)
+    for axis_offset, (start, end) in enumerate(zip(starts, ends)):
+        axis = values.ndim - spatial + axis_offset
+        cumulative = np.cumsum(total, axis=axis)
+        zero_shape = list(cumulative.shape)
+        zero_shape[axis] = 1
+        cumulative = np.concatenate([np.zeros(zero_shape, np.int64), cumulative], axis=axis)
+        total = np.take(cumulative, end, axis=axis) - np.take(cumulative, start, axis=axis)
+    return total
+
+
+def outer_product(vectors) -> np.ndarray:
+    """``v0[i] * v1[j] * ...`` as an int64 array of shape ``(len(v0), len(v1), ...)``."""
+    result = np.ones((), np.int64)
+    for vector in vectors:
+        result = np.multiply.outer(result, np.asarray(vector, np.int64))
+    return result

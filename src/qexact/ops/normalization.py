@@ -1,8 +1,11 @@
 """Quantized BatchNorm2d/3d (+ReLU), LayerNorm, GroupNorm and InstanceNorm1d/2d/3d.
 
 These are ATen float32 kernels, the same on every quantized engine (only ATen's CPU capability
-matters, ``engines/normalization_numerics.py``); the inputs and outputs are integers, the middle is
-float32 arithmetic reproduced operation by operation. Sources: pytorch
+matters): each op asks its engine for the kernel (``Engine.kernel("normalization", ...)``, a
+``NormalizationKernel``, engines/aten_normalization.py), which states the vector widths, whether
+multiply-adds are fused, and the quantize steps of its vector and scalar-tail paths. The inputs and
+outputs are integers, the middle is float32 arithmetic reproduced operation by operation, and the
+run reports every stage (``qexact.trace``) for explain. Sources: pytorch
 aten/src/ATen/native/quantized/cpu/qbatch_norm.cpp (``compute_fused_params``), qnormalization.cpp,
 kernels/QuantizedOpKernels.cpp (``q_batch_norm_kernel``, ``quantized_normalize_kernel``,
 ``quantized_groupnorm_nhwc_kernel``, ``hsum``/``hsum_sq``). ``fma`` is ``fmaf`` where the capability
@@ -14,7 +17,9 @@ BatchNorm (offline, float64 where C++ promotes to double)::
     alpha = f32(double(f32(inv_sigma * w)) * (s_x / s_y))
     beta  = f32(double(f32(b - f32(f32(mean * inv_sigma) * w))) / s_y)
     y     = fma(alpha, f32(q - z_x), beta)
-    vector channels: q_y = sat(wrap32(cvtps2dq(min(y, 2147483520)) + z_y)); scalar tail: lrintf(y) + z_y
+    vector channels: q_y = sat(wrap32(cvtps2dq(min(y, 2147483520)) + z_y))   (inverse scale 1)
+    scalar tail:     q_y = clamp(z_y + lrintf(y))   (int64; lrintf of NaN or +-inf: INT64_MIN,
+                     so qmin, or qmax when a negative z_y wraps it)
 
 LayerNorm / GroupNorm / InstanceNorm, per group of N elements (sums of integers are exact)::
 
@@ -25,11 +30,13 @@ LayerNorm / GroupNorm / InstanceNorm, per group of N elements (sums of integers 
     GroupNorm (NCHW):   y = fma(f32(f32(q - z_x) - mean), f32(rstd * gamma[c]), beta[c])
     GroupNorm (NHWC):   k = f32(rstd * gamma[c]); y = fma(f32(q - z_x), k, fma(-k, mean, beta[c]))
     inv = f32(1 / f32(s_y))
-    vector:  q_y = sat(wrap32(cvtps2dq(min(f32(y * inv), 2147483520)) + z_y))
-    scalar:  q_y = clamp(rne(f32(f32(y * inv) + f32(z_y))))        (quantize_val)
+    vector:  q_y = sat(wrap32(cvtps2dq(min(f32(y * inv), 2147483520)) + z_y))   (QuantizeAvx2;
+             the default build: clamp(cvtps2dq(min(fmaf(y, inv, f32(z_y)), 2147483520))))
+    scalar:  q_y = clamp(rne(f32(f32(y * inv) + f32(z_y))))        (quantize_val; NaN -> 0)
 
-The scalar tail is the last ``N % int_lanes`` elements of a LayerNorm row, and the last channels of a
-pixel for BatchNorm and NHWC GroupNorm (``tail_start``). NCHW GroupNorm has no scalar tail.
+The scalar tail is the last ``N % int_lanes`` elements of a LayerNorm row, and the last channels
+of a pixel for BatchNorm and NHWC GroupNorm (``NormalizationKernel.tail_start``). NCHW GroupNorm
+has no scalar tail.
 
 ``sum q`` and ``sum q^2`` are exact int64 sums (``hsum``/``hsum_sq``) except on the NHWC path with
 ``H*W >= 512`` (``quantized_groupnorm_nhwc_kernel`` impl-2, ``nhwc_float_sums``): there they are
@@ -53,43 +60,43 @@ import numpy as np
 
 from ..dtypes import QINT8, QUINT8
 from ..engines import Engine, get_engine
-from ..engines.normalization_numerics import NormalizationNumerics, normalization_numerics
+from ..engines.aten_normalization import NormalizationKernel
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
-from ..rounding import INT32_MIN, f32, fma_float32, wrap_int32
-from ..stages import Stage
-from ._registry import graph_op
+from ..rounding import f32, fma_float32
+from ..trace import apply_steps, observing, record
+from ._registry import graph_op, observed_stages
 from .quantize import require_quantized
 
-INT32_FLOAT_MAX = np.float32(2147483520.0)  # QuantizeAvx2's clip: the largest float below INT32_MAX
 NHWC_FEATURE_MAP_THRESHOLD = 512
-"""``feature_map_threshold`` of ``quantized_groupnorm_nhwc_kernel``: from this H*W on it parallelizes
-over pixels and sums q, q^2 in float32 per thread (``nhwc_float_sums``)."""
+"""``feature_map_threshold`` of ``quantized_groupnorm_nhwc_kernel``: from this H*W on it
+parallelizes over pixels and sums q, q^2 in float32 per thread (``nhwc_float_sums``)."""
 
 
-def fused(a, b, c, numerics: NormalizationNumerics) -> np.ndarray:
+def fused(a, b, c, kernel: NormalizationKernel) -> np.ndarray:
     """``a * b + c`` as the kernel computes it: one rounding if fused, two otherwise."""
-    if numerics.fused_multiply_add:
+    if kernel.fused_multiply_add:
         return fma_float32(a, b, c)
     return f32(f32(np.float32(a) * np.float32(b)) + np.float32(c))
 
 
-def quantize_scalar(y, inv, zero_point: int, dtype) -> np.ndarray:
-    """``quantize_val``: ``clamp(rne(f32(f32(y * inv) + f32(z))))``."""
-    t = f32(f32(y * np.float32(inv)) + np.float32(zero_point))
-    return np.clip(np.rint(t.astype(np.float64)), dtype.qmin, dtype.qmax).astype(np.int64)
+def _fma_text(kernel: NormalizationKernel) -> str:
+    return "fmaf" if kernel.fused_multiply_add else "f32(f32(a*b)+c)"
 
 
-def quantize_vector(y, inv, zero_point: int, dtype, numerics: NormalizationNumerics) -> np.ndarray:
-    """``Vectorized<T>::quantize``: ``cvtps2dq(min(f32(y * inv), 2147483520)) + z`` in int32, then
-    saturating packs (min_ps returns its second operand for NaN). Scalar fallback on ``default``."""
-    if not numerics.vector_zero_point_after_rounding:
-        return quantize_scalar(y, inv, zero_point, dtype)
-    t = np.minimum(f32(y * np.float32(inv)), INT32_FLOAT_MAX)
-    t = np.where(np.isnan(t), INT32_FLOAT_MAX, t)
-    rounded = np.rint(t.astype(np.float64))
-    rounded = np.where(rounded < INT32_MIN, INT32_MIN, rounded).astype(np.int64)
-    return np.clip(wrap_int32(rounded + zero_point), dtype.qmin, dtype.qmax)
+def quantize_paths(kernel: NormalizationKernel, y: np.ndarray, tail: np.ndarray,
+                   label: str) -> np.ndarray:
+    """The output integers of the float32 ``y`` (the output's shape): the kernel's vector path
+    quantizes the elements outside ``tail``, its scalar tail those inside, each with its own
+    steps (reported, with the path each element takes)."""
+    out = np.empty(y.shape, np.int64)
+    for path, where in ((kernel.vector, ~tail), (kernel.tail, tail)):
+        if not where.any():
+            continue
+        record(f"{label}: path", "which code path of the kernel computes this element", None,
+               where=where, kernel=kernel.name, path=path.name)
+        out[where] = apply_steps(y[where], path.quantize, where=where, prefix=f"{label}: ")
+    return out
 
 
 def _check_io(input_qparams: QParams, output_scale: float, output_zero_point: int, what: str):
@@ -104,7 +111,8 @@ def _float_vector(value, size: int, name: str, default: float) -> np.ndarray:
         return np.full(size, default, np.float32)
     value = np.asarray(value)
     if value.dtype != np.float32 or value.size != size:
-        raise ShapeError(f"{name} must be float32 with {size} elements, got {value.dtype} {value.shape}")
+        raise ShapeError(f"{name} must be float32 with {size} elements, got {value.dtype} "
+                         f"{value.shape}")
     return value.reshape(-1)
 
 
@@ -129,7 +137,8 @@ class BatchNormParams:
     alpha: np.ndarray
     beta: np.ndarray
     inv_sigma: np.ndarray
-    numerics: NormalizationNumerics
+    kernel: NormalizationKernel
+    """What the engine runs (``Engine.kernel("normalization", "batch_norm", ...)``)."""
 
     @property
     def num_channels(self) -> int:
@@ -146,9 +155,10 @@ def batch_norm_fused_params(weight, bias, mean, var, eps: float, input_scale: fl
 
 
 def prepare_batch_norm(weight, bias, running_mean, running_var, eps: float, input_qparams: QParams,
-                       output_scale: float, output_zero_point: int, *, relu: bool = False,
-                       spatial_dims: int = 2, engine: Engine | str = "fbgemm") -> BatchNormParams:
-    """Validate a quantized BatchNorm2d (``spatial_dims=2``) or 3d and precompute alpha/beta."""
+                       output_scale: float, output_zero_point: int, *, engine: Engine | str,
+                       relu: bool = False, spatial_dims: int = 2) -> BatchNormParams:
+    """Validate a quantized BatchNorm2d (``spatial_dims=2``) or 3d and precompute alpha/beta;
+    ``engine`` (an ``Engine`` or a name) states the kernel."""
     if spatial_dims not in (2, 3):
         raise ShapeError(f"quantized BatchNorm is 2d or 3d, got spatial_dims {spatial_dims!r}")
     output_qparams = _check_io(input_qparams, output_scale, output_zero_point, "BatchNorm")
@@ -158,40 +168,43 @@ def prepare_batch_norm(weight, bias, running_mean, running_var, eps: float, inpu
         (running_var, "running_var")))
     inv_sigma, alpha, beta = batch_norm_fused_params(weight, bias, mean, var, float(eps),
                                                      input_qparams.scale, output_qparams.scale)
+    kernel = get_engine(engine).kernel("normalization", "batch_norm", output_qparams, bool(relu))
     return BatchNormParams(weight, bias, mean, var, float(eps), input_qparams, output_qparams,
-                           bool(relu), spatial_dims, alpha, beta, inv_sigma,
-                           normalization_numerics(get_engine(engine)))
-
-
-def tail_start(channels: int, numerics: NormalizationNumerics, middle_block: bool = False) -> int:
-    """Where a pixel's scalar tail starts: after full ``int_lanes`` blocks, and for BatchNorm
-    (``middle_block``) after ``float_lanes`` blocks too when ``int_lanes == 32`` (``lanes == 32``)."""
-    start = channels // numerics.int_lanes * numerics.int_lanes
-    if middle_block and numerics.int_lanes == 32:
-        start += (channels - start) // numerics.float_lanes * numerics.float_lanes
-    return start
+                           bool(relu), spatial_dims, alpha, beta, inv_sigma, kernel)
 
 
 def batch_norm(x: QuantizedArray, params: BatchNormParams) -> QuantizedArray:
-    """``quantized::batch_norm2d/3d[_relu]`` on (N, C, *spatial) integers."""
+    """``quantized::batch_norm2d/3d[_relu]`` on (N, C, *spatial) integers: ``y = fma(alpha,
+    q - z_x, beta)`` per element, then the kernel's vector path quantizes a pixel's first
+    ``tail_start`` channels and its scalar tail the rest (every stage reported)."""
     values = x.values
     if values.ndim != params.spatial_dims + 2 or values.shape[1] != params.num_channels:
         raise ShapeError(f"BatchNorm{params.spatial_dims}d expects (N, {params.num_channels}, ...) "
                          f"of rank {params.spatial_dims + 2}, got {values.shape}")
     _check_input(x, params.input_qparams, "BatchNorm")
+    kernel = params.kernel
     shape = (1, -1) + (1,) * params.spatial_dims
     alpha, beta = params.alpha.reshape(shape), params.beta.reshape(shape)
-    centered = f32(values.astype(np.int64) - params.input_qparams.zero_point)
-    y = fused(alpha, centered, beta, params.numerics)
-    dtype, zp = params.output_qparams.dtype, params.output_qparams.zero_point
-    start = tail_start(params.num_channels, params.numerics, middle_block=True)
-    out = np.empty(values.shape, np.int64)
-    out[:, :start] = quantize_vector(y[:, :start], np.float32(1.0), zp, dtype, params.numerics)
-    tail = np.rint(y[:, start:].astype(np.float64))  # lrintf: NaN -> INT64_MIN
-    tail = np.where(np.isnan(tail), float(np.iinfo(np.int64).min), tail)
-    out[:, start:] = np.clip(tail, -2.0 ** 62, 2.0 ** 62).astype(np.int64) + zp
-    low = zp if params.relu else dtype.qmin
-    return QuantizedArray(np.clip(out, low, dtype.qmax).astype(dtype.numpy_dtype),
+    if observing():
+        def per_element(table):
+            return np.broadcast_to(table.reshape(shape), values.shape)
+        record("batch norm: fused parameters (offline)",
+               "inv_sigma = f32(1/double(sqrtf(var + eps))); alpha = f32(f32(inv_sigma*w) * "
+               "(s_x/s_y)); beta = f32(f32(b - f32(f32(mean*inv_sigma)*w)) / s_y)",
+               per_element(params.beta), w=per_element(params.weight),
+               b=per_element(params.bias), mean=per_element(params.running_mean),
+               var=per_element(params.running_var), eps=params.eps,
+               s_x=params.input_qparams.scale, s_y=params.output_qparams.scale,
+               inv_sigma=per_element(params.inv_sigma), alpha=per_element(params.alpha))
+    zero_point = params.input_qparams.zero_point
+    centered = f32(values.astype(np.int64) - zero_point)
+    y = record("batch norm: affine", f"y = {_fma_text(kernel)}(alpha, q - z_x, beta)",
+               fused(alpha, centered, beta, kernel), q=values, z_x=zero_point,
+               alpha=np.broadcast_to(alpha, values.shape), beta=np.broadcast_to(beta, values.shape))
+    start = kernel.tail_start(params.num_channels, middle_block=True)
+    tail = np.broadcast_to((np.arange(params.num_channels) >= start).reshape(shape), values.shape)
+    out = quantize_paths(kernel, y, tail, "batch norm")
+    return QuantizedArray(out.astype(params.output_qparams.dtype.numpy_dtype),
                           params.output_qparams)
 
 
@@ -222,41 +235,44 @@ class GroupNormParams:
     input_qparams: QParams
     output_qparams: QParams
     channels_last: bool
-    numerics: NormalizationNumerics
+    kernel: NormalizationKernel
+    """What the engine runs (``Engine.kernel("normalization", kind, ...)``)."""
     num_threads: int = 1
 
 
 def prepare_layer_norm(normalized_shape, weight, bias, eps: float, input_qparams: QParams,
                        output_scale: float, output_zero_point: int, *,
-                       engine: Engine | str = "fbgemm") -> GroupNormParams:
-    """Validate a quantized LayerNorm over the trailing ``normalized_shape`` dims."""
+                       engine: Engine | str) -> GroupNormParams:
+    """Validate a quantized LayerNorm over the trailing ``normalized_shape`` dims; ``engine``
+    (an ``Engine`` or a name) states the kernel."""
     shape = tuple(int(size) for size in np.atleast_1d(normalized_shape))
     size = int(np.prod(shape))
     weight = None if weight is None else _float_vector(weight, size, "weight", 1.0)
     bias = None if bias is None else _float_vector(bias, size, "bias", 0.0)
+    output_qparams = _check_io(input_qparams, output_scale, output_zero_point, "LayerNorm")
+    kernel = get_engine(engine).kernel("normalization", "layer_norm", output_qparams)
     return GroupNormParams("layer_norm", shape, 1, weight, bias, float(eps), input_qparams,
-                           _check_io(input_qparams, output_scale, output_zero_point, "LayerNorm"),
-                           False, normalization_numerics(get_engine(engine)))
+                           output_qparams, False, kernel)
 
 
 def prepare_group_norm(num_groups: int, num_channels: int, weight, bias, eps: float,
                        input_qparams: QParams, output_scale: float, output_zero_point: int, *,
-                       channels_last: bool = False, instance: bool = False,
-                       engine: Engine | str = "fbgemm", num_threads: int = 1) -> GroupNormParams:
-    """Validate a quantized GroupNorm (or InstanceNorm: ``instance=True``, groups = channels).
-    ``num_threads``: PyTorch's intra-op thread count (``GroupNormParams.num_threads``)."""
+                       engine: Engine | str, channels_last: bool = False, instance: bool = False,
+                       num_threads: int = 1) -> GroupNormParams:
+    """Validate a quantized GroupNorm (or InstanceNorm: ``instance=True``, groups = channels);
+    ``engine`` (an ``Engine`` or a name) states the kernel. ``num_threads``: PyTorch's intra-op
+    thread count (``GroupNormParams.num_threads``)."""
     if num_groups <= 0 or num_channels % num_groups:
         raise ShapeError(f"{num_channels} channels cannot be split in {num_groups!r} groups")
     if int(num_threads) < 1:
         raise UnsupportedError(f"num_threads must be >= 1, got {num_threads!r}")
     weight = None if weight is None else _float_vector(weight, num_channels, "weight", 1.0)
     bias = None if bias is None else _float_vector(bias, num_channels, "bias", 0.0)
-    what = "InstanceNorm" if instance else "GroupNorm"
-    return GroupNormParams("instance_norm" if instance else "group_norm", (), int(num_groups),
-                           weight, bias, float(eps), input_qparams,
-                           _check_io(input_qparams, output_scale, output_zero_point, what),
-                           bool(channels_last), normalization_numerics(get_engine(engine)),
-                           int(num_threads))
+    kind, what = ("instance_norm", "InstanceNorm") if instance else ("group_norm", "GroupNorm")
+    output_qparams = _check_io(input_qparams, output_scale, output_zero_point, what)
+    kernel = get_engine(engine).kernel("normalization", kind, output_qparams)
+    return GroupNormParams(kind, (), int(num_groups), weight, bias, float(eps), input_qparams,
+                           output_qparams, bool(channels_last), kernel, int(num_threads))
 
 
 def group_statistics(rows: np.ndarray, params: GroupNormParams, sums=None) -> dict:
@@ -272,28 +288,51 @@ def group_statistics(rows: np.ndarray, params: GroupNormParams, sums=None) -> di
     mean_shifted = f32(f32(total) / count)
     mean = f32(mean_shifted - np.float32(params.input_qparams.zero_point))
     mean_sq = f32(f32(total_sq) / count)
-    var = np.maximum(fused(-mean_shifted, mean_shifted, mean_sq, params.numerics), np.float32(0))
+    var = np.maximum(fused(-mean_shifted, mean_shifted, mean_sq, params.kernel), np.float32(0))
     x_scale = np.float32(params.input_qparams.scale)
     var_scaled = f32(f32(var * x_scale) * x_scale).astype(np.float64)
-    rstd = f32(np.float64(x_scale) / np.sqrt(var_scaled + params.eps))
+    with np.errstate(divide="ignore"):  # eps = 0 on a constant group: rstd = inf, as in C
+        rstd = f32(np.float64(x_scale) / np.sqrt(var_scaled + params.eps))
     return {"sum": total, "sum_sq": total_sq, "mean_shifted": mean_shifted, "mean": mean,
             "mean_sq": mean_sq, "var": var, "rstd": rstd}
 
 
-def _affine(params: GroupNormParams, values: np.ndarray, stats: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The float32 ``y`` of every element (grouped layout), and the mask of scalar-tail elements."""
-    numerics, zp = params.numerics, params.input_qparams.zero_point
+def _per_element(per_row: np.ndarray, rows: int, shape) -> np.ndarray:
+    """A value per group (row) over every element of the group, in the output's shape."""
+    return np.broadcast_to(np.asarray(per_row).reshape(rows, 1), (rows, int(np.prod(shape))
+                                                                  // rows)).reshape(shape)
+
+
+def _affine(params: GroupNormParams, values: np.ndarray, stats: dict
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 ``y`` of every element and the mask of the elements of the scalar tail (both
+    of the output's shape); reports the normalized value (LayerNorm) and the affine step."""
+    kernel, zp = params.kernel, params.input_qparams.zero_point
+    fma_text = _fma_text(kernel)
     if params.kind == "layer_norm":
         size = int(np.prod(params.normalized_shape))
         rows = values.reshape(-1, size)
-        centered = f32(f32(rows.astype(np.int64) - zp) - stats["mean"][:, None])
-        normalized = f32(centered * stats["rstd"][:, None])
-        gamma = np.float32(1) if params.weight is None else params.weight
-        beta = np.float32(0) if params.bias is None else params.bias
-        y = normalized if params.weight is None and params.bias is None else \
-            fused(normalized, gamma, beta, numerics)
-        tail = np.arange(size) >= size // numerics.int_lanes * numerics.int_lanes
-        return y, np.broadcast_to(tail, y.shape)
+        mean, rstd = stats["mean"][:, None], stats["rstd"][:, None]
+        centered = f32(f32(rows.astype(np.int64) - zp) - mean)
+        normalized = f32(centered * rstd)
+        if observing():
+            record("layer_norm: normalized value", "n = f32(f32(f32(q - z_x) - mean) * rstd)",
+                   normalized.reshape(values.shape), q=values, z_x=zp,
+                   mean=np.broadcast_to(mean, rows.shape).reshape(values.shape),
+                   rstd=np.broadcast_to(rstd, rows.shape).reshape(values.shape))
+        if params.weight is None and params.bias is None:
+            y = normalized
+        else:
+            gamma = np.float32(1) if params.weight is None else params.weight
+            beta = np.float32(0) if params.bias is None else params.bias
+            y = fused(normalized, gamma, beta, kernel)
+            if observing():
+                record("layer_norm: affine", f"y = {fma_text}(n, gamma[i], beta[i])",
+                       y.reshape(values.shape), n=normalized.reshape(values.shape),
+                       gamma=np.broadcast_to(gamma, rows.shape).reshape(values.shape),
+                       beta=np.broadcast_to(beta, rows.shape).reshape(values.shape))
+        tail = np.arange(size) >= kernel.tail_start(size)
+        return y.reshape(values.shape), np.broadcast_to(tail, rows.shape).reshape(values.shape)
     batch, channels = values.shape[:2]
     groups = params.num_groups
     grouped = values.reshape(batch, groups, channels // groups, -1).astype(np.int64)
@@ -302,25 +341,36 @@ def _affine(params: GroupNormParams, values: np.ndarray, stats: dict) -> tuple[n
     gamma, beta = (v.reshape(1, groups, -1, 1) for v in (gamma, beta))
     mean, rstd = (stats[k].reshape(batch, groups, 1, 1) for k in ("mean", "rstd"))
     scale = f32(rstd * gamma)
-    if not takes_nhwc_path(params, values.shape):
-        y = fused(f32(f32(grouped - zp) - mean), scale, beta, numerics)
-        return y, np.zeros(y.shape, bool)
-    bias = fused(-scale, mean, beta, numerics)
-    y = fused(f32(grouped - zp), scale, bias, numerics)
-    spatial = grouped.shape[-1]
-    if spatial < NHWC_FEATURE_MAP_THRESHOLD:  # vectorized over each group's channels
+    nhwc = takes_nhwc_path(params, values.shape)
+    if not nhwc:
+        y = fused(f32(f32(grouped - zp) - mean), scale, beta, kernel)
+        tail = np.zeros(y.shape, bool)
+        formula, shift = f"y = {fma_text}(f32(f32(q - z_x) - mean), k, beta[c])", None
+    else:
+        shift = fused(-scale, mean, beta, kernel)
+        y = fused(f32(grouped - zp), scale, shift, kernel)
         per_group = channels // groups
-        tail = np.arange(per_group) >= tail_start(per_group, numerics)
-        tail = np.broadcast_to(tail[None, None, :, None], y.shape)
-    else:  # vectorized over all channels of a pixel
-        tail = (np.arange(channels) >= tail_start(channels, numerics)).reshape(1, groups, -1, 1)
+        if grouped.shape[-1] < NHWC_FEATURE_MAP_THRESHOLD:  # vectorized over a group's channels
+            tail = (np.arange(per_group) >= kernel.tail_start(per_group))[None, None, :, None]
+        else:  # vectorized over all channels of a pixel
+            tail = (np.arange(channels) >= kernel.tail_start(channels)).reshape(1, groups, -1, 1)
         tail = np.broadcast_to(tail, y.shape)
-    return y, tail
+        formula = f"y = {fma_text}(f32(q - z_x), k, b), b = {fma_text}(-k, mean, beta[c])"
+    if observing():
+        def spread(value):
+            return np.broadcast_to(value, y.shape).reshape(values.shape)
+        extra = {} if shift is None else {"b": spread(shift)}
+        record(f"{params.kind}: affine", formula + "; k = f32(rstd * gamma[c])"
+               + (" (quantized_groupnorm_nhwc_kernel)" if nhwc else ""),
+               y.reshape(values.shape), q=values, z_x=zp, mean=spread(mean), rstd=spread(rstd),
+               gamma=spread(gamma), beta=spread(beta), k=spread(scale), **extra)
+    return y.reshape(values.shape), tail.reshape(values.shape)
 
 
 def takes_nhwc_path(params: GroupNormParams, shape) -> bool:
-    """ATen picks ``quantized_groupnorm_nhwc_kernel`` when the input ``is_contiguous(ChannelsLast)``:
-    a 4-D channels-last input, or a 4-D contiguous one with C == 1 or H*W == 1 (qnormalization.cpp)."""
+    """ATen picks ``quantized_groupnorm_nhwc_kernel`` when the input
+    ``is_contiguous(ChannelsLast)``: a 4-D channels-last input, or a 4-D contiguous one with
+    C == 1 or H*W == 1 (qnormalization.cpp)."""
     if params.kind == "layer_norm" or len(shape) != 4:
         return False
     return params.channels_last or shape[1] == 1 or shape[2] * shape[3] == 1
@@ -360,20 +410,37 @@ def nhwc_float_sums(values: np.ndarray, params: GroupNormParams) -> tuple[np.nda
 
 
 def _statistics(values: np.ndarray, params: GroupNormParams) -> dict:
-    sums = nhwc_float_sums(values, params) if takes_float_sums(params, values.shape) else None
-    return group_statistics(_rows(values, params), params, sums)
+    """Each group's statistics (``group_statistics``), reported over the group's elements."""
+    float_sums = takes_float_sums(params, values.shape)
+    sums = nhwc_float_sums(values, params) if float_sums else None
+    rows = _rows(values, params)
+    stats = group_statistics(rows, params, sums)
+    count = rows.shape[0]
+    if observing() and count and values.size:
+        shown = {name: _per_element(stats[name], count, values.shape)
+                 for name in ("sum", "sum_sq", "mean_shifted", "mean", "var")}
+        sums_text = (f"float32 per-thread partial sums ({params.num_threads} threads, H*W >= "
+                     f"{NHWC_FEATURE_MAP_THRESHOLD}); " if float_sums else "")
+        record(f"{params.kind}: group statistics",
+               sums_text + "m_s = f32(f32(sum q)/N); mean = f32(m_s - z_x); var = max(fma(-m_s, "
+               "m_s, f32(f32(sum q^2)/N)), 0); rstd = f32(s_x / sqrt(double(f32(f32(var*s_x)"
+               "*s_x)) + eps))", _per_element(stats["rstd"], count, values.shape),
+               group=_per_element(np.arange(count), count, values.shape), N=rows.shape[1],
+               **shown, eps=params.eps, s_x=params.input_qparams.scale)
+    return stats
 
 
 def group_norm(x: QuantizedArray, params: GroupNormParams) -> QuantizedArray:
-    """``quantized::layer_norm`` / ``group_norm`` / ``instance_norm`` on integers."""
+    """``quantized::layer_norm`` / ``group_norm`` / ``instance_norm`` on integers: each group's
+    statistics, every element's ``y``, then the kernel's vector path and scalar tail quantize
+    their elements (every stage reported)."""
     values = _check_group_input(x, params)
-    stats = _statistics(values, params)
-    y, tail = _affine(params, values, stats)
+    with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf = NaN, as in C
+        stats = _statistics(values, params)
+        y, tail = _affine(params, values, stats)
+    out = quantize_paths(params.kernel, y, tail, params.kind)
     output = params.output_qparams
-    inv = f32(np.float32(1.0) / np.float32(output.scale))
-    out = np.where(tail, quantize_scalar(y, inv, output.zero_point, output.dtype),
-                   quantize_vector(y, inv, output.zero_point, output.dtype, params.numerics))
-    return QuantizedArray(out.reshape(values.shape).astype(output.dtype.numpy_dtype), output)
+    return QuantizedArray(out.astype(output.dtype.numpy_dtype), output)
 
 
 def _rows(values: np.ndarray, params: GroupNormParams) -> np.ndarray:
@@ -437,32 +504,9 @@ class BatchNormOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        channel = index[1]
-        q = int(inputs[0].values[index])
-        start = tail_start(params.num_channels, params.numerics, middle_block=True)
-        alpha, beta = params.alpha[channel], params.beta[channel]
-        centered = f32(q - params.input_qparams.zero_point)
-        y = fused(alpha, centered, beta, params.numerics)
-        fma_text = "fmaf" if params.numerics.fused_multiply_add else "f32(f32(a*b)+c)"
-        path = ("vector: q_y = clamp(cvtps2dq(min(y, 2147483520)) + z_y)" if channel < start
-                else "scalar tail: q_y = clamp(lrintf(y) + z_y)")
-        return [
-            Stage("batch norm: fused parameters (offline)",
-                  "inv_sigma = f32(1/double(sqrtf(var + eps))); alpha = f32(f32(inv_sigma*w) * "
-                  "(s_x/s_y)); beta = f32(f32(b - f32(f32(mean*inv_sigma)*w)) / s_y)",
-                  {"w": params.weight[channel], "b": params.bias[channel],
-                   "mean": params.running_mean[channel], "var": params.running_var[channel],
-                   "eps": params.eps, "s_x": params.input_qparams.scale,
-                   "s_y": params.output_qparams.scale, "inv_sigma": params.inv_sigma[channel],
-                   "alpha": alpha}, beta),
-            Stage("batch norm: affine", f"y = {fma_text}(alpha, q - z_x, beta)",
-                  {"q": q, "z_x": params.input_qparams.zero_point, "alpha": alpha, "beta": beta},
-                  y),
-            Stage("batch norm: round, zero point, clamp",
-                  path + (" with ReLU (low = z_y)" if params.relu else ""),
-                  {"y": y, "z_y": params.output_qparams.zero_point, "channel": channel,
-                   "tail_start": start}, result.values[index]),
-        ], [(0, index)]
+        """Observed on the run: the offline alpha/beta, the affine step, the path and its
+        quantize steps."""
+        return observed_stages(BatchNormOp.run, params, inputs, result, index), [(0, index)]
 
 
 def _group_prepare(node, input_qparams, engine):
@@ -482,43 +526,8 @@ def _group_prepare(node, input_qparams, engine):
     return params, params.output_qparams
 
 
-def explain_group_norm(params: GroupNormParams, x: QuantizedArray, result, index) -> list[Stage]:
-    """Statistics of the element's group, its float32 ``y``, and how it was quantized."""
-    values = x.values
-    rows = _rows(values, params)
-    stats = _statistics(values, params)
-    y, tail = _affine(params, values, stats)
-    flat = np.ravel_multi_index(index, values.shape)
-    row = flat // rows.shape[1]
-    fma_text = "fmaf" if params.numerics.fused_multiply_add else "f32(f32(a*b)+c)"
-    formulas = {
-        "layer_norm": f"y = {fma_text}(f32(f32(f32(q - z_x) - mean) * rstd), gamma[i], beta[i])",
-        "nchw": f"y = {fma_text}(f32(f32(q - z_x) - mean), f32(rstd * gamma[c]), beta[c])",
-        "nhwc": f"k = f32(rstd * gamma[c]); y = {fma_text}(f32(q - z_x), k, "
-                f"{fma_text}(-k, mean, beta[c]))"}
-    formula = formulas["layer_norm" if params.kind == "layer_norm" else
-                       "nhwc" if takes_nhwc_path(params, values.shape) else "nchw"]
-    is_tail = bool(tail.reshape(-1)[flat])
-    path = ("scalar (quantize_val): q_y = clamp(rne(f32(f32(y * inv) + z_y)))" if is_tail else
-            "vector: q_y = clamp(cvtps2dq(min(f32(y * inv), 2147483520)) + z_y)")
-    output = params.output_qparams
-    sums = (f"float32 per-thread partial sums ({params.num_threads} threads, H*W >= "
-            f"{NHWC_FEATURE_MAP_THRESHOLD}); " if takes_float_sums(params, values.shape) else "")
-    return [
-        Stage(f"{params.kind}: group statistics",
-              sums + "m_s = f32(f32(sum q)/N); mean = f32(m_s - z_x); var = max(fma(-m_s, m_s, "
-              "f32(f32(sum q^2)/N)), 0); rstd = f32(s_x / sqrt(double(f32(f32(var*s_x)*s_x)) + eps))",
-              {"group": int(row), "N": rows.shape[1], "sum": stats["sum"][row],
-               "sum_sq": stats["sum_sq"][row], "mean_shifted": stats["mean_shifted"][row],
-               "mean": stats["mean"][row], "var": stats["var"][row], "eps": params.eps,
-               "s_x": params.input_qparams.scale}, stats["rstd"][row]),
-        Stage(f"{params.kind}: affine", formula,
-              {"q": int(values[index]), "z_x": params.input_qparams.zero_point},
-              y.reshape(-1)[flat]),
-        Stage(f"{params.kind}: quantize", path,
-              {"y": y.reshape(-1)[flat], "inv": f32(np.float32(1) / np.float32(output.scale)),
-               "z_y": output.zero_point}, result.values[index]),
-    ]
+def _run_group(params, inputs):
+    return group_norm(inputs[0], params)
 
 
 def _register_group_op(name: str, summary: str):
@@ -526,17 +535,18 @@ def _register_group_op(name: str, summary: str):
     class _GroupOp:
         prepare = staticmethod(_group_prepare)
 
-        @staticmethod
-        def run(params, inputs):
-            return group_norm(inputs[0], params)
+        run = staticmethod(_run_group)
 
         @staticmethod
         def explain(params, inputs, result, index):
-            return explain_group_norm(params, inputs[0], result, index), [(0, index)]
+            """Observed on the run: the group's statistics, the normalized value and affine
+            step, the path and its quantize steps."""
+            return observed_stages(_run_group, params, inputs, result, index), [(0, index)]
 
     return _GroupOp
 
 
 LayerNormOp = _register_group_op("layer_norm", "quantized LayerNorm (nnq.LayerNorm)")
 GroupNormOp = _register_group_op("group_norm", "quantized GroupNorm (nnq.GroupNorm)")
-InstanceNormOp = _register_group_op("instance_norm", "quantized InstanceNorm1d/2d/3d (nnq.InstanceNorm*)")
+InstanceNormOp = _register_group_op("instance_norm",
+                                    "quantized InstanceNorm1d/2d/3d (nnq.InstanceNorm*)")

@@ -1,63 +1,27 @@
-"""Graph ops and explain hooks for the quantized pools of ``ops.pooling``: ``avg_pool``,
-``max_pool`` and ``adaptive_avg_pool`` (each explain names the window's taps and the rounding rule
-of the kernel PyTorch runs for that element)."""
+"""Graph ops and explain hooks for the pools of ``ops.pooling``: ``avg_pool``, ``max_pool``,
+``adaptive_avg_pool``, and ``adaptive_max_pool`` on float tensors.
+
+Each explain re-runs the op under ``qexact.trace.observe`` (``observed_stages``): the stages are
+the run's own reports (the kernel, the window and its sum, the divisor, the code path and each
+requantization step, or the maximum and its tap), and explain walks back to the tap the run
+reported (``from_0``, ``from_1``, ...)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..engines.pooling_numerics import PoolingNumerics
 from ..errors import ShapeError, UnsupportedError
-from ..qparams import QuantizedArray
-from ..stages import Stage
-from ._registry import graph_op
-from .pooling import (_uses_qnnpack_avg, adaptive_avg_pool, adaptive_windows, avg_pool,
-                      is_channels_last, max_pool, prepare_adaptive_pool, prepare_pool,
-                      uses_global_mean)
+from ..layout import suggests_channels_last, to_channels_last, to_contiguous
+from ..trace import observing, record
+from ._average import source_axes, source_text, upstream_from
+from ._registry import graph_op, observed_stages
+from .pooling import adaptive_avg_pool, avg_pool, max_pool, prepare_adaptive_pool, prepare_pool
 from .quantize import require_quantized
 
 
-
-def _rule_name(x: QuantizedArray, numerics: PoolingNumerics, channel: int, channels_last: bool,
-               qnnpack: bool, adaptive: bool) -> tuple[str, str]:
-    if qnnpack:
-        return "qnnpack", "q = clamp(rne(f32(A * f32(s / f32(s * kH*kW)))) + z)"
-    if not channels_last:
-        return (("nchw", "q = rne(f32(S_raw * f32(f32(1/kH) / kW)))  (no zp, no clamp)")
-                if adaptive else ("nchw", "q = clamp(rne(f32(f32(A * m) + z))), m = f32(1/D)"))
-    width = numerics.nhwc_adaptive_simd_channels if adaptive else numerics.nhwc_avg_pool_simd_channels
-    channels = x.values.shape[1]
-    if width and channel < channels // width * width:
-        return (("nhwc_simd", "q = clamp(rne(fmaf(A, inv, z))), inv = f32(1/f32(1/m))")
-                if adaptive else ("nhwc_simd", "q = clamp(rne(f32(A * m)) + z)"))
-    return "nhwc_scalar", "q = clamp(rne(f32(f32(A * inv) + z))), inv = f32(1/f32(1/m))"
-
-
-def _explain_window(name, x: QuantizedArray, result, index, taps, divisor, rule):
-    values = x.values
-    window = [int(values[tap]) for tap in taps]
-    total = sum(window)
-    zero_point = int(x.zero_point)
-    stages = [Stage(f"{name}: window", "the valid taps (padding skipped)",
-                    {"taps": [list(map(int, tap)) for tap in taps], "values": window}),
-              Stage(f"{name}: sum", "S = sum of valid taps; A = S - size * z",
-                    {"S": total, "size": len(window), "z": zero_point},
-                    total - len(window) * zero_point),
-              Stage(f"{name}: divide and round", rule[1],
-                    {"divisor": divisor, "kernel": rule[0]}, result.values[index])]
-    return stages, [(0, tap) for tap in taps[:1]]
-
-
-def _window_taps(shape, index, spatial, bounds):
-    """Input indices of the valid taps of output ``index`` (bounds: per dim (start, end, step))."""
-    lead = tuple(index[:len(shape) - spatial])
-    grids = [range(start, end, step) for start, end, step in bounds]
-    taps = [lead]
-    for grid in grids:
-        taps = [tap + (i,) for tap in taps for i in grid]
-    return taps
+def _explained(run, params, inputs, result, index):
+    stages = observed_stages(run, params, inputs, result, index)
+    return stages, upstream_from(stages, np.shape(getattr(inputs[0], "values", inputs[0])))
 
 
 @graph_op("avg_pool", "quantized avg_pool1d/2d/3d (nn.AvgPool*d, F.avg_pool*d)")
@@ -78,23 +42,7 @@ class AvgPoolOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        x = inputs[0]
-        spatial = len(params.kernel_size)
-        bounds, pool = [], 1
-        for d in range(spatial):
-            size = x.values.shape[x.values.ndim - spatial + d]
-            start = index[len(index) - spatial + d] * params.stride[d] - params.padding[d]
-            end = min(start + params.kernel_size[d], size + params.padding[d])
-            pool *= end - start
-            bounds.append((max(start, 0), min(end, size), 1))
-        taps = _window_taps(x.values.shape, index, spatial, bounds)
-        qnnpack = _uses_qnnpack_avg(x, params)
-        divisor = (math.prod(params.kernel_size) if qnnpack else params.divisor_override
-                   if params.divisor_override is not None
-                   else pool if params.count_include_pad else len(taps))
-        channels_last = spatial == 3 or is_channels_last(x.values)
-        rule = _rule_name(x, params.numerics, index[-spatial - 1], channels_last, qnnpack, False)
-        return _explain_window("avg_pool", x, result, index, taps, divisor, rule)
+        return _explained(AvgPoolOp.run, params, inputs, result, index)
 
 
 @graph_op("max_pool", "quantized max_pool1d/2d/3d (nn.MaxPool*d, F.max_pool*d)")
@@ -114,26 +62,7 @@ class MaxPoolOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        x = inputs[0]
-        spatial = len(params.kernel_size)
-        bounds = []
-        for d in range(spatial):
-            size = x.values.shape[x.values.ndim - spatial + d]
-            start = index[len(index) - spatial + d] * params.stride[d] - params.padding[d]
-            positions = [start + j * params.dilation[d] for j in range(params.kernel_size[d])]
-            bounds.append(sorted({min(max(p, 0), size - 1) for p in positions}
-                                 if params.numerics.qnnpack_max_pool and x.dtype.name == "quint8"
-                                 and not params.ceil_mode
-                                 else {p for p in positions if 0 <= p < size}))
-        taps = [tuple(index[:x.values.ndim - spatial])]
-        for grid in bounds:
-            taps = [tap + (i,) for tap in taps for i in grid]
-        window = [int(x.values[tap]) for tap in taps]
-        best = taps[int(np.argmax(window))]
-        stage = Stage("max_pool", "q = max over the valid taps (integers; qparams kept)",
-                      {"taps": [list(map(int, t)) for t in taps], "values": window,
-                       "from_index": list(map(int, best))}, result.values[index])
-        return [stage], [(0, best)]
+        return _explained(MaxPoolOp.run, params, inputs, result, index)
 
 
 @graph_op("adaptive_avg_pool", "quantized adaptive_avg_pool1d/2d/3d (nn.AdaptiveAvgPool*d)")
@@ -152,23 +81,7 @@ class AdaptiveAvgPoolOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        x = inputs[0]
-        if uses_global_mean(x.values, params):  # PyTorch runs mean(dim=(-1, -2, -3), keepdim)
-            from .reduce import MeanOp
-
-            return MeanOp.explain(params.mean, inputs, result, index)
-        spatial = len(params.output_size)
-        bounds = []
-        for d in range(spatial):
-            size = x.values.shape[x.values.ndim - spatial + d]
-            out = result.values.shape[result.values.ndim - spatial + d]
-            start, end = adaptive_windows(size, out)
-            o = index[len(index) - spatial + d]
-            bounds.append((int(start[o]), int(end[o]), 1))
-        taps = _window_taps(x.values.shape, index, spatial, bounds)
-        rule = _rule_name(x, params.numerics, index[-spatial - 1], is_channels_last(x.values),
-                          False, True)
-        return _explain_window("adaptive_avg_pool", x, result, index, taps, len(taps), rule)
+        return _explained(AdaptiveAvgPoolOp.run, params, inputs, result, index)
 
 
 def adaptive_max_pool_float(x: np.ndarray, output_size) -> np.ndarray:
@@ -176,26 +89,39 @@ def adaptive_max_pool_float(x: np.ndarray, output_size) -> np.ndarray:
     quantized kernel). AdaptiveMaxPoolKernel.cpp: integer windows ``[floor(o L / O),
     ceil((o + 1) L / O))``, taps in row-major order, ``best = v if v > best or isnan(v)``;
     the kernel and the output's memory format follow ``suggest_memory_format()``."""
-    from ..layout import suggests_channels_last, to_channels_last, to_contiguous
-
     spatial = len(output_size)
     if x.ndim not in (spatial + 1, spatial + 2) or x.dtype != np.float32:
         raise ShapeError(f"adaptive_max_pool{spatial}d expects a float32 {spatial + 1}-D or "
                          f"{spatial + 2}-D input, got {x.dtype} {x.shape}")
+    explaining = observing()
     result = x
+    chosen = []  # explain: per pooled dim so far, the input position of each element's maximum
     for offset, out in enumerate(output_size):
         axis = x.ndim - spatial + offset
         size = x.shape[axis]
         out = size if out is None else int(out)
         index = np.arange(out)
         start, end = index * size // out, -((-(index + 1) * size) // out)
-        best = None
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        best = best_at = None
         for tap in range(int((end - start).max())):
             position = np.minimum(start + tap, end - 1)  # a shorter window repeats its last tap
             taken = np.take(result, position, axis=axis)
-            best = taken if best is None else np.where((taken > best) | np.isnan(taken), taken,
-                                                        best)
+            if best is None:
+                best, best_at = taken, np.broadcast_to(position.reshape(shape), taken.shape)
+                continue
+            wins = (taken > best) | np.isnan(taken)
+            if explaining:
+                best_at = np.where(wins, position.reshape(shape), best_at)
+            best = np.where(wins, taken, best)
+        if explaining:
+            chosen = [np.take_along_axis(c, best_at, axis=axis) for c in chosen] + [best_at]
         result = best
+    if explaining:
+        record("adaptive_max_pool (float)", "y = max over the window (NaN wins) = "
+               + source_text(result.ndim), result,
+               **source_axes(result.shape, result.ndim - spatial, chosen))
     return to_channels_last(result) if suggests_channels_last(x) else to_contiguous(result)
 
 
@@ -220,5 +146,4 @@ class AdaptiveMaxPoolOp:
 
     @staticmethod
     def explain(output_size, inputs, result, index):
-        return [Stage("adaptive_max_pool (float)", "y = max over the window (NaN wins)", {},
-                      np.asarray(result)[index])], []
+        return _explained(AdaptiveMaxPoolOp.run, output_size, inputs, result, index)

@@ -1,6 +1,8 @@
 """quantize_per_tensor, quantize_per_channel, dequantize: the only ops that take or give floats.
 
-PyTorch's formulas (torch 2.13, every engine; docs/arithmetic.md eq. 2-4):
+PyTorch's formulas (torch 2.13, every engine; docs/arithmetic.md eq. 2-4), stated as ``Step``
+pipelines in ``qexact.engines.aten_quantize`` (``quantize_kernel``, ``dequantize_kernel``), which
+these functions apply and explain observes:
 
     inv = f32(1.0f / f32(scale))                         # a float32 reciprocal, never x / scale
     per-tensor 8-bit:  t = fmaf(x, inv, f32(zp))         # zero point added BEFORE rounding, fused
@@ -9,12 +11,8 @@ PyTorch's formulas (torch 2.13, every engine; docs/arithmetic.md eq. 2-4):
     dequantize per-tensor:  r = f32(f32(scale) * f32(wrap_int32(q - zp)))
     dequantize per-channel: r = f32(float64(f32(f32(q) - f32(zp))) * scale_c)
 
-Sources: pytorch aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp
-(``quantize_tensor_per_tensor_affine_cpu`` -> ``fbgemm::Quantize``), aten/src/ATen/native/quantized/
-AffineQuantizerBase.cpp (``quantize_val``). The sources round before adding the zero point; the
-2.13 binary adds it first (a fused multiply-add for 8-bit per-tensor), and qexact follows the binary.
-
-NaN and infinities, as PyTorch maps them (clamping happens after rounding):
+NaN and infinities, as PyTorch maps them (clamping happens after rounding; the table's sources
+and measurements are in engines/aten_quantize.py):
 
     =========  ==================  ==================  =================
     input      per-tensor 8-bit    per-channel 8-bit   qint32 (both)
@@ -23,6 +21,9 @@ NaN and infinities, as PyTorch maps them (clamping happens after rounding):
     +inf       qmax                qmax                qmax
     -inf       qmin                qmin                qmin
     =========  ==================  ==================  =================
+
+``ZeroPointEntry`` and ``quantize_values`` model the places a port may add the zero point
+(``qexact.diagnose`` reproduces such mistakes with them); the functions here run PyTorch's.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ import enum
 import numpy as np
 
 from ..dtypes import QINT32, QDType
-from ..errors import QuantParamError, ShapeError
+from ..engines.aten_quantize import dequantize_kernel, quantize_kernel
+from ..errors import QexactError, QuantParamError, ShapeError
 from ..qparams import QParams, QuantizedArray, qparams_from_fields
-from ..rounding import INT32_MIN, f32, fma_float32, round_half_even, wrap_int32
+from ..rounding import f32, fma_float32, round_half_even
 from ..stages import Stage
-from ._registry import graph_op
+from ..trace import apply_steps, observe, record
+from ._registry import graph_op, observed_stages
 
 
 class ZeroPointEntry(enum.Enum):
@@ -70,15 +73,9 @@ def reciprocal_float32(scale) -> np.ndarray:
     return f32(np.float32(1.0) / f32(scale))
 
 
-def _round_and_clamp(scaled: np.ndarray, dtype: QDType, nan_value: int) -> np.ndarray:
-    rounded = round_half_even(scaled.astype(np.float64))
-    clamped = np.clip(rounded, dtype.qmin, dtype.qmax)
-    clamped = np.where(np.isnan(scaled), nan_value, clamped)
-    return clamped.astype(dtype.numpy_dtype)
-
-
 def quantize_values(x: np.ndarray, inv, zero_point, entry: ZeroPointEntry) -> np.ndarray:
-    """``x * inv`` with the zero point entered per ``entry``; float32 before the final rounding.
+    """``x * inv`` with the zero point entered per ``entry``; float32 before the final rounding
+    (a model for ``qexact.diagnose``; ``quantize`` runs ``engines.aten_quantize``'s steps).
 
     For ``ADDED_AFTER_ROUNDING`` the result is already rounded (a float holding an integer).
     """
@@ -91,8 +88,7 @@ def quantize_values(x: np.ndarray, inv, zero_point, entry: ZeroPointEntry) -> np
         return round_half_even(f32(x * inv)) + zero_point
 
 
-def quantize_per_tensor(x, scale: float, zero_point: int, dtype: QDType,
-                        entry: ZeroPointEntry | None = None) -> QuantizedArray:
+def quantize_per_tensor(x, scale: float, zero_point: int, dtype: QDType) -> QuantizedArray:
     """Quantize a float32 array with one scale and zero point (``torch.quantize_per_tensor``).
 
     >>> from qexact.dtypes import QUINT8
@@ -100,15 +96,12 @@ def quantize_per_tensor(x, scale: float, zero_point: int, dtype: QDType,
     array([3, 4, 4, 5], dtype=uint8)
     """
     qparams = QParams.per_tensor(scale, zero_point, dtype)
-    x = check_float32(x)
-    entry = entry or torch_zero_point_entry(dtype, per_channel=False)
-    scaled = quantize_values(x, reciprocal_float32(qparams.scale), qparams.zero_point, entry)
-    nan_value = INT32_MIN if dtype == QINT32 else dtype.qmax
-    return QuantizedArray(_round_and_clamp(scaled, dtype, nan_value), qparams)
+    return _quantize(check_float32(x), qparams)
 
 
 def quantize_per_channel(x, scales, zero_points, axis: int, dtype: QDType) -> QuantizedArray:
-    """Quantize with one scale and zero point per slice along ``axis`` (``torch.quantize_per_channel``)."""
+    """Quantize with one scale and zero point per slice along ``axis``
+    (``torch.quantize_per_channel``)."""
     x = check_float32(x)
     if not -x.ndim <= axis < x.ndim:
         raise ShapeError(f"axis {axis!r} out of range for an input of shape {x.shape}")
@@ -118,40 +111,99 @@ def quantize_per_channel(x, scales, zero_points, axis: int, dtype: QDType) -> Qu
         raise ShapeError(
             f"{len(qparams.scale)} per-channel scales for axis {axis} of size {x.shape[axis]}"
         )
-    shape = [1] * x.ndim
-    shape[axis] = -1
-    inv = reciprocal_float32(qparams.scale).reshape(shape)
-    zero = qparams.zero_point.reshape(shape)
-    scaled = quantize_values(x, inv, zero, ZeroPointEntry.ADDED_BEFORE_ROUNDING)
-    nan_value = INT32_MIN if dtype == QINT32 else 0
-    return QuantizedArray(_round_and_clamp(scaled, dtype, nan_value), qparams)
+    return _quantize(x, qparams)
+
+
+def _quantize(x: np.ndarray, qparams: QParams) -> QuantizedArray:
+    """Apply the kernel ``torch.quantize_per_*`` runs (``engines.aten_quantize.quantize_kernel``)
+    to every element, reporting its steps."""
+    kernel = quantize_kernel(qparams, x.ndim)
+    record("quantize: kernel", "the kernel that quantizes every element", None,
+           kernel=kernel.name)
+    inv = kernel.inverse_scale
+    scale = np.reshape(qparams.scale, np.shape(inv))
+    record("quantize: inverse scale", "inv = f32(1.0f / f32(s))", _per_element(inv, x.shape),
+           s=_per_element(scale, x.shape))
+    q = apply_steps(x, kernel.steps, prefix="quantize: ")
+    return QuantizedArray(q.astype(qparams.dtype.numpy_dtype), qparams)
+
+
+def _per_element(value, shape):
+    """A scalar as it is; per-channel constants (shaped to broadcast) over every element."""
+    value = np.asarray(value)
+    return value[()] if value.size == 1 else np.broadcast_to(value, shape)
 
 
 def quantize(x, qparams: QParams) -> QuantizedArray:
     """Quantize with per-tensor or per-channel ``qparams``."""
     if qparams.is_per_channel:
-        return quantize_per_channel(x, qparams.scale, qparams.zero_point, qparams.axis, qparams.dtype)
+        return quantize_per_channel(x, qparams.scale, qparams.zero_point, qparams.axis,
+                                    qparams.dtype)
     return quantize_per_tensor(x, qparams.scale, qparams.zero_point, qparams.dtype)
 
 
 def dequantize(q: QuantizedArray) -> np.ndarray:
-    """Float32 values of a quantized array (``Tensor.dequantize``)."""
-    qparams = q.qparams
-    if qparams.is_per_channel:
-        # Per channel, q and zp become float32 first and are subtracted in float32.
-        centered = f32(f32(q.values) - f32(_broadcast(qparams.zero_point, q)))
-        return f32(centered.astype(np.float64) * _broadcast(qparams.scale, q))
-    # Per tensor, ``q - zp`` is an int32 subtraction: it wraps for qint32 values near the ends.
-    centered = q.values.astype(np.int64) - qparams.zero_point
-    return f32(f32(qparams.scale) * f32(wrap_int32(centered)))
+    """Float32 values of a quantized array (``Tensor.dequantize``;
+    ``engines.aten_quantize.dequantize_kernel``)."""
+    kernel = dequantize_kernel(q.qparams, q.values.ndim)
+    record("dequantize: kernel", "the kernel that dequantizes every element", None,
+           kernel=kernel.name)
+    return apply_steps(np.asarray(q.values).astype(np.int64), kernel.steps,
+                       prefix="dequantize: ")
 
 
-def _broadcast(per_channel_values, q: QuantizedArray):
-    if not q.qparams.is_per_channel:
-        return per_channel_values
-    shape = [1] * q.values.ndim
-    shape[q.qparams.axis] = -1
-    return np.asarray(per_channel_values).reshape(shape)
+def observed_block_stages(run, params, inputs, result, index) -> list[Stage]:
+    """``observed_stages`` for an ``index`` that may hold slices (a Linear walks back into the
+    quantize of its whole input row): the op runs once under ``observe``, each element of the
+    block gets its stages, and they are merged stage by stage, a value equal over the block
+    shown once, others as arrays over the block; a step's results (the stages with a ``v``)
+    are an array over the block. The formula is the first element's (their constants are the
+    same for a per-tensor quantize)."""
+    index = tuple(index)
+    if all(isinstance(i, (int, np.integer)) for i in index):
+        return observed_stages(run, params, inputs, result, index)
+    with observe() as trace:
+        again = run(params, inputs)
+    first, second = (value.values if isinstance(value, QuantizedArray) else np.asarray(value)
+                     for value in (result, again))
+    if first.shape != second.shape or not np.array_equal(
+            first, second, equal_nan=first.dtype.kind == "f"):
+        raise QexactError("explain: running the op again gave a different output")
+    positions = np.arange(first.size).reshape(first.shape)[index].reshape(-1)
+    per_element = [trace.stages_at(tuple(int(i) for i in np.unravel_index(flat, first.shape)),
+                                   first.shape) for flat in positions]
+    names = [[stage.name for stage in stages] for stages in per_element]
+    if any(other != names[0] for other in names[1:]):
+        return [stage for stages in per_element for stage in stages]
+    return [_merge(list(stages)) for stages in zip(*per_element)]
+
+
+def _merge(stages: list[Stage]) -> Stage:
+    """One stage over a block of elements from each element's own stage (same name)."""
+    def gathered(values):
+        if all(_same(value, values[0]) for value in values[1:]):
+            return values[0]
+        return np.array(values)
+
+    names = stages[0].values.keys()
+    values = {name: gathered([stage.values[name] for stage in stages]) for name in names}
+    results = [stage.result for stage in stages]
+    if results[0] is None:
+        result = None
+    elif "v" in values:  # a step: its results over the block, an array even where they agree
+        result = np.array(results)
+    else:  # a value of constants (the inverse scale): once if the block agrees
+        result = gathered(results)
+    return Stage(stages[0].name, stages[0].formula, values, result)
+
+
+def _same(a, b) -> bool:
+    """Whether two shown values are the same: numbers bit for bit (NaN equals NaN)."""
+    first, second = np.asarray(a), np.asarray(b)
+    if first.dtype.kind not in "biuf" or second.dtype.kind not in "biuf":
+        return type(a) is type(b) and bool(np.all(first == second))
+    return (first.dtype == second.dtype and first.shape == second.shape
+            and first.tobytes() == second.tobytes())
 
 
 @graph_op("quantize", "float32 -> quantized, per tensor (QuantStub / nnq.Quantize)")
@@ -170,26 +222,9 @@ class QuantizeOp:
 
     @staticmethod
     def explain(output: QParams, inputs, result, index):
-        x = np.asarray(inputs[0])[index]
-        inv = reciprocal_float32(output.scale)
-        entry = torch_zero_point_entry(output.dtype, per_channel=False)
-        scaled = quantize_values(x, inv, output.zero_point, entry)
-        formulas = {
-            ZeroPointEntry.FUSED_BEFORE_ROUNDING: "t = fmaf(x, inv, z): one rounding, z before rounding",
-            ZeroPointEntry.ADDED_BEFORE_ROUNDING: "t = f32(f32(x * inv) + z)",
-            ZeroPointEntry.ADDED_AFTER_ROUNDING: "t = round(f32(x * inv)) + z",
-        }
-        dtype = output.dtype
-        return [
-            Stage("input quantization: scale", "inv = f32(1.0f / f32(s))",
-                  {"s": output.scale}, inv[()] if np.ndim(inv) == 0 else inv),
-            Stage("input quantization: multiply-add", formulas[entry],
-                  {"x": x, "inv": inv[()], "z": output.zero_point}, scaled),
-            Stage("input quantization: round and clamp",
-                  f"q = clamp(round_half_even(t), {dtype.qmin}, {dtype.qmax}); NaN -> "
-                  f"{INT32_MIN if dtype == QINT32 else dtype.qmax}",
-                  {"t": scaled}, result.values[index]),
-        ], []
+        """Observed on the run: the kernel, ``inv``, and each step of its pipeline (for a
+        Linear's input row, every element of the row)."""
+        return observed_block_stages(QuantizeOp.run, output, inputs, result, index), []
 
 
 @graph_op("dequantize", "quantized -> float32 (DeQuantStub / nnq.DeQuantize)")
@@ -208,11 +243,8 @@ class DequantizeOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        q = inputs[0]
-        formula = ("r = f32(float64(f32(f32(q) - f32(z))) * s)" if q.qparams.is_per_channel
-                   else "r = f32(f32(s) * f32(q - z))")
-        return [Stage("dequantize", formula, {"q": q.values[index], "s": q.scale,
-                                              "z": q.zero_point}, result[index])], [(0, index)]
+        """Observed on the run: the kernel and each step of its pipeline."""
+        return observed_stages(DequantizeOp.run, params, inputs, result, index), [(0, index)]
 
 
 def require_quantized(node, input_qparams, index: int = 0) -> QParams:

@@ -1,29 +1,25 @@
 """Quantized ``torch.mean`` / ``Tensor.mean(dim, keepdim)``: the output keeps the input's scale and
-zero point, and PyTorch picks one of three kernels (aten/src/ATen/native/quantized/cpu/
-ReduceOps.cpp ``mean_out_quantized_cpu``), in this order:
+zero point. The engine states the kernel PyTorch runs for the call (``Engine.kernel("mean",
+...)``, engines/aten_pooling.py ``choose_mean`` and, on the qnnpack engine, engines/
+qnnpack_pooling.py): aten/src/ATen/native/quantized/cpu/ReduceOps.cpp ``mean_out_quantized_cpu``
+runs
 
-===============================  ================================================================
-kernel (when)                    output
-===============================  ================================================================
-QNNPACK global average pool      ``clamp(rne(f32(A * f32(s / f32(s * N)))) + z)``, ``A = S - N*z``
-  (qnnpack engine, quint8, 4-D,  (q8gavgpool, as QNNPACK's avgpool: ``pooling.qnnpack_average``);
-  ``dim`` literally ``[2, 3]``)  output contiguous, ``(N, C)`` or ``(N, C, 1, 1)``
-inner fast path (input NCHW-     ``rne(f32(f32(S) / f32(N)))`` on the raw integers (no zero point,
-  contiguous, reduced dims the   no clamp needed): ``qmean_inner_dim_kernel`` in
-  innermost ones, or all dims)   kernels/QuantizedOpKernels.cpp
-reference (anything else, e.g.   dequantize (``f32(s * (q - z))``), float32 ``at::sum`` (ATen's
-  channels_last ``x.mean([2,     cascade sum, native/cpu/SumKernel.cpp, in TensorIterator's loop
-  3])`` on fbgemm/x86/onednn)    order), ``div_(N)`` in float32, ``quantize_per_tensor``
-===============================  ================================================================
+- an integer averaging kernel (``AverageKernel``: ATen's ``qmean_inner_dim_kernel`` when the
+  reduced dims are the innermost ones of an NCHW-contiguous input, or all dims; QNNPACK's global
+  average pooling on the qnnpack engine): the exact integer sum ``S`` of each group of ``N``
+  elements, requantized by the kernel's ``Step``s (``ops._average``);
+- otherwise the reference path (``FloatMeanKernel``): dequantize (``f32(s * (q - z))``), float32
+  ``at::sum`` (ATen's cascade sum, native/cpu/SumKernel.cpp, in TensorIterator's loop order),
+  ``div_(N)`` in float32, ``quantize_per_tensor``.
 
-``S`` is the exact integer sum of the group, ``N`` its element count. The float32 sum of the
-reference path depends on the order ATen adds in; ``_cascade_sum`` replays TensorIterator's
-dimension ordering and coalescing (reduced dims innermost, then by strides) and SumKernel's
-``vectorized_inner_sum`` / ``vectorized_outer_sum`` / ``scalar_*_sum`` loops with their
-4-level cascades (``multi_row_sum``) and 4-way ILP rows (``row_sum``). PyTorch's thread count
-matters only for a reference-path reduction of >= 32768 elements to a single value
-(``MeanParams.intra_op_threads``); splitting output columns between threads keeps each column's
-order (checked with 2 threads on torchvision's head shapes).
+The float32 sum of the reference path depends on the order ATen adds in; ``_cascade_sum``
+replays TensorIterator's dimension ordering and coalescing (reduced dims innermost, then by
+strides) and SumKernel's ``vectorized_inner_sum`` / ``vectorized_outer_sum`` / ``scalar_*_sum``
+loops with their 4-level cascades (``multi_row_sum``) and 4-way ILP rows (``row_sum``), with the
+kernel's ``float_vector_lanes``. PyTorch's thread count matters only for a reference-path
+reduction of >= 32768 elements to a single value (``MeanParams.intra_op_threads``); splitting
+output columns between threads keeps each column's order (checked with 2 threads on
+torchvision's head shapes).
 """
 
 from __future__ import annotations
@@ -33,59 +29,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engines.aten import kernel_capability
+from ..engines.aten_pooling import AverageKernel, Windows
+from ..engines.base import Engine
 from ..errors import ShapeError, UnsupportedError
+from ..layout import reorder_dimensions, suggests_channels_last, to_channels_last, to_contiguous
 from ..qparams import QuantizedArray
-from ..rounding import f32, round_half_even
-from ..stages import Stage
-from ._registry import graph_op
-from .pooling import qnnpack_average
+from ..requantize import DivideFloat32
+from ..rounding import f32
+from ..trace import apply_steps, observing, record
+from ._average import average_windows, laid_out, source_axes, source_text, upstream_from
+from ._registry import graph_op, observed_stages
 from .quantize import dequantize, quantize_per_tensor, require_quantized
-from ..layout import (is_channels_first_contiguous, reorder_dimensions, suggests_channels_last,
-                    to_channels_last, to_contiguous)
 
 _LEVELS = 4  # SumKernel.cpp multi_row_sum num_levels
 _ILP = 4  # SumKernel.cpp row_sum ilp_factor and the outer-sum row blocks (nrows)
 
 
 @dataclass(frozen=True)
-class MeanNumerics:
-    """Engine data for quantized mean.
-
-    - ``qnnpack_global_average_pool``: quint8 4-D ``mean(dim=[2, 3])`` runs QNNPACK's global
-      average pooling (ReduceOps.cpp ``qnnpack_mean``; the qnnpack engine only).
-    - ``float_vector_lanes``: ``Vectorized<float>::size()`` of the SumKernel build that runs (8
-      for AVX2 and the default capability; AVX512 CPUs run the AVX2 build, SumKernel.cpp
-      registers no AVX512 one): the column blocks of SumKernel's loops.
-    """
-
-    qnnpack_global_average_pool: bool
-    float_vector_lanes: int
-
-
-def mean_numerics(engine) -> MeanNumerics:
-    """From the engine's data: whether it hands ``mean`` to QNNPACK's global average pooling,
-    and ATen's float vector width at its capability."""
-    return MeanNumerics("global_average_pool" in engine.qnnpack_operators,
-                        16 if kernel_capability(engine.aten_capability) == "avx512" else 8)
-
-
-@dataclass(frozen=True)
 class MeanParams:
-    """``dim``: the dims as given (None = all; their literal order matters to the qnnpack test);
-    ``keepdim``; ``numerics``: the engine's ``MeanNumerics``; ``intra_op_threads``: PyTorch's
-    ``torch.get_num_threads()``, which changes the float sum of the reference kernel when it
-    reduces a tensor of >= 32768 elements to ONE value (TensorIterator ``two_pass_reduction``:
-    per-thread partial sums of ``ceil(numel / threads)``-element chunks, then their sum)."""
+    """``dim``: the dims as given (None = all; their literal order matters to the kernel choice,
+    e.g. QNNPACK's ``[2, 3]``); ``keepdim``; ``engine``: the ``Engine`` whose ``"mean"`` kernel
+    runs it (chosen per call); ``intra_op_threads``: PyTorch's ``torch.get_num_threads()``,
+    which changes the float sum of the reference kernel when it reduces a tensor of >= 32768
+    elements to ONE value (TensorIterator ``two_pass_reduction``: per-thread partial sums of
+    ``ceil(numel / threads)``-element chunks, then their sum)."""
 
     dim: tuple[int, ...] | None
     keepdim: bool
-    numerics: MeanNumerics
+    engine: Engine
     intra_op_threads: int = 1
 
 
-def prepare_mean(dim=None, keepdim: bool = False, dtype=None, engine="fbgemm",
+def prepare_mean(dim=None, keepdim: bool = False, dtype=None, *, engine,
                  intra_op_threads: int = 1) -> MeanParams:
+    """Validate ``mean``'s arguments for ``engine`` (a name or an ``Engine``)."""
     from ..engines import get_engine
 
     if int(intra_op_threads) < 1:
@@ -97,8 +74,7 @@ def prepare_mean(dim=None, keepdim: bool = False, dtype=None, engine="fbgemm",
         dim = (int(dim),)
     elif dim is not None:
         dim = tuple(int(d) for d in dim)
-    return MeanParams(dim, bool(keepdim), mean_numerics(get_engine(engine)),
-                      int(intra_op_threads))
+    return MeanParams(dim, bool(keepdim), get_engine(engine), int(intra_op_threads))
 
 
 def reduced_dims(shape, dim) -> tuple[int, ...]:
@@ -116,65 +92,71 @@ def reduced_dims(shape, dim) -> tuple[int, ...]:
     return tuple(sorted(wrapped))
 
 
-def mean_kernel(x: QuantizedArray, p: MeanParams) -> str:
-    """Which kernel PyTorch runs: ``"qnnpack"``, ``"inner"`` or ``"reference"``."""
-    values = x.values
-    if (p.numerics.qnnpack_global_average_pool and x.dtype.name == "quint8"
-            and p.dim is not None and values.ndim == 4 and p.dim == (2, 3)):
-        return "qnnpack"
-    reduced = reduced_dims(values.shape, p.dim)
-    innermost = reduced == tuple(range(values.ndim - len(reduced), values.ndim))
-    return "inner" if innermost and is_channels_first_contiguous(values) else "reference"
-
-
-def _linear_into(flat: np.ndarray, shape, source: np.ndarray) -> np.ndarray:
-    """``flat`` written in memory order into an array of ``shape`` allocated in
-    ``source.suggest_memory_format()`` (channels_last only when ``shape`` is 4-D)."""
-    if len(shape) == 4 and suggests_channels_last(source):
-        n, c, h, w = shape
-        return to_channels_last(flat.reshape(n, h, w, c).transpose(0, 3, 1, 2))
-    return to_contiguous(flat.reshape(shape))
-
-
 def _output_shape(shape, reduced, keepdim):
     if keepdim:
         return tuple(1 if d in reduced else s for d, s in enumerate(shape))
     return tuple(s for d, s in enumerate(shape) if d not in reduced)
 
 
+def mean_kernel(x: QuantizedArray, p: MeanParams):
+    """The kernel description the engine runs for ``mean(x)`` (an ``AverageKernel`` or a
+    ``FloatMeanKernel``; refused where PyTorch raises)."""
+    values = x.values
+    reduced = reduced_dims(values.shape, p.dim)
+    out_shape = _output_shape(values.shape, reduced, p.keepdim)
+    return p.engine.kernel("mean", p.dim, reduced, out_shape, x.dtype, values)
+
+
+def _record_group(label: str, formula: str, result: np.ndarray, values: np.ndarray, reduced,
+                  keepdim: bool, count: int, **shown) -> None:
+    """Report a per-output event with the group's size and first element (``from_k``; the
+    ``formula`` names it ``{first}``)."""
+    if not observing():
+        return
+    kept = iter(range(result.ndim))
+    axes = []
+    for d in range(values.ndim):
+        if d in reduced:
+            axes.append(np.int64(0))
+            if keepdim:
+                next(kept)
+        else:
+            axis = next(kept)
+            axes.append(np.arange(result.shape[axis]).reshape(
+                [-1 if k == axis else 1 for k in range(result.ndim)]))
+    record(label, formula.replace("{first}", source_text(values.ndim)), result, N=count,
+           dims=list(reduced), **source_axes(result.shape, 0, axes), **shown)
+
+
 def mean(x: QuantizedArray, p: MeanParams) -> QuantizedArray:
-    """Quantized ``mean`` over ``p.dim`` (see the module docstring for the three kernels)."""
+    """Quantized ``mean`` over ``p.dim`` (see the module docstring for the kernels)."""
     values = x.values
     reduced = reduced_dims(values.shape, p.dim)
     count = math.prod(values.shape[d] for d in reduced)
     if count == 0 or values.size == 0:
         raise ShapeError(f"mean of an empty quantized tensor (shape {values.shape})")
-    kernel = mean_kernel(x, p)
     out_shape = _output_shape(values.shape, reduced, p.keepdim)
-    if kernel == "qnnpack":
-        sums = values.astype(np.int64).sum(axis=(2, 3))
-        out = qnnpack_average(sums, count, x, values.shape[2:])
-        return QuantizedArray(to_contiguous(out.reshape(out_shape)), x.qparams)
-    if kernel == "inner":
-        if suggests_channels_last(values) and len(out_shape) != values.ndim:
-            # e.g. a conv output with a 1x1 image: strides (C, 1, C, C) are contiguous *and*
-            # suggest channels_last; qmean_inner_dim_kernel allocates its rank-2/3 output in
-            # that format and PyTorch raises
-            raise UnsupportedError(
-                f"mean over dims {list(reduced)} without keepdim of a tensor of shape "
-                f"{values.shape} whose strides suggest channels_last: PyTorch's "
-                "qmean_inner_dim_kernel raises 'required rank 4 tensor to use channels_last "
-                "format' here, so the model cannot run in PyTorch either (keepdim=True, or "
-                "flatten first, works)")
-        sums = values.astype(np.int64).sum(axis=reduced)
-        rounded = round_half_even(f32(f32(sums) / np.float32(count)))
-        out = np.asarray(rounded).astype(np.int64).astype(x.dtype.numpy_dtype)
-        # the kernel writes the result's bytes in order into suggest_memory_format()
-        return QuantizedArray(_linear_into(out.reshape(-1), out_shape, values), x.qparams)
+    kernel = p.engine.kernel("mean", p.dim, reduced, out_shape, x.dtype, values)
+    record("mean: kernel", "the kernel that runs this call", None, kernel=kernel.name,
+           source=kernel.source)
+    if isinstance(kernel, AverageKernel):
+        sums = values.astype(np.int64).sum(axis=reduced).reshape(out_shape)
+        _record_group("mean: group sum", "S = sum of the {N} elements of dims {dims} from "
+                      "{first} (exact)", sums, values, reduced, p.keepdim, count)
+        windows = Windows(np.int64(count), np.int64(count), ())
+        out = average_windows("mean", kernel, sums, windows, x, values, 0)
+        return QuantizedArray(laid_out("mean", kernel.output, out.astype(x.dtype.numpy_dtype),
+                                       values), x.qparams)
     floats = dequantize(x)
     floats = to_channels_last(floats) if suggests_channels_last(values) else to_contiguous(floats)
-    total = _cascade_sum(floats, reduced, p.numerics.float_vector_lanes, p.intra_op_threads)
-    averaged = f32(total / np.float32(count)).reshape(out_shape)
+    total = _cascade_sum(floats, reduced, kernel.float_vector_lanes,
+                         p.intra_op_threads).reshape(out_shape)
+    _record_group("mean: float sum", "at::sum of the {N} dequantized elements of dims {dims} "
+                  "from {first}: float32, in SumKernel.cpp's cascade order ({lanes} float "
+                  "lanes)", total, values, reduced, p.keepdim, count,
+                  lanes=kernel.float_vector_lanes)
+    averaged = apply_steps(total, (DivideFloat32("divided by N (div_)", divisor=f32(count)),),
+                           prefix="mean: ")
     result = quantize_per_tensor(np.array(averaged, np.float32, order="C"), float(x.scale),
                                  int(x.zero_point), x.dtype)
     return QuantizedArray(to_contiguous(result.values), x.qparams)
@@ -348,13 +330,6 @@ def _cascade_sum(floats: np.ndarray, reduced, lanes: int, threads: int = 1) -> n
 
 # --- graph op ------------------------------------------------------------------------------
 
-_RULES = {
-    "qnnpack": "q = clamp(rne(f32(A * f32(s / f32(s * N)))) + z), A = S - N*z  (QNNPACK gavgpool)",
-    "inner": "q = rne(f32(f32(S) / f32(N)))  (qmean_inner_dim_kernel, raw integers)",
-    "reference": "q = quantize_per_tensor(f32(sum_f32(f32(s * (q_i - z))) / f32(N)), s, z)  "
-                 "(dequantize, at::mean: cascade sum in SumKernel.cpp order, quantize)",
-}
-
 
 @graph_op("mean", "quantized mean over dims (torch.mean, Tensor.mean)")
 class MeanOp:
@@ -371,31 +346,5 @@ class MeanOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        x = inputs[0]
-        values = x.values
-        reduced = reduced_dims(values.shape, params.dim)
-        lead = []
-        position = 0
-        for d in range(values.ndim):
-            if d in reduced:
-                lead.append(slice(None))
-                if params.keepdim:
-                    position += 1
-            else:
-                lead.append(int(index[position]))
-                position += 1
-        group = values[tuple(lead)]
-        taps = [tuple(int(i) for i in np.unravel_index(k, group.shape)) for k in range(group.size)]
-        full = []
-        for tap in taps:
-            inner = iter(tap)
-            full.append([next(inner) if isinstance(part, slice) else part for part in lead])
-        total = int(group.astype(np.int64).sum())
-        kernel = mean_kernel(x, params)
-        stages = [Stage("mean: group", "the reduced elements of this output",
-                        {"taps": full, "values": [int(v) for v in group.reshape(-1)]}),
-                  Stage("mean: sum", "S = exact integer sum; N = group size",
-                        {"N": int(group.size), "z": int(x.zero_point)}, total),
-                  Stage("mean: divide and round", _RULES[kernel], {"kernel": kernel},
-                        result.values[tuple(index)])]
-        return stages, [(0, tuple(full[0]))]
+        stages = observed_stages(MeanOp.run, params, inputs, result, index)
+        return stages, upstream_from(stages, inputs[0].values.shape)

@@ -4,13 +4,15 @@ Output qparams are the input's. Sources: aten/src/ATen/native/UpSample.h (source
 aten/src/ATen/native/quantized/cpu/UpSampleNearest2d.cpp, UpSampleBilinear2d.cpp and
 kernels/QuantizedOpKernels.cpp (``qupsample_bilinear2d_nhwc_kernel``).
 
-nearest (UpSample.h ``nearest_neighbor_compute_source_index``): ``src = min(floor(f32(o * r)), in - 1)``
+nearest (UpSample.h ``nearest_neighbor_compute_source_index``):
+``src = min(floor(f32(o * r)), in - 1)``
 with ``r = compute_scales_value<float>``: ``f32(1.0 / scale_factor)`` (double division) when the
 user gave a scale_factor, else ``f32(in) / f32(out)``; a plain copy only when out == in in *both*
 dims (no per-dim ``o >> 1`` shortcut, unlike the float kernel). Output size: ``floor(in * scale)``
 in double.
-bilinear, per output pixel, all float32; ``PoolingNumerics.nchw_bilinear`` / ``nhwc_bilinear``
-(a ``BilinearNumerics``) say which products are fused (``fmaf``, one rounding):
+bilinear, per output pixel, all float32; the kernel the engine runs for the call
+(``Engine.kernel("upsample", ...)``: an ``UpsampleKernel``, engines/aten_pooling.py) states its
+``BilinearNumerics``, which products are fused (``fmaf``, one rounding):
     ``r = scale * f32(o + 0.5) - 0.5`` clamped at 0 (``f32(scale * o)`` with align_corners),
     unfused on NCHW, ``fmaf(scale, f32(o + 0.5), -0.5)`` in the channels_last AVX2 build;
     ``i = int(r)``, ``l1 = f32(r - i)``, ``l0 = f32(1 - l1)``, the neighbour ``i + (i < in - 1)``;
@@ -24,7 +26,8 @@ bilinear, per output pixel, all float32; ``PoolingNumerics.nchw_bilinear`` / ``n
     stub has no AVX512 registration).
     ``q = clamp(rne(f32(v + z)))``: output qparams are the input's, so ``inverse_scale`` is 1.0 and
     ``quantize_val`` (``rne(f32(f32(v * 1) + z))``) and ``quantize_vec`` (FBGEMM ``QuantizeAvx2``,
-    ``rne(fmaf(v, 1, z))``) agree.
+    ``rne(fmaf(v, 1, z))``) agree (``UpsampleKernel.quantize_steps``).
+Every value is reported to ``qexact.trace`` as it is computed (explain observes the run).
 """
 
 from __future__ import annotations
@@ -33,29 +36,34 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..engines.pooling_numerics import BilinearNumerics, PoolingNumerics, pooling_numerics
+from ..engines.aten_pooling import BilinearNumerics
+from ..engines.base import Engine
 from ..errors import ShapeError, UnsupportedError
+from ..layout import suggests_channels_last, to_channels_last, to_contiguous
 from ..qparams import QuantizedArray
-from ..rounding import f32, fma_float32, round_half_even
-from ..stages import Stage
-from ._registry import graph_op
+from ..rounding import f32, fma_float32
+from ..trace import apply_steps, observing, record
+from ._average import laid_out, source_axes, upstream_from
+from ._registry import graph_op, observed_stages
 from .quantize import require_quantized
 
 
 @dataclass(frozen=True)
 class UpsampleParams:
     """``mode`` (nearest | bilinear), ``size`` (out H, W) or ``scale_factor`` (per dim, float),
-    ``align_corners`` (bilinear), ``numerics``."""
+    ``align_corners`` (bilinear), ``engine``: the ``Engine`` whose ``"upsample"`` kernel runs it
+    (chosen per call: the input's layout picks it)."""
 
     mode: str
     size: tuple[int, ...] | None
     scale_factor: tuple[float, ...] | None
     align_corners: bool
-    numerics: PoolingNumerics
+    engine: Engine
 
 
-def prepare_upsample(mode: str, size=None, scale_factor=None, align_corners=None,
-                     engine="fbgemm") -> UpsampleParams:
+def prepare_upsample(mode: str, size=None, scale_factor=None, align_corners=None, *,
+                     engine) -> UpsampleParams:
+    """Validate an upsample's arguments for ``engine`` (a name or an ``Engine``)."""
     from ..engines import get_engine
 
     if mode not in ("nearest", "bilinear"):
@@ -65,10 +73,10 @@ def prepare_upsample(mode: str, size=None, scale_factor=None, align_corners=None
     if size is not None:
         size = tuple(int(s) for s in (size if isinstance(size, (tuple, list)) else (size, size)))
     if scale_factor is not None:
-        scale_factor = tuple(float(s) for s in (scale_factor if isinstance(scale_factor, (tuple, list))
-                                                 else (scale_factor, scale_factor)))
-    return UpsampleParams(mode, size, scale_factor, bool(align_corners),
-                          pooling_numerics(get_engine(engine)))
+        factors = (scale_factor if isinstance(scale_factor, (tuple, list))
+                   else (scale_factor, scale_factor))
+        scale_factor = tuple(float(s) for s in factors)
+    return UpsampleParams(mode, size, scale_factor, bool(align_corners), get_engine(engine))
 
 
 def _output_sizes(p: UpsampleParams, in_sizes):
@@ -80,7 +88,9 @@ def _output_sizes(p: UpsampleParams, in_sizes):
 
 def _scale(in_size, out_size, scale, align_corners=False):
     if align_corners:
-        return f32(np.float32(in_size - 1) / np.float32(out_size - 1)) if out_size > 1 else np.float32(0)
+        if out_size <= 1:
+            return np.float32(0)
+        return f32(np.float32(in_size - 1) / np.float32(out_size - 1))
     if scale is not None and scale > 0:
         return f32(1.0 / scale)
     return f32(np.float32(in_size) / np.float32(out_size))
@@ -133,71 +143,119 @@ def blend(rule: str, a, x, b, y):
     raise UnsupportedError(f"bilinear blend rule {rule!r}; known: 'none', 'first', 'second'")
 
 
-_BLEND_FORMULA = {"none": "f32(a x) + f32(b y)", "first": "fmaf(a, x, f32(b y))",
-                  "second": "fmaf(b, y, f32(a x))"}
+_BLEND_FORMULA = {"none": "f32(f32({a} * {x}) + f32({b} * {y}))",
+                  "first": "fmaf({a}, {x}, f32({b} * {y}))",
+                  "second": "fmaf({b}, {y}, f32({a} * {x}))"}
 
 
-def bilinear_rule(p: UpsampleParams, values: np.ndarray) -> BilinearNumerics:
-    """The kernel an input takes: channels_last-contiguous arrays take the NHWC kernel."""
-    from ..layout import is_channels_last
-
-    return p.numerics.nhwc_bilinear if is_channels_last(values) else p.numerics.nchw_bilinear
+def blend_formula(rule: str, a: str, x: str, b: str, y: str) -> str:
+    """The blend ``B(a, x, b, y)`` under ``rule`` as a formula over the named values."""
+    return _BLEND_FORMULA[rule].format(a=f"{{{a}}}", x=f"{{{x}}}", b=f"{{{b}}}", y=f"{{{y}}}")
 
 
 def simd_channel_count(rule: BilinearNumerics, channels: int) -> int:
+    """How many channels ``do_quantized_bilinear_on_AVX2`` takes: ``C // w * w``."""
     width = rule.simd_channels
     return channels // width * width if width else 0
 
 
-def _bilinear(values: np.ndarray, zero_point: int, out_h: int, out_w: int, scales,
-              align_corners: bool, rule: BilinearNumerics) -> np.ndarray:
-    """Rounded (not yet clamped) float32 results, NCHW logical order."""
-    in_h, in_w = values.shape[2:]
+def _record_copy(label: str, formula: str, out: np.ndarray, rows, cols) -> None:
+    """Report a copied output and the source pixel of each element (``from_k``)."""
+    if not observing():
+        return
+    record(label, formula, out,
+           **source_axes(out.shape, 2, [np.asarray(rows).reshape(-1, 1), np.asarray(cols)]))
+
+
+def _bilinear(x: QuantizedArray, kernel, out_h: int, out_w: int, scales,
+              align_corners: bool) -> np.ndarray:
+    """The output integers (int64, NCHW logical order) of ``kernel``'s bilinear paths: the SIMD
+    channels, then the scalar ones, each with its blend rule and quantize steps."""
+    values = x.values
+    rule = kernel.bilinear
+    batch, channels, in_h, in_w = values.shape
     h0, h1, hl0, hl1 = bilinear_weights(in_h, out_h, scales[0], align_corners,
                                         rule.source_index_fused)
     w0, w1, wl0, wl1 = bilinear_weights(in_w, out_w, scales[1], align_corners,
                                         rule.source_index_fused)
-    hl0, hl1 = hl0[:, None], hl1[:, None]
-    z = np.float32(zero_point)
-    split = simd_channel_count(rule, values.shape[1])
-    parts = []
-    for channels, kind in ((slice(0, split), rule.simd_blend),
-                           (slice(split, None), rule.tail_blend)):
-        grid = values[:, channels].astype(np.float32)
+    source = ("fmaf(scale, f32(o + 0.5), -0.5)" if rule.source_index_fused
+              else "f32(f32(scale * f32(o + 0.5)) - 0.5)")
+    record("upsample: source index", f"r = {source} clamped at 0 (align_corners: f32(scale * o)); "
+           "i = int(r), l1 = f32(r - i), l0 = f32(1 - l1); neighbour i + (i < in - 1)", None,
+           source_index_fused=rule.source_index_fused)
+    z = np.float32(x.zero_point)
+    split = simd_channel_count(rule, channels)
+    channel = np.arange(channels).reshape(1, -1, 1, 1)
+    out = np.empty((batch, channels, out_h, out_w), np.int64)
+    for simd, part, kind, path in ((True, slice(0, split), rule.simd_blend, "SIMD channels "
+                                    f"(do_quantized_bilinear_on_AVX2, blocks of "
+                                    f"{rule.simd_channels})"),
+                                   (False, slice(split, None), rule.tail_blend,
+                                    "scalar channel loop")):
+        grid = values[:, part].astype(np.float32)
         if grid.shape[1] == 0:
             continue
+        where = np.broadcast_to(channel < split if simd else channel >= split, out.shape)
+        record("upsample: path", "which code path of the kernel computes this element", None,
+               where=where, kernel=kernel.name, path=path)
         rows0, rows1 = grid[:, :, h0], grid[:, :, h1]
-        top = blend(kind, wl0, rows0[..., w0], wl1, rows0[..., w1])
-        bottom = blend(kind, wl0, rows1[..., w0], wl1, rows1[..., w1])
-        centered = f32(blend(kind, hl0, top, hl1, bottom) - z)
-        parts.append(round_half_even(f32(centered + z)))
-    if not parts:
-        return np.zeros((values.shape[0], 0, out_h, out_w), np.float32)
-    return np.concatenate(parts, axis=1)
+        p00, p01, p10, p11 = rows0[..., w0], rows0[..., w1], rows1[..., w0], rows1[..., w1]
+        shape = p00.shape
+        shown, source = {}, {}
+        if observing():
+            shown = {name: np.broadcast_to(value, shape) for name, value in (
+                ("h0", h0.reshape(-1, 1)), ("h1", h1.reshape(-1, 1)), ("w0", w0), ("w1", w1),
+                ("h_l0", hl0.reshape(-1, 1)), ("h_l1", hl1.reshape(-1, 1)), ("w_l0", wl0),
+                ("w_l1", wl1))}
+            source = source_axes(shape, 1, [
+                np.arange(part.start, part.start + shape[1]).reshape(1, -1, 1, 1),
+                shown["h0"], shown["w0"]])
+        top = record("upsample: top row", "top = "
+                     + blend_formula(kind, "w_l0", "p00", "w_l1", "p01")
+                     + "; p00 = x[{from_0}, {from_1}, {h0}, {w0}], p01 = x[..., {h0}, {w1}]",
+                     blend(kind, wl0, p00, wl1, p01), where=where, p00=p00, p01=p01,
+                     blend=kind, **shown, **source)
+        bottom = record("upsample: bottom row", "bottom = "
+                        + blend_formula(kind, "w_l0", "p10", "w_l1", "p11")
+                        + "; p10 = x[..., {h1}, {w0}], p11 = x[..., {h1}, {w1}]",
+                        blend(kind, wl0, p10, wl1, p11), where=where, p10=p10, p11=p11,
+                        blend=kind, **shown)
+        vertical = blend(kind, hl0[:, None], top, hl1[:, None], bottom)
+        centered = record("upsample: blend minus z", "v = f32("
+                          + blend_formula(kind, "h_l0", "top", "h_l1", "bottom") + " - {z})",
+                          f32(vertical - z), where=where, top=top, bottom=bottom, z=z,
+                          blend=kind, **{k: shown[k] for k in ("h_l0", "h_l1") if k in shown})
+        out[:, part] = apply_steps(centered, kernel.quantize_steps(simd, x.qparams, x.qparams),
+                                   where=where, prefix="upsample: ")
+    return out
 
 
 def upsample(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
-    from ..layout import is_channels_last, nhwc_kernel_result, to_contiguous
-
+    """Quantized ``F.interpolate`` (nearest, bilinear) on an (N, C, H, W) input, by the kernel the
+    engine runs for it (``UpsampleKernel``)."""
     values = x.values
     if values.ndim != 4:
         raise ShapeError(f"quantized upsample expects a 4-D (N, C, H, W) input, got {values.shape}")
     (out_h, out_w), (scale_h, scale_w) = _output_sizes(p, values.shape[2:])
     in_h, in_w = values.shape[2:]
-    channels_last = is_channels_last(values)
-    if p.mode == "nearest":
+    kernel = p.engine.kernel("upsample", p.mode, values)
+    record("upsample: kernel", "the kernel that runs this call", None, kernel=kernel.name,
+           source=kernel.source)
+    if kernel.mode == "nearest":
         rows, cols = nearest_grid(in_h, in_w, out_h, out_w, scale_h, scale_w)
         out = values[:, :, rows][:, :, :, cols]
-    elif (in_h, in_w) == (out_h, out_w) and not channels_last:
+        _record_copy("upsample: nearest", "q = x[{from_0}, {from_1}, {from_2}, {from_3}], the "
+                     "nearest source pixel: src = min(floor(f32(o * r)), in - 1)", out, rows,
+                     cols)
+    elif kernel.copies_unchanged_size and (in_h, in_w) == (out_h, out_w):
         out = values.copy()
+        _record_copy("upsample: copy", "the output size is the input's: the kernel returns a "
+                     "copy, q = x[{from_0}, {from_1}, {from_2}, {from_3}]", out,
+                     np.arange(out_h), np.arange(out_w))
     else:
-        rule = bilinear_rule(p, values)
-        rounded = _bilinear(values, x.zero_point, out_h, out_w, (scale_h, scale_w),
-                            p.align_corners, rule)
-        out = np.clip(rounded, x.dtype.qmin, x.dtype.qmax).astype(x.dtype.numpy_dtype)
-    if channels_last:
-        return QuantizedArray(nhwc_kernel_result(out, values), x.qparams)
-    return QuantizedArray(to_contiguous(out), x.qparams)
+        out = _bilinear(x, kernel, out_h, out_w, (scale_h, scale_w), p.align_corners)
+        out = out.astype(x.dtype.numpy_dtype)
+    return QuantizedArray(laid_out("upsample", kernel.output, out, values), x.qparams)
 
 
 def float_nearest_indices(in_size: int, out_size: int, scale) -> np.ndarray:
@@ -216,13 +274,15 @@ def upsample_nearest_float(x: np.ndarray, p: UpsampleParams) -> np.ndarray:
     UpSampleKernel.cpp ``nearest_idx`` decides per dim, ``o`` when out == in, ``o >> 1`` when
     out == 2 in (whatever the scale factor), else ``nearest_indices``. The output follows
     ``suggest_memory_format()``."""
-    from ..layout import suggests_channels_last, to_channels_last, to_contiguous
-
     if x.ndim != 4:
         raise ShapeError(f"upsample expects a 4-D (N, C, H, W) input, got {x.shape}")
     (out_h, out_w), (scale_h, scale_w) = _output_sizes(p, x.shape[2:])
     rows = float_nearest_indices(x.shape[2], out_h, scale_h)
-    out = x[:, :, rows][:, :, :, float_nearest_indices(x.shape[3], out_w, scale_w)]
+    cols = float_nearest_indices(x.shape[3], out_w, scale_w)
+    out = x[:, :, rows][:, :, :, cols]
+    _record_copy("upsample (float): nearest", "y = x[{from_0}, {from_1}, {from_2}, {from_3}] "
+                 "(UpSampleKernel.cpp nearest_idx: o, o >> 1, or min(floor(f32(o * r)), in - 1))",
+                 out, rows, cols)
     return to_channels_last(out) if suggests_channels_last(x) else to_contiguous(out)
 
 
@@ -270,41 +330,7 @@ class UpsampleOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        params = _with_runtime_size(params, inputs)
+        stages = observed_stages(UpsampleOp.run, params, inputs, result, index)
         x = inputs[0]
-        values = x.values if isinstance(x, QuantizedArray) else np.asarray(x)
-        (out_h, out_w), (scale_h, scale_w) = _output_sizes(params, values.shape[2:])
-        n, c, oy, ox = index
-        if params.mode == "nearest":
-            if isinstance(x, QuantizedArray):
-                rows, cols = nearest_grid(*values.shape[2:], out_h, out_w, scale_h, scale_w)
-            else:
-                rows = float_nearest_indices(values.shape[2], out_h, scale_h)
-                cols = float_nearest_indices(values.shape[3], out_w, scale_w)
-            iy, ix = int(rows[oy]), int(cols[ox])
-            source = (n, c, iy, ix)
-            out = result.values if isinstance(result, QuantizedArray) else result
-            return [Stage("upsample nearest", "the same value, copied from the nearest pixel",
-                          {"from_index": list(source)}, out[index])], [(0, source)]
-        rule = bilinear_rule(params, x.values)
-        simd = c < simd_channel_count(rule, x.values.shape[1])
-        kind = rule.simd_blend if simd else rule.tail_blend
-        h0, h1, hl0, hl1 = (a[oy] for a in bilinear_weights(x.values.shape[2], out_h, scale_h,
-                                                               params.align_corners,
-                                                               rule.source_index_fused))
-        w0, w1, wl0, wl1 = (a[ox] for a in bilinear_weights(x.values.shape[3], out_w, scale_w,
-                                                               params.align_corners,
-                                                               rule.source_index_fused))
-        taps = [(n, c, int(h), int(w)) for h in (h0, h1) for w in (w0, w1)]
-        source = ("fmaf(scale, o + 0.5, -0.5)" if rule.source_index_fused
-                  else "f32(scale (o + 0.5)) - 0.5")
-        stage = Stage("upsample bilinear",
-                      f"r = {source} (align_corners: scale o), l1 = r - int(r), l0 = 1 - l1; "
-                      f"v = B(h0, B(w0, p00, w1, p01), h1, B(w0, p10, w1, p11)) - z; "
-                      f"q = clamp(rne(v + z)); B(a, x, b, y) = {_BLEND_FORMULA[kind]}",
-                      {"taps": [list(t) for t in taps],
-                       "values": [int(x.values[t]) for t in taps],
-                       "lambdas": [float(hl0), float(hl1), float(wl0), float(wl1)],
-                       "blend": kind, "source_index_fused": rule.source_index_fused},
-                      result.values[index])
-        return [stage], [(0, taps[0])]
+        return stages, upstream_from(stages, np.shape(x.values if isinstance(x, QuantizedArray)
+                                                      else x))
