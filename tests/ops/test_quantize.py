@@ -11,6 +11,8 @@ subnormals, +-0.0 and random float32 bit patterns.
 
 from __future__ import annotations
 
+from functools import partial
+
 from collections import Counter
 
 import numpy as np
@@ -483,7 +485,7 @@ def test_explain_last_stage_is_the_output(dtype, granularity):
     is the output element (float32 bit for bit for dequantize), NaN and infinities included; a
     Linear's walk into a quantize explains a whole row, whose last result is the row."""
     from qexact.engines.aten_quantize import dequantize_kernel, quantize_kernel
-    from qexact.ops.quantize import quantize
+    from qexact.ops.quantize import QuantizeParams, quantize
 
     rng = np.random.default_rng(5)
     shape = (3, 37)
@@ -498,16 +500,18 @@ def test_explain_last_stage_is_the_output(dtype, granularity):
     q = quantize(x, qparams)
     r = qexact.dequantize(q)
     kernel = quantize_kernel(qparams, x.ndim)
+    engine = qexact.get_engine("fbgemm")
+    params = QuantizeParams(qparams.scale, qparams.zero_point, qparams.dtype, qparams.axis, engine)
     for index in [(0, 0), (0, 1), (0, 2), (2, 36)] + [
             tuple(int(i) for i in rng.integers(0, shape)) for _ in range(20)]:
-        stages, upstream = _explain("quantize", qparams, [x], q, index)
+        stages, upstream = _explain("quantize", params, [x], q, index)
         assert upstream == []
         assert stages[-1].result == q.values[index], (index, stages[-1])
         assert stages[0].values["kernel"] == kernel.name
-        stages, upstream = _explain("dequantize", None, [q], r, index)
+        stages, upstream = _explain("dequantize", partial(engine.kernel, "dequantize"), [q], r, index)
         assert upstream == [(0, index)]
         assert np.float32(stages[-1].result).view(np.uint32) == r[index].view(np.uint32)
         assert stages[0].values["kernel"] == dequantize_kernel(qparams, q.values.ndim).name
-    stages, _ = _explain("quantize", qparams, [x], q, (1, slice(None)))
+    stages, _ = _explain("quantize", params, [x], q, (1, slice(None)))
     assert np.array_equal(stages[-1].result, q.values[1])
     assert stages[0].values["kernel"] == kernel.name

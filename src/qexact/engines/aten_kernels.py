@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from . import aten_activations, aten_elementwise, aten_normalization, aten_pooling
+from . import (aten_activations, aten_elementwise, aten_normalization, aten_pooling,
+               aten_quantize)
 
 ATEN_KERNELS = MappingProxyType({
     **aten_elementwise.KERNELS,
     **aten_activations.KERNELS,
     **aten_pooling.KERNELS,
     **aten_normalization.KERNELS,
+    **aten_quantize.KERNELS,
 })

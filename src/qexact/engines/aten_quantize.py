@@ -113,3 +113,18 @@ def dequantize_kernel(qparams: QParams, ndim: int) -> ConversionKernel:
         AddInt32("q - z (int32, wraps)", term=-int(qparams.zero_point)),
         ToFloat32("to float32"),
         MultiplyFloat32("times s", factor=f32(qparams.scale))))
+
+
+def choose_quantize(engine, qparams: QParams, ndim: int) -> ConversionKernel:
+    """The ``quantize`` family: every PyTorch engine runs ATen's ``quantize_kernel`` (measured
+    alike on fbgemm, x86, qnnpack, onednn and at every ATen capability)."""
+    return quantize_kernel(qparams, ndim)
+
+
+def choose_dequantize(engine, qparams: QParams, ndim: int) -> ConversionKernel:
+    """The ``dequantize`` family: ATen's ``dequantize_kernel`` on every PyTorch engine."""
+    return dequantize_kernel(qparams, ndim)
+
+
+KERNELS: dict = {"quantize": choose_quantize, "dequantize": choose_dequantize}
+"""This module's entries of the ATen kernel table (``aten_kernels.ATEN_KERNELS``)."""

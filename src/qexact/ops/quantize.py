@@ -29,6 +29,9 @@ and measurements are in engines/aten_quantize.py):
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -103,21 +106,24 @@ def quantize_per_channel(x, scales, zero_points, axis: int, dtype: QDType) -> Qu
     """Quantize with one scale and zero point per slice along ``axis``
     (``torch.quantize_per_channel``)."""
     x = check_float32(x)
+    axis = _check_channels(x, axis, np.size(scales))
+    return _quantize(x, QParams.per_channel(scales, zero_points, axis, dtype))
+
+
+def _check_channels(x: np.ndarray, axis: int, count: int) -> int:
+    """``axis`` of ``x`` (made non-negative), after checking it has ``count`` channels."""
     if not -x.ndim <= axis < x.ndim:
         raise ShapeError(f"axis {axis!r} out of range for an input of shape {x.shape}")
     axis = axis % x.ndim
-    qparams = QParams.per_channel(scales, zero_points, axis, dtype)
-    if len(qparams.scale) != x.shape[axis]:
-        raise ShapeError(
-            f"{len(qparams.scale)} per-channel scales for axis {axis} of size {x.shape[axis]}"
-        )
-    return _quantize(x, qparams)
+    if count != x.shape[axis]:
+        raise ShapeError(f"{count} per-channel scales for axis {axis} of size {x.shape[axis]}")
+    return axis
 
 
-def _quantize(x: np.ndarray, qparams: QParams) -> QuantizedArray:
-    """Apply the kernel ``torch.quantize_per_*`` runs (``engines.aten_quantize.quantize_kernel``)
-    to every element, reporting its steps."""
-    kernel = quantize_kernel(qparams, x.ndim)
+def _quantize(x: np.ndarray, qparams: QParams, kernel=None) -> QuantizedArray:
+    """Apply ``kernel`` (default: what ``torch.quantize_per_*`` runs,
+    ``engines.aten_quantize.quantize_kernel``) to every element, reporting its steps."""
+    kernel = kernel or quantize_kernel(qparams, x.ndim)
     record("quantize: kernel", "the kernel that quantizes every element", None,
            kernel=kernel.name)
     inv = kernel.inverse_scale
@@ -142,10 +148,10 @@ def quantize(x, qparams: QParams) -> QuantizedArray:
     return quantize_per_tensor(x, qparams.scale, qparams.zero_point, qparams.dtype)
 
 
-def dequantize(q: QuantizedArray) -> np.ndarray:
-    """Float32 values of a quantized array (``Tensor.dequantize``;
+def dequantize(q: QuantizedArray, kernel=None) -> np.ndarray:
+    """Float32 values of a quantized array by ``kernel`` (default: ``Tensor.dequantize``'s,
     ``engines.aten_quantize.dequantize_kernel``)."""
-    kernel = dequantize_kernel(q.qparams, q.values.ndim)
+    kernel = kernel or dequantize_kernel(q.qparams, q.values.ndim)
     record("dequantize: kernel", "the kernel that dequantizes every element", None,
            kernel=kernel.name)
     return apply_steps(np.asarray(q.values).astype(np.int64), kernel.steps,
@@ -206,45 +212,66 @@ def _same(a, b) -> bool:
             and first.tobytes() == second.tobytes())
 
 
+@dataclass(frozen=True, eq=False)
+class QuantizeParams(QParams):
+    """A quantize node's output qparams (it reads as them, in ``net.layers``) and the engine
+    whose ``quantize`` kernel it runs."""
+
+    engine: Any = None
+
+    @property
+    def qparams(self) -> QParams:
+        return QParams(self.scale, self.zero_point, self.dtype, self.axis)
+
+
 @graph_op("quantize", "float32 -> quantized, per tensor (QuantStub / nnq.Quantize)")
 class QuantizeOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
         output = qparams_from_fields(node.attrs, node.arrays, "output")
-        return output, output
+        return QuantizeParams(output.scale, output.zero_point, output.dtype, output.axis,
+                              engine), output
 
     @staticmethod
-    def run(output: QParams, inputs):
-        (x,) = inputs
-        if isinstance(x, QuantizedArray):
-            raise ShapeError("quantize expects a float32 array, got an already quantized array")
-        return quantize(x, output)
+    def run(params: QuantizeParams, inputs):
+        x = check_float32(_float_input(inputs[0], "quantize"))
+        output = params.qparams
+        if output.is_per_channel:
+            _check_channels(x, output.axis, np.size(output.scale))
+        return _quantize(x, output, params.engine.kernel("quantize", output, x.ndim))
 
     @staticmethod
-    def explain(output: QParams, inputs, result, index):
+    def explain(params, inputs, result, index):
         """Observed on the run: the kernel, ``inv``, and each step of its pipeline (for a
         Linear's input row, every element of the row)."""
-        return observed_block_stages(QuantizeOp.run, output, inputs, result, index), []
+        return observed_block_stages(QuantizeOp.run, params, inputs, result, index), []
 
 
 @graph_op("dequantize", "quantized -> float32 (DeQuantStub / nnq.DeQuantize)")
 class DequantizeOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
+        """Params: the engine's ``dequantize`` chooser (the kernel depends on the input's rank)."""
         require_quantized(node, input_qparams)
-        return None, None
+        return partial(engine.kernel, "dequantize"), None
 
     @staticmethod
-    def run(params, inputs):
+    def run(choose, inputs):
         (x,) = inputs
         if not isinstance(x, QuantizedArray):
             raise ShapeError("dequantize expects a quantized array")
-        return dequantize(x)
+        return dequantize(x, choose(x.qparams, x.values.ndim))
 
     @staticmethod
-    def explain(params, inputs, result, index):
+    def explain(choose, inputs, result, index):
         """Observed on the run: the kernel and each step of its pipeline."""
-        return observed_stages(DequantizeOp.run, params, inputs, result, index), [(0, index)]
+        return observed_stages(DequantizeOp.run, choose, inputs, result, index), [(0, index)]
+
+
+def _float_input(x, op: str):
+    if isinstance(x, QuantizedArray):
+        raise ShapeError(f"{op} expects a float32 array, got an already quantized array")
+    return x
 
 
 def require_quantized(node, input_qparams, index: int = 0) -> QParams:
