@@ -520,6 +520,16 @@ def test_pool_errors():
     x = QuantizedArray(np.zeros((1, 2, 3, 3), np.uint8), QParams.per_tensor(0.1, 0, QUINT8))
     with pytest.raises(UnsupportedError, match="1x1"):
         pool(x, params)
+    # unbatched inputs: QNNPACK's average pooling needs 4-D (torch 2.13 raises "Expected input
+    # to be 4-dimensional" for (C, H, W) and for avg_pool1d's (C, W)); ceil_mode runs ATen's
+    unbatched = QuantizedArray(np.zeros((2, 6, 6), np.uint8), QParams.per_tensor(0.1, 3, QUINT8))
+    with pytest.raises(ShapeError, match="4-dimensional"):
+        pool(unbatched, prepare_pool("avg", 2, 2, engine="qnnpack"))
+    with pytest.raises(ShapeError, match="4-dimensional"):
+        pool(QuantizedArray(unbatched.values[0], unbatched.qparams),
+             prepare_pool("avg", 1, 2, engine="qnnpack"))
+    assert pool(unbatched, prepare_pool("avg", 2, 2, ceil_mode=True,
+                                        engine="qnnpack")).values.shape == (2, 3, 3)
 
 
 def test_eager_model_pools_vs_torch(engine):

@@ -75,10 +75,14 @@ def _quint8(dtype) -> bool:
 
 
 def choose_avg_pool(engine, kernel_size, ceil_mode: bool, dtype, values: np.ndarray):
-    """AveragePool2d.cpp ``avg_pool2d_quantized_cpu``: quint8, not ceil_mode, a 4-D input of a
-    2-D pool take QNNPACK's average pooling; the rest ATen's kernels."""
-    if not (_quint8(dtype) and not ceil_mode and len(kernel_size) == 2 and values.ndim == 4):
+    """AveragePool2d.cpp ``avg_pool2d_quantized_cpu``: quint8 2-D pools, not ceil_mode, take
+    QNNPACK's average pooling, which needs a 4-D input; the rest ATen's kernels."""
+    if not (_quint8(dtype) and not ceil_mode and len(kernel_size) == 2):
         return aten_pooling.choose_avg_pool(engine, kernel_size, ceil_mode, dtype, values)
+    if values.ndim != 4:  # measured on torch 2.13: an unbatched (C, H, W) input raises
+        raise ShapeError("qnnpack avg_pool2d expects a 4-D input: PyTorch raises "
+                         f"'qnnpack_avg_pool2d(): Expected input to be 4-dimensional: got "
+                         f"{values.ndim}'")
     if tuple(kernel_size) == (1, 1):
         raise UnsupportedError("qnnpack avg_pool2d rejects a 1x1 kernel (QNNPACK "
                                "pytorch_qnnp_create_average_pooling2d_nhwc_q8)")
