@@ -152,15 +152,16 @@ def _general(p: CatParams, values, dim: int) -> np.ndarray:
     reals, offset = [], 0
     for i, (v, qparams) in enumerate(zip(values, p.input_qparams)):
         real = dequantize(QuantizedArray(v, qparams))
-        record(f"cat: dequantize input {i}", "d = f32(f32(s_i) f32(q - z_i))", real.ravel(),
+        # dequantize reports its steps over the input's elements; this places its result
+        record(f"cat: dequantize input {i}", "d = dequantize(q) (the dequantize kernel)",
+               real.ravel(),
                where=_slab(out_shape, dim, offset, offset + v.shape[dim]),
                q=v.astype(np.int64).ravel(), s_i=qparams.scale, z_i=qparams.zero_point)
         reals.append(real)
         offset += v.shape[dim]
     real = np.concatenate(reals, axis=dim)
+    # quantize_per_tensor reports its own kernel and steps over the output's elements
     out = quantize_per_tensor(real, out_qp.scale, out_qp.zero_point, out_qp.dtype).values
-    record("cat: quantize_per_tensor", "q = clamp(rne(fmaf(d, f32(1/f32(s)), f32(z))))",
-           out.astype(np.int64), d=real, s=out_qp.scale, z=out_qp.zero_point)
     if p.relu:
         out = apply_steps(out.astype(np.int64), (ClampInt(
             "relu: max(q, z)", role="relu", low=int(out_qp.zero_point), high=out_qp.dtype.qmax),),

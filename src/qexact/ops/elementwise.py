@@ -12,9 +12,6 @@ ATen's add dequantizes (``Vectorized``'s or ``dequantize_val``'s pipeline), sums
 quantizes (``QuantizeAvx2`` or ``quantize_val``); its mul requantizes the integer product of the
 centered inputs (engines/aten_elementwise.py states both). The output comes out in the memory
 format the kernel allocates (``a.suggest_memory_format()`` for ATen's, ``binary_walk``).
-
-The thin wrappers ``dequantize_simd``, ``dequantize_scalar``, ``quantize_simd``,
-``quantize_scalar`` apply ATen's named pipelines (``qexact.engines.aten``) for older callers.
 """
 
 from __future__ import annotations
@@ -23,46 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dtypes import QDType
-from ..engines import aten
-from ..engines.aten import (default_num_threads, inverse_scale, layout_simd_mask,
-                            like_memory_format)
+from ..engines.aten import default_num_threads
 from ..engines.base import Engine
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
-from ..rounding import f32
 from ..trace import apply_steps, record
 from ._registry import graph_op, observed_stages
 from .quantize import require_quantized
 
-__all__ = ["BinaryParams", "binary", "dequantize_scalar", "dequantize_simd", "inverse_scale",
-           "layout_simd_mask", "like_memory_format", "prepare_binary", "quantize_scalar",
-           "quantize_simd"]
-"""``inverse_scale``, ``layout_simd_mask``, ``like_memory_format``: re-exported from
-``qexact.engines.aten`` for older callers."""
-
-
-# --- The two quantization paths of ATen's elementwise kernels (engines.aten's pipelines) ------
-
-
-def dequantize_simd(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """``Vectorized<quint8>::dequantize``: ``fmaf(f32(s), f32(q), f32(f32(s) * f32(-z)))``."""
-    return apply_steps(q, aten.dequantize_vector(scale, zero_point))
-
-
-def dequantize_scalar(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """``dequantize_val(float scale, z, q)``: ``f32(f32(s) * f32(q - z))``."""
-    return apply_steps(np.asarray(q).astype(np.int64), aten.dequantize_scalar(scale, zero_point))
-
-
-def quantize_simd(y: np.ndarray, inv, zero_point: int, dtype: QDType) -> np.ndarray:
-    """``QuantizeAvx2``: ``clamp(cvtps2dq(min(f32(y * inv), 2147483520)) + z)`` (NaN -> qmax)."""
-    return apply_steps(f32(y), aten.quantize_vector(inv, zero_point, dtype))
-
-
-def quantize_scalar(y: np.ndarray, inv, zero_point: int, dtype: QDType) -> np.ndarray:
-    """``quantize_val`` (FBGEMM ``Quantize``): ``clamp(rne(f32(f32(y * inv) + f32(z))))``."""
-    return apply_steps(f32(y), aten.quantize_scalar(inv, zero_point, dtype))
+__all__ = ["BinaryParams", "binary", "prepare_binary"]
 
 
 # --- add / mul ---------------------------------------------------------------------------------

@@ -37,12 +37,11 @@ import numpy as np
 
 from ..dtypes import QINT32, QDType
 from ..engines.aten_quantize import dequantize_kernel, quantize_kernel
-from ..errors import QexactError, QuantParamError, ShapeError
+from ..errors import QuantParamError, ShapeError
 from ..qparams import QParams, QuantizedArray, qparams_from_fields
 from ..rounding import f32, fma_float32, round_half_even
-from ..stages import Stage
-from ..trace import apply_steps, observe, record
-from ._registry import graph_op, observed_stages
+from ..trace import apply_steps, record
+from ._registry import graph_op, observed_block_stages, observed_stages
 
 
 class ZeroPointEntry(enum.Enum):
@@ -156,60 +155,6 @@ def dequantize(q: QuantizedArray, kernel=None) -> np.ndarray:
            kernel=kernel.name)
     return apply_steps(np.asarray(q.values).astype(np.int64), kernel.steps,
                        prefix="dequantize: ")
-
-
-def observed_block_stages(run, params, inputs, result, index) -> list[Stage]:
-    """``observed_stages`` for an ``index`` that may hold slices (a Linear walks back into the
-    quantize of its whole input row): the op runs once under ``observe``, each element of the
-    block gets its stages, and they are merged stage by stage, a value equal over the block
-    shown once, others as arrays over the block; a step's results (the stages with a ``v``)
-    are an array over the block. The formula is the first element's (their constants are the
-    same for a per-tensor quantize)."""
-    index = tuple(index)
-    if all(isinstance(i, (int, np.integer)) for i in index):
-        return observed_stages(run, params, inputs, result, index)
-    with observe() as trace:
-        again = run(params, inputs)
-    first, second = (value.values if isinstance(value, QuantizedArray) else np.asarray(value)
-                     for value in (result, again))
-    if first.shape != second.shape or not np.array_equal(
-            first, second, equal_nan=first.dtype.kind == "f"):
-        raise QexactError("explain: running the op again gave a different output")
-    positions = np.arange(first.size).reshape(first.shape)[index].reshape(-1)
-    per_element = [trace.stages_at(tuple(int(i) for i in np.unravel_index(flat, first.shape)),
-                                   first.shape) for flat in positions]
-    names = [[stage.name for stage in stages] for stages in per_element]
-    if any(other != names[0] for other in names[1:]):
-        return [stage for stages in per_element for stage in stages]
-    return [_merge(list(stages)) for stages in zip(*per_element)]
-
-
-def _merge(stages: list[Stage]) -> Stage:
-    """One stage over a block of elements from each element's own stage (same name)."""
-    def gathered(values):
-        if all(_same(value, values[0]) for value in values[1:]):
-            return values[0]
-        return np.array(values)
-
-    names = stages[0].values.keys()
-    values = {name: gathered([stage.values[name] for stage in stages]) for name in names}
-    results = [stage.result for stage in stages]
-    if results[0] is None:
-        result = None
-    elif "v" in values:  # a step: its results over the block, an array even where they agree
-        result = np.array(results)
-    else:  # a value of constants (the inverse scale): once if the block agrees
-        result = gathered(results)
-    return Stage(stages[0].name, stages[0].formula, values, result)
-
-
-def _same(a, b) -> bool:
-    """Whether two shown values are the same: numbers bit for bit (NaN equals NaN)."""
-    first, second = np.asarray(a), np.asarray(b)
-    if first.dtype.kind not in "biuf" or second.dtype.kind not in "biuf":
-        return type(a) is type(b) and bool(np.all(first == second))
-    return (first.dtype == second.dtype and first.shape == second.shape
-            and first.tobytes() == second.tobytes())
 
 
 @dataclass(frozen=True, eq=False)
