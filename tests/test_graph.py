@@ -181,7 +181,8 @@ def test_unknown_op_names_node_and_known_ops():
 def test_unknown_engine():
     graph, _ = exact_graph()
     with pytest.raises(qexact.UnsupportedError, match=r"engine 'mps' is not supported; supported: "
-                                                      r"\['fbgemm', 'onednn', 'qnnpack', 'x86'\]"):
+                                                      r"\['fbgemm', 'inductor', 'onednn', 'pt2e_eager', 'qnnpack', 'x86', "
+                                                          r"'xnnpack'\]"):
         Net(graph, "mps")
     with pytest.raises(qexact.UnsupportedError, match="isa 'neon'"):
         Net(graph, "fbgemm", isa="neon")

@@ -301,6 +301,23 @@ class MultiplyFloat64(Step):
         return {"factor": self.factor}
 
 
+@dataclass(frozen=True, eq=False)
+class ScaleToFloat32(Step):
+    """``v = f32(double(v) * factor)`` for an integer ``v``: the real value ``v * factor``
+    (``factor`` a double) rounded to float32, after a first rounding to double (exact for
+    ``|v| < 2**31`` and a float32 product of two float32 scales). A stand-in for a float sum
+    whose order is not reproduced (``GemmNumerics.inexact``)."""
+
+    factor: np.ndarray = field(default_factory=lambda: np.ones(1, np.float64))
+    formula = "f32(v * {factor})"
+
+    def apply(self, value):
+        return f32(np.asarray(value, dtype=np.float64) * np.asarray(self.factor, np.float64))
+
+    def constants(self):
+        return {"factor": self.factor}
+
+
 def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype) -> np.ndarray:
     """Apply ``steps`` to the int64 accumulator ``acc``; the last step must leave integers in range."""
     value = acc

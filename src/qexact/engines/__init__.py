@@ -9,6 +9,8 @@ line in ``ENGINES``.
 'qnnpack'
 >>> engine_names()
 ('fbgemm', 'x86', 'qnnpack', 'onednn')
+>>> engine_names("pt2e")
+('xnnpack', 'inductor', 'pt2e_eager')
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..errors import UnsupportedError
-from . import fbgemm, onednn, qnnpack, x86
+from . import fbgemm, inductor, onednn, pt2e_eager, qnnpack, x86, xnnpack
 from .base import (ATEN_CAPABILITIES, AVX2, AVX512_VNNI, ISAS, BiasMode, Engine, GemmNumerics,
                    LayerQuantization, Requantization, check_isa, detect_aten_capability,
                    detect_isa)
@@ -27,15 +29,29 @@ ENGINES: dict[str, Callable[[str], Engine]] = {
     "x86": x86.engine,
     "qnnpack": qnnpack.engine,
     "onednn": onednn.engine,
+    "xnnpack": xnnpack.engine,
+    "inductor": inductor.engine,
+    "pt2e_eager": pt2e_eager.engine,
 }
 """The engine registry: name -> ``engine(isa) -> Engine``. Append a new engine at the end: the
 order is the conformance sweep's case-stream order, and appending leaves every existing stream
 (and so every recorded case) as it was."""
 
 
-def engine_names() -> tuple[str, ...]:
-    """The registered engines' names, in registry order."""
-    return tuple(ENGINES)
+FLOWS = {"eager": ("fbgemm", "x86", "qnnpack", "onednn"),
+         "pt2e": ("xnnpack", "inductor", "pt2e_eager")}
+"""Engines by the models they run (``Engine.flow``): ``eager``, PyTorch's quantized engines
+(``torch.ao.quantization`` models); ``pt2e``, the deployments of PT2E models."""
+
+
+def engine_names(flow: str = "eager") -> tuple[str, ...]:
+    """The registered engines of ``flow`` (``"eager"``, ``"pt2e"`` or ``"all"``), in registry
+    order."""
+    if flow == "all":
+        return tuple(ENGINES)
+    if flow not in FLOWS:
+        raise UnsupportedError(f"flow {flow!r} is not one of {sorted(FLOWS) + ['all']}")
+    return FLOWS[flow]
 
 
 def get_engine(name: str | Engine, isa: str | None = None,
@@ -57,4 +73,4 @@ def get_engine(name: str | Engine, isa: str | None = None,
 
 __all__ = ["ATEN_CAPABILITIES", "AVX2", "AVX512_VNNI", "ENGINES", "ISAS", "BiasMode", "Engine",
            "GemmNumerics", "LayerQuantization", "Requantization", "detect_aten_capability",
-           "detect_isa", "engine_names", "get_engine"]
+           "detect_isa", "engine_names", "get_engine", "FLOWS"]

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..dtypes import QDType, QUINT8
 from ..errors import UnsupportedError
 from ..qparams import QParams
 from ..requantize import AddInt, ClampInt, RoundHalfEvenToInt32, Step
@@ -94,6 +95,7 @@ def check_isa(isa: str) -> str:
 class BiasMode(enum.Enum):
     FLOAT32 = "float32, added in the float epilogue"
     INT32_AT_INPUT_SCALE = "int32, quantized with scale s_x * s_w whenever s_x changes"
+    INT32_AT_LOWERING = "int32, quantized once with scale f32(s_w * s_x) when the model is lowered"
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,6 +128,9 @@ class GemmNumerics:
     """Added to int8 weights before the kernel sees them (QNNPACK stores ``w + 128`` as uint8)."""
     pair_block_starts: Callable[[int], tuple[int, ...]] = lambda depth: (0,)
     """Where K blocks start when pairs saturate: pairs are formed from each block's start."""
+    inexact: str = ""
+    """Why this kernel's outputs are not bit-exact (empty: they are): a float op whose summation
+    order qexact does not reproduce (PT2E eager's MKL/oneDNN float GEMM)."""
 
     def saturates_pairs(self, isa: str) -> bool:
         return isa in self.pair_saturation_isas
@@ -228,6 +233,22 @@ class Engine:
     """``conv_transpose(geometry, isa)``: the kernel PyTorch runs for a transposed convolution
     (``geometry.transposed``; see ``conv_transpose_kernel``)."""
 
+    flow: str = "eager"
+    """Which models the engine runs: ``"eager"``, PyTorch's own quantized kernels
+    (``torch.ao.quantization`` models, whose weights are packed for one engine), or ``"pt2e"``,
+    a deployment of a PT2E model (``quantized_decomposed`` quantize/dequantize around float ops)."""
+
+    activation_dtypes: tuple[QDType, ...] = (QUINT8,)
+    """The activation types its Linear and convolution kernels take and give."""
+
+    float_output: bool = False
+    """Whether its Linear and convolution can end in float32 (no output quantization): the
+    epilogue stops before the output scale (Inductor's oneDNN ops when no quantize follows)."""
+
+    inexact: str = ""
+    """What this engine computes that is not bit-exact, and why (empty: everything is exact).
+    Each kernel that is not says so itself (``GemmNumerics.inexact``); ``qexact inspect`` shows it."""
+
     kernels: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({}), compare=False)
     """The engine's table for every op family beyond the GEMMs: family name -> ``choose(engine,
@@ -278,5 +299,6 @@ class LayerQuantization:
     input_scale: float
     weight_qparams: QParams
     bias: np.ndarray | None
-    output_qparams: QParams
+    output_qparams: QParams | None
+    """None: the layer's output stays float32 (an engine with ``float_output``)."""
     relu: bool

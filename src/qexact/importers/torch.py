@@ -22,6 +22,7 @@ from ._handlers import (_arg, _import_torch, _resolve, function_handler, functio
                         handler_of_module, load_handler_modules, method_handler, method_node,
                         module_handler, module_handlers, module_output_qparams,
                         supported_modules, weighted_layer_fields)
+from .pt2e import capture_pt2e, default_engine, is_pt2e, load_pt2
 from .torchscript import capture_script, is_script_module, load_script
 
 
@@ -274,23 +275,50 @@ def _unsupported_module(qualified_name: str, module, fx: bool = False) -> Unsupp
     )
 
 
+def _refuse_torchao_subclass(model) -> None:
+    """torchao ``quantize_`` models hold tensor-subclass weights in float modules: say so, rather
+    than call them float modules."""
+    torch = _import_torch()
+    if not isinstance(model, torch.nn.Module):
+        return
+    for name, parameter in model.named_parameters():
+        kind = type(parameter.data) if isinstance(parameter, torch.nn.Parameter) else type(parameter)
+        if kind.__module__.startswith("torchao"):
+            raise UnsupportedError(
+                f"parameter {name!r} is a torchao {kind.__name__}: this model was quantized with "
+                "torchao's quantize_ (tensor-subclass weights), which qexact does not read. "
+                "Quantize it with PT2E (torchao prepare_pt2e/convert_pt2e with XNNPACKQuantizer "
+                "or X86InductorQuantizer) and import the converted model")
+
+
 def from_torch(model, example_inputs: tuple | None = None, engine: str | None = None,
                isa: str | None = None) -> Net:
     """Import a quantized PyTorch model; returns a ``Net`` that computes what ``model`` does.
 
     ``model``: an eager-mode model converted with ``torch.ao.quantization`` (``prepare``/``convert``),
     an FX-converted ``GraphModule`` (``prepare_fx``/``convert_fx``), a ``ScriptModule`` of either
-    (``torch.jit.trace``), or the path of a TorchScript file (``torch.jit.save``).
+    (``torch.jit.trace``), or the path of a TorchScript file (``torch.jit.save``); or a PT2E model:
+    the GraphModule of torchao's ``convert_pt2e``, an ``ExportedProgram`` of it, or the path of a
+    ``.pt2`` file (``torch.export.save``).
 
-    ``engine`` defaults to ``torch.backends.quantized.engine`` (it must be the engine the model
-    was converted under: PyTorch packs weights for it). ``isa`` defaults to this CPU's.
+    ``engine``: for eager and FX models it defaults to ``torch.backends.quantized.engine`` (it
+    must be the engine the model was converted under: PyTorch packs weights for it). For PT2E
+    models it is the deployment: ``"xnnpack"`` (ExecuTorch's XNNPACK delegate), ``"inductor"``
+    (``torch.compile`` with freezing) or ``"pt2e_eager"`` (the converted model run as it is);
+    the default follows the quantizer: qint8 activations (``XNNPACKQuantizer``) give
+    ``xnnpack``, quint8 (``X86InductorQuantizer``) ``inductor``. ``isa`` defaults to this CPU's.
     ``example_inputs``, if given, are run once through the imported net to check it.
     """
     torch = _import_torch()
     if isinstance(model, (str, os.PathLike)):
-        model = load_script(model)
-    graph = capture_script(model) if is_script_module(model) else capture(model)
-    engine = engine or torch.backends.quantized.engine
+        model = load_pt2(model) if os.fspath(model).endswith(".pt2") else load_script(model)
+    if is_pt2e(model):
+        graph = capture_pt2e(model)
+        engine = engine or default_engine(graph)
+    else:
+        _refuse_torchao_subclass(model)
+        graph = capture_script(model) if is_script_module(model) else capture(model)
+        engine = engine or torch.backends.quantized.engine
     graph.metadata.update({"torch_version": torch.__version__, "engine": engine})
     net = Net(graph, engine, isa)
     if example_inputs is not None:

@@ -31,16 +31,17 @@ import numpy as np
 
 from ..accumulate import (exact_matmul, pair_positions, pair_saturation_correction,
                           saturating_weight_pairs, weight_pairs_of)
-from ..dtypes import QINT8, QUINT8
+from ..dtypes import QINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, requantize
+from ._gemm import check_activations, output_dtype, quantized_or_float
 from ._conv_explain import explain_conv, receptive_field_index
 from ._registry import graph_op
 from ._window import im2col, output_shape
-from .quantize import require_quantized
+from .quantize import output_qparams_of, require_quantized
 
 PADDING_MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 """nnq.ConvNd pads with ``F.pad(mode)`` before a convolution with padding 0 for the other modes."""
@@ -168,10 +169,7 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
         raise QuantParamError(f"per-channel weight qparams must be on axis 0 with {weight.shape[0]} "
                               f"channels, got axis {weight_qparams.axis} with "
                               f"{len(weight_qparams.scale)}")
-    for role, qparams in (("input", input_qparams), ("output", output_qparams)):
-        if qparams.is_per_channel or qparams.dtype != QUINT8:
-            raise QuantParamError(f"quantized Conv needs per-tensor quint8 {role}s, got "
-                                  f"{qparams.describe()}")
+    check_activations("Conv", engine, input_qparams, output_qparams)
     zero_points = np.asarray(weight_qparams.zero_point, dtype=np.int64)
     kernel_size = tuple(weight.shape[2:])
     as_2d = (lambda v, one: (one,) + v) if dims == 1 else (lambda v, one: v)
@@ -279,13 +277,13 @@ def conv(x: QuantizedArray, params: ConvParams) -> QuantizedArray:
         padded = tuple(s + 2 * p for s, p in zip(spatial, params.padding))
         out = output_shape(padded, params.kernel_size, params.stride, (0,) * dims, params.dilation)
     acc = conv_accumulator(values, params)
-    result = requantize(acc, params.requantization, np.uint8)
+    result = requantize(acc, params.requantization, output_dtype(params.output_qparams))
     # Channels fastest in memory, as PyTorch's quantized conv returns it (channels_last): kernels
     # downstream (pooling, mean, norms) choose their path, and so their rounding, by layout.
     result = np.moveaxis(result.reshape((values.shape[0],) + out + (params.out_channels,)), -1, 1)
     if unbatched:
         result = result[0]
-    return QuantizedArray(result, params.output_qparams)
+    return quantized_or_float(result, params.output_qparams)
 
 
 @graph_op("conv", "quantized Conv1d/2d/3d and ConvReLU1d/2d/3d (nnq.ConvNd, nniq.ConvReLUNd)")
@@ -300,7 +298,7 @@ class ConvOp:
         attrs = node.attrs
         params = prepare_conv(
             node.arrays["weight"], qparams_from_fields(attrs, node.arrays, "weight"),
-            node.arrays.get("bias"), input_qparams, qparams_from_fields(attrs, node.arrays, "output"),
+            node.arrays.get("bias"), input_qparams, output_qparams_of(node),
             stride=attrs.get("stride", 1), padding=attrs.get("padding", 0),
             dilation=attrs.get("dilation", 1), groups=attrs.get("groups", 1),
             padding_mode=attrs.get("padding_mode", "zeros"), relu=bool(attrs.get("relu", False)),

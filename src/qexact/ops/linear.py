@@ -25,16 +25,17 @@ import numpy as np
 
 from ..accumulate import (exact_matmul, pair_positions, pair_saturation_correction,
                           saturating_weight_pairs, weight_pairs_of)
-from ..dtypes import QINT8, QUINT8
+from ..dtypes import QINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import BiasMode
 from ..errors import QuantParamError, ShapeError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, requantize
 from ..stages import Stage
+from ._gemm import check_activations, output_dtype, quantized_or_float
 from ._gemm_explain import pair_saturation_stage, per_channel, requantization_stages
 from ._registry import graph_op
-from .quantize import require_quantized
+from .quantize import output_qparams_of, require_quantized
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,7 +98,9 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
     """Validate a quantized Linear and derive everything its integer kernel needs.
 
     ``weight``: (N, K) int8; ``weight_qparams``: qint8, per-tensor or per-channel on axis 0;
-    ``bias``: (N,) float32 or None; ``input_qparams``/``output_qparams``: per-tensor quint8.
+    ``bias``: (N,) float32 or None; ``input_qparams``/``output_qparams``: per-tensor, of a type
+    the engine's kernels take (``Engine.activation_dtypes``: quint8, or qint8 for XNNPACK);
+    ``output_qparams`` None: a float32 output, where the engine has one (``Engine.float_output``).
     ``engine`` (required: a name or an ``Engine``) on ``isa`` (default: this CPU's).
     Raises ``QuantParamError`` where PyTorch's engine would refuse the parameters.
     """
@@ -113,11 +116,7 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
             f"per-channel weight qparams must be on axis 0 with {weight.shape[0]} channels, "
             f"got axis {weight_qparams.axis} with {len(weight_qparams.scale)}"
         )
-    for role, qparams in (("input", input_qparams), ("output", output_qparams)):
-        if qparams.is_per_channel or qparams.dtype != QUINT8:
-            raise QuantParamError(
-                f"quantized Linear needs per-tensor quint8 {role}s, got {qparams.describe()}"
-            )
+    check_activations("Linear", engine, input_qparams, output_qparams)
     numerics = engine.linear
     if not numerics.allows_weight_zero_point and np.any(np.asarray(weight_qparams.zero_point) != 0):
         raise QuantParamError(
@@ -177,9 +176,9 @@ def linear(x: QuantizedArray, params: LinearParams) -> QuantizedArray:
         )
     rows = values.reshape(-1, params.in_features)
     acc = linear_accumulator(rows, params)
-    out = requantize(acc, params.requantization, np.uint8)
-    return QuantizedArray(out.reshape(values.shape[:-1] + (params.out_features,)),
-                          params.output_qparams)
+    out = requantize(acc, params.requantization, output_dtype(params.output_qparams))
+    return quantized_or_float(out.reshape(values.shape[:-1] + (params.out_features,)),
+                              params.output_qparams)
 
 
 @graph_op("linear", "quantized Linear / LinearReLU (nnq.Linear, nniq.LinearReLU)")
@@ -193,8 +192,7 @@ class LinearOp:
         params = prepare_linear(
             node.arrays["weight"], qparams_from_fields(node.attrs, node.arrays, "weight"),
             node.arrays.get("bias"), input_qparams,
-            qparams_from_fields(node.attrs, node.arrays, "output"),
-            relu=bool(node.attrs.get("relu", False)), engine=engine,
+            output_qparams_of(node), relu=bool(node.attrs.get("relu", False)), engine=engine,
         )
         return params, params.output_qparams
 

@@ -225,3 +225,11 @@ def require_quantized(node, input_qparams, index: int = 0) -> QParams:
     if qparams is None:
         raise QuantParamError(f"input {index} of {node.op!r} must be a quantized tensor")
     return qparams
+
+
+def output_qparams_of(node) -> QParams | None:
+    """The node's output qparams (attrs ``output_*``), or None where it has none: a layer whose
+    output stays float32 (PT2E models compiled by Inductor, when no quantize follows)."""
+    if "output_dtype" not in node.attrs:
+        return None
+    return qparams_from_fields(node.attrs, node.arrays, "output")

@@ -1,0 +1,92 @@
+"""Inductor (engine ``inductor``): a PT2E model quantized with ``X86InductorQuantizer`` and
+compiled by ``torch.compile`` with ``torch._inductor.config.freezing = True`` (the deployment
+mode): Inductor calls oneDNN's quantized ops ``onednn.qconv_pointwise``/``qlinear_pointwise``
+(and ``qconv2d_pointwise.binary`` for a residual add) with prepacked weights, and generates C++
+for quantize, dequantize and the ops between.
+
+Activations are quint8, weights qint8 per output channel, the bias stays float32. The int8
+epilogue (pytorch aten/src/ATen/native/quantized/cpu/qlinear.cpp
+``linear_int8_with_onednn_weight``; the convolution alike; pt2e-semantics.md section 3)::
+
+    t = f32(f32(f32(acc) * f32(s_x)) * f32(s_w[c]))     two multiplies, not one combined scale
+    t = f32(t + b[c]);  relu: t = max(t, 0)
+    quint8 output (a quantize follows):  q = clamp(rne(f32(f32(t * f32(1.0f / s_out)) + z_out)))
+    float32 output (none follows):       y = t
+
+Unlike the legacy ``onednn`` engine, the scales reach oneDNN as they are (no reciprocal round
+trips). Measured on AVX512-VNNI; on other ISAs oneDNN runs other int8 kernels whose pairing and
+scale order were not measured for these ops, so qexact refuses them there.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+
+from ..dtypes import QUINT8
+from ..errors import UnsupportedError
+from ..requantize import (AddFloat32, ClampFloat32, MultiplyFloat32, RoundHalfEvenToInt32,
+                          ToFloat32)
+from ..rounding import f32
+from . import pt2e
+from .base import (AVX512_VNNI, BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics,
+                   LayerQuantization, Requantization)
+
+SOURCE = ("pytorch aten/src/ATen/native/quantized/cpu/qlinear.cpp linear_int8_with_onednn_weight, "
+          "qconv.cpp; torchao quantization/pt2e/inductor_passes/x86.py")
+
+
+def requantization(layer: LayerQuantization) -> Requantization:
+    weight = layer.weight_qparams
+    output = layer.output_qparams
+    input_scale = f32(layer.input_scale)
+    weight_scale = f32(weight.scale)
+    steps = [ToFloat32("accumulator to float32"),
+             MultiplyFloat32("input scale", factor=input_scale),
+             MultiplyFloat32("weight scale", factor=weight_scale)]
+    bias = None
+    if layer.bias is not None:
+        bias = f32(layer.bias)
+        steps.append(AddFloat32("float bias", role="bias", term=bias))
+    if layer.relu:
+        steps.append(ClampFloat32("fused ReLU", role="relu", low=0.0))
+    multipliers = (input_scale, weight_scale)
+    if output is not None:
+        inverse = f32(np.float32(1.0) / f32(output.scale))
+        steps += [MultiplyFloat32("1 / output scale", factor=inverse),
+                  AddFloat32("output zero point, before rounding", term=f32(output.zero_point)),
+                  ClampFloat32("saturate to the output range", role="output_clamp",
+                               low=float(output.dtype.qmin), high=float(output.dtype.qmax)),
+                  RoundHalfEvenToInt32("round half to even", role="round")]
+        multipliers += (inverse,)
+    return Requantization(tuple(steps), bias, BiasMode.FLOAT32, multipliers)
+
+
+ONEDNN_QLINEAR = GemmNumerics(
+    name="onednn qlinear_pointwise",
+    source=SOURCE,
+    bias_mode=BiasMode.FLOAT32,
+    pair_saturation_isas=frozenset(),
+    allows_weight_zero_point=False,
+    requantization=requantization,
+)
+
+ONEDNN_QCONV = ConvKernel("onednn qconv_pointwise", SOURCE, ONEDNN_QLINEAR, frozenset())
+
+
+def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    return ONEDNN_QCONV
+
+
+def engine(isa: str) -> Engine:
+    if isa != AVX512_VNNI:
+        raise UnsupportedError(
+            f"engine 'inductor' on {isa!r}: oneDNN's int8 kernels without VNNI (their int16 pair "
+            "sums and scale order for Inductor's qconv/qlinear ops) were not measured, so qexact "
+            "does not claim them; use isa='avx512_vnni'")
+    return Engine("inductor", isa, linear=ONEDNN_QLINEAR, conv=conv_kernel, flow="pt2e",
+                  activation_dtypes=(QUINT8,), float_output=True,
+                  kernels=MappingProxyType({**pt2e.KERNELS}),
+                  description="torch.compile (Inductor, freezing) of an X86InductorQuantizer "
+                              "PT2E model: oneDNN qconv/qlinear and generated C++")

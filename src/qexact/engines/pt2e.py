@@ -1,0 +1,51 @@
+"""What every PT2E flow shares: the ``quantized_decomposed`` quantize and dequantize ops.
+
+PT2E models (torchao ``prepare_pt2e``/``convert_pt2e``) hold float ops between
+``quantized_decomposed.quantize_per_tensor`` and ``dequantize_per_tensor``, written in Python in
+pytorch torch/ao/quantization/fx/_decomposed.py (pt2e-semantics.md section 1)::
+
+    quantize:    q = clamp(round_half_even(f32(x * f32(1.0 / s))) + z, qmin, qmax)    zp after rounding
+    dequantize:  r = f32(f32(f32(q) - z) * f32(s))
+
+``1.0 / s`` is a Python (double) division whose result becomes a float32 scalar; the observers'
+scales are float32 values, so it equals ``1.0f / s``. Inductor's generated quantize and dequantize
+kernels compute the same (``static_cast<float>`` of the double reciprocal, ``Vectorized::round``).
+"""
+
+from __future__ import annotations
+
+from ..qparams import QParams
+from ..requantize import (AddFloat32, AddInt, ClampInt, MultiplyFloat32, RoundHalfEvenToInt64,
+                          ToFloat32)
+from ..rounding import f32
+from ..errors import UnsupportedError
+from .aten_quantize import ConversionKernel
+
+SOURCE = "pytorch torch/ao/quantization/fx/_decomposed.py (quantize_per_tensor, dequantize_per_tensor)"
+
+
+def quantize_decomposed(engine, qparams: QParams, ndim: int) -> ConversionKernel:
+    """``quantized_decomposed.quantize_per_tensor`` (the module docstring)."""
+    if qparams.is_per_channel:
+        raise UnsupportedError(f"engine {engine.name!r} quantizes activations per tensor only")
+    inv = f32(1.0 / qparams.scale)
+    return ConversionKernel("quantized_decomposed.quantize_per_tensor", SOURCE, (
+        MultiplyFloat32("x * f32(1.0 / s)", factor=inv),
+        RoundHalfEvenToInt64("round half to even (torch.round)", role="round"),
+        AddInt("zero point, after rounding", term=int(qparams.zero_point)),
+        ClampInt("clamp to [qmin, qmax]", role="output_clamp", low=qparams.dtype.qmin,
+                 high=qparams.dtype.qmax)), inv)
+
+
+def dequantize_decomposed(engine, qparams: QParams, ndim: int) -> ConversionKernel:
+    """``quantized_decomposed.dequantize_per_tensor`` (the module docstring)."""
+    if qparams.is_per_channel:
+        raise UnsupportedError(f"engine {engine.name!r} dequantizes activations per tensor only")
+    return ConversionKernel("quantized_decomposed.dequantize_per_tensor", SOURCE, (
+        ToFloat32("q to float32"),
+        AddFloat32("minus the zero point", term=f32(-int(qparams.zero_point))),
+        MultiplyFloat32("times f32(s)", factor=f32(qparams.scale))))
+
+
+KERNELS = {"quantize": quantize_decomposed, "dequantize": dequantize_decomposed}
+"""The conversion families of the PT2E engines' tables."""

@@ -1,0 +1,562 @@
+"""Read PT2E models: ``convert_pt2e`` GraphModules, ``ExportedProgram``s and ``.pt2`` files.
+
+A PT2E model (torchao ``prepare_pt2e``/``convert_pt2e``) is an ATen graph in which quantized
+tensors appear as ``quantized_decomposed.quantize_per_tensor`` followed by
+``dequantize_per_tensor``, with float ATen ops between, and weights as int8 constants behind
+``dequantize_per_channel``::
+
+    x -> quantize -> dequantize -> aten.conv2d(., dq(w_int8), b) -> [aten.relu] -> quantize -> ...
+
+Every deployment fuses such a ``dequantize -> op -> quantize`` pattern into one quantized op
+(ExecuTorch's XNNPACK delegate, Inductor's oneDNN ops), so qexact reads it as one: a ``conv``
+node from the quantized input to the quantized output, with the int8 weight, the float bias
+and the output's qparams; how it is computed is the engine's (``xnnpack``, ``inductor``,
+``pt2e_eager``). An op that no quantize follows keeps a float32 output where the engine has one
+(a last Linear under Inductor). Unsupported ops are all reported at once, each with its place
+in the user's model (the module path PT2E keeps in ``nn_module_stack``).
+
+torch is imported only inside these functions: ``import qexact`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..dtypes import dtype_named
+from ..errors import ImporterError, UnsupportedError
+from ..graph import Graph, Node, Ref
+from ..qparams import QParams, qparams_to_fields
+from ._handlers import _import_torch
+
+QUANTIZE = ("quantize_per_tensor",)
+DEQUANTIZE = ("dequantize_per_tensor",)
+
+
+# --- What a value of the PT2E graph is, seen from qexact -------------------------------------
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """A quantized tensor: a qexact value (``ref``) with its qparams."""
+
+    ref: Ref
+    qparams: QParams
+
+
+@dataclass(frozen=True)
+class Dequantized:
+    """``dequantize(q)``: the float view of a quantized tensor, made a node only when a float op
+    reads it (``float_ref``)."""
+
+    quantized: Quantized
+
+
+@dataclass(frozen=True)
+class FloatValue:
+    ref: Ref
+
+
+@dataclass(frozen=True)
+class Weight:
+    """``dequantize_per_channel/per_tensor`` of an int8 constant: a layer's weight."""
+
+    values: np.ndarray
+    qparams: QParams
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A float constant (a bias), as NumPy."""
+
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A node folded into the op before it (a ReLU after a conv); reading it is an error."""
+
+    into: str
+
+
+@dataclass
+class _Capture:
+    module: object
+    nodes: list[Node] = field(default_factory=list)
+    values: dict = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+    blockers: list[str] = field(default_factory=list)
+    float_refs: dict = field(default_factory=dict)
+
+    def unique(self, name: str) -> str:
+        base, index = name, 1
+        while name in self.names:
+            name, index = f"{base}_{index}", index + 1
+        self.names.add(name)
+        return name
+
+    def add(self, node: Node) -> Ref:
+        self.nodes.append(node)
+        return Ref(node.name)
+
+
+# --- Entry points -----------------------------------------------------------------------------
+
+
+def is_pt2e(model) -> bool:
+    """Whether ``model`` is a PT2E model: an ``ExportedProgram``, or a GraphModule whose graph
+    calls ``quantized_decomposed`` ops."""
+    torch = _import_torch()
+    if isinstance(model, torch.export.ExportedProgram):
+        return True
+    if not isinstance(model, torch.fx.GraphModule):
+        return False
+    return any(node.op == "call_function" and _decomposed_name(node.target) is not None
+               for node in model.graph.nodes)
+
+
+def load_pt2(path) -> object:
+    """The ``ExportedProgram`` saved at ``path`` (``torch.export.save``)."""
+    torch = _import_torch()
+    try:
+        return torch.export.load(os.fspath(path))
+    except Exception as error:  # torch raises many types for a bad archive
+        raise ImporterError(f"could not read {os.fspath(path)!r} as a torch.export archive "
+                            f"(.pt2): {type(error).__name__}: {error}") from None
+
+
+def capture_pt2e(model) -> Graph:
+    """A qexact ``Graph`` of a PT2E model (module docstring)."""
+    torch = _import_torch()
+    if isinstance(model, torch.export.ExportedProgram):
+        model = model.module()
+    capture = _Capture(model)
+    inputs: list[str] = []
+    outputs: list[Ref] = []
+    for fx_node in model.graph.nodes:
+        if fx_node.op == "placeholder":
+            name = capture.unique(fx_node.name)
+            inputs.append(name)
+            capture.values[fx_node] = FloatValue(Ref(name))
+        elif fx_node.op == "get_attr":
+            capture.values[fx_node] = _attribute(model, fx_node.target)
+        elif fx_node.op == "call_module":  # export's _guards_fn: input checks, no data
+            continue
+        elif fx_node.op == "call_function":
+            try:
+                _call(capture, fx_node)
+            except UnsupportedError as error:
+                capture.blockers.append(f"{_place(fx_node)}: {error}")
+        elif fx_node.op == "output":
+            for item in _flat(fx_node.args[0]):
+                try:
+                    outputs.append(_float_ref(capture, capture.values.get(item), item))
+                except UnsupportedError as error:
+                    capture.blockers.append(f"output: {error}")
+    if capture.blockers:
+        raise UnsupportedError(
+            f"{len(capture.blockers)} op(s) of this PT2E model are not supported:\n  - "
+            + "\n  - ".join(capture.blockers)
+            + f"\nSupported ATen ops between quantize and dequantize: {', '.join(sorted(OPS))}")
+    return Graph(inputs, capture.nodes, outputs,
+                 {"source_model": type(model).__name__, "flow": "pt2e",
+                  "activation_dtypes": sorted({q.qparams.dtype.name for q in
+                                               _quantized_values(capture)})})
+
+
+def default_engine(graph: Graph) -> str:
+    """The engine a PT2E model was quantized for, from its activations: qint8 is
+    ``XNNPACKQuantizer``'s (engine ``xnnpack``), quint8 ``X86InductorQuantizer``'s (``inductor``)."""
+    dtypes = graph.metadata.get("activation_dtypes", [])
+    return "xnnpack" if dtypes == ["qint8"] else "inductor"
+
+
+# --- Values --------------------------------------------------------------------------------------
+
+
+def _quantized_values(capture: _Capture):
+    return [value for value in capture.values.values() if isinstance(value, Quantized)]
+
+
+def _attribute(model, target: str):
+    torch = _import_torch()
+    value = model
+    for part in target.split("."):
+        value = getattr(value, part)
+    if isinstance(value, torch.Tensor):
+        return Constant(value.detach().cpu().numpy().copy())
+    return value
+
+
+def _flat(value):
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _flat(item)
+    else:
+        yield value
+
+
+def _float_ref(capture: _Capture, value, fx_node) -> Ref:
+    """A float32 qexact value for ``value``: a dequantize node is added the first time a float
+    consumer reads a quantized tensor."""
+    if isinstance(value, FloatValue):
+        return value.ref
+    if isinstance(value, Dequantized):
+        quantized = value.quantized
+        if quantized.ref not in capture.float_refs:
+            name = capture.unique(f"{quantized.ref.name}_dequantize")
+            capture.float_refs[quantized.ref] = capture.add(
+                Node(name, "dequantize", (quantized.ref,), source=name))
+        return capture.float_refs[quantized.ref]
+    if isinstance(value, Fused):
+        raise UnsupportedError(f"{fx_node} was fused into {value.into} and cannot be read")
+    raise UnsupportedError(f"{getattr(fx_node, 'name', fx_node)} is not a float tensor qexact "
+                           "computes")
+
+
+def _quantized_input(capture: _Capture, value, what: str) -> Quantized:
+    if isinstance(value, Dequantized):
+        return value.quantized
+    raise UnsupportedError(f"{what} is not a dequantized quantized tensor; qexact runs the float "
+                           "ops of a PT2E model only between dequantize and quantize")
+
+
+def _decomposed_name(target) -> str | None:
+    """``quantize_per_tensor`` for ``torch.ops.quantized_decomposed.quantize_per_tensor.default``."""
+    name = getattr(target, "name", None)
+    text = name() if callable(name) else str(target)
+    if not text.startswith("quantized_decomposed::"):
+        return None
+    return text.split("::", 1)[1].split(".", 1)[0]
+
+
+def _aten_name(target) -> str:
+    name = getattr(target, "name", None)
+    text = name() if callable(name) else str(target)
+    return text.replace("aten::", "")
+
+
+def _place(fx_node) -> str:
+    """Where ``fx_node`` is in the user's model: its module path and the ATen op."""
+    stack = fx_node.meta.get("nn_module_stack") or {}
+    path = ""
+    if stack:
+        path, module_type = list(stack.values())[-1]
+        module_type = getattr(module_type, "__name__", str(module_type)).split(".")[-1]
+        path = f"{path} ({module_type})" if path else module_type
+    op = _aten_name(fx_node.target) if fx_node.op == "call_function" else fx_node.op
+    return f"{path + ': ' if path else ''}{op} [{fx_node.name}]"
+
+
+def _source(fx_node) -> str:
+    stack = fx_node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else fx_node.name
+
+
+def _qparams(args, dtype_position: int = 5) -> QParams:
+    """QParams of ``quantize_per_tensor(x, scale, zero_point, qmin, qmax, dtype)``."""
+    scale, zero_point, qmin, qmax, dtype = args[1:6]
+    if not isinstance(scale, float) and hasattr(scale, "item"):
+        scale = float(scale.item())
+    name = {"torch.int8": "qint8", "torch.uint8": "quint8", "torch.int32": "qint32"}.get(
+        str(dtype))
+    if name is None:
+        raise UnsupportedError(f"quantized dtype {dtype} is not supported; supported: int8, "
+                               "uint8, int32")
+    qdtype = dtype_named(name)
+    if (qmin, qmax) != (qdtype.qmin, qdtype.qmax):
+        raise UnsupportedError(f"a quantized range [{qmin}, {qmax}] narrower than {dtype}'s "
+                               f"[{qdtype.qmin}, {qdtype.qmax}] is not supported for activations")
+    return QParams.per_tensor(float(scale), int(zero_point), qdtype)
+
+
+# --- Ops -------------------------------------------------------------------------------------------
+
+
+def _call(capture: _Capture, fx_node) -> None:
+    values = capture.values
+    if fx_node in values:  # already consumed (a fused ReLU, a quantize taken by its producer)
+        return
+    decomposed = _decomposed_name(fx_node.target)
+    args = [values.get(arg, arg) if _is_fx_node(arg) else arg for arg in fx_node.args]
+    if decomposed is not None:
+        values[fx_node] = _decomposed(capture, fx_node, decomposed, args)
+        return
+    name = _aten_name(fx_node.target)
+    handler = OPS.get(name.split(".")[0])
+    if handler is None:
+        raise UnsupportedError(f"ATen op {name} is not supported")
+    handler(capture, fx_node, args)
+
+
+def _is_fx_node(value) -> bool:
+    return type(value).__name__ == "Node" and hasattr(value, "users")
+
+
+def _decomposed(capture: _Capture, fx_node, op: str, args):
+    if op in QUANTIZE:
+        qparams = _qparams(args)
+        source = args[0]
+        if isinstance(source, Dequantized) and source.quantized.qparams == qparams:
+            return source.quantized  # quantize(dequantize(q)) with the same qparams: q itself
+        ref = _float_ref(capture, source, fx_node.args[0])
+        attrs, arrays = qparams_to_fields(qparams, "output")
+        name = capture.unique(fx_node.name)
+        return Quantized(capture.add(Node(name, "quantize", (ref,), attrs, arrays,
+                                          source=_source(fx_node))), qparams)
+    if op in DEQUANTIZE:
+        if not isinstance(args[0], Quantized):
+            raise UnsupportedError("dequantize_per_tensor of a value that is not a quantized "
+                                   "tensor qexact computes")
+        if _qparams([None, *args[1:6]]) != args[0].qparams:
+            raise UnsupportedError("dequantize_per_tensor with qparams other than its input's")
+        return Dequantized(args[0])
+    if op == "dequantize_per_channel":
+        weight, scales, zero_points, axis = args[:4]
+        if not isinstance(weight, Constant) or weight.values.dtype != np.int8:
+            raise UnsupportedError("dequantize_per_channel of a weight that is not a folded int8 "
+                                   "constant (convert_pt2e(fold_quantize=True) folds them)")
+        qparams = QParams.per_channel(_numpy(scales), _numpy(zero_points), int(axis),
+                                      dtype_named("qint8"))
+        return Weight(weight.values, qparams)
+    raise UnsupportedError(f"quantized_decomposed.{op} is not supported")
+
+
+def _numpy(value) -> np.ndarray:
+    return value.values if isinstance(value, Constant) else np.asarray(value)
+
+
+def _following_quantize(fx_node, allow_relu: bool):
+    """The ``quantize_per_tensor`` that takes this op's output (through a ReLU when
+    ``allow_relu``), and the ReLU node, or (None, None) where a float consumer reads it."""
+    users = list(fx_node.users)
+    relu = None
+    if allow_relu and len(users) == 1 and _aten_name(users[0].target).split(".")[0] in (
+            "relu", "relu_"):
+        relu = users[0]
+        users = list(relu.users)
+    if len(users) == 1 and _decomposed_name(users[0].target) in QUANTIZE:
+        return users[0], relu
+    return None, None
+
+
+def _emit(capture: _Capture, fx_node, op: str, inputs: tuple, attrs: dict,
+          arrays: dict | None = None, *, allow_relu: bool = False, float_output: bool = False,
+          output_qparams_attr: bool = True):
+    """Add the qexact node for ``fx_node``: with the qparams of the quantize that follows (which
+    then stands for this node's value), or a float32 output (``float_output``) where none does."""
+    quantize, relu = _following_quantize(fx_node, allow_relu)
+    arrays = dict(arrays or {})
+    name = capture.unique(_source(fx_node) if op in ("conv", "linear") else fx_node.name)
+    if allow_relu:
+        attrs["relu"] = relu is not None
+    if quantize is None:
+        if not float_output:
+            raise UnsupportedError("no quantize follows it (its output stays float32), and "
+                                   "qexact computes it only between dequantize and quantize")
+        ref = capture.add(Node(name, op, inputs, attrs, arrays, source=_source(fx_node)))
+        capture.values[fx_node] = FloatValue(ref)
+        return
+    qparams = _qparams([None, *quantize.args[1:6]])
+    if output_qparams_attr:
+        output_attrs, output_arrays = qparams_to_fields(qparams, "output")
+        attrs.update(output_attrs)
+        arrays.update(output_arrays)
+    ref = capture.add(Node(name, op, inputs, attrs, arrays, source=_source(fx_node)))
+    result = Quantized(ref, qparams)
+    capture.values[fx_node] = Fused(name)
+    if relu is not None:
+        capture.values[relu] = Fused(name)
+    capture.values[quantize] = result
+
+
+def _layer(capture: _Capture, fx_node, op: str, x, weight, bias, attrs: dict) -> None:
+    quantized = _quantized_input(capture, x, "the layer's input")
+    if not isinstance(weight, Weight):
+        raise UnsupportedError("its weight is not a quantized int8 constant (dequantize_per_channel"
+                               " of a folded weight)")
+    weight_attrs, arrays = qparams_to_fields(weight.qparams, "weight")
+    attrs.update(weight_attrs)
+    arrays["weight"] = weight.values
+    if bias is not None:
+        if not isinstance(bias, Constant):
+            raise UnsupportedError("its bias is not a constant")
+        arrays["bias"] = bias.values.astype(np.float32)
+    _emit(capture, fx_node, op, (quantized.ref,), attrs, arrays, allow_relu=True,
+          float_output=True)
+
+
+def _linear(capture, fx_node, args):
+    x, weight = args[:2]
+    bias = args[2] if len(args) > 2 else fx_node.kwargs.get("bias")
+    _layer(capture, fx_node, "linear", x, weight, bias, {})
+
+
+def _conv(capture, fx_node, args):
+    name = _aten_name(fx_node.target).split(".")[0]
+    x, weight = args[:2]
+    bias = args[2] if len(args) > 2 else None
+    dims = weight.values.ndim - 2 if isinstance(weight, Weight) else 2
+    if name == "convolution":
+        stride, padding, dilation, transposed, _, groups = args[3:9]
+        if transposed:
+            raise UnsupportedError("transposed convolution is not supported in PT2E models")
+    else:
+        defaults = ([1] * dims, [0] * dims, [1] * dims, 1)
+        stride, padding, dilation, groups = (list(args[3:]) + list(defaults[len(args) - 3:]))[:4]
+    if isinstance(padding, str):
+        raise UnsupportedError(f"padding={padding!r} is not supported; give integers")
+    _layer(capture, fx_node, "conv", x, weight, bias,
+           {"stride": _ints(stride, dims), "padding": _ints(padding, dims),
+            "dilation": _ints(dilation, dims), "groups": int(groups), "padding_mode": "zeros"})
+
+
+def _ints(value, dims: int) -> list[int]:
+    if isinstance(value, int):
+        return [value] * dims
+    value = [int(v) for v in value]
+    return value * dims if len(value) == 1 else value
+
+
+def _binary(op: str):
+    def handler(capture, fx_node, args):
+        a, b = args[:2]
+        alpha = fx_node.kwargs.get("alpha", 1)
+        if alpha != 1:
+            raise UnsupportedError(f"{op} with alpha={alpha} is not supported")
+        inputs = tuple(_quantized_input(capture, value, f"input {i} of {op}").ref
+                       for i, value in enumerate((a, b)))
+        quantize, relu = _following_quantize(fx_node, allow_relu=True)
+        _emit(capture, fx_node, op + ("_relu" if relu is not None else ""), inputs, {},
+              allow_relu=True)
+        node = capture.nodes[-1]
+        node.attrs.pop("relu", None)
+
+    return handler
+
+
+def _unary(op: str, attrs_of=lambda args: {}, shared_qparams: bool = True):
+    """An op on one quantized tensor whose output keeps its input's qparams (``shared``: the
+    quantizer gives the quantize after it the input's qparams)."""
+
+    def handler(capture, fx_node, args):
+        quantized = _quantized_input(capture, args[0], f"the input of {op}")
+        attrs = attrs_of(args)
+        _emit(capture, fx_node, op, (quantized.ref,), attrs, output_qparams_attr=True)
+        node = capture.nodes[-1]
+        result = capture.values[next(iter(_users_quantize(fx_node)))]
+        if shared_qparams and result.qparams != quantized.qparams:
+            raise UnsupportedError(f"{op} with output qparams other than its input's "
+                                   f"({result.qparams.describe()} vs "
+                                   f"{quantized.qparams.describe()}) is not supported")
+        for key in [key for key in node.attrs if key.startswith("output_")]:
+            node.attrs.pop(key)
+        for key in [key for key in node.arrays if key.startswith("output_")]:
+            node.arrays.pop(key)
+
+    return handler
+
+
+def _users_quantize(fx_node):
+    quantize, _ = _following_quantize(fx_node, allow_relu=False)
+    return [quantize] if quantize is not None else []
+
+
+def _pool_attrs(kind: str):
+    def attrs_of(args):
+        kernel = list(args[1])
+        stride = list(args[2]) if len(args) > 2 and args[2] else kernel
+        padding = _ints(args[3], len(kernel)) if len(args) > 3 else [0] * len(kernel)
+        attrs = {"spatial_dims": len(kernel), "kernel_size": kernel, "stride": stride,
+                 "padding": padding}
+        if kind == "max":
+            attrs["dilation"] = _ints(args[4], len(kernel)) if len(args) > 4 else [1] * len(kernel)
+            attrs["ceil_mode"] = bool(args[5]) if len(args) > 5 else False
+        else:
+            attrs["ceil_mode"] = bool(args[4]) if len(args) > 4 else False
+            attrs["count_include_pad"] = bool(args[5]) if len(args) > 5 else True
+            attrs["divisor_override"] = args[6] if len(args) > 6 else None
+        return attrs
+
+    return attrs_of
+
+
+def _cat(capture, fx_node, args):
+    tensors = args[0]
+    dim = args[1] if len(args) > 1 else 0
+    inputs = tuple(_quantized_input(capture, value, f"input {i} of cat").ref
+                   for i, value in enumerate(tensors))
+    _emit(capture, fx_node, "cat", inputs, {"dim": int(dim), "relu": False})
+
+
+def _shape(op: str, attrs_of):
+    """A movement op: on a quantized tensor (between dequantize and quantize with the same
+    qparams) or on a float one."""
+
+    def handler(capture, fx_node, args):
+        value = args[0]
+        if isinstance(value, FloatValue):
+            node = Node(capture.unique(fx_node.name), op, (value.ref,) + attrs_of(args)[1],
+                        attrs_of(args)[0], source=_source(fx_node))
+            capture.values[fx_node] = FloatValue(capture.add(node))
+            return
+        quantized = _quantized_input(capture, value, f"the input of {op}")
+        inputs, attrs = (quantized.ref,) + attrs_of(args)[1], attrs_of(args)[0]
+        quantize, _ = _following_quantize(fx_node, allow_relu=False)
+        node = Node(capture.unique(fx_node.name), op, inputs, attrs, source=_source(fx_node))
+        ref = capture.add(node)
+        if quantize is None:
+            capture.values[fx_node] = Dequantized(Quantized(ref, quantized.qparams))
+            return
+        qparams = _qparams([None, *quantize.args[1:6]])
+        if qparams != quantized.qparams:
+            raise UnsupportedError(f"{op} between qparams that differ is not supported")
+        capture.values[fx_node] = Fused(node.name)
+        capture.values[quantize] = Quantized(ref, qparams)
+
+    return handler
+
+
+def _upsample(mode: str):
+    def attrs_of(args):
+        size = args[1] if len(args) > 1 else None
+        if mode == "bilinear":
+            align = bool(args[2]) if len(args) > 2 else False
+            scales = args[3] if len(args) > 3 else None
+        else:
+            align, scales = None, (args[2] if len(args) > 2 else None)
+        return {"mode": mode, "size": None if size is None else list(size),
+                "scale_factor": None if scales is None else list(scales), "align_corners": align}
+
+    return attrs_of
+
+
+OPS = {
+    "linear": _linear,
+    "conv1d": _conv, "conv2d": _conv, "convolution": _conv,
+    "add": _binary("add"), "add_": _binary("add"), "mul": _binary("mul"),
+    "relu": _unary("relu"), "relu_": _unary("relu"),
+    "hardtanh": _unary("clamp", lambda args: {"low": float(args[1]) if len(args) > 1 else -1.0,
+                                              "high": float(args[2]) if len(args) > 2 else 1.0}),
+    "hardtanh_": _unary("clamp", lambda args: {"low": float(args[1]) if len(args) > 1 else -1.0,
+                                               "high": float(args[2]) if len(args) > 2 else 1.0}),
+    "max_pool2d": _unary("max_pool", _pool_attrs("max")),
+    "avg_pool2d": _unary("avg_pool", _pool_attrs("avg")),
+    "adaptive_avg_pool2d": _unary("adaptive_avg_pool", lambda args: {
+        "spatial_dims": 2, "output_size": list(args[1])}),
+    "mean": _unary("mean", lambda args: {"dim": list(args[1]),
+                                         "keepdim": bool(args[2]) if len(args) > 2 else False}),
+    "upsample_nearest2d": _unary("upsample", _upsample("nearest")),
+    "upsample_bilinear2d": _unary("upsample", _upsample("bilinear")),
+    "cat": _cat, "concat": _cat,
+    "flatten": _shape("flatten", lambda args: ({"start_dim": args[1] if len(args) > 1 else 0,
+                                                "end_dim": args[2] if len(args) > 2 else -1}, ())),
+    "view": _shape("reshape", lambda args: ({}, tuple(args[1]))),
+    "reshape": _shape("reshape", lambda args: ({}, tuple(args[1]))),
+    "_unsafe_view": _shape("reshape", lambda args: ({}, tuple(args[1]))),
+    "dropout": _shape("identity", lambda args: ({}, ())),
+    "permute": _shape("permute", lambda args: ({"dims": list(args[1])}, ())),
+}
+"""ATen op (its name without overload) -> handler(capture, fx_node, args)."""

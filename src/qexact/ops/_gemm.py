@@ -1,0 +1,36 @@
+"""What the accumulate-then-requantize ops (Linear, Conv, ConvTranspose) share about their
+activations: the types the engine's kernels take, and an output that is quantized or float32."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import QuantParamError
+from ..qparams import QParams, QuantizedArray
+
+
+def check_activations(what: str, engine, input_qparams: QParams,
+                      output_qparams: QParams | None) -> None:
+    """Raise ``QuantParamError`` unless the engine's kernels take these activations: per-tensor,
+    of one of ``engine.activation_dtypes``; a float32 output (None) only with ``float_output``."""
+    allowed = engine.activation_dtypes
+    names = " or ".join(dtype.name for dtype in allowed)
+    for role, qparams in (("input", input_qparams), ("output", output_qparams)):
+        if qparams is None and role == "output" and engine.float_output:
+            continue
+        if qparams is None:
+            raise QuantParamError(f"quantized {what} on engine {engine.name!r} needs quantized "
+                                  f"{role}s; its kernels have no float32 {role}")
+        if qparams.is_per_channel or qparams.dtype not in allowed:
+            raise QuantParamError(f"quantized {what} on engine {engine.name!r} needs per-tensor "
+                                  f"{names} {role}s, got {qparams.describe()}")
+
+
+def output_dtype(output_qparams: QParams | None) -> np.dtype:
+    """The NumPy type the epilogue's last step gives: the output's integers, or float32."""
+    return np.dtype(np.float32) if output_qparams is None else output_qparams.dtype.numpy_dtype
+
+
+def quantized_or_float(values: np.ndarray, output_qparams: QParams | None):
+    """The op's result: a ``QuantizedArray``, or the float32 array itself (no output qparams)."""
+    return values if output_qparams is None else QuantizedArray(values, output_qparams)
