@@ -1,5 +1,5 @@
 # `make test` and `make demo` create .venv when it is missing (or pyproject.toml changed),
-# installing qexact editable with its torch and test extras, then run.
+# installing qexact editable with its torch, pt2e and test extras, then run.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.qexact-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[torch,test]'
+	$(BIN)/python -m pip install --quiet -e '.[torch,pt2e,test]'
 	touch $(STAMP)
 
 test: $(STAMP)

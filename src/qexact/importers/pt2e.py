@@ -81,6 +81,14 @@ class Fused:
     into: str
 
 
+@dataclass(frozen=True)
+class Blocked:
+    """The value of an op that is not supported: ops reading it are not reported again."""
+
+
+BLOCKED = Blocked()
+
+
 @dataclass
 class _Capture:
     module: object
@@ -107,14 +115,23 @@ class _Capture:
 
 def is_pt2e(model) -> bool:
     """Whether ``model`` is a PT2E model: an ``ExportedProgram``, or a GraphModule whose graph
-    calls ``quantized_decomposed`` ops."""
+    calls ``quantized_decomposed`` ops. An exported GraphModule without them is refused: it is
+    not quantized (its quantizer annotated none of its ops)."""
     torch = _import_torch()
     if isinstance(model, torch.export.ExportedProgram):
         return True
     if not isinstance(model, torch.fx.GraphModule):
         return False
-    return any(node.op == "call_function" and _decomposed_name(node.target) is not None
-               for node in model.graph.nodes)
+    if any(node.op == "call_function" and _decomposed_name(node.target) is not None
+           for node in model.graph.nodes):
+        return True
+    if any("val" in node.meta and "nn_module_stack" in node.meta for node in model.graph.nodes):
+        raise UnsupportedError(
+            "this exported model (torch.export) has no quantized_decomposed quantize/dequantize "
+            "ops: it is not quantized. Quantize it with PT2E (prepare_pt2e, calibrate, "
+            "convert_pt2e); if you did, the quantizer annotated none of its ops (for example "
+            "X86InductorQuantizer leaves Conv1d in float32)")
+    return False
 
 
 def load_pt2(path) -> object:
@@ -149,8 +166,11 @@ def capture_pt2e(model) -> Graph:
                 _call(capture, fx_node)
             except UnsupportedError as error:
                 capture.blockers.append(f"{_place(fx_node)}: {error}")
+                capture.values[fx_node] = BLOCKED
         elif fx_node.op == "output":
             for item in _flat(fx_node.args[0]):
+                if capture.values.get(item) is BLOCKED:
+                    continue
                 try:
                     outputs.append(_float_ref(capture, capture.values.get(item), item))
                 except UnsupportedError as error:
@@ -281,13 +301,16 @@ def _call(capture: _Capture, fx_node) -> None:
         return
     decomposed = _decomposed_name(fx_node.target)
     args = [values.get(arg, arg) if _is_fx_node(arg) else arg for arg in fx_node.args]
+    name = _aten_name(fx_node.target)
+    handler = OPS.get(name.split(".")[0])
+    if decomposed is None and handler is None:
+        raise UnsupportedError(f"ATen op {name} is not supported")
+    if any(value is BLOCKED for value in _flat(args)):
+        values[fx_node] = BLOCKED  # a supported op downstream of a blocker: not reported again
+        return
     if decomposed is not None:
         values[fx_node] = _decomposed(capture, fx_node, decomposed, args)
         return
-    name = _aten_name(fx_node.target)
-    handler = OPS.get(name.split(".")[0])
-    if handler is None:
-        raise UnsupportedError(f"ATen op {name} is not supported")
     handler(capture, fx_node, args)
 
 
@@ -404,8 +427,9 @@ def _conv(capture, fx_node, args):
         if transposed:
             raise UnsupportedError("transposed convolution is not supported in PT2E models")
     else:
-        defaults = ([1] * dims, [0] * dims, [1] * dims, 1)
-        stride, padding, dilation, groups = (list(args[3:]) + list(defaults[len(args) - 3:]))[:4]
+        defaults = (None, None, None, [1] * dims, [0] * dims, [1] * dims, 1)
+        given = list(args) + list(defaults[len(args):])
+        stride, padding, dilation, groups = given[3:7]
     if isinstance(padding, str):
         raise UnsupportedError(f"padding={padding!r} is not supported; give integers")
     _layer(capture, fx_node, "conv", x, weight, bias,
