@@ -302,3 +302,6 @@ class LayerQuantization:
     output_qparams: QParams | None
     """None: the layer's output stays float32 (an engine with ``float_output``)."""
     relu: bool
+    quantized_bias: np.ndarray | None = None
+    """The int32 bias as a deployed file stores it (an ExecuTorch ``.pte``), where the model's
+    float bias is not known; only an engine whose bias is fixed at lowering takes it."""

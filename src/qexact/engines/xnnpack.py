@@ -64,9 +64,11 @@ def requantization(layer: LayerQuantization) -> Requantization:
     zero_point = int(output.zero_point)
     low = max(zero_point, output.dtype.qmin) if layer.relu else output.dtype.qmin
     steps = []
-    bias = None
-    if layer.bias is not None:
+    bias = layer.quantized_bias
+    if bias is None and layer.bias is not None:
         bias = quantized_bias(layer)
+    if bias is not None:
+        bias = np.asarray(bias, dtype=np.int64)
         steps.append(AddInt32("int32 bias, quantized at lowering", role="bias", term=bias))
     steps += [
         ToFloat32("accumulator to float32 (cvtdq2ps)"),

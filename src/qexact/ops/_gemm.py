@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import QuantParamError
+from ..engines.base import BiasMode
+from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
 
 
@@ -34,3 +35,18 @@ def output_dtype(output_qparams: QParams | None) -> np.dtype:
 def quantized_or_float(values: np.ndarray, output_qparams: QParams | None):
     """The op's result: a ``QuantizedArray``, or the float32 array itself (no output qparams)."""
     return values if output_qparams is None else QuantizedArray(values, output_qparams)
+
+
+def check_quantized_bias(quantized_bias, numerics, channels: int) -> np.ndarray | None:
+    """A stored int32 bias (a ``.pte``'s), which only a kernel whose bias is fixed at lowering
+    takes (``BiasMode.INT32_AT_LOWERING``)."""
+    if quantized_bias is None:
+        return None
+    quantized_bias = np.asarray(quantized_bias)
+    if numerics.bias_mode is not BiasMode.INT32_AT_LOWERING:
+        raise UnsupportedError(f"{numerics.name} adds a float bias; this layer has only the "
+                               "int32 bias of a lowered model (run it on engine 'xnnpack')")
+    if quantized_bias.dtype != np.int32 or quantized_bias.shape != (channels,):
+        raise ShapeError(f"the int32 bias must be int32 of shape ({channels},), got "
+                         f"{quantized_bias.dtype} {quantized_bias.shape}")
+    return quantized_bias

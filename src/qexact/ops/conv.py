@@ -37,7 +37,7 @@ from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, requantize
-from ._gemm import check_activations, output_dtype, quantized_or_float
+from ._gemm import check_activations, check_quantized_bias, output_dtype, quantized_or_float
 from ._conv_explain import explain_conv, receptive_field_index
 from ._registry import graph_op
 from ._window import im2col, output_shape
@@ -137,7 +137,7 @@ def grouped_rows(weight: np.ndarray, groups: int) -> np.ndarray:
 def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                  output_qparams: QParams, *, stride=1, padding=0, dilation=1, groups: int = 1,
                  padding_mode: str = "zeros", relu: bool = False,
-                 engine: Engine | str, isa: str | None = None) -> ConvParams:
+                 engine: Engine | str, isa: str | None = None, quantized_bias=None) -> ConvParams:
     """Validate a quantized ConvNd (N = weight.ndim - 2 in 1..3) and derive its kernel's constants.
 
     ``weight``: (OC, C/G, *kernel) int8, qint8 per-tensor or per-channel on axis 0; ``bias``: (OC,)
@@ -194,8 +194,10 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
         if bias.dtype != np.float32 or bias.shape != (weight.shape[0],):
             raise ShapeError(f"bias must be float32 of shape ({weight.shape[0]},), got "
                              f"{bias.dtype} {bias.shape}")
+    quantized_bias = check_quantized_bias(quantized_bias, numerics, weight.shape[0])
     epilogue = numerics.requantization(
-        LayerQuantization(input_qparams.scale, weight_qparams, bias, output_qparams, relu))
+        LayerQuantization(input_qparams.scale, weight_qparams, bias, output_qparams, relu,
+                          quantized_bias))
     rows = grouped_rows(weight, groups)                                   # (G, OC/G, K)
     per_channel_zp = zero_points.reshape(groups, -1, 1) if zero_points.ndim else zero_points
     centered = rows.astype(np.int64) - per_channel_zp
@@ -302,7 +304,7 @@ class ConvOp:
             stride=attrs.get("stride", 1), padding=attrs.get("padding", 0),
             dilation=attrs.get("dilation", 1), groups=attrs.get("groups", 1),
             padding_mode=attrs.get("padding_mode", "zeros"), relu=bool(attrs.get("relu", False)),
-            engine=engine)
+            engine=engine, quantized_bias=node.arrays.get("quantized_bias"))
         return params, params.output_qparams
 
     @staticmethod

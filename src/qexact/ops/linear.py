@@ -32,7 +32,7 @@ from ..errors import QuantParamError, ShapeError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, requantize
 from ..stages import Stage
-from ._gemm import check_activations, output_dtype, quantized_or_float
+from ._gemm import check_activations, check_quantized_bias, output_dtype, quantized_or_float
 from ._gemm_explain import pair_saturation_stage, per_channel, requantization_stages
 from ._registry import graph_op
 from .quantize import output_qparams_of, require_quantized
@@ -94,7 +94,8 @@ class LinearParams(QuantizedLayerAccessors):
 
 def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                    output_qparams: QParams, *, relu: bool = False,
-                   engine: Engine | str, isa: str | None = None) -> LinearParams:
+                   engine: Engine | str, isa: str | None = None,
+                   quantized_bias=None) -> LinearParams:
     """Validate a quantized Linear and derive everything its integer kernel needs.
 
     ``weight``: (N, K) int8; ``weight_qparams``: qint8, per-tensor or per-channel on axis 0;
@@ -129,8 +130,10 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
             raise ShapeError(
                 f"bias must be float32 of shape ({weight.shape[0]},), got {bias.dtype} {bias.shape}"
             )
+    quantized_bias = check_quantized_bias(quantized_bias, numerics, weight.shape[0])
     epilogue = numerics.requantization(
-        LayerQuantization(input_qparams.scale, weight_qparams, bias, output_qparams, relu)
+        LayerQuantization(input_qparams.scale, weight_qparams, bias, output_qparams, relu,
+                          quantized_bias)
     )
     zero_points = np.asarray(weight_qparams.zero_point, dtype=np.int64)
     centered = weight.astype(np.int64) - (zero_points[:, None] if zero_points.ndim else zero_points)
@@ -193,6 +196,7 @@ class LinearOp:
             node.arrays["weight"], qparams_from_fields(node.attrs, node.arrays, "weight"),
             node.arrays.get("bias"), input_qparams,
             output_qparams_of(node), relu=bool(node.attrs.get("relu", False)), engine=engine,
+            quantized_bias=node.arrays.get("quantized_bias"),
         )
         return params, params.output_qparams
 
