@@ -125,6 +125,10 @@ def command_inspect(arguments) -> int:
                           "layers": [report.to_json() for report in reports]}))
         return 0
     print(f"engine {net.engine.name}, isa {net.engine.isa}, aten {net.engine.aten_capability}")
+    inexact = [report for report in reports if report.inexact]
+    if inexact:
+        print(f"not bit-exact on this engine: {', '.join(r.name for r in inexact)}: "
+              f"{inexact[0].inexact}")
     print(f"{'layer':<16} {'op':<10} {'kernel':<16} {'in -> out':<22} {'int16 pairs'}")
     for report in reports:
         shapes = ""
@@ -137,6 +141,8 @@ def command_inspect(arguments) -> int:
             multipliers = " ".join(f"{m:.6g}" for m in report.multiplier)
             print(f"{'':<16} out {report.output_qparams:<24.24} {('M ' + multipliers)[:36]}"
                   if report.multiplier else f"{'':<16} out {report.output_qparams}")
+        if report.inexact:
+            print(f"{'':<16} not bit-exact (float op order not reproduced)")
     return 0
 
 

@@ -3,7 +3,8 @@
 For every node: its op, the kernel PyTorch uses for it on this engine and ISA, input and output
 shapes (when inputs are given), scales and zero points, the multiplier(s), and for kernels that
 sum int16 pairs (``vpmaddubsw``) whether saturation is possible at all for these weights, and
-whether it happens on the given inputs.
+whether it happens on the given inputs; and, where the engine does not reproduce a float op's
+order (``pt2e_eager``'s float GEMMs), that its outputs are not bit-exact, and why.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class LayerReport:
     output_qparams: str = ""
     multiplier: tuple[float, ...] = ()
     saturation: str = ""              # "", "impossible", "possible", "happens on N elements"
+    inexact: str = ""                 # why its outputs are not bit-exact on this engine ("": exact)
     details: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -34,7 +36,8 @@ class LayerReport:
                 "input_shape": None if self.input_shape is None else list(self.input_shape),
                 "output_shape": None if self.output_shape is None else list(self.output_shape),
                 "input_qparams": self.input_qparams, "output_qparams": self.output_qparams,
-                "multiplier": [float(m) for m in self.multiplier], "saturation": self.saturation}
+                "multiplier": [float(m) for m in self.multiplier], "saturation": self.saturation,
+                "exact": not self.inexact, "inexact": self.inexact}
 
 
 def _describe(qparams) -> str:
@@ -72,7 +75,7 @@ def inspect_net(net: Net, inputs: tuple | None = None) -> list[LayerReport]:
             output_shape=_shape(values.get(node.name)),
             input_qparams=_describe(qparams_of.get(first.name) if first is not None else None),
             output_qparams=_describe(item.output_qparams), multiplier=multiplier,
-            saturation=saturation))
+            saturation=saturation, inexact=getattr(params, "inexact", "")))
     return reports
 
 

@@ -87,6 +87,8 @@ class ConvParams(QuantizedLayerAccessors):
     weight_pairs: np.ndarray | None
     risky_pairs: np.ndarray | None
     undefined_input: Callable[[tuple[int, ...]], str] | None = None
+    inexact: str = ""
+    """Why this layer's outputs are not bit-exact on its engine (empty: they are)."""
     """Why PyTorch's output is undefined for an input of a spatial size (``ConvKernel``)."""
 
     @property
@@ -218,6 +220,7 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
         pairs_per_tap=conv_kernel.pairs_per_tap, padded_tap=conv_kernel.padded_tap,
         weight_centered_t=np.ascontiguousarray(np.swapaxes(centered, 1, 2).astype(np.float32)),
         pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
+        inexact=numerics.inexact,
         undefined_input=None if conv_kernel.undefined_input is None else
         (lambda spatial: conv_kernel.undefined_input(geometry, as_2d(tuple(spatial), 1))),
     )

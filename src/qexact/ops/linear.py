@@ -73,6 +73,8 @@ class LinearParams(QuantizedLayerAccessors):
     pair_positions: np.ndarray | None
     weight_pairs: np.ndarray | None
     risky_pairs: np.ndarray | None
+    inexact: str = ""
+    """Why this layer's outputs are not bit-exact on its engine (empty: they are)."""
 
     @property
     def in_features(self) -> int:
@@ -151,6 +153,7 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
         requantization=epilogue.steps, pair_saturation=saturates,
         weight_centered_t=np.ascontiguousarray(centered.T.astype(np.float32)),
         pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
+        inexact=numerics.inexact,
     )
 
 
