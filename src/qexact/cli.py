@@ -165,6 +165,44 @@ def _load_inputs(paths: list[str]) -> list[np.ndarray]:
     return inputs
 
 
+def render_comparison(comparison) -> str:
+    first, second = comparison.engines
+    lines = [f"{first} vs {second} ({comparison.isa}): {comparison.outputs_differing} of "
+             f"{comparison.outputs_elements} output elements differ"]
+    for node in comparison.nodes:
+        steps = f", up to {node.max_steps:g} step(s)" if node.max_steps else ""
+        if node.cause == "propagated":
+            lines.append(f"  {node.name} ({node.op}): {node.differing} of {node.elements} differ"
+                         f"{steps}, propagated from an input")
+            continue
+        lines.append(f"diverges at {node.name} ({node.op}): {node.differing} of {node.elements} "
+                     f"elements{steps}; its own arithmetic differs:")
+        if node.reason:
+            lines.append(f"  why: {node.reason}")
+        for engine, labels in node.steps_only_in.items():
+            if labels:
+                lines.append(f"  only in {engine}: " + "; ".join(labels))
+        index = ", ".join(map(str, node.first_index or ()))
+        for engine, stages in node.stages.items():
+            lines.append(f"  element ({index}) on {engine}:")
+            for stage in stages[-6:]:
+                lines.append(f"    {stage.name}: {stage.formula} = {stage.result}"[:WIDTH + 40])
+    return "\n".join(lines)
+
+
+def command_compare(arguments) -> int:
+    from .compare import compare_engines
+
+    engines = tuple(name.strip() for name in arguments.engines.split(","))
+    if len(engines) != 2:
+        raise QexactError(f"--engines takes two engines, comma-separated; got {arguments.engines!r}")
+    net = _load_model(arguments.model, engines[0], arguments.isa)
+    comparison = compare_engines(net.graph, engines, tuple(_load_inputs(arguments.input)),
+                                 arguments.isa)
+    print(json.dumps(comparison.to_json()) if arguments.json else render_comparison(comparison))
+    return 0 if comparison.identical else 1
+
+
 def command_explain(arguments) -> int:
     net = _load_model(arguments.model, arguments.engine, arguments.isa)
     explanation = net.explain(_load_inputs(arguments.input), layer=arguments.layer,
@@ -274,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "qparams, multipliers, int16 saturation", command_inspect)
         inspect.add_argument("--input", action="append",
                              help="float32 .npy inputs: adds shapes and observed saturation")
+
+    compare = model_command("compare", "where two engines (deployments) of one model differ, "
+                            "element by element, and why", command_compare)
+    compare.add_argument("--engines", required=True,
+                         help="two engines, comma-separated (xnnpack,pt2e_eager)")
+    compare.add_argument("--input", action="append", required=True, help="float32 .npy")
 
     explain = model_command("explain", "every stage of one output element", command_explain)
     explain.add_argument("--input", action="append", required=True, help="float32 .npy")
