@@ -25,7 +25,7 @@ import numpy as np
 from .accumulate import exact_matmul, pair_positions, pair_saturation_correction
 from .accumulate import saturating_weight_pairs, weight_pairs_of
 from .dtypes import QUINT8
-from .engines import AVX2, AVX512_VNNI, ENGINES, LayerQuantization, get_engine
+from .engines import AVX2, AVX512_VNNI, ENGINES, LayerQuantization, engine_names, get_engine
 from .engines.base import BiasMode
 from .engines.qnnpack import quantize_bias
 from .errors import QexactError, ShapeError
@@ -154,7 +154,9 @@ CATALOG: tuple[Deviation, ...] = (
               (Knobs(accumulator_bits=16),)),
     Deviation("wrong_engine", "the numbers are another engine's",
               "These numbers are exactly another PyTorch engine's (or ISA's): each engine has its "
-              "own arithmetic (see docs/arithmetic.md).",
+              "own arithmetic (see docs/arithmetic.md). For a PT2E model, the engines are its "
+              "deployments: numbers of eager PT2E (pt2e_eager) are not what ExecuTorch's XNNPACK "
+              "delegate (xnnpack) or Inductor (inductor) computes on the device.",
               tuple(Knobs(engine=engine, isa=isa) for engine in sorted(ENGINES)
                     for isa in (AVX512_VNNI, AVX2))),
 )
@@ -495,6 +497,8 @@ def diagnose(net: Net, x, theirs, layer: str | None = None, *, rtol: float = 1e-
             for knobs in deviation.knobs:
                 if knobs.engine == net.engine.name and knobs.isa == net.engine.isa:
                     continue
+                if knobs.engine is not None and knobs.engine not in engine_names(net.engine.flow):
+                    continue  # engines of the model's own flow: PT2E deployments, or eager
                 result = evaluate(knobs)
                 if result is None:
                     continue

@@ -172,3 +172,16 @@ def test_a_torchao_quantize_model_is_named_as_such():
     quantize_(model, Int8WeightOnlyConfig())
     with pytest.raises(qexact.UnsupportedError, match="quantize_"):
         qexact.from_torch(model)
+
+
+def test_diagnose_says_numbers_of_eager_pt2e_are_not_the_devices():
+    """Numbers computed as eager PT2E computes them, checked against the xnnpack deployment:
+    diagnose names ``wrong_engine`` with pt2e_eager."""
+    converted, _ = pt2e.quantized("mlp", "xnnpack")
+    net = qexact.from_torch(converted)
+    x = np.concatenate([pt2e.inputs("mlp", seed, 3.0).numpy() for seed in range(200)])
+    theirs = qexact.from_torch(converted, engine="pt2e_eager")(x)
+    assert np.any(theirs != net(x))
+    finding = qexact.diagnose(net, [x], theirs).findings[0]
+    assert finding.id == "wrong_engine" and "pt2e_eager" in finding.variant
+    assert "XNNPACK" in finding.message
