@@ -22,7 +22,8 @@ WIDTH = 80
 
 
 def _load_model(path: str, engine: str | None, isa: str | None):
-    """A qexact model file, or a TorchScript file (a zip archive; needs torch)."""
+    """A qexact model file, a TorchScript or ``.pt2`` file (zip archives; need torch), or an
+    ExecuTorch ``.pte`` (XNNPACK delegates; read without torch)."""
     from .serialization import load
 
     try:
@@ -30,7 +31,7 @@ def _load_model(path: str, engine: str | None, isa: str | None):
             is_zip = file.read(4) == b"PK\x03\x04"
     except OSError as error:
         raise QexactError(f"cannot read {path!r}: {error.strerror}") from None
-    if is_zip:
+    if is_zip or path.endswith(".pte"):
         from .importers.torch import from_torch
 
         return from_torch(path, engine=engine, isa=isa)

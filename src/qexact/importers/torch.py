@@ -275,6 +275,22 @@ def _unsupported_module(qualified_name: str, module, fx: bool = False) -> Unsupp
     )
 
 
+def from_pte(path, example_inputs: tuple | None = None, engine: str | None = None,
+             isa: str | None = None) -> Net:
+    """An ExecuTorch ``.pte`` file with XNNPACK delegates, as the device runs it (engine
+    ``xnnpack``): its weights, int32 biases and quantization parameters as the file stores them.
+    Needs neither torch nor executorch."""
+    from .pte_graph import capture_pte
+
+    if engine not in (None, "xnnpack"):
+        raise UnsupportedError(f"a .pte with XNNPACK delegates runs on engine 'xnnpack', not "
+                               f"{engine!r}: it holds the int32 biases fixed at lowering")
+    net = Net(capture_pte(path), "xnnpack", isa)
+    if example_inputs is not None:
+        net(*(example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)))
+    return net
+
+
 def _refuse_torchao_subclass(model) -> None:
     """torchao ``quantize_`` models hold tensor-subclass weights in float modules: say so, rather
     than call them float modules."""
@@ -299,7 +315,8 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
     an FX-converted ``GraphModule`` (``prepare_fx``/``convert_fx``), a ``ScriptModule`` of either
     (``torch.jit.trace``), or the path of a TorchScript file (``torch.jit.save``); or a PT2E model:
     the GraphModule of torchao's ``convert_pt2e``, an ``ExportedProgram`` of it, or the path of a
-    ``.pt2`` file (``torch.export.save``).
+    ``.pt2`` file (``torch.export.save``); or an ExecuTorch ``.pte`` with XNNPACK delegates (read
+    without torch; engine ``xnnpack``).
 
     ``engine``: for eager and FX models it defaults to ``torch.backends.quantized.engine`` (it
     must be the engine the model was converted under: PyTorch packs weights for it). For PT2E
@@ -309,6 +326,8 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
     ``xnnpack``, quint8 (``X86InductorQuantizer``) ``inductor``. ``isa`` defaults to this CPU's.
     ``example_inputs``, if given, are run once through the imported net to check it.
     """
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".pte"):
+        return from_pte(model, example_inputs, engine, isa)
     torch = _import_torch()
     if isinstance(model, (str, os.PathLike)):
         model = load_pt2(model) if os.fspath(model).endswith(".pt2") else load_script(model)
