@@ -54,12 +54,172 @@ class Conv1dNet(nn.Module):
         return self.conv2(torch.relu(self.conv(x)))
 
 
+def _conv(i, o, k=3, **kw):
+    return nn.Conv2d(i, o, k, padding=k // 2, **kw)
+
+
+class ResidualAddRelu(nn.Module):
+    """add+relu of two convs (a residual block), and x + x of one tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = _conv(3, 8), _conv(8, 8), _conv(8, 4, 1)
+
+    def forward(self, x):
+        a = self.a(x)
+        y = torch.relu(a + self.b(a))
+        return self.out(y + y)
+
+
+class BroadcastAdd(nn.Module):
+    """(N, C, H, W) + (N, C, 1, 1): a global average pool broadcast over the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = _conv(3, 8), _conv(3, 8), _conv(8, 4, 1)
+
+    def forward(self, x):
+        g = torch.nn.functional.adaptive_avg_pool2d(self.b(x), (1, 1))
+        return self.out(self.a(x) + g)
+
+
+class Mul(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = _conv(3, 8), _conv(3, 8), _conv(8, 4, 1)
+
+    def forward(self, x):
+        return self.out(self.a(x) * self.b(x))
+
+
+class Hardtanh(nn.Module):
+    """A quantized clamp after a conv, its bounds quantized by XNNPACK."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = _conv(3, 8), _conv(8, 4, 1)
+
+    def forward(self, x):
+        return self.out(torch.nn.functional.hardtanh(self.a(x), -0.5, 0.75))
+
+
+class MaxPoolCeil(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = _conv(3, 8), _conv(8, 8), _conv(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.nn.functional.max_pool2d(self.a(x), 3, 2, ceil_mode=True)
+        y = torch.relu(torch.nn.functional.max_pool2d(self.b(y), 2, 1, padding=1))
+        return self.out(y)
+
+
+class GlobalPool(nn.Module):
+    """adaptive_avg_pool2d((1, 1)) and mean((2, 3), keepdim=True), then flatten and a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = _conv(3, 8), _conv(3, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        p = torch.nn.functional.adaptive_avg_pool2d(self.a(x), (1, 1))
+        m = self.b(x).mean((2, 3), keepdim=True)
+        return self.head((p + m).flatten(1))
+
+
+class Cat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = _conv(3, 4), _conv(3, 6, 1), _conv(10, 4, 1)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.a(x), self.b(x)], 1))
+
+
+class AvgPool(nn.Module):
+    """avg_pool2d in float32 inside the delegate: XNNPACK's 9-tap order (k2; k3 padded without
+    count_include_pad) and ExecuTorch's portable kernel (count_include_pad with padding)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.out = _conv(3, 8), _conv(8, 8), _conv(8, 8), _conv(8, 4, 1)
+
+    def forward(self, x):
+        f = torch.nn.functional
+        y = self.b(f.avg_pool2d(self.a(x), 3, 1, 1, count_include_pad=False))
+        y = self.c(f.avg_pool2d(y, 2))
+        return self.out(f.avg_pool2d(y, 3, 1, 1))
+
+
+class Bilinear(nn.Module):
+    """Bilinear upsampling in float32 inside the delegate (half-pixel and align_corners)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = _conv(3, 8), _conv(8, 8), _conv(8, 4, 1)
+
+    def forward(self, x):
+        f = torch.nn.functional
+        y = self.b(f.interpolate(self.a(x), scale_factor=2, mode="bilinear", align_corners=False))
+        return self.out(f.interpolate(y, size=(13, 11), mode="bilinear", align_corners=True))
+
+
+class PermuteHead(nn.Module):
+    """permute to channels-last and a Linear over the channels, then a reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = _conv(3, 8)
+        self.head = nn.Linear(8, 6)
+
+    def forward(self, x):
+        y = self.head(self.a(x).permute(0, 2, 3, 1))
+        return y.reshape(y.shape[0], -1)
+
+
+class TestCnn(nn.Module):
+    """Conv, ReLU, max pool, a residual add+relu, cat, relu after cat, hardtanh, a global
+    average pool, flatten and a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = _conv(3, 8)
+        self.r1, self.r2 = _conv(8, 8), _conv(8, 8)
+        self.left, self.right = _conv(8, 6, 1), _conv(8, 6)
+        self.mix = _conv(12, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        f = torch.nn.functional
+        y = f.max_pool2d(torch.relu(self.stem(x)), 2)
+        y = torch.relu(y + self.r2(torch.relu(self.r1(y))))
+        y = torch.relu(torch.cat([self.left(y), self.right(y)], 1))
+        y = f.hardtanh(self.mix(y), -1.0, 1.0)
+        return self.head(f.adaptive_avg_pool2d(y, (1, 1)).flatten(1))
+
+
 PT2E_MODELS = {
     "mlp": (Mlp, (3, 20)),
     "small_cnn": (SmallCnn, (2, 3, 8, 8)),
     "conv1d": (Conv1dNet, (2, 4, 17)),
+    "residual_add_relu": (ResidualAddRelu, (2, 3, 8, 8)),
+    "broadcast_add": (BroadcastAdd, (2, 3, 8, 8)),
+    "mul": (Mul, (2, 3, 8, 8)),
+    "hardtanh": (Hardtanh, (2, 3, 8, 8)),
+    "max_pool_ceil": (MaxPoolCeil, (2, 3, 8, 8)),
+    "global_pool": (GlobalPool, (2, 3, 8, 8)),
+    "cat": (Cat, (2, 3, 8, 8)),
+    "avg_pool": (AvgPool, (2, 3, 8, 8)),
+    "bilinear": (Bilinear, (2, 3, 5, 7)),
+    "permute_head": (PermuteHead, (2, 3, 6, 6)),
+    "test_cnn": (TestCnn, (2, 3, 16, 16)),
 }
 """name -> (model class, input shape)."""
+XNNPACK_ONLY = {"residual_add_relu", "broadcast_add", "mul", "hardtanh", "max_pool_ceil",
+                "global_pool", "cat", "avg_pool", "bilinear", "permute_head", "test_cnn"}
+"""Models of non-GEMM ops that engine ``xnnpack`` runs and engine ``inductor`` does not yet;
+the inductor and pt2e_eager tests skip them."""
 FLOAT_UNDER_INDUCTOR = {"conv1d"}
 """Models ``X86InductorQuantizer`` leaves in float32 (it annotates no Conv1d)."""
 

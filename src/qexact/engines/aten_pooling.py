@@ -118,11 +118,16 @@ class AveragePath:
     ``steps(divisor, counts, qparams)``: the steps from the window's integer (``A = S - n z``, or
     ``S``) to the output integer, with constants per element of the path (``divisor``: each
     element's divisor; ``counts``: its valid taps per spatial dim; ``qparams``: the input's, which
-    the output keeps)."""
+    the output keeps).
+
+    ``rescales``: the kernel takes output qparams of its own, and ``steps`` takes them as a
+    fourth argument, ``steps(divisor, counts, qparams, output_qparams)`` (XNNPACK's global
+    average pool); a path that does not rescale keeps the input's qparams."""
 
     name: str
     formula: str
     steps: Callable[..., tuple[Step, ...]]
+    rescales: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ src/qs8-gemm/MRx16c8-avx512vnni.c.in, src/qs8-dwconv/unipass-avx512skx-mul32.c.i
 ``q_min`` is -128, or ``z_out`` with a fused ReLU (``xnn_qs8_quantize(0)``). Every x86 variant
 (SSE2 to AVX512-VNNI, AMX) rounds with ``cvtps2dq`` and accumulates exactly (AVX2 widens to int16
 before ``vpmaddwd``), so the numerics do not depend on the ISA (pt2e-semantics.md section 2).
+
+The other families of its table: ``"quantize"`` (XNNConvert; ``"dequantize"`` is PT2E's own,
+engines/pt2e.py), ``"binary"``, ``"clamp"``, ``"cat"`` (engines/xnnpack_elementwise.py);
+``"max_pool"``, ``"adaptive_avg_pool"``, ``"mean"``, and the float32 ``"avg_pool"`` and
+``"upsample"`` the delegate runs between converts (engines/xnnpack_pooling.py). relu, flatten,
+reshape and permute need no kernel (integer max with the zero point, data movement).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from ..errors import UnsupportedError
 from ..requantize import (AddInt32, ClampInt, MinFloat32, MultiplyFloat32, RoundHalfEvenToInt32,
                           ToFloat32)
 from ..rounding import f32
-from . import pt2e
+from . import pt2e, xnnpack_elementwise, xnnpack_pooling
 from .base import (BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics, LayerQuantization,
                    Requantization)
 
@@ -106,5 +112,7 @@ def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
 
 def engine(isa: str) -> Engine:
     return Engine("xnnpack", isa, linear=XNNPACK_GEMM, conv=conv_kernel, flow="pt2e",
-                  activation_dtypes=(QINT8,), kernels=MappingProxyType({**pt2e.KERNELS}),
+                  activation_dtypes=(QINT8,),
+                  kernels=MappingProxyType({**pt2e.KERNELS, **xnnpack_elementwise.KERNELS,
+                                            **xnnpack_pooling.KERNELS}),
                   description="ExecuTorch's XNNPACK delegate (PT2E, XNNPACKQuantizer)")

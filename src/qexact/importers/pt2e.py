@@ -461,15 +461,24 @@ def _binary(op: str):
     return handler
 
 
-def _unary(op: str, attrs_of=lambda args: {}, shared_qparams: bool = True):
+def _unary(op: str, attrs_of=lambda args: {}, shared_qparams: bool = True,
+           own_output_qparams: bool = False):
     """An op on one quantized tensor whose output keeps its input's qparams (``shared``: the
-    quantizer gives the quantize after it the input's qparams)."""
+    quantizer gives the quantize after it the input's qparams).
+
+    ``own_output_qparams``: the node keeps the qparams of the quantize after it (``output_*``
+    attrs), whatever they are, and the op's kernel decides whether it can give them: XNNPACK's
+    global average pool takes output qparams (mean, adaptive_avg_pool), and avg_pool2d and
+    upsample_bilinear2d, which XNNPACKQuantizer leaves in float32 (``dequantize -> op ->
+    quantize`` with the next op's input qparams), run in float32 between converts there."""
 
     def handler(capture, fx_node, args):
         quantized = _quantized_input(capture, args[0], f"the input of {op}")
         attrs = attrs_of(args)
         _emit(capture, fx_node, op, (quantized.ref,), attrs, output_qparams_attr=True)
         node = capture.nodes[-1]
+        if own_output_qparams:
+            return
         result = capture.values[next(iter(_users_quantize(fx_node)))]
         if shared_qparams and result.qparams != quantized.qparams:
             raise UnsupportedError(f"{op} with output qparams other than its input's "
@@ -508,7 +517,11 @@ def _pool_attrs(kind: str):
 
 
 def _cat(capture, fx_node, args):
-    tensors = args[0]
+    tensors = [capture.values.get(item, item) if _is_fx_node(item) else item
+               for item in args[0]]  # a list argument: its fx nodes are not mapped by _call
+    if any(value is BLOCKED for value in tensors):
+        capture.values[fx_node] = BLOCKED
+        return
     dim = args[1] if len(args) > 1 else 0
     inputs = tuple(_quantized_input(capture, value, f"input {i} of cat").ref
                    for i, value in enumerate(tensors))
@@ -567,13 +580,14 @@ OPS = {
     "hardtanh_": _unary("clamp", lambda args: {"low": float(args[1]) if len(args) > 1 else -1.0,
                                                "high": float(args[2]) if len(args) > 2 else 1.0}),
     "max_pool2d": _unary("max_pool", _pool_attrs("max")),
-    "avg_pool2d": _unary("avg_pool", _pool_attrs("avg")),
+    "avg_pool2d": _unary("avg_pool", _pool_attrs("avg"), own_output_qparams=True),
     "adaptive_avg_pool2d": _unary("adaptive_avg_pool", lambda args: {
-        "spatial_dims": 2, "output_size": list(args[1])}),
+        "spatial_dims": 2, "output_size": list(args[1])}, own_output_qparams=True),
     "mean": _unary("mean", lambda args: {"dim": list(args[1]),
-                                         "keepdim": bool(args[2]) if len(args) > 2 else False}),
-    "upsample_nearest2d": _unary("upsample", _upsample("nearest")),
-    "upsample_bilinear2d": _unary("upsample", _upsample("bilinear")),
+                                         "keepdim": bool(args[2]) if len(args) > 2 else False},
+                   own_output_qparams=True),
+    "upsample_nearest2d": _unary("upsample", _upsample("nearest"), own_output_qparams=True),
+    "upsample_bilinear2d": _unary("upsample", _upsample("bilinear"), own_output_qparams=True),
     "cat": _cat, "concat": _cat,
     "flatten": _shape("flatten", lambda args: ({"start_dim": args[1] if len(args) > 1 else 0,
                                                 "end_dim": args[2] if len(args) > 2 else -1}, ())),

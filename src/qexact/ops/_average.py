@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UnsupportedError
 from ..qparams import QuantizedArray
 from ..trace import apply_steps, observing, record
 
@@ -53,11 +54,27 @@ def source_text(count: int, windows: int = 0) -> str:
     return "x[" + ", ".join(parts) + "]"
 
 
+def output_qparams_for(label: str, kernel, x: QuantizedArray, output_qparams):
+    """The qparams ``kernel`` gives its output: ``output_qparams`` (None: the input's) where every
+    path of the kernel rescales (``AveragePath.rescales``); a kernel that keeps its input's
+    qparams refuses others."""
+    if output_qparams is None or output_qparams == x.qparams:
+        return x.qparams
+    paths = getattr(kernel, "paths", ())
+    if paths and all(getattr(path, "rescales", False) for path in paths):
+        return output_qparams
+    raise UnsupportedError(
+        f"{label}: the kernel {kernel.name} keeps its input's qparams "
+        f"({x.qparams.describe()}), and this op's output has others "
+        f"({output_qparams.describe()})")
+
+
 def average_windows(label: str, kernel, sums: np.ndarray, windows, x: QuantizedArray,
-                    values: np.ndarray, spatial: int) -> np.ndarray:
+                    values: np.ndarray, spatial: int, output_qparams=None) -> np.ndarray:
     """The output integers (int64, logical order, the shape of ``sums``) of ``kernel`` on the
     window sums ``sums`` (``windows``: their sizes; ``values``: the kernel's input, whose channels
-    its placement splits between paths; ``spatial``: the number of pooled dims)."""
+    its placement splits between paths; ``spatial``: the number of pooled dims;
+    ``output_qparams``: the output's, for a kernel whose paths rescale, else None)."""
     zero_point = int(x.zero_point)
     size = np.broadcast_to(np.asarray(windows.size, np.int64), sums.shape)
     divisor = np.broadcast_to(np.asarray(kernel.divisors(windows), np.int64), sums.shape)
@@ -74,9 +91,30 @@ def average_windows(label: str, kernel, sums: np.ndarray, windows, x: QuantizedA
             continue
         record(f"{label}: path", "which code path of the kernel computes this element", None,
                where=where, kernel=kernel.name, path=path.name)
-        steps = path.steps(divisor[where], [c[where] for c in counts], x.qparams)
+        if path.rescales:
+            steps = path.steps(divisor[where], [c[where] for c in counts], x.qparams,
+                               output_qparams or x.qparams)
+        else:
+            steps = path.steps(divisor[where], [c[where] for c in counts], x.qparams)
         out[where] = apply_steps(integer[where], steps, where=where, prefix=f"{label}: ")
     return out
+
+
+def through_float32(label: str, kernel, x: QuantizedArray, engine, output_qparams,
+                    **arguments) -> QuantizedArray:
+    """A kernel that runs in float32 between converts (``kernel.runs_in_float32``): ``x``
+    dequantized by the engine's ``"dequantize"`` kernel, ``kernel.compute(d, **arguments)``,
+    quantized to ``output_qparams`` (None: the input's) by the engine's ``"quantize"`` kernel;
+    the output contiguous."""
+    from .quantize import _quantize, dequantize
+
+    output_qparams = output_qparams or x.qparams
+    floats = dequantize(x, engine.kernel("dequantize", x.qparams, x.values.ndim))
+    result = record(f"{label} (float32)", kernel.formula, kernel.compute(floats, **arguments),
+                    kernel=kernel.name)
+    result = np.ascontiguousarray(result)
+    return _quantize(result, output_qparams,
+                     engine.kernel("quantize", output_qparams, result.ndim))
 
 
 def laid_out(label: str, output, result: np.ndarray, values: np.ndarray) -> np.ndarray:

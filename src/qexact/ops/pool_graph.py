@@ -16,7 +16,7 @@ from ..trace import observing, record
 from ._average import source_axes, source_text, upstream_from
 from ._registry import graph_op, observed_stages
 from .pooling import adaptive_avg_pool, avg_pool, max_pool, prepare_adaptive_pool, prepare_pool
-from .quantize import require_quantized
+from .quantize import output_qparams_of, require_quantized
 
 
 def _explained(run, params, inputs, result, index):
@@ -30,11 +30,12 @@ class AvgPoolOp:
     def prepare(node, input_qparams, engine):
         qparams = require_quantized(node, input_qparams)
         a = node.attrs
+        output = output_qparams_of(node)  # a PT2E avg_pool's own output qparams, if any
         params = prepare_pool("avg", int(a["spatial_dims"]), a["kernel_size"], a.get("stride"),
                               a.get("padding", 0), 1, a.get("ceil_mode", False),
                               a.get("count_include_pad", True), a.get("divisor_override"),
-                              engine=engine)
-        return params, qparams
+                              engine=engine, output_qparams=output)
+        return params, output or qparams
 
     @staticmethod
     def run(params, inputs):
@@ -71,9 +72,10 @@ class AdaptiveAvgPoolOp:
     def prepare(node, input_qparams, engine):
         qparams = require_quantized(node, input_qparams)
         a = node.attrs
+        output = output_qparams_of(node)  # a PT2E adaptive pool's own output qparams, if any
         return prepare_adaptive_pool("avg", int(a["spatial_dims"]), a["output_size"],
-                                     engine=engine,
-                                     intra_op_threads=a.get("intra_op_threads", 1)), qparams
+                                     engine=engine, intra_op_threads=a.get("intra_op_threads", 1),
+                                     output_qparams=output), output or qparams
 
     @staticmethod
     def run(params, inputs):

@@ -30,9 +30,10 @@ from ..engines.aten_pooling import Windows
 from ..engines.base import Engine
 from ..errors import ShapeError, UnsupportedError
 from ..layout import suggests_channels_last, to_channels_last
-from ..qparams import QuantizedArray
+from ..qparams import QParams, QuantizedArray
 from ..trace import observing, record
-from ._average import Index, average_windows, laid_out, source_axes, source_text
+from ._average import (Index, average_windows, laid_out, output_qparams_for, source_axes,
+                       source_text, through_float32)
 from ._window import (adaptive_windows, box_sums, outer_product, pool_window_starts,
                       pooling_output_size)
 
@@ -78,6 +79,9 @@ class PoolParams:
     count_include_pad: bool
     divisor_override: int | None
     engine: Engine
+    output_qparams: QParams | None = None
+    """avg: the output's qparams where they differ from the input's (None: the input's), for a
+    kernel that takes them (a float32 kernel between converts, ``through_float32``)."""
 
     def choose_kernel(self, x: QuantizedArray, values: np.ndarray):
         """The kernel description the engine runs for this input (``Engine.kernel``)."""
@@ -87,7 +91,7 @@ class PoolParams:
 
 def prepare_pool(kind: str, spatial_dims: int, kernel_size, stride=None, padding=0, dilation=1,
                  ceil_mode=False, count_include_pad=True, divisor_override=None, *,
-                 engine) -> PoolParams:
+                 engine, output_qparams: QParams | None = None) -> PoolParams:
     """Validate a pool's arguments as ATen does (Pool.h ``pool2d_shape_check``) for ``engine``
     (a name or an ``Engine``)."""
     from ..engines import get_engine
@@ -111,7 +115,7 @@ def prepare_pool(kind: str, spatial_dims: int, kernel_size, stride=None, padding
     return PoolParams(kind, kernel, strides, pads, dilations, bool(ceil_mode),
                       bool(count_include_pad),
                       None if divisor_override is None else int(divisor_override),
-                      get_engine(engine))
+                      get_engine(engine), output_qparams)
 
 
 def _per_dim(vector: np.ndarray, offset: int, spatial: int) -> np.ndarray:
@@ -150,9 +154,15 @@ def avg_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
                          f"got shape {values.shape}")
     if spatial == 1:  # ATen: unsqueeze(-2), avg_pool2d, squeeze(-2)
         result = avg_pool(QuantizedArray(np.expand_dims(values, -2), x.qparams), _as_2d(p))
-        return QuantizedArray(np.squeeze(result.values, -2), x.qparams)
+        return QuantizedArray(np.squeeze(result.values, -2), result.qparams)
     kernel = p.choose_kernel(x, values)
     _record_kernel("avg_pool", kernel)
+    if getattr(kernel, "runs_in_float32", False):
+        return through_float32("avg_pool", kernel, x, p.engine, p.output_qparams,
+                               kernel_size=p.kernel_size, stride=p.stride, padding=p.padding,
+                               ceil_mode=p.ceil_mode, count_include_pad=p.count_include_pad,
+                               divisor_override=p.divisor_override)
+    output_qparams_for("avg_pool", kernel, x, p.output_qparams)
     starts, ends, sizes, padded, counts = [], [], [], [], []
     for offset in range(spatial):
         size = values.shape[values.ndim - spatial + offset]
@@ -170,15 +180,17 @@ def avg_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
     record_window("avg_pool", sums, starts, ends, sizes)
     windows = Windows(outer_product(sizes), outer_product(padded), tuple(counts),
                       p.divisor_override, p.count_include_pad)
-    out = average_windows("avg_pool", kernel, sums, windows, x, kernel_input, spatial)
-    return QuantizedArray(laid_out("avg_pool", kernel.output, out.astype(x.dtype.numpy_dtype),
-                                   kernel_input), x.qparams)
+    out = average_windows("avg_pool", kernel, sums, windows, x, kernel_input, spatial,
+                          p.output_qparams)
+    output = output_qparams_for("avg_pool", kernel, x, p.output_qparams)
+    return QuantizedArray(laid_out("avg_pool", kernel.output, out.astype(output.dtype.numpy_dtype),
+                                   kernel_input), output)
 
 
 def _as_2d(p: PoolParams) -> PoolParams:
     return PoolParams(p.kind, (1,) + p.kernel_size, (1,) + p.stride, (0,) + p.padding,
                       (1,) + p.dilation, p.ceil_mode, p.count_include_pad, p.divisor_override,
-                      p.engine)
+                      p.engine, p.output_qparams)
 
 
 def max_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
@@ -261,6 +273,9 @@ class AdaptivePoolParams:
     output_size: tuple[int | None, ...]
     engine: Engine
     mean: MeanParams | None = None
+    output_qparams: QParams | None = None
+    """The output's qparams where they differ from the input's (None: the input's), for a kernel
+    whose paths rescale (``AveragePath.rescales``)."""
 
 
 # aten/src/ATen/native/AdaptiveAveragePooling3d.cpp adaptive_avg_pool3d_symint: an output of
@@ -272,7 +287,8 @@ _GLOBAL_MEAN_DIMS = (-1, -2, -3)
 
 
 def prepare_adaptive_pool(kind: str, spatial_dims: int, output_size, *, engine,
-                          intra_op_threads: int = 1) -> AdaptivePoolParams:
+                          intra_op_threads: int = 1,
+                          output_qparams: QParams | None = None) -> AdaptivePoolParams:
     """``intra_op_threads`` (PyTorch's ``torch.get_num_threads()``) matters only to a 3-D pool
     to 1x1x1 that takes ``mean``'s reference path (see ``reduce.MeanParams``)."""
     from ..engines import get_engine
@@ -290,9 +306,10 @@ def prepare_adaptive_pool(kind: str, spatial_dims: int, output_size, *, engine,
         raise ShapeError(f"adaptive pool output_size must be {spatial_dims} positive ints, "
                          f"got {output_size!r}")
     engine = get_engine(engine)
-    mean = (prepare_mean(_GLOBAL_MEAN_DIMS, True, engine=engine, intra_op_threads=intra_op_threads)
+    mean = (prepare_mean(_GLOBAL_MEAN_DIMS, True, engine=engine, intra_op_threads=intra_op_threads,
+                         output_qparams=output_qparams)
             if kind == "avg" and spatial_dims == 3 else None)
-    return AdaptivePoolParams(kind, sizes, engine, mean)
+    return AdaptivePoolParams(kind, sizes, engine, mean, output_qparams)
 
 
 def uses_global_mean(values: np.ndarray, p: AdaptivePoolParams) -> bool:
@@ -312,19 +329,21 @@ def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArra
         raise ShapeError(f"adaptive_avg_pool{spatial}d expects a non-empty {spatial + 1}-D or "
                          f"{spatial + 2}-D input, got shape {values.shape}")
     if spatial == 1:  # ATen: unsqueeze(-2), adaptive_avg_pool2d to (1, L), squeeze(-2)
-        p2 = AdaptivePoolParams(p.kind, (1,) + p.output_size, p.engine)
+        p2 = AdaptivePoolParams(p.kind, (1,) + p.output_size, p.engine,
+                                output_qparams=p.output_qparams)
         result = adaptive_avg_pool(QuantizedArray(np.expand_dims(values, -2), x.qparams), p2)
-        return QuantizedArray(np.squeeze(result.values, -2), x.qparams)
+        return QuantizedArray(np.squeeze(result.values, -2), result.qparams)
     if uses_global_mean(values, p):
         from .reduce import mean
 
         if p.mean is None:
             raise UnsupportedError("a 3-D adaptive pool to 1x1x1 runs PyTorch's quantized mean: "
                                    "build its params with prepare_adaptive_pool")
-        result = mean(x, p.mean).values
+        averaged = mean(x, p.mean)
+        result = averaged.values
         if values.ndim == 5 and suggests_channels_last(values):  # as_strided_ to (C, 1, C, C, C)
             result = to_channels_last(result)
-        return QuantizedArray(result, x.qparams)
+        return QuantizedArray(result, averaged.qparams)
     starts, ends, counts = [], [], []
     for offset, out in enumerate(p.output_size):
         size = values.shape[values.ndim - spatial + offset]
@@ -341,6 +360,8 @@ def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArra
     record_window("adaptive_avg_pool", sums, starts, ends, counts)
     size = outer_product(counts)
     windows = Windows(size, size, tuple(_per_dim(c, d, spatial) for d, c in enumerate(counts)))
-    out = average_windows("adaptive_avg_pool", kernel, sums, windows, x, kernel_input, spatial)
+    output = output_qparams_for("adaptive_avg_pool", kernel, x, p.output_qparams)
+    out = average_windows("adaptive_avg_pool", kernel, sums, windows, x, kernel_input, spatial,
+                          p.output_qparams)
     return QuantizedArray(laid_out("adaptive_avg_pool", kernel.output,
-                                   out.astype(x.dtype.numpy_dtype), kernel_input), x.qparams)
+                                   out.astype(output.dtype.numpy_dtype), kernel_input), output)

@@ -33,13 +33,14 @@ from ..engines.aten_pooling import AverageKernel, Windows
 from ..engines.base import Engine
 from ..errors import ShapeError, UnsupportedError
 from ..layout import reorder_dimensions, suggests_channels_last, to_channels_last, to_contiguous
-from ..qparams import QuantizedArray
+from ..qparams import QParams, QuantizedArray
 from ..requantize import DivideFloat32
 from ..rounding import f32
 from ..trace import apply_steps, observing, record
-from ._average import average_windows, laid_out, source_axes, source_text, upstream_from
+from ._average import (average_windows, laid_out, output_qparams_for, source_axes, source_text,
+                       upstream_from)
 from ._registry import graph_op, observed_stages
-from .quantize import dequantize, quantize_per_tensor, require_quantized
+from .quantize import dequantize, output_qparams_of, quantize_per_tensor, require_quantized
 
 _LEVELS = 4  # SumKernel.cpp multi_row_sum num_levels
 _ILP = 4  # SumKernel.cpp row_sum ilp_factor and the outer-sum row blocks (nrows)
@@ -58,10 +59,13 @@ class MeanParams:
     keepdim: bool
     engine: Engine
     intra_op_threads: int = 1
+    output_qparams: QParams | None = None
+    """The output's qparams where they differ from the input's (None: the input's), for a kernel
+    whose paths rescale (``AveragePath.rescales``)."""
 
 
 def prepare_mean(dim=None, keepdim: bool = False, dtype=None, *, engine,
-                 intra_op_threads: int = 1) -> MeanParams:
+                 intra_op_threads: int = 1, output_qparams: QParams | None = None) -> MeanParams:
     """Validate ``mean``'s arguments for ``engine`` (a name or an ``Engine``)."""
     from ..engines import get_engine
 
@@ -74,7 +78,8 @@ def prepare_mean(dim=None, keepdim: bool = False, dtype=None, *, engine,
         dim = (int(dim),)
     elif dim is not None:
         dim = tuple(int(d) for d in dim)
-    return MeanParams(dim, bool(keepdim), get_engine(engine), int(intra_op_threads))
+    return MeanParams(dim, bool(keepdim), get_engine(engine), int(intra_op_threads),
+                      output_qparams)
 
 
 def reduced_dims(shape, dim) -> tuple[int, ...]:
@@ -144,9 +149,11 @@ def mean(x: QuantizedArray, p: MeanParams) -> QuantizedArray:
         _record_group("mean: group sum", "S = sum of the {N} elements of dims {dims} from "
                       "{first} (exact)", sums, values, reduced, p.keepdim, count)
         windows = Windows(np.int64(count), np.int64(count), ())
-        out = average_windows("mean", kernel, sums, windows, x, values, 0)
-        return QuantizedArray(laid_out("mean", kernel.output, out.astype(x.dtype.numpy_dtype),
-                                       values), x.qparams)
+        output = output_qparams_for("mean", kernel, x, p.output_qparams)
+        out = average_windows("mean", kernel, sums, windows, x, values, 0, p.output_qparams)
+        return QuantizedArray(laid_out("mean", kernel.output, out.astype(output.dtype.numpy_dtype),
+                                       values), output)
+    output_qparams_for("mean", kernel, x, p.output_qparams)  # the reference path keeps them
     floats = dequantize(x)
     floats = to_channels_last(floats) if suggests_channels_last(values) else to_contiguous(floats)
     total = _cascade_sum(floats, reduced, kernel.float_vector_lanes,
@@ -337,8 +344,10 @@ class MeanOp:
     def prepare(node, input_qparams, engine):
         qparams = require_quantized(node, input_qparams)
         a = node.attrs
+        output = output_qparams_of(node)  # a PT2E mean's own output qparams, if any
         return prepare_mean(a.get("dim"), a.get("keepdim", False), a.get("dtype"), engine=engine,
-                            intra_op_threads=a.get("intra_op_threads", 1)), qparams
+                            intra_op_threads=a.get("intra_op_threads", 1),
+                            output_qparams=output), output or qparams
 
     @staticmethod
     def run(params, inputs):

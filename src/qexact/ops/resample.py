@@ -40,12 +40,12 @@ from ..engines.aten_pooling import BilinearNumerics
 from ..engines.base import Engine
 from ..errors import ShapeError, UnsupportedError
 from ..layout import suggests_channels_last, to_channels_last, to_contiguous
-from ..qparams import QuantizedArray
+from ..qparams import QParams, QuantizedArray
 from ..rounding import f32, fma_float32
 from ..trace import apply_steps, observing, record
-from ._average import laid_out, source_axes, upstream_from
+from ._average import laid_out, source_axes, through_float32, upstream_from
 from ._registry import graph_op, observed_stages
-from .quantize import require_quantized
+from .quantize import output_qparams_of, require_quantized
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,13 @@ class UpsampleParams:
     scale_factor: tuple[float, ...] | None
     align_corners: bool
     engine: Engine
+    output_qparams: QParams | None = None
+    """The output's qparams where they differ from the input's (None: the input's), for a
+    kernel that takes them (a float32 kernel between converts, ``through_float32``)."""
 
 
 def prepare_upsample(mode: str, size=None, scale_factor=None, align_corners=None, *,
-                     engine) -> UpsampleParams:
+                     engine, output_qparams: QParams | None = None) -> UpsampleParams:
     """Validate an upsample's arguments for ``engine`` (a name or an ``Engine``)."""
     from ..engines import get_engine
 
@@ -76,7 +79,8 @@ def prepare_upsample(mode: str, size=None, scale_factor=None, align_corners=None
         factors = (scale_factor if isinstance(scale_factor, (tuple, list))
                    else (scale_factor, scale_factor))
         scale_factor = tuple(float(s) for s in factors)
-    return UpsampleParams(mode, size, scale_factor, bool(align_corners), get_engine(engine))
+    return UpsampleParams(mode, size, scale_factor, bool(align_corners), get_engine(engine),
+                          output_qparams)
 
 
 def _output_sizes(p: UpsampleParams, in_sizes):
@@ -241,6 +245,12 @@ def upsample(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
     kernel = p.engine.kernel("upsample", p.mode, values)
     record("upsample: kernel", "the kernel that runs this call", None, kernel=kernel.name,
            source=kernel.source)
+    if getattr(kernel, "runs_in_float32", False):
+        return through_float32("upsample", kernel, x, p.engine, p.output_qparams,
+                               size=(out_h, out_w), align_corners=p.align_corners)
+    if p.output_qparams is not None and p.output_qparams != x.qparams:
+        raise UnsupportedError(f"upsample: the kernel {kernel.name} keeps its input's qparams, "
+                               "and this op's output has others")
     if kernel.mode == "nearest":
         rows, cols = nearest_grid(in_h, in_w, out_h, out_w, scale_h, scale_w)
         out = values[:, :, rows][:, :, :, cols]
@@ -318,8 +328,10 @@ class UpsampleOp:
         else:
             qparams = require_quantized(node, input_qparams)
         size = (1, 1) if a.get("size_from_inputs") else a.get("size")  # placeholder: see run
+        output = output_qparams_of(node) if qparams is not None else None  # PT2E's own, if any
         return prepare_upsample(a["mode"], size, a.get("scale_factor"),
-                                a.get("align_corners"), engine=engine), qparams
+                                a.get("align_corners"), engine=engine,
+                                output_qparams=output), output or qparams
 
     @staticmethod
     def run(params, inputs):
