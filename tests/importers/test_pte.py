@@ -54,9 +54,6 @@ NOT_YET = {
     "avg_pool": pytest.mark.xfail(strict=True, raises=UnsupportedError, reason=(
         "the .pte computes avg_pool2d outside XNNPACK (kernel call aten::avg_pool2d.out: "
         "XnnpackPartitioner refuses it), and capture_pte computes XNNPACK delegates only")),
-    "bilinear": pytest.mark.xfail(strict=True, raises=UnsupportedError, reason=(
-        "family float32 bilinear upsample (fp32 XNNStaticResizeBilinear2D between XNNConverts): "
-        "engine xnnpack does not compute it yet")),
 }
 EXACT_MODELS = [pytest.param(name, marks=NOT_YET.get(name, ()))
                 for name in sorted(pt2e.PT2E_MODELS)] + ["per_op:mlp"]
@@ -113,14 +110,18 @@ def test_a_path_names_the_source_model(tmp_path):
 
 
 def test_float_ops_are_mapped():
-    """bilinear: fp32 XNNStaticResizeBilinear2D between XNNConverts maps to the PT2E importer's
-    ops on float values (dequantize, upsample, quantize); align_corners from the flags."""
+    """bilinear: fp32 XNNStaticResizeBilinear2D between XNNConverts becomes one upsample node
+    from quantized input to quantized output, as the PT2E importer writes it (the engine's
+    kernel converts, resizes in float32 and converts back); align_corners from the flags."""
     graph = capture_pte(pt2e.executorch_program("bilinear"))
-    assert [n.op for n in graph.nodes] == ["quantize", "conv"] + [
-        "dequantize", "upsample", "quantize", "conv"] * 2 + ["dequantize"]
-    assert [n.attrs for n in graph.nodes if n.op == "upsample"] == [
+    assert [n.op for n in graph.nodes] == ["quantize", "conv"] + ["upsample", "conv"] * 2 + [
+        "dequantize"]
+    resizes = [{key: n.attrs[key] for key in ("mode", "size", "scale_factor", "align_corners")}
+               for n in graph.nodes if n.op == "upsample"]
+    assert resizes == [
         {"mode": "bilinear", "size": [10, 14], "scale_factor": None, "align_corners": False},
         {"mode": "bilinear", "size": [13, 11], "scale_factor": None, "align_corners": True}]
+    assert all("output_scale" in n.attrs for n in graph.nodes if n.op == "upsample")
 
 
 def test_delegates_chained_by_external_id():

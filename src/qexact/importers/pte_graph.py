@@ -203,11 +203,49 @@ def capture_pte(path_or_bytes, method: str = "forward") -> Graph:
             f"{len(capture.blockers)} part(s) of method {plan.name!r} of this .pte are not "
             "supported:\n  - " + "\n  - ".join(capture.blockers)
             + f"\nSupported XNNPACK nodes: {', '.join(sorted(NODES))}")
-    dtypes = sorted({n.attrs["output_dtype"] for n in capture.nodes
+    nodes = _fold_float_islands(capture.nodes, {ref.name for ref in outputs})
+    dtypes = sorted({n.attrs["output_dtype"] for n in nodes
                      if "output_dtype" in n.attrs}) or ["qint8"]
-    return Graph(inputs, capture.nodes, outputs,
+    return Graph(inputs, nodes, outputs,
                  {"source_model": source_model, "flow": "pt2e", "engine": "xnnpack",
                   "activation_dtypes": dtypes})
+
+
+FLOAT_ISLAND_OPS = ("upsample", "avg_pool")
+"""Ops XNNPACK runs in float32 between two converts (qs8 -> f32 -> op -> f32 -> qs8), which the
+PT2E importer gives as one node from quantized input to quantized output: the engine's kernel
+converts, runs the float op and converts back (engines/xnnpack_pooling.py ``FloatKernel``)."""
+
+
+def _fold_float_islands(nodes: list[Node], outputs: set[str]) -> list[Node]:
+    """``dequantize -> op -> quantize`` (each value read once) as one ``op`` node on the quantized
+    input with the quantize's output qparams and name, as the PT2E importer writes it."""
+    readers: dict[str, list[Node]] = {}
+    for node in nodes:
+        for item in node.inputs:
+            if isinstance(item, Ref):
+                readers.setdefault(item.name, []).append(node)
+    by_name = {node.name: node for node in nodes}
+    dropped: set[str] = set()
+    replaced: dict[str, Node] = {}
+    for node in nodes:
+        if node.op not in FLOAT_ISLAND_OPS or not node.inputs or not isinstance(node.inputs[0], Ref):
+            continue
+        source = by_name.get(node.inputs[0].name)
+        after = readers.get(node.name, [])
+        if (source is None or source.op != "dequantize" or len(readers[source.name]) != 1
+                or len(after) != 1 or after[0].op != "quantize"
+                or {source.name, node.name} & outputs):
+            continue
+        quantize = after[0]
+        attrs = dict(node.attrs)
+        attrs.update({k: v for k, v in quantize.attrs.items() if k.startswith("output_")})
+        arrays = dict(node.arrays)
+        arrays.update({k: v for k, v in quantize.arrays.items() if k.startswith("output_")})
+        replaced[quantize.name] = Node(quantize.name, node.op, (source.inputs[0],) + node.inputs[1:],
+                                       attrs, arrays, source=node.source)
+        dropped |= {source.name, node.name}
+    return [replaced.get(node.name, node) for node in nodes if node.name not in dropped]
 
 
 def _block_unset(values: dict, args) -> None:
