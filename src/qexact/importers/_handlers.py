@@ -175,6 +175,15 @@ def _resolve(path: str):
     return value
 
 
+def unique_name(taken: set[str], name: str) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... if taken; the result is added to ``taken``."""
+    base, index = name, 1
+    while name in taken:
+        name, index = f"{base}_{index}", index + 1
+    taken.add(name)
+    return name
+
+
 def _arg(args, kwargs, index, keyword, default):
     if len(args) > index:
         return args[index]

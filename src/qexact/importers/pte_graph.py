@@ -53,6 +53,7 @@ from ..dtypes import dtype_named
 from ..errors import FormatError, UnsupportedError
 from ..graph import Graph, Node, Ref
 from ..qparams import QParams, qparams_to_fields
+from ._handlers import unique_name
 from . import pte as P
 
 __all__ = ["capture_pte"]
@@ -97,11 +98,7 @@ class _Capture:
     permuted: dict = field(default_factory=dict)
 
     def unique(self, name: str) -> str:
-        base, index = name, 1
-        while name in self.names:
-            name, index = f"{base}_{index}", index + 1
-        self.names.add(name)
-        return name
+        return unique_name(self.names, name)
 
     def add(self, op: str, inputs: tuple, attrs: dict | None = None,
             arrays: dict | None = None, source: str = "", name: str | None = None) -> Ref:
