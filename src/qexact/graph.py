@@ -84,23 +84,38 @@ class Net:
         self._prepared = self._prepare()
 
     def _prepare(self) -> list[PreparedNode]:
+        """Prepare every node. A node that cannot be prepared does not stop the others: every
+        such node is reported in one error (a node reading a refused node's output is skipped,
+        not reported again); with one, its own error type."""
         qparams_of: dict[str, QParams | None] = {name: None for name in self.graph.inputs}
         prepared = []
+        errors: list[QexactError] = []
+        refused: set[str] = set()
         for node in self.graph.nodes:
+            if any(isinstance(item, Ref) and item.name in refused for item in node.inputs):
+                refused.add(node.name)
+                continue
             definition = OP_REGISTRY.get(node.op)
-            if definition is None:
-                raise UnsupportedError(
-                    f"node {node.name!r} ({node.source or 'no source'}) has op {node.op!r}, "
-                    f"which this qexact does not know; known ops: {sorted(OP_REGISTRY)}"
-                )
-            input_qparams = [qparams_of[item.name] if isinstance(item, Ref) else None
-                             for item in node.inputs]
             try:
+                if definition is None:
+                    raise UnsupportedError(
+                        f"op {node.op!r} ({node.source or 'no source'}) is not one this qexact "
+                        f"knows; known ops: {sorted(OP_REGISTRY)}")
+                input_qparams = [qparams_of[item.name] if isinstance(item, Ref) else None
+                                 for item in node.inputs]
                 params, output_qparams = definition.prepare(node, input_qparams, self.engine)
             except QexactError as error:
-                raise type(error)(f"{_where(node)}: {error}") from None
+                errors.append(type(error)(f"{_where(node)}: {error}"))
+                refused.add(node.name)
+                continue
             qparams_of[node.name] = output_qparams
             prepared.append(PreparedNode(node, definition, params, output_qparams))
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise UnsupportedError(
+                f"{len(errors)} nodes cannot run on engine {self.engine.name!r}:\n  - "
+                + "\n  - ".join(str(error) for error in errors))
         return prepared
 
     @property
