@@ -58,12 +58,10 @@ def test_xnnpack_equals_the_executorch_runtime(name):
 _NOT_ON_INDUCTOR = pytest.mark.skip(reason="engine inductor does not yet run this model's "
                                    "non-GEMM ops (pt2e.XNNPACK_ONLY)")
 INDUCTOR_MODELS = [pytest.param(name, marks=(_NOT_ON_INDUCTOR,) if name in pt2e.XNNPACK_ONLY
-                                else () if name == "small_cnn" else pytest.mark.slow)
-                   for name in sorted(pt2e.PT2E_MODELS) if name not in pt2e.FLOAT_UNDER_INDUCTOR]
-EAGER_MODELS = [pytest.param(name, marks=pytest.mark.skip(
-                    reason="engine pt2e_eager does not yet run this model's non-GEMM ops "
-                    "(pt2e.XNNPACK_ONLY)")) if name in pt2e.XNNPACK_ONLY else name
-                for name in sorted(pt2e.PT2E_MODELS)]
+                                else () if name in ("small_cnn", "inductor_mix")
+                                else pytest.mark.slow)
+                   for name in sorted(pt2e.MODELS) if name not in pt2e.FLOAT_UNDER_INDUCTOR]
+EAGER_MODELS = sorted(pt2e.PT2E_MODELS)
 
 
 @pytest.mark.skipif(not VNNI, reason="engine inductor is modelled on AVX512-VNNI only")

@@ -249,6 +249,11 @@ class Engine:
     """What this engine computes that is not bit-exact, and why (empty: everything is exact).
     Each kernel that is not says so itself (``GemmNumerics.inexact``); ``qexact inspect`` shows it."""
 
+    inexact_kernels: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False)
+    """Families of ``kernels`` whose descriptions are not bit-exact (``"mean"``, ``"upsample
+    bilinear"``: family and mode) -> why; the ops' params expose it as ``inexact`` for inspect."""
+
     kernels: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({}), compare=False)
     """The engine's table for every op family beyond the GEMMs: family name -> ``choose(engine,
@@ -305,3 +310,6 @@ class LayerQuantization:
     quantized_bias: np.ndarray | None = None
     """The int32 bias as a deployed file stores it (an ExecuTorch ``.pte``), where the model's
     float bias is not known; only an engine whose bias is fixed at lowering takes it."""
+    clamp: tuple[float, float] | None = None
+    """A fused hardtanh/relu6 ``(low, high)`` on the float result before the output stage (a
+    post-op; an engine whose requantization has no step of role ``"clamp"`` refuses it)."""

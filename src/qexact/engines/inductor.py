@@ -10,8 +10,15 @@ epilogue (pytorch aten/src/ATen/native/quantized/cpu/qlinear.cpp
 
     t = f32(f32(f32(acc) * f32(s_x)) * f32(s_w[c]))     two multiplies, not one combined scale
     t = f32(t + b[c]);  relu: t = max(t, 0)
+    hardtanh/relu6 after a conv (post-op "hardtanh" [lo, hi]): t = min(max(t, f32(lo)), f32(hi))
     quint8 output (a quantize follows):  q = clamp(rne(f32(f32(t * f32(1.0f / s_out)) + z_out)))
     float32 output (none follows):       y = t
+
+The other families (binary, clamp, max_pool, avg_pool, adaptive_avg_pool, mean, cat, upsample)
+are Inductor's generated ``dequantize -> float32 op -> quantize`` loops, shared with engine
+``pt2e_eager`` where the arithmetic is the same (engines/pt2e_decomposed.py). Not modelled: the
+residual add Inductor fuses into a conv (``qconv2d_pointwise.binary``, a "sum" post-op), which
+the PT2E importer refuses.
 
 Unlike the legacy ``onednn`` engine, the scales reach oneDNN as they are (no reciprocal round
 trips). Measured on AVX512-VNNI; on other ISAs oneDNN runs other int8 kernels whose pairing and
@@ -29,7 +36,7 @@ from ..errors import UnsupportedError
 from ..requantize import (AddFloat32, ClampFloat32, MultiplyFloat32, RoundHalfEvenToInt32,
                           ToFloat32)
 from ..rounding import f32
-from . import pt2e
+from . import pt2e, pt2e_decomposed
 from .base import (AVX512_VNNI, BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics,
                    LayerQuantization, Requantization)
 
@@ -51,6 +58,10 @@ def requantization(layer: LayerQuantization) -> Requantization:
         steps.append(AddFloat32("float bias", role="bias", term=bias))
     if layer.relu:
         steps.append(ClampFloat32("fused ReLU", role="relu", low=0.0))
+    if layer.clamp is not None:
+        steps.append(ClampFloat32("fused hardtanh post-op: min(max(t, f32(lo)), f32(hi))",
+                                  role="clamp", low=float(f32(layer.clamp[0])),
+                                  high=float(f32(layer.clamp[1]))))
     multipliers = (input_scale, weight_scale)
     if output is not None:
         inverse = f32(np.float32(1.0) / f32(output.scale))
@@ -87,6 +98,6 @@ def engine(isa: str) -> Engine:
             "does not claim them; use isa='avx512_vnni'")
     return Engine("inductor", isa, linear=ONEDNN_QLINEAR, conv=conv_kernel, flow="pt2e",
                   activation_dtypes=(QUINT8,), float_output=True,
-                  kernels=MappingProxyType({**pt2e.KERNELS}),
+                  kernels=MappingProxyType({**pt2e.KERNELS, **pt2e_decomposed.KERNELS}),
                   description="torch.compile (Inductor, freezing) of an X86InductorQuantizer "
                               "PT2E model: oneDNN qconv/qlinear and generated C++")

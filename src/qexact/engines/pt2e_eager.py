@@ -8,6 +8,12 @@ whose summation order is blocked and depends on the ISA and the thread count
 qexact computes the exact real value of ``dq(x) * dq(w)`` summed, rounded once to float32, plus
 the float32 bias, then PT2E's quantize: the output codes differ from PyTorch's only where its
 float sum lands within its rounding error of a rounding boundary (measured: about 1e-4 of codes).
+
+The other ops between dequantize and quantize (binary, clamp, pools, mean, cat, upsample) are in
+engines/pt2e_decomposed.py, shared with engine ``inductor``: ATen's float32 add, mul, relu,
+clamp, max_pool, avg_pool2d, cat and nearest upsampling round once per output (or are sequential
+in an order qexact follows) and are exact; the float32 mean (SumKernel.cpp's cascade order) and
+bilinear upsampling state what is not (``inexact`` on their descriptions).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from ..dtypes import QINT8, QUINT8
 from ..requantize import (AddFloat32, AddInt, ClampFloat32, ClampInt, MultiplyFloat32,
                           RoundHalfEvenToInt64, ScaleToFloat32)
 from ..rounding import f32
-from . import pt2e
+from . import pt2e, pt2e_decomposed
 from .base import (BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics, LayerQuantization,
                    Requantization)
 
@@ -40,6 +46,10 @@ def requantization(layer: LayerQuantization) -> Requantization:
         steps.append(AddFloat32("float bias", role="bias", term=bias))
     if layer.relu:
         steps.append(ClampFloat32("relu", role="relu", low=0.0))
+    if layer.clamp is not None:
+        steps.append(ClampFloat32("hardtanh: min(max(t, f32(lo)), f32(hi))", role="clamp",
+                                  low=float(f32(layer.clamp[0])),
+                                  high=float(f32(layer.clamp[1]))))
     multipliers = (scale,)
     if output is not None:
         inverse = f32(1.0 / output.scale)
@@ -72,6 +82,8 @@ def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
 def engine(isa: str) -> Engine:
     return Engine("pt2e_eager", isa, linear=FLOAT_GEMM, conv=conv_kernel, flow="pt2e",
                   activation_dtypes=(QUINT8, QINT8), float_output=True,
-                  kernels=MappingProxyType({**pt2e.KERNELS}), inexact=INEXACT,
+                  kernels=MappingProxyType({**pt2e.KERNELS, **pt2e_decomposed.KERNELS}),
+                  inexact=INEXACT,
+                  inexact_kernels=MappingProxyType(pt2e_decomposed.INEXACT_KERNELS),
                   description="a convert_pt2e model run eagerly (quantized_decomposed q/dq "
                               "around float ATen ops)")

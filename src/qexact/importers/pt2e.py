@@ -29,7 +29,7 @@ from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
 from ..graph import Graph, Node, Ref
 from ..qparams import QParams, qparams_to_fields
-from ._handlers import _import_torch
+from ._handlers import _import_torch, unique_name
 
 QUANTIZE = ("quantize_per_tensor",)
 DEQUANTIZE = ("dequantize_per_tensor",)
@@ -99,11 +99,7 @@ class _Capture:
     float_refs: dict = field(default_factory=dict)
 
     def unique(self, name: str) -> str:
-        base, index = name, 1
-        while name in self.names:
-            name, index = f"{base}_{index}", index + 1
-        self.names.add(name)
-        return name
+        return unique_name(self.names, name)
 
     def add(self, node: Node) -> Ref:
         self.nodes.append(node)
@@ -351,15 +347,29 @@ def _numpy(value) -> np.ndarray:
     return value.values if isinstance(value, Constant) else np.asarray(value)
 
 
-def _following_quantize(fx_node, allow_relu: bool):
+HARDTANH = ("hardtanh", "hardtanh_", "relu6", "relu6_")
+
+
+def _hardtanh_bounds(fx_node) -> tuple[float, float]:
+    """``(low, high)`` of an ``aten.hardtanh(x, low=-1, high=1)`` (relu6: ``(0, 6)``) node."""
+    if _aten_name(fx_node.target).split(".")[0].startswith("relu6"):
+        return 0.0, 6.0
+    args = list(fx_node.args) + [fx_node.kwargs.get("min_val", -1.0),
+                                 fx_node.kwargs.get("max_val", 1.0)][len(fx_node.args) - 1:]
+    return float(args[1]), float(args[2])
+
+
+def _following_quantize(fx_node, allow_relu: bool, allow_clamp: bool = False):
     """The ``quantize_per_tensor`` that takes this op's output (through a ReLU when
-    ``allow_relu``), and the ReLU node, or (None, None) where a float consumer reads it."""
+    ``allow_relu``, or a hardtanh/relu6 when ``allow_clamp``), and that activation node, or
+    (None, None) where a float consumer reads it."""
     users = list(fx_node.users)
     relu = None
-    if allow_relu and len(users) == 1 and _aten_name(users[0].target).split(".")[0] in (
-            "relu", "relu_"):
-        relu = users[0]
-        users = list(relu.users)
+    if len(users) == 1:
+        name = _aten_name(users[0].target).split(".")[0]
+        if (allow_relu and name in ("relu", "relu_")) or (allow_clamp and name in HARDTANH):
+            relu = users[0]
+            users = list(relu.users)
     if len(users) == 1 and _decomposed_name(users[0].target) in QUANTIZE:
         return users[0], relu
     return None, None
@@ -367,12 +377,19 @@ def _following_quantize(fx_node, allow_relu: bool):
 
 def _emit(capture: _Capture, fx_node, op: str, inputs: tuple, attrs: dict,
           arrays: dict | None = None, *, allow_relu: bool = False, float_output: bool = False,
-          output_qparams_attr: bool = True):
+          output_qparams_attr: bool = True, allow_clamp: bool = False):
     """Add the qexact node for ``fx_node``: with the qparams of the quantize that follows (which
-    then stands for this node's value), or a float32 output (``float_output``) where none does."""
-    quantize, relu = _following_quantize(fx_node, allow_relu)
+    then stands for this node's value), or a float32 output (``float_output``) where none does.
+    ``allow_clamp``: a hardtanh/relu6 between the op and that quantize is fused (attr ``clamp``:
+    Inductor's "hardtanh" post-op of a conv; the engine's epilogue applies it)."""
+    quantize, relu = _following_quantize(fx_node, allow_relu, allow_clamp)
     arrays = dict(arrays or {})
     name = capture.unique(_source(fx_node) if op in ("conv", "linear") else fx_node.name)
+    if relu is not None and _aten_name(relu.target).split(".")[0] in HARDTANH:
+        attrs["clamp"] = list(_hardtanh_bounds(relu))
+        relu_fused, relu = relu, None
+    else:
+        relu_fused = relu
     if allow_relu:
         attrs["relu"] = relu is not None
     if quantize is None:
@@ -390,8 +407,8 @@ def _emit(capture: _Capture, fx_node, op: str, inputs: tuple, attrs: dict,
     ref = capture.add(Node(name, op, inputs, attrs, arrays, source=_source(fx_node)))
     result = Quantized(ref, qparams)
     capture.values[fx_node] = Fused(name)
-    if relu is not None:
-        capture.values[relu] = Fused(name)
+    if relu_fused is not None:
+        capture.values[relu_fused] = Fused(name)
     capture.values[quantize] = result
 
 
@@ -407,8 +424,57 @@ def _layer(capture: _Capture, fx_node, op: str, x, weight, bias, attrs: dict) ->
         if not isinstance(bias, Constant):
             raise UnsupportedError("its bias is not a constant")
         arrays["bias"] = bias.values.astype(np.float32)
+    if op == "conv" and _pool_then_quantize(fx_node) is not None:
+        _emit_conv_pool(capture, fx_node, (quantized.ref,), attrs, arrays)
+        return
     _emit(capture, fx_node, op, (quantized.ref,), attrs, arrays, allow_relu=True,
-          float_output=True)
+          float_output=True, allow_clamp=op == "conv")
+
+
+def _pool_then_quantize(fx_node):
+    """``conv -> [relu | hardtanh] -> max_pool2d -> quantize`` (X86InductorQuantizer leaves the
+    conv's output and the max pool's input in float32): (activation or None, max pool, quantize),
+    else None."""
+    users, activation = list(fx_node.users), None
+    if len(users) == 1 and _aten_name(users[0].target).split(".")[0] in (
+            "relu", "relu_") + HARDTANH:
+        activation = users[0]
+        users = list(activation.users)
+    if len(users) != 1 or _aten_name(users[0].target).split(".")[0] != "max_pool2d":
+        return None
+    pool = users[0]
+    after = list(pool.users)
+    if len(after) == 1 and _decomposed_name(after[0].target) in QUANTIZE:
+        return activation, pool, after[0]
+    return None
+
+
+def _emit_conv_pool(capture: _Capture, fx_node, inputs: tuple, attrs: dict, arrays: dict):
+    """``quantize(max_pool2d(act(conv(x))))`` as ``max_pool(quantize(act(conv(x))))``: the conv
+    with a float32 output and its activation fused (Inductor: qconv_pointwise with fp32 output
+    and the post-op, then ``cpp_fused_max_pool2d_with_indices_quantize_per_tensor``). The same
+    integers: the quantize is monotonic and keeps its qparams through the max pool, which picks
+    one of the in-bounds taps (padding never wins)."""
+    activation, pool, quantize = _pool_then_quantize(fx_node)
+    attrs["relu"] = False
+    if activation is not None:
+        if _aten_name(activation.target).split(".")[0] in HARDTANH:
+            attrs["clamp"] = list(_hardtanh_bounds(activation))
+        else:
+            attrs["relu"] = True
+    conv = capture.add(Node(capture.unique(_source(fx_node)), "conv", inputs, attrs, arrays,
+                            source=_source(fx_node)))
+    qparams = _qparams([None, *quantize.args[1:6]])
+    output_attrs, output_arrays = qparams_to_fields(qparams, "output")
+    name = capture.unique(quantize.name)
+    quantized = capture.add(Node(name, "quantize", (conv,), output_attrs, output_arrays,
+                                 source=_source(pool)))
+    pooled = capture.add(Node(capture.unique(pool.name), "max_pool", (quantized,),
+                              _pool_attrs("max")(list(pool.args)), source=_source(pool)))
+    for node in (fx_node, activation, pool):
+        if node is not None:
+            capture.values[node] = Fused(pooled.name)
+    capture.values[quantize] = Quantized(pooled, qparams)
 
 
 def _linear(capture, fx_node, args):
@@ -450,6 +516,14 @@ def _binary(op: str):
         alpha = fx_node.kwargs.get("alpha", 1)
         if alpha != 1:
             raise UnsupportedError(f"{op} with alpha={alpha} is not supported")
+        for i, value in enumerate((a, b)):
+            if isinstance(value, FloatValue):
+                raise UnsupportedError(
+                    f"input {i} of {op} is a float32 tensor no quantize follows (the output of a "
+                    "conv or linear the quantizer left unquantized: X86InductorQuantizer's "
+                    f"{op} of two branches, which Inductor fuses into the conv as a 'sum' "
+                    "post-op, qconv2d_pointwise.binary, or runs in float32); qexact does not "
+                    "model it yet")
         inputs = tuple(_quantized_input(capture, value, f"input {i} of {op}").ref
                        for i, value in enumerate((a, b)))
         quantize, relu = _following_quantize(fx_node, allow_relu=True)

@@ -139,13 +139,15 @@ def grouped_rows(weight: np.ndarray, groups: int) -> np.ndarray:
 def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                  output_qparams: QParams, *, stride=1, padding=0, dilation=1, groups: int = 1,
                  padding_mode: str = "zeros", relu: bool = False,
-                 engine: Engine | str, isa: str | None = None, quantized_bias=None) -> ConvParams:
+                 engine: Engine | str, isa: str | None = None, quantized_bias=None,
+                 clamp=None) -> ConvParams:
     """Validate a quantized ConvNd (N = weight.ndim - 2 in 1..3) and derive its kernel's constants.
 
     ``weight``: (OC, C/G, *kernel) int8, qint8 per-tensor or per-channel on axis 0; ``bias``: (OC,)
     float32 or None; activations per-tensor quint8. Raises ``QuantParamError``/``ShapeError``/
     ``UnsupportedError`` where PyTorch would refuse the convolution. ``engine`` (required: a name or
-    an ``Engine``) on ``isa`` (default: this CPU's).
+    an ``Engine``) on ``isa`` (default: this CPU's). ``clamp``: a fused hardtanh ``(low, high)``
+    (a post-op of the float result; refused by an engine whose epilogue has none).
     """
     engine = get_engine(engine, isa)
     weight = np.asarray(weight)
@@ -197,9 +199,14 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
             raise ShapeError(f"bias must be float32 of shape ({weight.shape[0]},), got "
                              f"{bias.dtype} {bias.shape}")
     quantized_bias = check_quantized_bias(quantized_bias, numerics, weight.shape[0])
+    clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
     epilogue = numerics.requantization(
         LayerQuantization(input_qparams.scale, weight_qparams, bias, output_qparams, relu,
-                          quantized_bias))
+                          quantized_bias, clamp))
+    if clamp is not None and not any(step.role == "clamp" for step in epilogue.steps):
+        raise UnsupportedError(f"Conv{dims}d with a fused hardtanh {list(clamp)} on engine "
+                               f"{engine.name!r}: its epilogue ({numerics.name}) has no clamp "
+                               "post-op")
     rows = grouped_rows(weight, groups)                                   # (G, OC/G, K)
     per_channel_zp = zero_points.reshape(groups, -1, 1) if zero_points.ndim else zero_points
     centered = rows.astype(np.int64) - per_channel_zp
@@ -295,7 +302,7 @@ def conv(x: QuantizedArray, params: ConvParams) -> QuantizedArray:
 class ConvOp:
     """Graph node: arrays ``weight`` (int8), ``bias`` (float32, optional), per-channel weight
     qparams; attrs ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode``, ``relu``,
-    weight and output qparams."""
+    ``clamp`` (a fused hardtanh ``[low, high]``, optional), weight and output qparams."""
 
     @staticmethod
     def prepare(node, input_qparams, engine):
@@ -307,7 +314,8 @@ class ConvOp:
             stride=attrs.get("stride", 1), padding=attrs.get("padding", 0),
             dilation=attrs.get("dilation", 1), groups=attrs.get("groups", 1),
             padding_mode=attrs.get("padding_mode", "zeros"), relu=bool(attrs.get("relu", False)),
-            engine=engine, quantized_bias=node.arrays.get("quantized_bias"))
+            engine=engine, quantized_bias=node.arrays.get("quantized_bias"),
+            clamp=attrs.get("clamp"))
         return params, params.output_qparams
 
     @staticmethod

@@ -277,6 +277,12 @@ class AdaptivePoolParams:
     """The output's qparams where they differ from the input's (None: the input's), for a kernel
     whose paths rescale (``AveragePath.rescales``)."""
 
+    @property
+    def inexact(self) -> str:
+        """Why this op's kernel on its engine is not bit-exact ("": exact;
+        ``Engine.inexact_kernels``)."""
+        return self.engine.inexact_kernels.get("adaptive_avg_pool", "")
+
 
 # aten/src/ATen/native/AdaptiveAveragePooling3d.cpp adaptive_avg_pool3d_symint: an output of
 # (1, 1, 1) is computed as input.mean({-1, -2, -3}, keepdim=true) -- quantized inputs included --
@@ -355,6 +361,12 @@ def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArra
     out_sizes = tuple(len(start) for start in starts)
     kernel = p.engine.kernel("adaptive_avg_pool", in_sizes, out_sizes, x.dtype, values)
     _record_kernel("adaptive_avg_pool", kernel)
+    if getattr(kernel, "runs_in_float32", False):  # a float32 mean over the pooled dims
+        from .reduce import float_mean
+
+        reduced = tuple(range(values.ndim - spatial, values.ndim))
+        out_shape = values.shape[:values.ndim - spatial] + out_sizes
+        return float_mean(x, kernel, reduced, out_shape, p.engine, p.output_qparams)
     kernel_input = kernel.kernel_input(values)
     sums = box_sums(kernel.read(kernel_input), starts, ends)
     record_window("adaptive_avg_pool", sums, starts, ends, counts)

@@ -63,6 +63,12 @@ class MeanParams:
     """The output's qparams where they differ from the input's (None: the input's), for a kernel
     whose paths rescale (``AveragePath.rescales``)."""
 
+    @property
+    def inexact(self) -> str:
+        """Why this op's kernel on its engine is not bit-exact ("": exact;
+        ``Engine.inexact_kernels``)."""
+        return self.engine.inexact_kernels.get("mean", "")
+
 
 def prepare_mean(dim=None, keepdim: bool = False, dtype=None, *, engine,
                  intra_op_threads: int = 1, output_qparams: QParams | None = None) -> MeanParams:
@@ -144,6 +150,8 @@ def mean(x: QuantizedArray, p: MeanParams) -> QuantizedArray:
     kernel = p.engine.kernel("mean", p.dim, reduced, out_shape, x.dtype, values)
     record("mean: kernel", "the kernel that runs this call", None, kernel=kernel.name,
            source=kernel.source)
+    if getattr(kernel, "runs_in_float32", False):
+        return float_mean(x, kernel, reduced, out_shape, p.engine, p.output_qparams)
     if isinstance(kernel, AverageKernel):
         sums = values.astype(np.int64).sum(axis=reduced).reshape(out_shape)
         _record_group("mean: group sum", "S = sum of the {N} elements of dims {dims} from "
@@ -167,6 +175,40 @@ def mean(x: QuantizedArray, p: MeanParams) -> QuantizedArray:
     result = quantize_per_tensor(np.array(averaged, np.float32, order="C"), float(x.scale),
                                  int(x.zero_point), x.dtype)
     return QuantizedArray(to_contiguous(result.values), x.qparams)
+
+
+def float_mean(x: QuantizedArray, kernel, reduced, out_shape, engine,
+               output_qparams) -> QuantizedArray:
+    """A mean in float32 between converts (a kernel with ``runs_in_float32`` and an ``order``):
+    ``x`` dequantized by the engine's ``"dequantize"`` kernel, each group summed in
+    ``kernel.order`` (``"sequential"``: from 0.0 in the logical C order; ``"aten cascade"``:
+    ``_cascade_sum``), ``f32(sum / N)``, quantized to ``output_qparams`` (None: the input's) by
+    the engine's ``"quantize"`` kernel; the output contiguous."""
+    from .quantize import _quantize
+
+    output_qparams = output_qparams or x.qparams
+    values = x.values
+    count = math.prod(values.shape[d] for d in reduced)
+    floats = dequantize(x, engine.kernel("dequantize", x.qparams, values.ndim))
+    if kernel.order == "sequential":
+        kept = [d for d in range(values.ndim) if d not in reduced]
+        grouped = np.transpose(floats, kept + list(reduced)).reshape(-1, count)
+        total = np.zeros(grouped.shape[0], np.float32)
+        for k in range(count):
+            total = f32(total + grouped[:, k])
+    elif kernel.order == "aten cascade":
+        total = _cascade_sum(to_contiguous(floats), reduced, kernel.float_vector_lanes)
+    else:
+        raise UnsupportedError(f"mean: summation order {kernel.order!r} is not known")
+    total = np.asarray(total, np.float32).reshape(out_shape)
+    _record_group("mean: float sum", "sum of the {N} dequantized elements of dims {dims} from "
+                  "{first}: float32, " + kernel.order + " order", total, values, reduced,
+                  len(out_shape) == values.ndim, count)
+    averaged = apply_steps(total, (DivideFloat32("divided by N", divisor=f32(count)),),
+                           prefix="mean: ")
+    averaged = np.ascontiguousarray(averaged, np.float32)
+    return _quantize(averaged, output_qparams,
+                     engine.kernel("quantize", output_qparams, averaged.ndim))
 
 
 # --- ATen's float32 cascade sum (native/cpu/SumKernel.cpp) -----------------------------------

@@ -63,6 +63,12 @@ class UpsampleParams:
     """The output's qparams where they differ from the input's (None: the input's), for a
     kernel that takes them (a float32 kernel between converts, ``through_float32``)."""
 
+    @property
+    def inexact(self) -> str:
+        """Why this op's kernel on its engine is not bit-exact ("": exact;
+        ``Engine.inexact_kernels``)."""
+        return self.engine.inexact_kernels.get(f"upsample {self.mode}", "")
+
 
 def prepare_upsample(mode: str, size=None, scale_factor=None, align_corners=None, *,
                      engine, output_qparams: QParams | None = None) -> UpsampleParams:

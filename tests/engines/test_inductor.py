@@ -1,0 +1,257 @@
+"""Engines ``inductor`` and ``pt2e_eager``'s non-GEMM kernels (engines/pt2e_decomposed.py) and
+Inductor's fused hardtanh post-op (engines/inductor.py), against the formulas measured on
+torch.compile (/tmp/p10/inductor/notes.md), written again here element by element in plain
+NumPy: ties, saturation, padding. tests/importers/test_pt2e.py holds the same kernels against
+torch.compile and eager PT2E themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qexact import QINT8, QUINT8, QParams, QuantizedArray, UnsupportedError
+from qexact.engines import get_engine
+from qexact.engines.base import LayerQuantization
+from qexact.ops.activations import clamp
+from qexact.ops.elementwise import binary, prepare_binary
+from qexact.ops.pooling import (adaptive_avg_pool, avg_pool, max_pool, prepare_adaptive_pool,
+                                prepare_pool)
+from qexact.ops.reduce import mean, prepare_mean
+from qexact.ops.resample import prepare_upsample, upsample
+from qexact.requantize import requantize
+
+F = np.float32
+INDUCTOR = get_engine("inductor", isa="avx512_vnni")
+EAGER = get_engine("pt2e_eager", isa="avx512_vnni")
+ENGINES = [INDUCTOR, EAGER]
+RNG = np.random.default_rng(11)
+
+
+def qp(scale, zero_point=0, dtype=QUINT8):
+    return QParams.per_tensor(float(F(scale)), zero_point, dtype)
+
+
+def codes(shape, dtype=QUINT8):
+    return RNG.integers(dtype.qmin, dtype.qmax + 1, size=shape).astype(dtype.numpy_dtype)
+
+
+def dq(q, x: QParams):
+    """``dequantize_per_tensor``: f32(f32(f32(q) - z) * s)."""
+    return F(F(np.asarray(q, F) - F(x.zero_point)) * F(x.scale))
+
+
+def q_(v, y: QParams):
+    """``quantize_per_tensor``: clamp(rne(f32(v * f32(1 / s))) + z), zero point after rounding."""
+    inv = F(1.0 / y.scale)
+    r = np.rint(F(np.asarray(v, F) * inv).astype(np.float64)) + y.zero_point
+    return np.clip(r, y.dtype.qmin, y.dtype.qmax).astype(np.int64)
+
+
+# --- binary ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.name)
+@pytest.mark.parametrize("op, relu", [("add", False), ("add", True), ("mul", False),
+                                      ("mul", True)])
+def test_binary_is_dequantize_float_op_quantize(engine, op, relu):
+    # scales 0.5 and an output scale of 1.0: sums land on half-integers (ties to even)
+    for a, b, o in ((qp(0.5, 3), qp(0.5, 250), qp(1.0, 128)), (qp(0.031, 17), qp(0.047, 130),
+                                                              qp(0.0021, 90))):
+        qa, qb = codes((2, 3, 5, 7)), codes((2, 3, 1, 7))
+        p = prepare_binary(op, a, b, o, relu=relu, engine=engine)
+        got = binary(QuantizedArray(qa, a), QuantizedArray(qb, b), p).values
+        c = F(dq(qa, a) + dq(qb, b)) if op == "add" else F(dq(qa, a) * dq(qb, b))
+        expected = q_(np.maximum(c, F(0)) if relu else c, o)
+        assert np.array_equal(got, expected)
+
+
+def test_binary_ties_round_to_even_and_saturate():
+    a = b = qp(0.5, 0)
+    o = qp(1.0, 0)
+    qa = np.array([1, 3, 5, 200, 255], np.uint8)   # 0.5, 1.5, 2.5: 0, 2, 2
+    qb = np.zeros(5, np.uint8)
+    got = binary(QuantizedArray(qa, a), QuantizedArray(qb, b),
+                 prepare_binary("add", a, b, o, engine=INDUCTOR)).values
+    assert got.tolist() == [0, 2, 2, 100, 128]
+    got = binary(QuantizedArray(qa, a), QuantizedArray(np.full(5, 255, np.uint8), b),
+                 prepare_binary("mul", a, b, o, engine=INDUCTOR)).values
+    assert got.tolist() == [64, 191, 255, 255, 255]  # 63.75 -> 64, 191.25 -> 191, saturated
+
+
+# --- clamp, max pool, cat: the integer forms -------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.name)
+@pytest.mark.parametrize("x, low, high", [(qp(0.4, 3), -1.0, 1.0),      # -2.5, 2.5: ties
+                                          (qp(0.05, 128), -0.5, 0.75),
+                                          (qp(0.1, 0), 0.0, 6.0)])
+def test_clamp_equals_the_float_clamp_quantized(engine, x, low, high):
+    q = np.arange(256, dtype=np.uint8)
+    got = clamp(QuantizedArray(q, x), low, high, engine).values
+    expected = q_(np.minimum(np.maximum(dq(q, x), F(low)), F(high)), x)
+    assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.name)
+def test_max_pool_is_the_max_of_the_in_bounds_codes(engine):
+    x = qp(0.1, 250)  # padding read as the zero point (or 0) would win
+    q = RNG.integers(0, 200, (2, 3, 7, 6)).astype(np.uint8)
+    got = max_pool(QuantizedArray(q, x), prepare_pool("max", 2, 3, 2, 1, engine=engine)).values
+    d = np.pad(dq(q, x), ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    expected = np.array([[[[d[n, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max()
+                            for j in range(got.shape[3])] for i in range(got.shape[2])]
+                          for c in range(3)] for n in range(2)], F)
+    assert np.array_equal(got, q_(expected, x))
+
+
+# --- avg pool, mean --------------------------------------------------------------------------
+
+
+def avg_reference(d, k, stride, pad, count_include_pad):
+    """Row-major in-bounds taps from 0.0, then f32(sum / D)."""
+    n, c, h, w = d.shape
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    out = np.zeros((n, c, oh, ow), F)
+    for b, ch, oy, ox in np.ndindex(n, c, oh, ow):
+        y0, x0 = oy * stride - pad, ox * stride - pad
+        total, valid = F(0), 0
+        for y in range(y0, y0 + k):
+            for x in range(x0, x0 + k):
+                if 0 <= y < h and 0 <= x < w:
+                    total, valid = F(total + d[b, ch, y, x]), valid + 1
+        padded = (min(y0 + k, h + pad) - y0) * (min(x0 + k, w + pad) - x0)
+        out[b, ch, oy, ox] = F(total / F(padded if count_include_pad else valid))
+    return out
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.name)
+@pytest.mark.parametrize("k, stride, pad, count_include_pad", [(2, 2, 0, True), (3, 1, 1, True),
+                                                               (3, 1, 1, False), (3, 2, 1, True)])
+def test_avg_pool_sums_in_row_major_order_and_divides(engine, k, stride, pad, count_include_pad):
+    x, y = qp(0.037, 5), qp(0.011, 120)
+    q = codes((2, 3, 9, 8))
+    p = prepare_pool("avg", 2, k, stride, pad, 1, False, count_include_pad, engine=engine,
+                     output_qparams=y)
+    got = avg_pool(QuantizedArray(q, x), p)
+    expected = q_(avg_reference(dq(q, x), k, stride, pad, count_include_pad), y)
+    assert got.qparams == y and np.array_equal(got.values, expected)
+
+
+def test_inductor_mean_is_sequential_from_zero():
+    """mean((2, 3), keepdim) and adaptive_avg_pool2d((1, 1)): each channel summed from 0.0 in
+    row-major order, then f32(sum / HW), quantized to the output's own qparams."""
+    values = codes((2, 5, 6, 7))
+    xq, yq = qp(0.013, 4), qp(0.004, 100)
+    d = dq(values, xq)
+    total = np.zeros((2, 5), F)
+    for i in range(6):
+        for j in range(7):
+            total = F(total + d[:, :, i, j])
+    expected = q_(F(total / F(42)), yq).reshape(2, 5, 1, 1)
+    for run in (lambda a: mean(a, prepare_mean((2, 3), True, engine=INDUCTOR, output_qparams=yq)),
+                lambda a: adaptive_avg_pool(a, prepare_adaptive_pool("avg", 2, (1, 1),
+                                                                     engine=INDUCTOR,
+                                                                     output_qparams=yq))):
+        got = run(QuantizedArray(values, xq))
+        assert got.qparams == yq and np.array_equal(got.values, expected)
+
+
+def test_eager_mean_states_it_is_not_bit_exact_and_other_sizes_are_refused():
+    kernel = EAGER.kernel("mean", (2, 3), (2, 3), (1, 2, 1, 1), QUINT8, codes((1, 2, 4, 4)))
+    assert kernel.inexact and "SumKernel" in kernel.inexact
+    assert not INDUCTOR.kernel("mean", (2, 3), (2, 3), (1, 2, 1, 1), QUINT8,
+                               codes((1, 2, 4, 4))).inexact
+    x = QuantizedArray(codes((1, 2, 4, 4)), qp(0.1, 3))
+    with pytest.raises(UnsupportedError, match=r"\(1, 1\)"):
+        adaptive_avg_pool(x, prepare_adaptive_pool("avg", 2, (2, 2), engine=INDUCTOR))
+    with pytest.raises(UnsupportedError, match="measured"):
+        mean(x, prepare_mean((1,), True, engine=INDUCTOR))
+
+
+# --- upsample --------------------------------------------------------------------------------
+
+
+def bilinear_reference(d, out_h, out_w, align_corners):
+    """Inductor's three lerps, no FMA; src = max(f32(f32(f32(o + 0.5) r) - 0.5), 0)."""
+    def positions(size, out):
+        result = []
+        for o in range(out):
+            if align_corners:
+                p = F(F(o) * (F(F(size - 1) / F(out - 1)) if out > 1 else F(0)))
+            else:
+                p = max(F(F(F(F(o) + F(0.5)) * F(F(size) / F(out))) - F(0.5)), F(0))
+            i0 = min(int(p), size - 1)
+            result.append((i0, min(i0 + 1, size - 1), min(max(F(p - F(i0)), F(0)), F(1))))
+        return result
+
+    out = np.zeros(d.shape[:2] + (out_h, out_w), F)
+    for oy, (y0, y1, ly) in enumerate(positions(d.shape[2], out_h)):
+        for ox, (x0, x1, lx) in enumerate(positions(d.shape[3], out_w)):
+            t = F(d[..., y0, x0] + F(F(d[..., y0, x1] - d[..., y0, x0]) * lx))
+            b = F(d[..., y1, x0] + F(F(d[..., y1, x1] - d[..., y1, x0]) * lx))
+            out[..., oy, ox] = F(t + F(F(b - t) * ly))
+    return out
+
+
+@pytest.mark.parametrize("out_size, align_corners", [((10, 14), False), ((10, 14), True),
+                                                     ((13, 11), False), ((13, 11), True)])
+def test_inductor_bilinear_is_three_lerps(out_size, align_corners):
+    x, y = qp(0.021, 4), qp(0.019, 130)
+    q = codes((2, 3, 5, 7))
+    p = prepare_upsample("bilinear", out_size, None, align_corners, engine=INDUCTOR,
+                         output_qparams=y)
+    got = upsample(QuantizedArray(q, x), p)
+    expected = q_(bilinear_reference(dq(q, x), *out_size, align_corners), y)
+    assert got.qparams == y and np.array_equal(got.values, expected)
+    assert EAGER.kernel("upsample", "bilinear", q).inexact  # ATen's kernel: not reproduced
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.name)
+def test_nearest_is_a_gather(engine):
+    x = qp(0.021, 4)
+    q = codes((1, 2, 5, 7))
+    got = upsample(QuantizedArray(q, x), prepare_upsample("nearest", (10, 14), engine=engine))
+    assert np.array_equal(got.values, q.repeat(2, axis=2).repeat(2, axis=3))
+    got = upsample(QuantizedArray(q, x), prepare_upsample("nearest", (13, 11), engine=engine))
+    rows = [min(int(np.floor(F(F(o) * F(F(5) / F(13))))), 4) for o in range(13)]
+    cols = [min(int(np.floor(F(F(o) * F(F(7) / F(11))))), 6) for o in range(11)]
+    assert np.array_equal(got.values, q[:, :, rows][:, :, :, cols])
+
+
+# --- conv + hardtanh: the fused post-op ------------------------------------------------------
+
+
+def test_inductor_fused_hardtanh_clamps_in_float_before_the_output_stage():
+    w = QParams.per_channel(np.array([0.01, 0.02], F), np.zeros(2, np.int64), 0, QINT8)
+    out = qp(0.005, 100)
+    bias = np.array([0.1, -0.2], F)
+    layer = LayerQuantization(0.05, w, bias, out, False, None, (-0.5, 0.75))
+    steps = INDUCTOR.linear.requantization(layer).steps
+    acc = RNG.integers(-3000, 3000, (64, 2))
+    got = requantize(acc, steps, np.uint8)
+    t = F(F(F(acc.astype(F)) * F(0.05)) * w.scale.astype(F))
+    t = np.minimum(np.maximum(F(t + bias), F(-0.5)), F(0.75))
+    inv = F(F(1) / F(0.005))
+    expected = np.clip(np.rint(F(F(t * inv) + F(100)).astype(np.float64)), 0, 255)
+    assert np.array_equal(got, expected)
+
+
+def test_an_engine_without_a_clamp_post_op_refuses_a_fused_hardtanh():
+    from qexact.ops.conv import prepare_conv
+
+    weight = RNG.integers(-127, 128, (2, 3, 3, 3)).astype(np.int8)
+    w = QParams.per_channel(np.array([0.01, 0.02], F), np.zeros(2, np.int64), 0, QINT8)
+    with pytest.raises(UnsupportedError, match="hardtanh"):
+        prepare_conv(weight, w, None, qp(0.05, 3), qp(0.1, 3), engine="fbgemm",
+                     isa="avx2", clamp=(-1.0, 1.0))
+    params = prepare_conv(weight, w, None, qp(0.05, 3), qp(0.1, 3), engine=INDUCTOR,
+                          clamp=(-1.0, 1.0))
+    assert any(step.role == "clamp" for step in params.requantization)
+
+
+def test_inspect_names_the_eager_kernels_that_are_not_bit_exact():
+    assert "SumKernel" in prepare_mean((2, 3), True, engine=EAGER).inexact
+    assert "SumKernel" in prepare_adaptive_pool("avg", 2, (1, 1), engine=EAGER).inexact
+    assert "bilinear" in prepare_upsample("bilinear", (4, 4), engine=EAGER).inexact
+    assert not prepare_upsample("nearest", (4, 4), engine=EAGER).inexact
+    assert not prepare_mean((2, 3), True, engine=INDUCTOR).inexact
