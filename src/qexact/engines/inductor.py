@@ -52,16 +52,8 @@ def requantization(layer: LayerQuantization) -> Requantization:
     steps = [ToFloat32("accumulator to float32"),
              MultiplyFloat32("input scale", factor=input_scale),
              MultiplyFloat32("weight scale", factor=weight_scale)]
-    bias = None
-    if layer.bias is not None:
-        bias = f32(layer.bias)
-        steps.append(AddFloat32("float bias", role="bias", term=bias))
-    if layer.relu:
-        steps.append(ClampFloat32("fused ReLU", role="relu", low=0.0))
-    if layer.clamp is not None:
-        steps.append(ClampFloat32("fused hardtanh post-op: min(max(t, f32(lo)), f32(hi))",
-                                  role="clamp", low=float(f32(layer.clamp[0])),
-                                  high=float(f32(layer.clamp[1]))))
+    epilogue, bias = pt2e.float_epilogue(layer, "fused post-op")
+    steps += epilogue
     multipliers = (input_scale, weight_scale)
     if output is not None:
         inverse = f32(np.float32(1.0) / f32(output.scale))

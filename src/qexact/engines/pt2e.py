@@ -15,8 +15,8 @@ kernels compute the same (``static_cast<float>`` of the double reciprocal, ``Vec
 from __future__ import annotations
 
 from ..qparams import QParams
-from ..requantize import (AddFloat32, AddInt, ClampInt, MultiplyFloat32, RoundHalfEvenToInt64,
-                          ToFloat32)
+from ..requantize import (AddFloat32, AddInt, ClampFloat32, ClampInt, MultiplyFloat32,
+                          RoundHalfEvenToInt64, Step, ToFloat32)
 from ..rounding import f32
 from ..errors import UnsupportedError
 from .aten_quantize import ConversionKernel
@@ -45,6 +45,25 @@ def dequantize_decomposed(engine, qparams: QParams, ndim: int) -> ConversionKern
         ToFloat32("q to float32"),
         AddFloat32("minus the zero point", term=f32(-int(qparams.zero_point))),
         MultiplyFloat32("times f32(s)", factor=f32(qparams.scale))))
+
+
+def float_epilogue(layer, fused: str) -> tuple[list[Step], object]:
+    """What follows the scaled sum of a Linear/Conv in float32 on the PT2E engines whose bias
+    stays float (Inductor's oneDNN post-ops, eager PT2E's float ops), in their order: ``+ b``,
+    a ReLU, a hardtanh/relu6 (``layer.clamp``). ``fused`` names how (``"fused post-op"``).
+    Returns the steps and the float32 bias (or None)."""
+    steps: list[Step] = []
+    bias = None
+    if layer.bias is not None:
+        bias = f32(layer.bias)
+        steps.append(AddFloat32("float bias", role="bias", term=bias))
+    if layer.relu:
+        steps.append(ClampFloat32(f"ReLU ({fused})", role="relu", low=0.0))
+    if layer.clamp is not None:
+        steps.append(ClampFloat32(f"hardtanh ({fused}): min(max(t, f32(lo)), f32(hi))",
+                                  role="clamp", low=float(f32(layer.clamp[0])),
+                                  high=float(f32(layer.clamp[1]))))
+    return steps, bias
 
 
 KERNELS = {"quantize": quantize_decomposed, "dequantize": dequantize_decomposed}

@@ -23,8 +23,8 @@ from types import MappingProxyType
 import numpy as np
 
 from ..dtypes import QINT8, QUINT8
-from ..requantize import (AddFloat32, AddInt, ClampFloat32, ClampInt, MultiplyFloat32,
-                          RoundHalfEvenToInt64, ScaleToFloat32)
+from ..requantize import (AddInt, ClampInt, MultiplyFloat32, RoundHalfEvenToInt64,
+                          ScaleToFloat32)
 from ..rounding import f32
 from . import pt2e, pt2e_decomposed
 from .base import (BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics, LayerQuantization,
@@ -40,16 +40,8 @@ def requantization(layer: LayerQuantization) -> Requantization:
     scale = np.float64(f32(layer.input_scale)) * f32(weight.scale).astype(np.float64)
     steps = [ScaleToFloat32("the exact sum of dq(x) * dq(w), rounded once to float32",
                             factor=scale)]
-    bias = None
-    if layer.bias is not None:
-        bias = f32(layer.bias)
-        steps.append(AddFloat32("float bias", role="bias", term=bias))
-    if layer.relu:
-        steps.append(ClampFloat32("relu", role="relu", low=0.0))
-    if layer.clamp is not None:
-        steps.append(ClampFloat32("hardtanh: min(max(t, f32(lo)), f32(hi))", role="clamp",
-                                  low=float(f32(layer.clamp[0])),
-                                  high=float(f32(layer.clamp[1]))))
+    epilogue, bias = pt2e.float_epilogue(layer, "float op")
+    steps += epilogue
     multipliers = (scale,)
     if output is not None:
         inverse = f32(1.0 / output.scale)
