@@ -535,10 +535,9 @@ def _binary(op: str):
     return handler
 
 
-def _unary(op: str, attrs_of=lambda args: {}, shared_qparams: bool = True,
-           own_output_qparams: bool = False):
-    """An op on one quantized tensor whose output keeps its input's qparams (``shared``: the
-    quantizer gives the quantize after it the input's qparams).
+def _unary(op: str, attrs_of=lambda args: {}, own_output_qparams: bool = False):
+    """An op on one quantized tensor. By default its output keeps its input's qparams (the
+    quantizer shares them with the quantize after it), and another quantize is refused.
 
     ``own_output_qparams``: the node keeps the qparams of the quantize after it (``output_*``
     attrs), whatever they are, and the op's kernel decides whether it can give them: XNNPACK's
@@ -548,27 +547,17 @@ def _unary(op: str, attrs_of=lambda args: {}, shared_qparams: bool = True,
 
     def handler(capture, fx_node, args):
         quantized = _quantized_input(capture, args[0], f"the input of {op}")
-        attrs = attrs_of(args)
-        _emit(capture, fx_node, op, (quantized.ref,), attrs, output_qparams_attr=True)
-        node = capture.nodes[-1]
-        if own_output_qparams:
-            return
-        result = capture.values[next(iter(_users_quantize(fx_node)))]
-        if shared_qparams and result.qparams != quantized.qparams:
-            raise UnsupportedError(f"{op} with output qparams other than its input's "
-                                   f"({result.qparams.describe()} vs "
-                                   f"{quantized.qparams.describe()}) is not supported")
-        for key in [key for key in node.attrs if key.startswith("output_")]:
-            node.attrs.pop(key)
-        for key in [key for key in node.arrays if key.startswith("output_")]:
-            node.arrays.pop(key)
+        quantize, _ = _following_quantize(fx_node, allow_relu=False)
+        if not own_output_qparams and quantize is not None:
+            output = _qparams([None, *quantize.args[1:6]])
+            if output != quantized.qparams:
+                raise UnsupportedError(f"{op} with output qparams other than its input's "
+                                       f"({output.describe()} vs "
+                                       f"{quantized.qparams.describe()}) is not supported")
+        _emit(capture, fx_node, op, (quantized.ref,), attrs_of(args),
+              output_qparams_attr=own_output_qparams)
 
     return handler
-
-
-def _users_quantize(fx_node):
-    quantize, _ = _following_quantize(fx_node, allow_relu=False)
-    return [quantize] if quantize is not None else []
 
 
 def _pool_attrs(kind: str):
