@@ -13,7 +13,7 @@ Values flow as int64 (integer steps) or float32 (float steps); each step states 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -100,6 +100,60 @@ class AddFloat32(Step):
 
     def constants(self):
         return {"term": self.term}
+
+
+@dataclass(frozen=True, eq=False)
+class AddResidualFloat32(Step):
+    """A quantized residual tensor added to the layer's float result: ``d = f32(q_r) - z_r``
+    (exact), then ``v = fmaf(d, s_r, v)`` (``fused``: one rounding, oneDNN's "sum" post-op,
+    which Inductor fuses into a conv for ``conv(x) + y``) or ``f32(v + f32(d * s_r))`` (a
+    dequantize, then a float add). Its integers ``q_r`` are read at run time: ``operand`` is
+    bound per call (``bind_operand``, role ``"sum"``), laid out as the accumulator."""
+
+    zero_point: int = 0
+    scale: float = 1.0
+    fused: bool = True
+    operand: np.ndarray | None = None
+
+    @property
+    def formula(self):
+        centered = "(f32(q_r) - {zero_point})"
+        return (f"fmaf{centered[:-1]}, {{scale}}, v)  (q_r: the residual's integers)"
+                if self.fused else
+                f"f32(v + f32({centered} * {{scale}}))  (q_r: the residual's integers)")
+
+    def apply(self, value):
+        if self.operand is None:
+            raise ValueError(f"step {self.label!r} has no residual bound (bind_operand)")
+        centered = f32(f32(self.operand) - np.float32(self.zero_point))
+        if self.fused:
+            return fma_float32(centered, np.float32(self.scale), value)
+        return f32(value + f32(centered * np.float32(self.scale)))
+
+
+@dataclass(frozen=True, eq=False)
+class MultiplyOperandFloat32(Step):
+    """``v = f32(v * r)`` with ``r`` read at run time (``operand``, bound per call by
+    ``bind_operand``): a dynamically quantized input's per-row scale."""
+
+    operand: np.ndarray | None = None
+    formula = "f32(v * {operand})"
+
+    def apply(self, value):
+        if self.operand is None:
+            raise ValueError(f"step {self.label!r} has no operand bound (bind_operand)")
+        return f32(value * self.operand)
+
+    def shown(self):
+        return {"operand": self.operand}
+
+
+def bind_operand(steps: tuple[Step, ...], role: str, operand: np.ndarray) -> tuple[Step, ...]:
+    """``steps`` with the run-time ``operand`` (broadcasting to the accumulator) bound to the
+    steps of role ``role`` (an ``AddResidualFloat32``'s residual, a ``MultiplyOperandFloat32``'s
+    factor)."""
+    return tuple(replace(step, operand=operand) if step.role == role else step
+                 for step in steps)
 
 
 @dataclass(frozen=True, eq=False)

@@ -255,3 +255,36 @@ def test_inspect_names_the_eager_kernels_that_are_not_bit_exact():
     assert "bilinear" in prepare_upsample("bilinear", (4, 4), engine=EAGER).inexact
     assert not prepare_upsample("nearest", (4, 4), engine=EAGER).inexact
     assert not prepare_mean((2, 3), True, engine=INDUCTOR).inexact
+
+
+# --- float32 inputs: the ops a PT2E model leaves in float, without converts ---------------------
+
+
+def test_float_inputs_run_the_float32_kernels_and_stay_float():
+    from qexact.engines.pt2e_decomposed import avg_pool_float
+    from qexact.ops.elementwise import FloatBinaryParams, binary_float
+
+    x = F(RNG.normal(size=(2, 3, 7, 6)) * 3)
+    got = mean(x, prepare_mean((2, 3), True, engine=INDUCTOR))
+    total = np.zeros((2, 3), F)
+    for k in range(42):  # Inductor's sequential sum from 0.0, row-major
+        total = F(total + x.reshape(2, 3, 42)[:, :, k])
+    assert got.dtype == F and np.array_equal(got, F(total / F(42)).reshape(2, 3, 1, 1))
+    got = avg_pool(x, prepare_pool("avg", 2, 3, 2, 1, engine=INDUCTOR))
+    assert np.array_equal(got, avg_pool_float(x, (3, 3), (2, 2), (1, 1), False, True))
+    got = max_pool(x, prepare_pool("max", 2, 3, 2, 0, ceil_mode=True, engine=INDUCTOR))
+    assert got.shape == (2, 3, 3, 3)  # ceil_mode: a last window starting inside the input
+    assert got[0, 0, 2, 2] == x[0, 0, 4:, 4:].max()
+    y = F(RNG.normal(size=(2, 3, 1, 6)))
+    for op, relu in (("add", False), ("mul", True)):
+        expected = F(x + y) if op == "add" else np.maximum(F(x * y), F(0))
+        assert np.array_equal(binary_float(x, y, FloatBinaryParams(op, relu)), expected)
+
+
+def test_float_inputs_are_refused_where_the_kernel_takes_quantized_tensors_only():
+    x = F(RNG.normal(size=(1, 2, 4, 4)))
+    with pytest.raises(UnsupportedError, match="float32 tensor.*quantized tensors only"):
+        avg_pool(x, prepare_pool("avg", 2, 2, engine=get_engine("fbgemm")))
+    quantized = QuantizedArray(codes((1, 2, 8, 8)), qp(0.1, 3))
+    with pytest.raises(UnsupportedError, match="ceil_mode.*another shape"):
+        max_pool(quantized, prepare_pool("max", 2, 3, 2, 0, ceil_mode=True, engine=INDUCTOR))

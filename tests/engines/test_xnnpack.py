@@ -343,3 +343,30 @@ def test_unmodelled_float_kernels_are_refused():
         upsample(x, prepare_upsample("nearest", (16, 16), engine=ENGINE))
     with pytest.raises(UnsupportedError, match="more than 9 taps"):
         avg_pool(x, prepare_pool("avg", 2, 4, 1, 0, engine=ENGINE))
+
+
+# --- dynamic quantization (qd8): per-row parameters and codes ----------------------------------
+
+
+def test_qd8_parameters_and_codes_by_hand():
+    from qexact.engines.xnnpack import qd8_parameters, qd8_quantize
+
+    rows = np.array([[0.0, 2.55, 1.275],      # S = 100: zp -128, 1.275 * 100 = 127.5 ties to even
+                     [0.0, 0.0, 0.0],         # rmin == rmax: S = 1, zp = 127 (the max branch)
+                     [-1.0, -2.0, -0.5],      # no positive values: rmax = 0
+                     [3.0, -1.0, 1e-9]], np.float32)
+    p = qd8_parameters(rows)
+    assert p.multiplier[0] == np.float32(100) and p.zero_point[0] == -128
+    assert p.scale[0] == np.float32(np.float32(1) / np.float32(100))
+    assert (p.multiplier[1], p.zero_point[1]) == (1, 127)
+    assert p.multiplier[2] == np.float32(np.float32(255) / np.float32(2.0))
+    assert p.zero_point[2] == 127  # dmax = 0: 127 - 0
+    codes = qd8_quantize(rows, p)
+    assert codes[0].tolist() == [-128, 127, 0]      # 127.5 -> 128 (even) - 128
+    assert codes[1].tolist() == [127, 127, 127]
+    assert codes[2].tolist() == [-1, -128, 63]      # -0.5 * 127.5 = -63.75 -> -64 + 127
+    multiplier = np.float32(np.float32(255) / np.float32(4.0))
+    assert p.multiplier[3] == multiplier
+    zero = np.float32(np.float32(-128) - np.float32(np.float32(-1.0) * multiplier))
+    assert p.zero_point[3] == np.rint(zero)  # -128 + 63.75 = -64.25 -> -64
+    assert codes[3].tolist() == [127, -128, -64]

@@ -55,6 +55,23 @@ def test_xnnpack_equals_the_executorch_runtime(name):
     _compare(name, "xnnpack", net, pt2e.executorch_runtime(name))
 
 
+@pytest.mark.parametrize("name", sorted(pt2e.DYNAMIC_MODELS))
+def test_dynamic_xnnpack_equals_the_executorch_runtime(name):
+    """XNNPACKQuantizer(is_dynamic=True): ExecuTorch lowers the per-tensor dynamic quantize per
+    row (qd8_f32_qc8w); the eager model differs from the runtime on most outputs."""
+    converted, example = pt2e.quantized(name, "xnnpack_dynamic")
+    net = qexact.from_torch(converted, example_inputs=(example,))
+    assert net.engine.name == "xnnpack"
+    assert any(node.op == "linear_dynamic" for node in net.graph.nodes)
+    _compare(name, "xnnpack dynamic", net, pt2e.executorch_runtime(name, "xnnpack_dynamic"))
+
+
+def test_dynamic_quantization_is_refused_on_engines_without_its_kernel():
+    converted, example = pt2e.quantized("mlp3d", "xnnpack_dynamic")
+    with pytest.raises(qexact.UnsupportedError, match="no dynamically quantized Linear"):
+        qexact.from_torch(converted, example_inputs=(example,), engine="pt2e_eager")
+
+
 _NOT_ON_INDUCTOR = pytest.mark.skip(reason="engine inductor does not yet run this model's "
                                    "non-GEMM ops (pt2e.XNNPACK_ONLY)")
 INDUCTOR_MODELS = [pytest.param(name, marks=(_NOT_ON_INDUCTOR,) if name in pt2e.XNNPACK_ONLY
@@ -71,6 +88,18 @@ def test_inductor_equals_torch_compile_with_freezing(name):
     net = qexact.from_torch(converted, example_inputs=(example,))
     assert net.engine.name == "inductor"  # the default for quint8 activations
     _compare(name, "inductor", net, pt2e.inductor_compiled(name))
+
+
+@pytest.mark.skipif(not VNNI, reason="engine inductor is modelled on AVX512-VNNI only")
+@pytest.mark.slow
+def test_inductor_refuses_the_ceil_mode_max_pool_torch_compile_computes_without_it():
+    converted, example = pt2e.quantized("max_pool_ceil", "inductor")
+    x = pt2e.inputs("max_pool_ceil", 10)
+    with torch.no_grad():
+        eager_shape = converted(x).shape
+    assert pt2e.inductor_compiled("max_pool_ceil")(x.numpy()).shape != eager_shape  # the reason
+    with pytest.raises(qexact.UnsupportedError, match="ceil_mode.*another shape"):
+        qexact.from_torch(converted, example_inputs=(example,))
 
 
 @pytest.mark.parametrize("name", EAGER_MODELS)

@@ -27,6 +27,17 @@ class Mlp(nn.Module):
         return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
+class Mlp3d(nn.Module):
+    """Linear layers on a (batch, tokens, features) input: one dynamic quantization per token."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(40, 16), nn.Linear(16, 8, bias=False)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
 class SmallCnn(nn.Module):
     """Conv (padded, strided), ReLU, depthwise with a multiplier, 1x1, flatten, Linear."""
 
@@ -241,15 +252,14 @@ PT2E_MODELS = {
 INDUCTOR_MODELS = {"inductor_mix": (InductorMix, (2, 3, 14, 13))}
 """Models for engine ``inductor`` only (X86InductorQuantizer's patterns; XNNPACKQuantizer leaves
 their relu6 before a max pool in float32, which qexact does not import)."""
+DYNAMIC_MODELS = {"mlp": (Mlp, (3, 20)), "mlp3d": (Mlp3d, (3, 5, 40))}
+"""Models quantized dynamically (``XNNPACKQuantizer`` with ``is_dynamic=True``)."""
 MODELS = {**PT2E_MODELS, **INDUCTOR_MODELS}
+_EVERY_MODEL = {**MODELS, **DYNAMIC_MODELS}
 XNNPACK_ONLY = {
-    "residual_add_relu",  # conv(y) + y and a two-branch add: Inductor's 'sum' post-op
-    "broadcast_add",      # a float add of a conv output (not quantized by the quantizer)
-    "max_pool_ceil",      # relu with output qparams other than its input's
-    "global_pool",        # a float mean of a conv output, then a float add
-    "bilinear",           # upsampling of a conv's float output
+    "max_pool_ceil",      # torch.compile drops ceil_mode (test_pt2e: refused, with the reason)
     "permute_head",       # Inductor runs the Linear on the permuted input as a float mm
-    "test_cnn",           # the residual add (as residual_add_relu)
+    "global_pool",        # Inductor splits a float mean between threads (not modelled yet)
 }
 """Models of non-GEMM ops that engine ``xnnpack`` runs and engine ``inductor`` does not yet
 (X86InductorQuantizer leaves these ops' inputs in float32): the inductor tests skip them."""
@@ -258,16 +268,17 @@ FLOAT_UNDER_INDUCTOR = {"conv1d"}
 
 
 def _quantizer(kind: str):
-    if kind == "xnnpack":
+    if kind in ("xnnpack", "xnnpack_dynamic"):
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer, get_symmetric_quantization_config)
-        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
+            is_per_channel=True, is_dynamic=kind == "xnnpack_dynamic"))
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     return x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
 
 
 def inputs(name: str, seed: int, scale: float = 1.0) -> torch.Tensor:
-    shape = MODELS[name][1]
+    shape = _EVERY_MODEL[name][1]
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale
 
 
@@ -277,7 +288,7 @@ def quantized(name: str, quantizer: str):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     torch.manual_seed(sum(map(ord, name)))
-    model = MODELS[name][0]().eval()
+    model = _EVERY_MODEL[name][0]().eval()
     example = inputs(name, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -289,12 +300,13 @@ def quantized(name: str, quantizer: str):
 
 
 @functools.lru_cache(maxsize=None)
-def executorch_program(name: str) -> bytes:
-    """The ``.pte`` of model ``name`` (XNNPACKQuantizer), lowered with ``XnnpackPartitioner``."""
+def executorch_program(name: str, quantizer: str = "xnnpack") -> bytes:
+    """The ``.pte`` of model ``name`` (XNNPACKQuantizer, static or ``"xnnpack_dynamic"``),
+    lowered with ``XnnpackPartitioner``."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    converted, example = quantized(name, "xnnpack")
+    converted, example = quantized(name, quantizer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exported = torch.export.export(converted, (example,))
@@ -302,11 +314,11 @@ def executorch_program(name: str) -> bytes:
                                            ).to_executorch().buffer
 
 
-def executorch_runtime(name: str):
+def executorch_runtime(name: str, quantizer: str = "xnnpack"):
     """``run(x: np.ndarray) -> np.ndarray``: ExecuTorch's runtime on the lowered model."""
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(executorch_program(name)).load_method("forward")
+    method = Runtime.get().load_program(executorch_program(name, quantizer)).load_method("forward")
     return lambda x: method.execute([torch.from_numpy(x)])[0].numpy()
 
 

@@ -115,6 +115,33 @@ class Requantization:
 
 
 @dataclass(frozen=True)
+class RowQuantization:
+    """A dynamically quantized input's parameters, one per row: ``multiplier`` (float32, the
+    quantize multiplies by it), ``zero_point`` (int64), ``scale`` (float32, the dequantization
+    factor the epilogue applies)."""
+
+    multiplier: np.ndarray
+    zero_point: np.ndarray
+    scale: np.ndarray
+
+
+@dataclass(frozen=True)
+class DynamicQuantization:
+    """How a kernel quantizes its float32 input at run time (dynamic quantization), per row of
+    the GEMM (every dim of a Linear's input but the last). ``parameters(rows) ->
+    RowQuantization`` from the (M, K) float32 rows; ``quantize(rows, parameters)`` -> the (M, K)
+    integer codes; ``dtype`` the codes' type; ``requantization(weight_qparams, bias, relu)``
+    the epilogue, whose step of role ``"input_scale"`` takes each row's ``scale`` at run time."""
+
+    name: str
+    source: str
+    dtype: QDType
+    parameters: Callable[[np.ndarray], RowQuantization]
+    quantize: Callable[[np.ndarray, RowQuantization], np.ndarray]
+    requantization: Callable[..., Requantization]
+
+
+@dataclass(frozen=True)
 class GemmNumerics:
     """One kernel family's arithmetic for accumulate-then-requantize ops."""
 
@@ -131,6 +158,8 @@ class GemmNumerics:
     inexact: str = ""
     """Why this kernel's outputs are not bit-exact (empty: they are): a float op whose summation
     order qexact does not reproduce (PT2E eager's MKL/oneDNN float GEMM)."""
+    dynamic: DynamicQuantization | None = None
+    """The kernel for a dynamically quantized float32 input (None: the engine has none)."""
 
     def saturates_pairs(self, isa: str) -> bool:
         return isa in self.pair_saturation_isas
@@ -313,3 +342,7 @@ class LayerQuantization:
     clamp: tuple[float, float] | None = None
     """A fused hardtanh/relu6 ``(low, high)`` on the float result before the output stage (a
     post-op; an engine whose requantization has no step of role ``"clamp"`` refuses it)."""
+    residual_qparams: QParams | None = None
+    """A quantized residual tensor (with these qparams) is added to the float result before the
+    activation (a "sum" post-op; an engine whose requantization has no step of role ``"sum"``
+    refuses it). None: no residual."""

@@ -52,7 +52,7 @@ def requantization(layer: LayerQuantization) -> Requantization:
     steps = [ToFloat32("accumulator to float32"),
              MultiplyFloat32("input scale", factor=input_scale),
              MultiplyFloat32("weight scale", factor=weight_scale)]
-    epilogue, bias = pt2e.float_epilogue(layer, "fused post-op")
+    epilogue, bias = pt2e.float_epilogue(layer, post_ops=True)
     steps += epilogue
     multipliers = (input_scale, weight_scale)
     if output is not None:

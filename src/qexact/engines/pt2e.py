@@ -15,8 +15,8 @@ kernels compute the same (``static_cast<float>`` of the double reciprocal, ``Vec
 from __future__ import annotations
 
 from ..qparams import QParams
-from ..requantize import (AddFloat32, AddInt, ClampFloat32, ClampInt, MultiplyFloat32,
-                          RoundHalfEvenToInt64, Step, ToFloat32)
+from ..requantize import (AddFloat32, AddInt, AddResidualFloat32, ClampFloat32, ClampInt,
+                          MultiplyFloat32, RoundHalfEvenToInt64, Step, ToFloat32)
 from ..rounding import f32
 from ..errors import UnsupportedError
 from .aten_quantize import ConversionKernel
@@ -47,16 +47,25 @@ def dequantize_decomposed(engine, qparams: QParams, ndim: int) -> ConversionKern
         MultiplyFloat32("times f32(s)", factor=f32(qparams.scale))))
 
 
-def float_epilogue(layer, fused: str) -> tuple[list[Step], object]:
+def float_epilogue(layer, post_ops: bool) -> tuple[list[Step], object]:
     """What follows the scaled sum of a Linear/Conv in float32 on the PT2E engines whose bias
-    stays float (Inductor's oneDNN post-ops, eager PT2E's float ops), in their order: ``+ b``,
-    a ReLU, a hardtanh/relu6 (``layer.clamp``). ``fused`` names how (``"fused post-op"``).
+    stays float, in their order: ``+ b``, a residual (``layer.residual_qparams``), a ReLU, a
+    hardtanh/relu6 (``layer.clamp``). ``post_ops``: oneDNN's post-ops (Inductor), whose "sum"
+    adds the residual with one FMA (measured: 0 of 1,903,638 conv outputs differ, and 9,646
+    with a dequantize then an add); else eager PT2E's float ops, each rounded.
     Returns the steps and the float32 bias (or None)."""
+    fused = "fused post-op" if post_ops else "float op"
     steps: list[Step] = []
     bias = None
     if layer.bias is not None:
         bias = f32(layer.bias)
         steps.append(AddFloat32("float bias", role="bias", term=bias))
+    residual = layer.residual_qparams
+    if residual is not None:
+        steps.append(AddResidualFloat32(
+            f"residual add ({fused}{' sum' if post_ops else ''})", role="sum",
+            zero_point=int(residual.zero_point), scale=float(f32(residual.scale)),
+            fused=post_ops))
     if layer.relu:
         steps.append(ClampFloat32(f"ReLU ({fused})", role="relu", low=0.0))
     if layer.clamp is not None:

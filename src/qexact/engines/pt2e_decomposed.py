@@ -150,9 +150,15 @@ def choose_clamp(engine, qparams, low, high) -> ClampKernel:
 
 
 def choose_max_pool(engine, kernel_size, ceil_mode: bool, dtype, values: np.ndarray):
-    """The integer max of the in-bounds codes (module docstring)."""
-    if engine.name == "inductor" and ceil_mode:
-        raise UnsupportedError("max_pool2d with ceil_mode on engine 'inductor' was not measured")
+    """The integer max of the in-bounds codes (module docstring), or on float32 (a conv's float
+    output, then quantized: Inductor's own max_pool2d loop, ceil_mode included)."""
+    if engine.name == "inductor" and ceil_mode and dtype != np.float32:
+        raise UnsupportedError(
+            "max_pool2d with ceil_mode=True between dequantize and quantize: torch.compile "
+            "(torch 2.13, its quantized.max_pool2d lowering in torch/_inductor/fx_passes/"
+            "quantization.py) computes it as if ceil_mode were False (measured), so the compiled "
+            "model's output has another shape than the model's; qexact refuses rather than pick "
+            "one")
     return MaxPoolKernel("max of the in-bounds codes (dequantize, float32 max_pool, quantize)",
                          _engine_source(engine, "aten/src/ATen/native/cpu/MaxPoolKernel.cpp") +
                          ("; Inductor: quantized.max_pool2d on uint8" if engine.name == "inductor"

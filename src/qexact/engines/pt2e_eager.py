@@ -40,7 +40,7 @@ def requantization(layer: LayerQuantization) -> Requantization:
     scale = np.float64(f32(layer.input_scale)) * f32(weight.scale).astype(np.float64)
     steps = [ScaleToFloat32("the exact sum of dq(x) * dq(w), rounded once to float32",
                             factor=scale)]
-    epilogue, bias = pt2e.float_epilogue(layer, "float op")
+    epilogue, bias = pt2e.float_epilogue(layer, post_ops=False)
     steps += epilogue
     multipliers = (scale,)
     if output is not None:

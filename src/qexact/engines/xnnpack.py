@@ -34,12 +34,13 @@ import numpy as np
 
 from ..dtypes import QINT8
 from ..errors import UnsupportedError
-from ..requantize import (AddInt32, ClampInt, MinFloat32, MultiplyFloat32, RoundHalfEvenToInt32,
+from ..requantize import (AddInt32, ClampFloat32, ClampInt, MinFloat32, MultiplyAddFloat32,
+                          MultiplyFloat32, MultiplyOperandFloat32, RoundHalfEvenToInt32,
                           ToFloat32)
 from ..rounding import f32
 from . import pt2e, xnnpack_elementwise, xnnpack_pooling
-from .base import (BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics, LayerQuantization,
-                   Requantization)
+from .base import (BiasMode, ConvGeometry, ConvKernel, DynamicQuantization, Engine, GemmNumerics,
+                   LayerQuantization, Requantization, RowQuantization)
 
 SOURCE = ("executorch backends/xnnpack/operators/quant_params.py (bias); XNNPACK "
           "src/operators/convolution-nhwc.c, fully-connected-nc.c, src/qs8-gemm, src/qs8-dwconv")
@@ -88,6 +89,70 @@ def requantization(layer: LayerQuantization) -> Requantization:
     return Requantization(tuple(steps), bias, BiasMode.INT32_AT_LOWERING, (multiplier,))
 
 
+# --- dynamically quantized Linear: qd8_f32_qc8w ------------------------------------------------
+
+DYNAMIC_SOURCE = ("executorch backends/xnnpack/operators/quant_params.py (a per-tensor dynamic "
+                  "quantize lowered per row: PerTokenDynamicQuant); XNNPACK src/microparams-init.c"
+                  " xnn_qd8_asymmetric_quantization_params, src/f32-qs8-vcvt, "
+                  "src/qd8-f32-qc8w-gemm")
+
+
+def qd8_parameters(rows: np.ndarray) -> RowQuantization:
+    """XNNPACK's per-row asymmetric int8 parameters (``xnn_qd8_asymmetric_quantization_params``)::
+
+        rmin = min(row min, 0), rmax = max(row max, 0)
+        S    = 1 if rmin == rmax else f32(255 / f32(rmax - rmin))        the quantize multiplier
+        dmin = f32(rmin S), dmax = f32(rmax S)
+        z    = f32(-128 - dmin) if f32(f32(-128 + dmin) + f32(127 + dmax)) > 0 else f32(127 - dmax)
+        zp   = lrintf(clamp(z, -128, 127)),  scale = f32(1 / S)          (rounded to even)
+
+    Rows holding NaN are not modelled (the min/max reduction's NaN order is the kernel's)."""
+    rows = np.asarray(rows, np.float32)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        low = np.minimum(rows.min(axis=-1), np.float32(0))
+        high = np.maximum(rows.max(axis=-1), np.float32(0))
+        multiplier = np.where(low == high, np.float32(1),
+                              f32(np.float32(255) / f32(high - low))).astype(np.float32)
+        scaled_low, scaled_high = f32(low * multiplier), f32(high * multiplier)
+        from_low = f32(np.float32(-128) - scaled_low)
+        from_high = f32(np.float32(127) - scaled_high)
+        use_low = f32(f32(np.float32(-128) + scaled_low) + f32(np.float32(127) + scaled_high)) > 0
+        zero = np.where(use_low, from_low, from_high)
+        zero = np.where(np.isnan(zero), np.float32(-128), np.clip(zero, -128, 127))
+        scale = f32(np.float32(1) / multiplier)
+    return RowQuantization(multiplier, np.rint(zero).astype(np.int64), scale)
+
+
+def qd8_quantize(rows: np.ndarray, p: RowQuantization) -> np.ndarray:
+    """``q = sat8(rne(min(f32(x S), 127 - zp)) + zp)``: XNNPACK's f32-qs8 convert, the zero
+    point added after rounding."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = f32(np.asarray(rows, np.float32) * p.multiplier[:, None])
+        capped = np.minimum(scaled, f32(127 - p.zero_point)[:, None])
+        rounded = np.rint(capped.astype(np.float64))
+    rounded = np.clip(np.nan_to_num(rounded, nan=0.0), -2.0 ** 31, 2.0 ** 31 - 1)
+    return np.clip(rounded.astype(np.int64) + p.zero_point[:, None], -128, 127)
+
+
+def qd8_requantization(weight_qparams, bias, relu: bool) -> Requantization:
+    """``y = fmaf(f32(f32(acc) * scale_row), s_w[c], b[c])`` (one FMA; the bias stays float32),
+    then the fused ReLU's ``max(y, 0)`` (qd8_f32_qc8w gemm minmax, AVX2 and above)."""
+    weight_scale = f32(weight_qparams.scale)
+    term = f32(bias) if bias is not None else np.zeros_like(np.atleast_1d(weight_scale))
+    steps = [ToFloat32("accumulator to float32 (vcvtdq2ps)"),
+             MultiplyOperandFloat32("times the row's scale f32(1 / S) (vmulps)",
+                                    role="input_scale"),
+             MultiplyAddFloat32("fmaf(v, s_w, b): weight scale and float bias (vfmadd)",
+                                role="bias", factor=weight_scale, term=term, fused=True)]
+    if relu:
+        steps.append(ClampFloat32("ReLU (output_min = 0)", role="relu", low=0.0))
+    return Requantization(tuple(steps), None if bias is None else term, BiasMode.FLOAT32,
+                          (weight_scale,))
+
+
+QD8 = DynamicQuantization("xnnpack qd8_f32_qc8w gemm (per-row dynamic int8)", DYNAMIC_SOURCE,
+                          QINT8, qd8_parameters, qd8_quantize, qd8_requantization)
+
 XNNPACK_GEMM = GemmNumerics(
     name="xnnpack qs8_qc8w gemm",
     source=SOURCE,
@@ -95,6 +160,7 @@ XNNPACK_GEMM = GemmNumerics(
     pair_saturation_isas=frozenset(),
     allows_weight_zero_point=False,
     requantization=requantization,
+    dynamic=QD8,
 )
 
 XNNPACK_IGEMM = ConvKernel("xnnpack qs8_qc8w igemm", SOURCE, XNNPACK_GEMM, frozenset())

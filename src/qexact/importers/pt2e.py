@@ -82,6 +82,16 @@ class Fused:
 
 
 @dataclass(frozen=True)
+class DynamicChoice:
+    """``choose_qparams(x)``: qparams chosen at run time from a float tensor (``ref``), and the
+    values derived from it (its ``getitem`` parts, the quantize and dequantize it drives)."""
+
+    ref: Ref
+    dtype: str
+    stage: str = "qparams"  # "scale", "zero_point", "quantized", "dequantized"
+
+
+@dataclass(frozen=True)
 class Blocked:
     """The value of an op that is not supported: ops reading it are not reported again."""
 
@@ -97,6 +107,7 @@ class _Capture:
     names: set[str] = field(default_factory=set)
     blockers: list[str] = field(default_factory=list)
     float_refs: dict = field(default_factory=dict)
+    dynamic_dtypes: set = field(default_factory=set)
 
     def unique(self, name: str) -> str:
         return unique_name(self.names, name)
@@ -179,7 +190,8 @@ def capture_pt2e(model) -> Graph:
     return Graph(inputs, capture.nodes, outputs,
                  {"source_model": type(model).__name__, "flow": "pt2e",
                   "activation_dtypes": sorted({q.qparams.dtype.name for q in
-                                               _quantized_values(capture)})})
+                                               _quantized_values(capture)}
+                                              | capture.dynamic_dtypes)})
 
 
 def default_engine(graph: Graph) -> str:
@@ -297,6 +309,10 @@ def _call(capture: _Capture, fx_node) -> None:
         return
     decomposed = _decomposed_name(fx_node.target)
     args = [values.get(arg, arg) if _is_fx_node(arg) else arg for arg in fx_node.args]
+    if getattr(fx_node.target, "__name__", "") == "getitem" and isinstance(args[0], DynamicChoice):
+        values[fx_node] = DynamicChoice(args[0].ref, args[0].dtype,
+                                        ("scale", "zero_point")[int(args[1])])
+        return
     name = _aten_name(fx_node.target)
     handler = OPS.get(name.split(".")[0])
     if decomposed is None and handler is None:
@@ -315,6 +331,11 @@ def _is_fx_node(value) -> bool:
 
 
 def _decomposed(capture: _Capture, fx_node, op: str, args):
+    if op == "choose_qparams":  # dynamic quantization: its qparams are the kernel's, at run time
+        dtype = _dtype_name(args[4] if len(args) > 4 else fx_node.kwargs.get("dtype"))
+        return DynamicChoice(_float_ref(capture, args[0], fx_node.args[0]), dtype)
+    if isinstance(args[1] if len(args) > 1 else None, DynamicChoice):
+        return _dynamic_convert(op, args)
     if op in QUANTIZE:
         qparams = _qparams(args)
         source = args[0]
@@ -341,6 +362,26 @@ def _decomposed(capture: _Capture, fx_node, op: str, args):
                                       dtype_named("qint8"))
         return Weight(weight.values, qparams)
     raise UnsupportedError(f"quantized_decomposed.{op} is not supported")
+
+
+def _dynamic_convert(op: str, args) -> DynamicChoice:
+    """``quantize_per_tensor.tensor(x, scale, zero_point)`` and its ``dequantize`` with the
+    parts of a ``choose_qparams(x)``: the dequantized value a dynamically quantized layer reads."""
+    choice = args[1]
+    if op in QUANTIZE and isinstance(args[0], FloatValue) and args[0].ref == choice.ref:
+        return DynamicChoice(choice.ref, choice.dtype, "quantized")
+    if op in DEQUANTIZE and isinstance(args[0], DynamicChoice) and args[0].stage == "quantized":
+        return DynamicChoice(choice.ref, choice.dtype, "dequantized")
+    raise UnsupportedError(f"{op} with run-time qparams is supported only as choose_qparams -> "
+                           "quantize -> dequantize of one tensor, read by a Linear")
+
+
+def _dtype_name(dtype) -> str:
+    name = {"torch.int8": "qint8", "torch.uint8": "quint8"}.get(str(dtype))
+    if name is None:
+        raise UnsupportedError(f"dynamic quantization to {dtype} is not supported; supported: "
+                               "int8, uint8")
+    return name
 
 
 def _numpy(value) -> np.ndarray:
@@ -413,7 +454,11 @@ def _emit(capture: _Capture, fx_node, op: str, inputs: tuple, attrs: dict,
 
 
 def _layer(capture: _Capture, fx_node, op: str, x, weight, bias, attrs: dict) -> None:
-    quantized = _quantized_input(capture, x, "the layer's input")
+    dynamic = isinstance(x, DynamicChoice) and x.stage == "dequantized"
+    if dynamic and op != "linear":
+        raise UnsupportedError(f"a dynamically quantized {op} is not supported (qexact runs "
+                               "dynamically quantized Linear layers)")
+    quantized = None if dynamic else _quantized_input(capture, x, "the layer's input")
     if not isinstance(weight, Weight):
         raise UnsupportedError("its weight is not a quantized int8 constant (dequantize_per_channel"
                                " of a folded weight)")
@@ -424,57 +469,15 @@ def _layer(capture: _Capture, fx_node, op: str, x, weight, bias, attrs: dict) ->
         if not isinstance(bias, Constant):
             raise UnsupportedError("its bias is not a constant")
         arrays["bias"] = bias.values.astype(np.float32)
-    if op == "conv" and _pool_then_quantize(fx_node) is not None:
-        _emit_conv_pool(capture, fx_node, (quantized.ref,), attrs, arrays)
+    if dynamic:  # float32 in and out; the engine quantizes the input (ops/linear_dynamic.py)
+        attrs["input_dtype"] = x.dtype
+        capture.dynamic_dtypes.add(x.dtype)
+        capture.values[fx_node] = FloatValue(capture.add(Node(
+            capture.unique(_source(fx_node)), "linear_dynamic", (x.ref,), attrs, arrays,
+            source=_source(fx_node))))
         return
     _emit(capture, fx_node, op, (quantized.ref,), attrs, arrays, allow_relu=True,
           float_output=True, allow_clamp=op == "conv")
-
-
-def _pool_then_quantize(fx_node):
-    """``conv -> [relu | hardtanh] -> max_pool2d -> quantize`` (X86InductorQuantizer leaves the
-    conv's output and the max pool's input in float32): (activation or None, max pool, quantize),
-    else None."""
-    users, activation = list(fx_node.users), None
-    if len(users) == 1 and _aten_name(users[0].target).split(".")[0] in (
-            "relu", "relu_") + HARDTANH:
-        activation = users[0]
-        users = list(activation.users)
-    if len(users) != 1 or _aten_name(users[0].target).split(".")[0] != "max_pool2d":
-        return None
-    pool = users[0]
-    after = list(pool.users)
-    if len(after) == 1 and _decomposed_name(after[0].target) in QUANTIZE:
-        return activation, pool, after[0]
-    return None
-
-
-def _emit_conv_pool(capture: _Capture, fx_node, inputs: tuple, attrs: dict, arrays: dict):
-    """``quantize(max_pool2d(act(conv(x))))`` as ``max_pool(quantize(act(conv(x))))``: the conv
-    with a float32 output and its activation fused (Inductor: qconv_pointwise with fp32 output
-    and the post-op, then ``cpp_fused_max_pool2d_with_indices_quantize_per_tensor``). The same
-    integers: the quantize is monotonic and keeps its qparams through the max pool, which picks
-    one of the in-bounds taps (padding never wins)."""
-    activation, pool, quantize = _pool_then_quantize(fx_node)
-    attrs["relu"] = False
-    if activation is not None:
-        if _aten_name(activation.target).split(".")[0] in HARDTANH:
-            attrs["clamp"] = list(_hardtanh_bounds(activation))
-        else:
-            attrs["relu"] = True
-    conv = capture.add(Node(capture.unique(_source(fx_node)), "conv", inputs, attrs, arrays,
-                            source=_source(fx_node)))
-    qparams = _qparams([None, *quantize.args[1:6]])
-    output_attrs, output_arrays = qparams_to_fields(qparams, "output")
-    name = capture.unique(quantize.name)
-    quantized = capture.add(Node(name, "quantize", (conv,), output_attrs, output_arrays,
-                                 source=_source(pool)))
-    pooled = capture.add(Node(capture.unique(pool.name), "max_pool", (quantized,),
-                              _pool_attrs("max")(list(pool.args)), source=_source(pool)))
-    for node in (fx_node, activation, pool):
-        if node is not None:
-            capture.values[node] = Fused(pooled.name)
-    capture.values[quantize] = Quantized(pooled, qparams)
 
 
 def _linear(capture, fx_node, args):
@@ -516,14 +519,16 @@ def _binary(op: str):
         alpha = fx_node.kwargs.get("alpha", 1)
         if alpha != 1:
             raise UnsupportedError(f"{op} with alpha={alpha} is not supported")
-        for i, value in enumerate((a, b)):
-            if isinstance(value, FloatValue):
-                raise UnsupportedError(
-                    f"input {i} of {op} is a float32 tensor no quantize follows (the output of a "
-                    "conv or linear the quantizer left unquantized: X86InductorQuantizer's "
-                    f"{op} of two branches, which Inductor fuses into the conv as a 'sum' "
-                    "post-op, qconv2d_pointwise.binary, or runs in float32); qexact does not "
-                    "model it yet")
+        if op == "add" and _residual_add(capture, fx_node, a, b):
+            return
+        if any(isinstance(value, FloatValue) for value in (a, b)):
+            # the quantizer left an input in float32 (a conv's output): a float32 op, as
+            # Inductor's generated code and ATen run it (one IEEE operation per element)
+            inputs = tuple(_float_ref(capture, value, arg) for value, arg in
+                           zip((a, b), fx_node.args))
+            capture.values[fx_node] = FloatValue(capture.add(Node(
+                capture.unique(fx_node.name), op, inputs, source=_source(fx_node))))
+            return
         inputs = tuple(_quantized_input(capture, value, f"input {i} of {op}").ref
                        for i, value in enumerate((a, b)))
         quantize, relu = _following_quantize(fx_node, allow_relu=True)
@@ -533,6 +538,67 @@ def _binary(op: str):
         node.attrs.pop("relu", None)
 
     return handler
+
+
+def _residual_add(capture: _Capture, fx_node, a, b) -> bool:
+    """``quantize([relu](conv(x) + dequantize(q)))`` with the conv's float32 output read by
+    this add alone (X86InductorQuantizer leaves it unquantized for the fusion), where ``q`` is
+    not the conv's own input and nothing after the conv reads it: Inductor fuses the add into the
+    conv as oneDNN's "sum" post-op on ``q``'s buffer, in place, with a quantized output
+    (``qconv2d_pointwise.binary``; torchao quantization/pt2e/inductor_passes/x86.py
+    ``_is_valid_quantized_op_binary_optimization_pattern``). The conv node takes ``q`` as its
+    second input. Returns False where the pattern does not apply: Inductor then adds in float32
+    (a float32 "sum" post-op or its own loop, the same IEEE additions), and so does qexact."""
+    floats = [i for i, value in enumerate((a, b)) if isinstance(value, FloatValue)]
+    if len(floats) != 1 or not isinstance((a, b)[1 - floats[0]], Dequantized):
+        return False
+    conv_fx, other_fx = fx_node.args[floats[0]], fx_node.args[1 - floats[0]]
+    residual = (a, b)[1 - floats[0]].quantized
+    position = next((i for i, node in enumerate(capture.nodes)
+                     if Ref(node.name) == (a, b)[floats[0]].ref), None)
+    quantize, relu = _following_quantize(fx_node, allow_relu=True)
+    conv = None if position is None else capture.nodes[position]
+    if (conv is None or conv.op != "conv" or quantize is None or len(conv_fx.users) != 1
+            or conv.attrs.get("relu") or "clamp" in conv.attrs
+            or _shape_of(conv_fx) != _shape_of(other_fx) or residual.ref == conv.inputs[0]
+            or not _read_only_before(other_fx.args[0], conv_fx)):
+        return False
+    del capture.nodes[position]  # added again last: it now reads the residual too
+    qparams = _qparams([None, *quantize.args[1:6]])
+    output_attrs, output_arrays = qparams_to_fields(qparams, "output")
+    ref = capture.add(Node(conv.name, "conv", (conv.inputs[0], residual.ref),
+                           {**conv.attrs, "relu": relu is not None, **output_attrs},
+                           {**conv.arrays, **output_arrays}, source=conv.source))
+    for node in (fx_node, relu):
+        if node is not None:
+            capture.values[node] = Fused(conv.name)
+    capture.values[quantize] = Quantized(ref, qparams)
+    return True
+
+
+def _shape_of(fx_node):
+    value = fx_node.meta.get("val")
+    return None if value is None else tuple(value.shape)
+
+
+def _read_only_before(quantize_fx, conv_fx) -> bool:
+    """Whether every reader of ``quantize_fx``'s tensor (through its dequantize nodes) but one is
+    an ancestor of ``conv_fx`` (torch/_inductor/fx_passes/mkldnn_fusion.py
+    ``_get_remaining_users``): the buffer is free to be overwritten by the conv's sum."""
+    ancestors, stack = set(), [conv_fx]
+    while stack:
+        node = stack.pop()
+        for parent in node.all_input_nodes:
+            if parent not in ancestors:
+                ancestors.add(parent)
+                stack.append(parent)
+    readers = [user for dequantize in quantize_fx.users for user in dequantize.users]
+    return sum(reader not in ancestors for reader in readers) <= 1
+
+
+FLOAT_FORMS = ("relu", "clamp", "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "upsample")
+"""qexact ops that also run on float32 inputs: exactly (a max, a min, a comparison), or on the
+engine's float32 kernel (the averages, upsampling)."""
 
 
 def _unary(op: str, attrs_of=lambda args: {}, own_output_qparams: bool = False):
@@ -546,10 +612,21 @@ def _unary(op: str, attrs_of=lambda args: {}, own_output_qparams: bool = False):
     quantize`` with the next op's input qparams), run in float32 between converts there."""
 
     def handler(capture, fx_node, args):
-        quantized = _quantized_input(capture, args[0], f"the input of {op}")
         quantize, _ = _following_quantize(fx_node, allow_relu=False)
+        output = None if quantize is None else _qparams([None, *quantize.args[1:6]])
+        if op in FLOAT_FORMS and (isinstance(args[0], FloatValue) or (
+                isinstance(args[0], Dequantized) and output not in (None,
+                                                                    args[0].quantized.qparams))):
+            # on a float32 input (X86InductorQuantizer leaves a conv's output in float32 when
+            # its consumers are not quantized), or between other qparams: the float32 op, after
+            # a dequantize where there is one, as Inductor's generated loops run it
+            ref = _float_ref(capture, args[0], fx_node.args[0])
+            capture.values[fx_node] = FloatValue(capture.add(Node(
+                capture.unique(fx_node.name), op, (ref,), attrs_of(args),
+                source=_source(fx_node))))
+            return
+        quantized = _quantized_input(capture, args[0], f"the input of {op}")
         if not own_output_qparams and quantize is not None:
-            output = _qparams([None, *quantize.args[1:6]])
             if output != quantized.qparams:
                 raise UnsupportedError(f"{op} with output qparams other than its input's "
                                        f"({output.describe()} vs "
@@ -642,6 +719,8 @@ OPS = {
                                               "high": float(args[2]) if len(args) > 2 else 1.0}),
     "hardtanh_": _unary("clamp", lambda args: {"low": float(args[1]) if len(args) > 1 else -1.0,
                                                "high": float(args[2]) if len(args) > 2 else 1.0}),
+    "relu6": _unary("clamp", lambda args: {"low": 0.0, "high": 6.0}),
+    "relu6_": _unary("clamp", lambda args: {"low": 0.0, "high": 6.0}),
     "max_pool2d": _unary("max_pool", _pool_attrs("max")),
     "avg_pool2d": _unary("avg_pool", _pool_attrs("avg"), own_output_qparams=True),
     "adaptive_avg_pool2d": _unary("adaptive_avg_pool", lambda args: {

@@ -100,19 +100,40 @@ def average_windows(label: str, kernel, sums: np.ndarray, windows, x: QuantizedA
     return out
 
 
-def through_float32(label: str, kernel, x: QuantizedArray, engine, output_qparams,
-                    **arguments) -> QuantizedArray:
+def input_values(x) -> tuple[np.ndarray, object]:
+    """(values, dtype) of an averaging op's input: a ``QuantizedArray`` (its integers and
+    quantized dtype), or a float32 array (a PT2E model's float op; dtype ``float32``)."""
+    if isinstance(x, QuantizedArray):
+        return x.values, x.dtype
+    values = np.asarray(x)
+    if values.dtype != np.float32:
+        raise UnsupportedError(f"takes a QuantizedArray or a float32 array, got {values.dtype}")
+    return values, values.dtype
+
+
+def require_float32_kernel(label: str, kernel, x) -> None:
+    """A float32 input runs only on a kernel that computes in float32 (``runs_in_float32``)."""
+    if not isinstance(x, QuantizedArray) and not getattr(kernel, "runs_in_float32", False):
+        raise UnsupportedError(f"{label} on a float32 tensor: the engine's kernel ({kernel.name}) "
+                               "takes quantized tensors only")
+
+
+def through_float32(label: str, kernel, x, engine, output_qparams, **arguments):
     """A kernel that runs in float32 between converts (``kernel.runs_in_float32``): ``x``
     dequantized by the engine's ``"dequantize"`` kernel, ``kernel.compute(d, **arguments)``,
     quantized to ``output_qparams`` (None: the input's) by the engine's ``"quantize"`` kernel;
-    the output contiguous."""
+    the output contiguous. A float32 ``x`` (a float op) gives the float32 result itself."""
     from .quantize import _quantize, dequantize
 
-    output_qparams = output_qparams or x.qparams
-    floats = dequantize(x, engine.kernel("dequantize", x.qparams, x.values.ndim))
+    quantized = isinstance(x, QuantizedArray)
+    floats = dequantize(x, engine.kernel("dequantize", x.qparams, x.values.ndim)) if quantized \
+        else x
     result = record(f"{label} (float32)", kernel.formula, kernel.compute(floats, **arguments),
                     kernel=kernel.name)
     result = np.ascontiguousarray(result)
+    if not quantized:
+        return result
+    output_qparams = output_qparams or x.qparams
     return _quantize(result, output_qparams,
                      engine.kernel("quantize", output_qparams, result.ndim))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engines.base import PAD_ZERO
+from ..requantize import bind_operand
 from ..stages import Stage
 from ._gemm_explain import pair_saturation_stage, per_channel, requantization_stages
 
@@ -55,8 +56,9 @@ def receptive_field_index(params, x, index):
     return [(0, tuple(box[1:]) if unbatched else tuple(box))]
 
 
-def explain_conv(params, x, index) -> list[Stage]:
-    """The stages that produce output element ``index`` = (n, out_channel, *out_position)."""
+def explain_conv(params, x, index, residual=None) -> list[Stage]:
+    """The stages that produce output element ``index`` = (n, out_channel, *out_position);
+    ``residual``: the layer's residual input, if it has one."""
     values = x.values
     index = tuple(int(i) for i in index)
     if values.ndim == len(params.kernel_size) + 1:
@@ -90,5 +92,12 @@ def explain_conv(params, x, index) -> list[Stage]:
             f"({'per tap' if params.pairs_per_tap else 'along the im2col row'}; padded taps "
             f"read {params.padded_tap})")
         stages.append(stage)
-    stages += requantization_stages(params.requantization, acc, channel, params.out_channels)
+    steps = params.requantization
+    if params.residual_qparams is not None:
+        residual_values = residual.values
+        row = np.zeros((1, params.out_channels), dtype=residual_values.dtype)
+        unbatched = residual_values.ndim == len(index) - 1
+        row[0, channel] = residual_values[index[1:] if unbatched else index]
+        steps = bind_operand(steps, "sum", row)
+    stages += requantization_stages(steps, acc, channel, params.out_channels)
     return stages

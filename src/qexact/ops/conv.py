@@ -36,7 +36,7 @@ from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
-from ..requantize import Step, requantize
+from ..requantize import Step, bind_operand, requantize
 from ._gemm import check_activations, check_quantized_bias, output_dtype, quantized_or_float
 from ._conv_explain import explain_conv, receptive_field_index
 from ._registry import graph_op
@@ -87,9 +87,12 @@ class ConvParams(QuantizedLayerAccessors):
     weight_pairs: np.ndarray | None
     risky_pairs: np.ndarray | None
     undefined_input: Callable[[tuple[int, ...]], str] | None = None
+    """Why PyTorch's output is undefined for an input of a spatial size (``ConvKernel``)."""
     inexact: str = ""
     """Why this layer's outputs are not bit-exact on its engine (empty: they are)."""
-    """Why PyTorch's output is undefined for an input of a spatial size (``ConvKernel``)."""
+    residual_qparams: QParams | None = None
+    """A second input, a quantized residual with these qparams, is added to the float result
+    before the activation (oneDNN's "sum" post-op: Inductor's ``conv(x) + y``); None: none."""
 
     @property
     def kernel_size(self) -> tuple[int, ...]:
@@ -140,7 +143,7 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                  output_qparams: QParams, *, stride=1, padding=0, dilation=1, groups: int = 1,
                  padding_mode: str = "zeros", relu: bool = False,
                  engine: Engine | str, isa: str | None = None, quantized_bias=None,
-                 clamp=None) -> ConvParams:
+                 clamp=None, residual_qparams: QParams | None = None) -> ConvParams:
     """Validate a quantized ConvNd (N = weight.ndim - 2 in 1..3) and derive its kernel's constants.
 
     ``weight``: (OC, C/G, *kernel) int8, qint8 per-tensor or per-channel on axis 0; ``bias``: (OC,)
@@ -148,6 +151,8 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
     ``UnsupportedError`` where PyTorch would refuse the convolution. ``engine`` (required: a name or
     an ``Engine``) on ``isa`` (default: this CPU's). ``clamp``: a fused hardtanh ``(low, high)``
     (a post-op of the float result; refused by an engine whose epilogue has none).
+    ``residual_qparams``: a quantized tensor of the output's shape (per tensor, these qparams)
+    is added to the float result before the activation (a "sum" post-op, refused likewise).
     """
     engine = get_engine(engine, isa)
     weight = np.asarray(weight)
@@ -200,13 +205,18 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                              f"{bias.dtype} {bias.shape}")
     quantized_bias = check_quantized_bias(quantized_bias, numerics, weight.shape[0])
     clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
+    if residual_qparams is not None and residual_qparams.is_per_channel:
+        raise QuantParamError(f"the residual of Conv{dims}d must be quantized per tensor, got "
+                              f"{residual_qparams.describe()}")
     epilogue = numerics.requantization(
         LayerQuantization(input_qparams.scale, weight_qparams, bias, output_qparams, relu,
-                          quantized_bias, clamp))
-    if clamp is not None and not any(step.role == "clamp" for step in epilogue.steps):
-        raise UnsupportedError(f"Conv{dims}d with a fused hardtanh {list(clamp)} on engine "
-                               f"{engine.name!r}: its epilogue ({numerics.name}) has no clamp "
-                               "post-op")
+                          quantized_bias, clamp, residual_qparams))
+    roles = {step.role for step in epilogue.steps}
+    for wanted, role, what in ((clamp is not None, "clamp", f"a fused hardtanh {list(clamp or ())}"),
+                               (residual_qparams is not None, "sum", "a residual add")):
+        if wanted and role not in roles:
+            raise UnsupportedError(f"Conv{dims}d with {what} on engine {engine.name!r}: its "
+                                   f"epilogue ({numerics.name}) has no such post-op")
     rows = grouped_rows(weight, groups)                                   # (G, OC/G, K)
     per_channel_zp = zero_points.reshape(groups, -1, 1) if zero_points.ndim else zero_points
     centered = rows.astype(np.int64) - per_channel_zp
@@ -227,7 +237,7 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
         pairs_per_tap=conv_kernel.pairs_per_tap, padded_tap=conv_kernel.padded_tap,
         weight_centered_t=np.ascontiguousarray(np.swapaxes(centered, 1, 2).astype(np.float32)),
         pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
-        inexact=numerics.inexact,
+        inexact=numerics.inexact, residual_qparams=residual_qparams,
         undefined_input=None if conv_kernel.undefined_input is None else
         (lambda spatial: conv_kernel.undefined_input(geometry, as_2d(tuple(spatial), 1))),
     )
@@ -264,8 +274,10 @@ def conv_accumulator(values: np.ndarray, params: ConvParams) -> np.ndarray:
     return acc
 
 
-def conv(x: QuantizedArray, params: ConvParams) -> QuantizedArray:
-    """Run the prepared convolution on quint8 activations (N, C, *spatial) (or (C, *spatial))."""
+def conv(x: QuantizedArray, params: ConvParams, residual=None) -> QuantizedArray:
+    """Run the prepared convolution on quint8 activations (N, C, *spatial) (or (C, *spatial)).
+    ``residual`` (a layer prepared with ``residual_qparams``): a ``QuantizedArray`` of the
+    output's shape, added before the activation."""
     values = x.values
     dims = len(params.kernel_size)
     unbatched = values.ndim == dims + 1
@@ -289,7 +301,12 @@ def conv(x: QuantizedArray, params: ConvParams) -> QuantizedArray:
         padded = tuple(s + 2 * p for s, p in zip(spatial, params.padding))
         out = output_shape(padded, params.kernel_size, params.stride, (0,) * dims, params.dilation)
     acc = conv_accumulator(values, params)
-    result = requantize(acc, params.requantization, output_dtype(params.output_qparams))
+    steps = params.requantization
+    if params.residual_qparams is not None:
+        operand = residual_operand(residual, params, (values.shape[0], params.out_channels) + out,
+                                   unbatched)
+        steps = bind_operand(steps, "sum", np.moveaxis(operand, 1, -1).reshape(acc.shape))
+    result = requantize(acc, steps, output_dtype(params.output_qparams))
     # Channels fastest in memory, as PyTorch's quantized conv returns it (channels_last): kernels
     # downstream (pooling, mean, norms) choose their path, and so their rounding, by layout.
     result = np.moveaxis(result.reshape((values.shape[0],) + out + (params.out_channels,)), -1, 1)
@@ -298,11 +315,27 @@ def conv(x: QuantizedArray, params: ConvParams) -> QuantizedArray:
     return quantized_or_float(result, params.output_qparams)
 
 
+def residual_operand(residual, params: ConvParams, shape: tuple[int, ...],
+                     unbatched: bool) -> np.ndarray:
+    """The residual's integers as (N, OC, *out), checked against the layer."""
+    if not isinstance(residual, QuantizedArray) or residual.qparams != params.residual_qparams:
+        raise QuantParamError(f"this Conv adds a residual quantized with "
+                              f"{params.residual_qparams.describe()}; pass it as such")
+    values = residual.values
+    if unbatched:
+        values = values[None]
+    if values.shape != shape:
+        raise ShapeError(f"the residual must have the conv output's shape {shape[1 - unbatched:]}"
+                         f", got {values.shape[unbatched:]}")
+    return values
+
+
 @graph_op("conv", "quantized Conv1d/2d/3d and ConvReLU1d/2d/3d (nnq.ConvNd, nniq.ConvReLUNd)")
 class ConvOp:
     """Graph node: arrays ``weight`` (int8), ``bias`` (float32, optional), per-channel weight
     qparams; attrs ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode``, ``relu``,
-    ``clamp`` (a fused hardtanh ``[low, high]``, optional), weight and output qparams."""
+    ``clamp`` (a fused hardtanh ``[low, high]``, optional), weight and output qparams. A second
+    input is a quantized residual added before the activation."""
 
     @staticmethod
     def prepare(node, input_qparams, engine):
@@ -315,14 +348,20 @@ class ConvOp:
             dilation=attrs.get("dilation", 1), groups=attrs.get("groups", 1),
             padding_mode=attrs.get("padding_mode", "zeros"), relu=bool(attrs.get("relu", False)),
             engine=engine, quantized_bias=node.arrays.get("quantized_bias"),
-            clamp=attrs.get("clamp"))
+            clamp=attrs.get("clamp"),
+            residual_qparams=require_quantized(node, input_qparams, 1)
+            if len(node.inputs) > 1 else None)
         return params, params.output_qparams
 
     @staticmethod
     def run(params, inputs):
-        return conv(inputs[0], params)
+        return conv(inputs[0], params, *inputs[1:])
 
     @staticmethod
     def explain(params, inputs, result, index):
-        return explain_conv(params, inputs[0], index), receptive_field_index(params, inputs[0],
-                                                                             index)
+        upstream = receptive_field_index(params, inputs[0], index)
+        residual = None
+        if params.residual_qparams is not None:
+            residual = inputs[1]
+            upstream.append((1, tuple(int(i) for i in index)))
+        return explain_conv(params, inputs[0], index, residual), upstream

@@ -112,12 +112,39 @@ def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedAr
     return QuantizedArray(output(out.astype(dtype.numpy_dtype)), p.output_qparams)
 
 
-def _run_binary(params: BinaryParams, inputs) -> QuantizedArray:
+@dataclass(frozen=True)
+class FloatBinaryParams:
+    """``a + b`` / ``a * b`` on float32 tensors (a PT2E model's ops the quantizer left in
+    float32): one IEEE operation per element in every kernel (ATen's BinaryOpsKernel.cpp,
+    Inductor's generated loops), then the fused ReLU's ``max(v, 0)``."""
+
+    op: str
+    relu: bool
+
+
+def binary_float(a: np.ndarray, b: np.ndarray, p: FloatBinaryParams) -> np.ndarray:
+    """``f32(a + b)`` or ``f32(a * b)`` (broadcasting), then ReLU if ``p.relu``."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != np.float32 or b.dtype != np.float32:
+        raise QuantParamError(f"float {p.op} takes float32 arrays, got {a.dtype} and {b.dtype}")
+    sign = "+" if p.op == "add" else "*"
+    out = record(f"{p.op} (float32)", f"y = f32(a {sign} b)", a + b if p.op == "add" else a * b,
+                 a=a, b=b)
+    if p.relu:
+        out = record("relu (float)", "y = max(y, 0)", np.maximum(out, np.float32(0)), y=out)
+    return out
+
+
+def _run_binary(params, inputs):
+    if isinstance(params, FloatBinaryParams):
+        return binary_float(inputs[0], inputs[1], params)
     return binary(inputs[0], inputs[1], params)
 
 
 def _binary_prepare(op: str, relu: bool):
     def prepare(node, input_qparams, engine):
+        if all(qparams is None for qparams in input_qparams[:2]):
+            return FloatBinaryParams(op, relu), None
         a_qparams = require_quantized(node, input_qparams, 0)
         b_qparams = require_quantized(node, input_qparams, 1)
         output = QParams.per_tensor(node.attrs["output_scale"], node.attrs["output_zero_point"],
@@ -137,10 +164,10 @@ def _binary_class(op: str, relu: bool):
 
         @staticmethod
         def explain(params, inputs, result, index):
-            out_shape = result.values.shape
+            out_shape = np.shape(getattr(result, "values", result))
             upstream = []
             for position in (0, 1):
-                shape = inputs[position].values.shape
+                shape = np.shape(getattr(inputs[position], "values", inputs[position]))
                 offset = len(out_shape) - len(shape)
                 upstream.append((position, tuple(0 if size == 1 else index[offset + d]
                                                  for d, size in enumerate(shape))))
@@ -151,6 +178,7 @@ def _binary_class(op: str, relu: bool):
 
 for _op, _relu in (("add", False), ("add", True), ("mul", False), ("mul", True)):
     _name = _op + ("_relu" if _relu else "")
-    graph_op(_name, f"quantized::{_name} (QFunctional.{_name})")(_binary_class(_op, _relu))
+    graph_op(_name, f"quantized::{_name} (QFunctional.{_name}), or {_op} of float32 tensors"
+             )(_binary_class(_op, _relu))
 
 

@@ -28,7 +28,7 @@ def _explained(run, params, inputs, result, index):
 class AvgPoolOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        qparams = require_quantized(node, input_qparams)
+        qparams = input_qparams[0]  # None: a float32 input (a PT2E model's float op)
         a = node.attrs
         output = output_qparams_of(node)  # a PT2E avg_pool's own output qparams, if any
         params = prepare_pool("avg", int(a["spatial_dims"]), a["kernel_size"], a.get("stride"),
@@ -46,11 +46,11 @@ class AvgPoolOp:
         return _explained(AvgPoolOp.run, params, inputs, result, index)
 
 
-@graph_op("max_pool", "quantized max_pool1d/2d/3d (nn.MaxPool*d, F.max_pool*d)")
+@graph_op("max_pool", "quantized max_pool1d/2d/3d (nn.MaxPool*d, F.max_pool*d), or on float32")
 class MaxPoolOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        qparams = require_quantized(node, input_qparams)
+        qparams = input_qparams[0]  # None: a float32 input
         a = node.attrs
         params = prepare_pool("max", int(a["spatial_dims"]), a["kernel_size"], a.get("stride"),
                               a.get("padding", 0), a.get("dilation", 1),
@@ -70,7 +70,7 @@ class MaxPoolOp:
 class AdaptiveAvgPoolOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        qparams = require_quantized(node, input_qparams)
+        qparams = input_qparams[0]  # None: a float32 input (a PT2E model's float op)
         a = node.attrs
         output = output_qparams_of(node)  # a PT2E adaptive pool's own output qparams, if any
         return prepare_adaptive_pool("avg", int(a["spatial_dims"]), a["output_size"],

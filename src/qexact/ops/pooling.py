@@ -32,8 +32,8 @@ from ..errors import ShapeError, UnsupportedError
 from ..layout import suggests_channels_last, to_channels_last
 from ..qparams import QParams, QuantizedArray
 from ..trace import observing, record
-from ._average import (Index, average_windows, laid_out, output_qparams_for, source_axes,
-                       source_text, through_float32)
+from ._average import (Index, average_windows, input_values, laid_out, output_qparams_for,
+                       require_float32_kernel, source_axes, source_text, through_float32)
 from ._window import (adaptive_windows, box_sums, outer_product, pool_window_starts,
                       pooling_output_size)
 
@@ -83,9 +83,11 @@ class PoolParams:
     """avg: the output's qparams where they differ from the input's (None: the input's), for a
     kernel that takes them (a float32 kernel between converts, ``through_float32``)."""
 
-    def choose_kernel(self, x: QuantizedArray, values: np.ndarray):
-        """The kernel description the engine runs for this input (``Engine.kernel``)."""
-        return self.engine.kernel(f"{self.kind}_pool", self.kernel_size, self.ceil_mode, x.dtype,
+    def choose_kernel(self, x, values: np.ndarray):
+        """The kernel description the engine runs for this input (``Engine.kernel``): a
+        ``QuantizedArray``, or (max pool) a float32 array, whose dtype is then ``float32``."""
+        dtype = x.dtype if isinstance(x, QuantizedArray) else np.dtype(np.float32)
+        return self.engine.kernel(f"{self.kind}_pool", self.kernel_size, self.ceil_mode, dtype,
                                   values)
 
 
@@ -145,10 +147,11 @@ def _record_kernel(label: str, kernel) -> None:
            source=kernel.source)
 
 
-def avg_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
-    """Quantized ``avg_pool{1,2,3}d``: x (N, C, *spatial) or (C, *spatial); qparams kept."""
+def avg_pool(x, p: PoolParams):
+    """Quantized ``avg_pool{1,2,3}d``: x (N, C, *spatial) or (C, *spatial); qparams kept. A
+    float32 ``x`` runs on an engine's float32 kernel (a PT2E model's float op) and stays float."""
     spatial = len(p.kernel_size)
-    values = x.values
+    values, _ = input_values(x)
     if values.ndim not in (spatial + 1, spatial + 2):
         raise ShapeError(f"avg_pool{spatial}d expects a {spatial + 1}-D or {spatial + 2}-D input, "
                          f"got shape {values.shape}")
@@ -157,6 +160,7 @@ def avg_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
         return QuantizedArray(np.squeeze(result.values, -2), result.qparams)
     kernel = p.choose_kernel(x, values)
     _record_kernel("avg_pool", kernel)
+    require_float32_kernel("avg_pool", kernel, x)
     if getattr(kernel, "runs_in_float32", False):
         return through_float32("avg_pool", kernel, x, p.engine, p.output_qparams,
                                kernel_size=p.kernel_size, stride=p.stride, padding=p.padding,
@@ -193,21 +197,28 @@ def _as_2d(p: PoolParams) -> PoolParams:
                       p.engine, p.output_qparams)
 
 
-def max_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
+def max_pool(x, p: PoolParams):
     """Quantized ``max_pool{1,2,3}d``: the largest integer over the taps the kernel compares
-    (``MaxPoolKernel.tap``: the valid dilated taps, or each tap clamped into the input)."""
+    (``MaxPoolKernel.tap``: the valid dilated taps, or each tap clamped into the input). On a
+    float32 array (a PT2E model's float op), the largest value, the same way (no NaN inputs:
+    the float ops of PT2E models read float32 conv outputs of finite inputs)."""
     spatial = len(p.kernel_size)
-    values = x.values
+    quantized = isinstance(x, QuantizedArray)
+    values = x.values if quantized else np.asarray(x)
+    if not quantized and values.dtype != np.float32:
+        raise ShapeError(f"max_pool takes a QuantizedArray or a float32 array, got {values.dtype}")
     if values.ndim not in (spatial + 1, spatial + 2):
         raise ShapeError(f"max_pool{spatial}d expects a {spatial + 1}-D or {spatial + 2}-D input, "
                          f"got shape {values.shape}")
     if spatial == 1:  # Pooling.cpp quantized_max_pool1d: unsqueeze, max_pool2d, squeeze
-        result = max_pool(QuantizedArray(np.expand_dims(values, -2), x.qparams), _as_2d(p))
-        return QuantizedArray(np.squeeze(result.values, -2), x.qparams)
+        wide = np.expand_dims(values, -2)
+        result = max_pool(QuantizedArray(wide, x.qparams) if quantized else wide, _as_2d(p))
+        squeezed = np.squeeze(getattr(result, "values", result), -2)
+        return QuantizedArray(squeezed, x.qparams) if quantized else squeezed
     kernel = p.choose_kernel(x, values)
     _record_kernel("max_pool", kernel)
     explaining = observing()
-    lowest = np.iinfo(values.dtype).min
+    lowest = np.iinfo(values.dtype).min if quantized else -np.inf
     result = values
     chosen = []  # explain: per pooled dim so far, the input position of each element's maximum
     taps_shown = {}
@@ -249,7 +260,8 @@ def max_pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
         record("max_pool: maximum", f"q = max of x over the taps {taps} ({kernel.tap_rule}); "
                f"the largest is {source_text(result.ndim)}", result, **shown,
                **source_axes(result.shape, result.ndim - spatial, chosen))
-    return QuantizedArray(laid_out("max_pool", kernel.output, result, values), x.qparams)
+    result = laid_out("max_pool", kernel.output, result, values)
+    return QuantizedArray(result, x.qparams) if quantized else result
 
 
 def pool(x: QuantizedArray, p: PoolParams) -> QuantizedArray:
@@ -327,10 +339,11 @@ def uses_global_mean(values: np.ndarray, p: AdaptivePoolParams) -> bool:
         for d, out in enumerate(p.output_size))
 
 
-def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArray:
-    """Quantized ``adaptive_avg_pool{1,2,3}d``; qparams kept (see module docstring)."""
+def adaptive_avg_pool(x, p: AdaptivePoolParams):
+    """Quantized ``adaptive_avg_pool{1,2,3}d``; qparams kept (see module docstring). A float32
+    ``x`` runs on an engine's float32 kernel (a PT2E model's float op) and stays float."""
     spatial = len(p.output_size)
-    values = x.values
+    values, dtype = input_values(x)
     if values.ndim not in (spatial + 1, spatial + 2) or min(values.shape[1:]) == 0:
         raise ShapeError(f"adaptive_avg_pool{spatial}d expects a non-empty {spatial + 1}-D or "
                          f"{spatial + 2}-D input, got shape {values.shape}")
@@ -359,8 +372,9 @@ def adaptive_avg_pool(x: QuantizedArray, p: AdaptivePoolParams) -> QuantizedArra
         counts.append(end - start)
     in_sizes = values.shape[-spatial:]
     out_sizes = tuple(len(start) for start in starts)
-    kernel = p.engine.kernel("adaptive_avg_pool", in_sizes, out_sizes, x.dtype, values)
+    kernel = p.engine.kernel("adaptive_avg_pool", in_sizes, out_sizes, dtype, values)
     _record_kernel("adaptive_avg_pool", kernel)
+    require_float32_kernel("adaptive_avg_pool", kernel, x)
     if getattr(kernel, "runs_in_float32", False):  # a float32 mean over the pooled dims
         from .reduce import float_mean
 

@@ -37,8 +37,8 @@ from ..qparams import QParams, QuantizedArray
 from ..requantize import DivideFloat32
 from ..rounding import f32
 from ..trace import apply_steps, observing, record
-from ._average import (average_windows, laid_out, output_qparams_for, source_axes, source_text,
-                       upstream_from)
+from ._average import (average_windows, input_values, laid_out, output_qparams_for,
+                       require_float32_kernel, source_axes, source_text, upstream_from)
 from ._registry import graph_op, observed_stages
 from .quantize import dequantize, output_qparams_of, quantize_per_tensor, require_quantized
 
@@ -139,17 +139,19 @@ def _record_group(label: str, formula: str, result: np.ndarray, values: np.ndarr
            dims=list(reduced), **source_axes(result.shape, 0, axes), **shown)
 
 
-def mean(x: QuantizedArray, p: MeanParams) -> QuantizedArray:
-    """Quantized ``mean`` over ``p.dim`` (see the module docstring for the kernels)."""
-    values = x.values
+def mean(x, p: MeanParams):
+    """Quantized ``mean`` over ``p.dim`` (see the module docstring for the kernels). A float32
+    ``x`` runs on an engine's float32 kernel (a PT2E model's float op) and stays float."""
+    values, dtype = input_values(x)
     reduced = reduced_dims(values.shape, p.dim)
     count = math.prod(values.shape[d] for d in reduced)
     if count == 0 or values.size == 0:
         raise ShapeError(f"mean of an empty quantized tensor (shape {values.shape})")
     out_shape = _output_shape(values.shape, reduced, p.keepdim)
-    kernel = p.engine.kernel("mean", p.dim, reduced, out_shape, x.dtype, values)
+    kernel = p.engine.kernel("mean", p.dim, reduced, out_shape, dtype, values)
     record("mean: kernel", "the kernel that runs this call", None, kernel=kernel.name,
            source=kernel.source)
+    require_float32_kernel("mean", kernel, x)
     if getattr(kernel, "runs_in_float32", False):
         return float_mean(x, kernel, reduced, out_shape, p.engine, p.output_qparams)
     if isinstance(kernel, AverageKernel):
@@ -177,19 +179,20 @@ def mean(x: QuantizedArray, p: MeanParams) -> QuantizedArray:
     return QuantizedArray(to_contiguous(result.values), x.qparams)
 
 
-def float_mean(x: QuantizedArray, kernel, reduced, out_shape, engine,
-               output_qparams) -> QuantizedArray:
+def float_mean(x, kernel, reduced, out_shape, engine, output_qparams):
     """A mean in float32 between converts (a kernel with ``runs_in_float32`` and an ``order``):
     ``x`` dequantized by the engine's ``"dequantize"`` kernel, each group summed in
     ``kernel.order`` (``"sequential"``: from 0.0 in the logical C order; ``"aten cascade"``:
     ``_cascade_sum``), ``f32(sum / N)``, quantized to ``output_qparams`` (None: the input's) by
-    the engine's ``"quantize"`` kernel; the output contiguous."""
+    the engine's ``"quantize"`` kernel; the output contiguous. A float32 ``x`` (a float op)
+    gives the float32 mean itself."""
     from .quantize import _quantize
 
-    output_qparams = output_qparams or x.qparams
-    values = x.values
+    quantized = isinstance(x, QuantizedArray)
+    values = x.values if quantized else x
     count = math.prod(values.shape[d] for d in reduced)
-    floats = dequantize(x, engine.kernel("dequantize", x.qparams, values.ndim))
+    floats = dequantize(x, engine.kernel("dequantize", x.qparams, values.ndim)) if quantized \
+        else x
     if kernel.order == "sequential":
         kept = [d for d in range(values.ndim) if d not in reduced]
         grouped = np.transpose(floats, kept + list(reduced)).reshape(-1, count)
@@ -207,6 +210,9 @@ def float_mean(x: QuantizedArray, kernel, reduced, out_shape, engine,
     averaged = apply_steps(total, (DivideFloat32("divided by N", divisor=f32(count)),),
                            prefix="mean: ")
     averaged = np.ascontiguousarray(averaged, np.float32)
+    if not quantized:
+        return averaged
+    output_qparams = output_qparams or x.qparams
     return _quantize(averaged, output_qparams,
                      engine.kernel("quantize", output_qparams, averaged.ndim))
 
@@ -384,7 +390,7 @@ def _cascade_sum(floats: np.ndarray, reduced, lanes: int, threads: int = 1) -> n
 class MeanOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
-        qparams = require_quantized(node, input_qparams)
+        qparams = input_qparams[0]  # None: a float32 input (a PT2E model's float op)
         a = node.attrs
         output = output_qparams_of(node)  # a PT2E mean's own output qparams, if any
         return prepare_mean(a.get("dim"), a.get("keepdim", False), a.get("dtype"), engine=engine,

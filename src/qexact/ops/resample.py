@@ -43,7 +43,8 @@ from ..layout import suggests_channels_last, to_channels_last, to_contiguous
 from ..qparams import QParams, QuantizedArray
 from ..rounding import f32, fma_float32
 from ..trace import apply_steps, observing, record
-from ._average import laid_out, source_axes, through_float32, upstream_from
+from ._average import (input_values, laid_out, require_float32_kernel, source_axes,
+                       through_float32, upstream_from)
 from ._registry import graph_op, observed_stages
 from .quantize import output_qparams_of, require_quantized
 
@@ -240,10 +241,11 @@ def _bilinear(x: QuantizedArray, kernel, out_h: int, out_w: int, scales,
     return out
 
 
-def upsample(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
+def upsample(x, p: UpsampleParams):
     """Quantized ``F.interpolate`` (nearest, bilinear) on an (N, C, H, W) input, by the kernel the
-    engine runs for it (``UpsampleKernel``)."""
-    values = x.values
+    engine runs for it (``UpsampleKernel``). A float32 ``x`` runs on an engine's float32 kernel
+    (a PT2E model's float op) and stays float."""
+    values, _ = input_values(x)
     if values.ndim != 4:
         raise ShapeError(f"quantized upsample expects a 4-D (N, C, H, W) input, got {values.shape}")
     (out_h, out_w), (scale_h, scale_w) = _output_sizes(p, values.shape[2:])
@@ -251,6 +253,7 @@ def upsample(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
     kernel = p.engine.kernel("upsample", p.mode, values)
     record("upsample: kernel", "the kernel that runs this call", None, kernel=kernel.name,
            source=kernel.source)
+    require_float32_kernel("upsample", kernel, x)
     if getattr(kernel, "runs_in_float32", False):
         return through_float32("upsample", kernel, x, p.engine, p.output_qparams,
                                size=(out_h, out_w), align_corners=p.align_corners)
@@ -322,9 +325,11 @@ def _with_runtime_size(params: UpsampleParams, inputs) -> UpsampleParams:
 class UpsampleOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
+        from ..engines import get_engine
+
         a = node.attrs
         if not input_qparams or input_qparams[0] is None:
-            if a["mode"] != "nearest":
+            if a["mode"] != "nearest" and get_engine(engine).flow != "pt2e":
                 raise UnsupportedError(
                     f"{a['mode']} upsampling of a float tensor (F.interpolate between a dequantize "
                     "and a quantize, as FX leaves it) is not supported: the arithmetic of ATen's "
@@ -342,9 +347,12 @@ class UpsampleOp:
     @staticmethod
     def run(params, inputs):
         params = _with_runtime_size(params, inputs)
-        if not isinstance(inputs[0], QuantizedArray):
-            return upsample_nearest_float(np.asarray(inputs[0]), params)
-        return upsample(inputs[0], params)
+        x = inputs[0]
+        if not isinstance(x, QuantizedArray) and not getattr(
+                params.engine.kernel("upsample", params.mode, np.asarray(x)), "runs_in_float32",
+                False):  # FX's float nearest upsample, as ATen's float kernel runs it
+            return upsample_nearest_float(np.asarray(x), params)
+        return upsample(x, params)
 
     @staticmethod
     def explain(params, inputs, result, index):
