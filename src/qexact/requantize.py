@@ -132,6 +132,24 @@ class AddResidualFloat32(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class AddOperandFloat32(Step):
+    """``v = f32(v + r)`` with a float32 tensor ``r`` read at run time (``operand``, bound per
+    call by ``bind_operand``): a float residual added to a layer's float result (oneDNN's
+    "add" post-op, which Inductor fuses into a Linear for ``linear(x) + y``)."""
+
+    operand: np.ndarray | None = None
+    formula = "f32(v + {operand})"
+
+    def apply(self, value):
+        if self.operand is None:
+            raise ValueError(f"step {self.label!r} has no operand bound (bind_operand)")
+        return f32(value + self.operand)
+
+    def shown(self):
+        return {"operand": self.operand}
+
+
+@dataclass(frozen=True, eq=False)
 class MultiplyOperandFloat32(Step):
     """``v = f32(v * r)`` with ``r`` read at run time (``operand``, bound per call by
     ``bind_operand``): a dynamically quantized input's per-row scale."""

@@ -79,3 +79,44 @@ def test_conv_residual_sum_equals_onednn(relu, cancel, groups, padding):
         unfused += int(np.count_nonzero(conv(qx, two_roundings, residual).values != theirs))
     if cancel and not relu:
         assert unfused > 0  # the data tells one FMA from a dequantize then an add
+
+
+def _onednn_linear_add(qx, x, weight, w_scales, bias, other, relu, out):
+    packed = torch.ops.onednn.qlinear_prepack(torch.from_numpy(weight), list(qx.shape))
+    return torch.ops.onednn.qlinear_pointwise.binary(
+        torch.from_numpy(qx), float(x.scale), int(x.zero_point), packed,
+        torch.from_numpy(w_scales), torch.zeros(weight.shape[0], dtype=torch.int64),
+        torch.from_numpy(other.copy()), None if bias is None else torch.from_numpy(bias),
+        float(out.scale), int(out.zero_point), torch.uint8, 1.0, 0, "add", 1.0,
+        "relu" if relu else "none", [], "").numpy()
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_linear_float_residual_add_equals_onednn_at_output_ties(relu):
+    """Inductor's ``linear(x) + y`` (y float32, quantized after): oneDNN's "add" post-op, then
+    the zero point added before rounding; the residuals put ``t / s_out`` on .5 ties, where
+    adding it after rounding (an Inductor quantize) would differ."""
+    from qexact.ops.linear import linear, prepare_linear
+
+    rng = np.random.default_rng(5)
+    x = QParams.per_tensor(0.03125, 128, QUINT8)
+    out = QParams.per_tensor(0.0625, 131, QUINT8)  # an odd zero point: ties differ
+    w_scales = F(rng.uniform(0.002, 0.02, 24))
+    weight = rng.integers(-127, 128, (24, 40)).astype(np.int8)
+    bias = F(rng.normal(0, 0.5, 24))
+    qx = rng.integers(0, 256, (3, 5, 40)).astype(np.uint8)
+    w = QParams.per_channel(w_scales, np.zeros(24), 0, QINT8)
+    t = linear(QuantizedArray(qx, x), prepare_linear(weight, w, bias, x, None,
+                                                     engine="inductor"))
+    halves = (np.floor(t / F(out.scale)) + F(0.5)) * F(out.scale)
+    other = F(halves - t) + F(rng.integers(-4, 5, t.shape)) * F(out.scale)
+    params = prepare_linear(weight, w, bias, x, out, relu=relu, engine="inductor",
+                            float_residual=True)
+    mine = linear(QuantizedArray(qx, x), params, other).values
+    theirs = _onednn_linear_add(qx, x, weight, w_scales, bias, other, relu, out)
+    assert np.array_equal(mine, theirs)
+    summed = F(t + other)
+    summed = np.maximum(summed, F(0)) if relu else summed
+    scaled = F(summed * F(F(1) / F(out.scale)))
+    after = np.clip(np.rint(scaled) + out.zero_point, 0, 255)
+    assert np.count_nonzero(after != theirs) > 0

@@ -249,9 +249,23 @@ PT2E_MODELS = {
     "test_cnn": (TestCnn, (2, 3, 16, 16)),
 }
 """name -> (model class, input shape)."""
-INDUCTOR_MODELS = {"inductor_mix": (InductorMix, (2, 3, 14, 13))}
+class LinearResidual(nn.Module):
+    """``relu(linear(x) + x)`` quantized after (Inductor's fused "add" post-op), and a float
+    ``linear(z) + z`` at the output (a float add)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(24, 24), nn.Linear(24, 10), nn.Linear(10, 10)
+
+    def forward(self, x):
+        z = self.b(torch.relu(self.a(x) + x))
+        return self.c(z) + z
+
+
+INDUCTOR_MODELS = {"inductor_mix": (InductorMix, (2, 3, 14, 13)),
+                   "linear_residual": (LinearResidual, (4, 7, 24))}
 """Models for engine ``inductor`` only (X86InductorQuantizer's patterns; XNNPACKQuantizer leaves
-their relu6 before a max pool in float32, which qexact does not import)."""
+their relu6 before a max pool in float32, which engine ``xnnpack`` does not run)."""
 DYNAMIC_MODELS = {"mlp": (Mlp, (3, 20)), "mlp3d": (Mlp3d, (3, 5, 40))}
 """Models quantized dynamically (``XNNPACKQuantizer`` with ``is_dynamic=True``)."""
 MODELS = {**PT2E_MODELS, **INDUCTOR_MODELS}

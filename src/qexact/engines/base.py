@@ -346,3 +346,5 @@ class LayerQuantization:
     """A quantized residual tensor (with these qparams) is added to the float result before the
     activation (a "sum" post-op; an engine whose requantization has no step of role ``"sum"``
     refuses it). None: no residual."""
+    float_residual: bool = False
+    """A float32 residual tensor is added there instead (an "add" post-op; refused likewise)."""

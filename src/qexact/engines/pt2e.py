@@ -15,8 +15,9 @@ kernels compute the same (``static_cast<float>`` of the double reciprocal, ``Vec
 from __future__ import annotations
 
 from ..qparams import QParams
-from ..requantize import (AddFloat32, AddInt, AddResidualFloat32, ClampFloat32, ClampInt,
-                          MultiplyFloat32, RoundHalfEvenToInt64, Step, ToFloat32)
+from ..requantize import (AddFloat32, AddInt, AddOperandFloat32, AddResidualFloat32,
+                          ClampFloat32, ClampInt, MultiplyFloat32, RoundHalfEvenToInt64, Step,
+                          ToFloat32)
 from ..rounding import f32
 from ..errors import UnsupportedError
 from .aten_quantize import ConversionKernel
@@ -60,6 +61,9 @@ def float_epilogue(layer, post_ops: bool) -> tuple[list[Step], object]:
     if layer.bias is not None:
         bias = f32(layer.bias)
         steps.append(AddFloat32("float bias", role="bias", term=bias))
+    if layer.float_residual:
+        steps.append(AddOperandFloat32(f"float residual add ({fused}{' add' if post_ops else ''})",
+                                       role="sum"))
     residual = layer.residual_qparams
     if residual is not None:
         steps.append(AddResidualFloat32(

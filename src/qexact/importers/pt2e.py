@@ -541,37 +541,52 @@ def _binary(op: str):
 
 
 def _residual_add(capture: _Capture, fx_node, a, b) -> bool:
-    """``quantize([relu](conv(x) + dequantize(q)))`` with the conv's float32 output read by
-    this add alone (X86InductorQuantizer leaves it unquantized for the fusion), where ``q`` is
-    not the conv's own input and nothing after the conv reads it: Inductor fuses the add into the
-    conv as oneDNN's "sum" post-op on ``q``'s buffer, in place, with a quantized output
-    (``qconv2d_pointwise.binary``; torchao quantization/pt2e/inductor_passes/x86.py
-    ``_is_valid_quantized_op_binary_optimization_pattern``). The conv node takes ``q`` as its
-    second input. Returns False where the pattern does not apply: Inductor then adds in float32
-    (a float32 "sum" post-op or its own loop, the same IEEE additions), and so does qexact."""
-    floats = [i for i, value in enumerate((a, b)) if isinstance(value, FloatValue)]
-    if len(floats) != 1 or not isinstance((a, b)[1 - floats[0]], Dequantized):
-        return False
-    conv_fx, other_fx = fx_node.args[floats[0]], fx_node.args[1 - floats[0]]
-    residual = (a, b)[1 - floats[0]].quantized
-    position = next((i for i, node in enumerate(capture.nodes)
-                     if Ref(node.name) == (a, b)[floats[0]].ref), None)
+    """``quantize([relu](layer(x) + y))`` with the layer's float32 output read by this add alone
+    (X86InductorQuantizer leaves it unquantized for the fusion): Inductor fuses the add into the
+    layer, with a quantized output (torchao quantization/pt2e/inductor_passes/x86.py
+    ``_is_valid_quantized_op_binary_optimization_pattern``), and the layer node takes ``y`` as
+    its second input:
+
+    - a conv, ``y = dequantize(q)`` where ``q`` is not the conv's own input and nothing after the
+      conv reads it: oneDNN's "sum" post-op on ``q``'s buffer, in place
+      (``qconv2d_pointwise.binary``);
+    - a Linear, ``y`` a float32 tensor nothing after the Linear reads: oneDNN's "add" post-op
+      (``qlinear_pointwise.binary``; the extra input is never quantized).
+
+    Returns False where the pattern does not apply: Inductor then adds in float32 (a float32
+    "sum" post-op or its own loop, the same IEEE additions), and so does qexact."""
     quantize, relu = _following_quantize(fx_node, allow_relu=True)
-    conv = None if position is None else capture.nodes[position]
-    if (conv is None or conv.op != "conv" or quantize is None or len(conv_fx.users) != 1
-            or conv.attrs.get("relu") or "clamp" in conv.attrs
-            or _shape_of(conv_fx) != _shape_of(other_fx) or residual.ref == conv.inputs[0]
-            or not _read_only_before(other_fx.args[0], conv_fx)):
+    for position, node in enumerate(capture.nodes):
+        layer = node if any(Ref(node.name) == getattr(v, "ref", None) for v in (a, b)
+                            if isinstance(v, FloatValue)) else None
+        if layer is not None and layer.op in ("conv", "linear"):
+            break
+    else:
         return False
+    index = 0 if getattr(a, "ref", None) == Ref(layer.name) else 1
+    layer_fx, other_fx, other = fx_node.args[index], fx_node.args[1 - index], (a, b)[1 - index]
+    if (quantize is None or len(layer_fx.users) != 1 or layer.attrs.get("relu")
+            or "clamp" in layer.attrs or _shape_of(layer_fx) != _shape_of(other_fx)):
+        return False
+    if layer.op == "conv":  # the residual in place: a quantized tensor nothing later reads
+        if not isinstance(other, Dequantized) or other.quantized.ref == layer.inputs[0] or \
+                len(_read_after(other_fx.args[0], layer_fx)) > 1:
+            return False
+        residual = other.quantized.ref
+    else:  # Linear: a float32 tensor, not the layer's own input, nothing later reads
+        if not isinstance(other, (FloatValue, Dequantized)) or \
+                len(_read_after(other_fx, layer_fx)) > 1:
+            return False
+        residual = _float_ref(capture, other, other_fx)
     del capture.nodes[position]  # added again last: it now reads the residual too
     qparams = _qparams([None, *quantize.args[1:6]])
     output_attrs, output_arrays = qparams_to_fields(qparams, "output")
-    ref = capture.add(Node(conv.name, "conv", (conv.inputs[0], residual.ref),
-                           {**conv.attrs, "relu": relu is not None, **output_attrs},
-                           {**conv.arrays, **output_arrays}, source=conv.source))
+    ref = capture.add(Node(layer.name, layer.op, (layer.inputs[0], residual),
+                           {**layer.attrs, "relu": relu is not None, **output_attrs},
+                           {**layer.arrays, **output_arrays}, source=layer.source))
     for node in (fx_node, relu):
         if node is not None:
-            capture.values[node] = Fused(conv.name)
+            capture.values[node] = Fused(layer.name)
     capture.values[quantize] = Quantized(ref, qparams)
     return True
 
@@ -581,19 +596,19 @@ def _shape_of(fx_node):
     return None if value is None else tuple(value.shape)
 
 
-def _read_only_before(quantize_fx, conv_fx) -> bool:
-    """Whether every reader of ``quantize_fx``'s tensor (through its dequantize nodes) but one is
-    an ancestor of ``conv_fx`` (torch/_inductor/fx_passes/mkldnn_fusion.py
-    ``_get_remaining_users``): the buffer is free to be overwritten by the conv's sum."""
-    ancestors, stack = set(), [conv_fx]
+def _read_after(value_fx, layer_fx) -> list:
+    """The readers of ``value_fx`` that are not ancestors of ``layer_fx`` (torch/_inductor/
+    fx_passes/mkldnn_fusion.py ``_get_remaining_users``; PT2E gives each reader of a quantized
+    tensor its own dequantize node): with one, the add, its buffer is free for the fusion."""
+    ancestors, stack = set(), [layer_fx]
     while stack:
         node = stack.pop()
         for parent in node.all_input_nodes:
             if parent not in ancestors:
                 ancestors.add(parent)
                 stack.append(parent)
-    readers = [user for dequantize in quantize_fx.users for user in dequantize.users]
-    return sum(reader not in ancestors for reader in readers) <= 1
+    return [user for user in value_fx.users  # (export's _guards_fn reads inputs: not an op)
+            if user.op == "call_function" and user not in ancestors]
 
 
 FLOAT_FORMS = ("relu", "clamp", "max_pool", "avg_pool", "adaptive_avg_pool", "mean", "upsample")

@@ -28,9 +28,9 @@ from ..accumulate import (exact_matmul, pair_positions, pair_saturation_correcti
 from ..dtypes import QINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import BiasMode
-from ..errors import QuantParamError, ShapeError
+from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
-from ..requantize import Step, requantize
+from ..requantize import Step, bind_operand, requantize
 from ..stages import Stage
 from ._gemm import check_activations, check_quantized_bias, output_dtype, quantized_or_float
 from ._gemm_explain import pair_saturation_stage, per_channel, requantization_stages
@@ -75,6 +75,9 @@ class LinearParams(QuantizedLayerAccessors):
     risky_pairs: np.ndarray | None
     inexact: str = ""
     """Why this layer's outputs are not bit-exact on its engine (empty: they are)."""
+    float_residual: bool = False
+    """A second input, a float32 residual, is added to the float result before the activation
+    (oneDNN's "add" post-op: Inductor's ``linear(x) + y``)."""
 
     @property
     def in_features(self) -> int:
@@ -97,7 +100,7 @@ class LinearParams(QuantizedLayerAccessors):
 def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                    output_qparams: QParams, *, relu: bool = False,
                    engine: Engine | str, isa: str | None = None,
-                   quantized_bias=None) -> LinearParams:
+                   quantized_bias=None, float_residual: bool = False) -> LinearParams:
     """Validate a quantized Linear and derive everything its integer kernel needs.
 
     ``weight``: (N, K) int8; ``weight_qparams``: qint8, per-tensor or per-channel on axis 0;
@@ -105,6 +108,8 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
     the engine's kernels take (``Engine.activation_dtypes``: quint8, or qint8 for XNNPACK);
     ``output_qparams`` None: a float32 output, where the engine has one (``Engine.float_output``).
     ``engine`` (required: a name or an ``Engine``) on ``isa`` (default: this CPU's).
+    ``float_residual``: a float32 tensor of the output's shape is added to the float result
+    before the activation (an "add" post-op; refused by an engine whose epilogue has none).
     Raises ``QuantParamError`` where PyTorch's engine would refuse the parameters.
     """
     engine = get_engine(engine, isa)
@@ -135,8 +140,11 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
     quantized_bias = check_quantized_bias(quantized_bias, numerics, weight.shape[0])
     epilogue = numerics.requantization(
         LayerQuantization(input_qparams.scale, weight_qparams, bias, output_qparams, relu,
-                          quantized_bias)
+                          quantized_bias, float_residual=float_residual)
     )
+    if float_residual and not any(step.role == "sum" for step in epilogue.steps):
+        raise UnsupportedError(f"Linear with a residual add on engine {engine.name!r}: its "
+                               f"epilogue ({numerics.name}) has no such post-op")
     zero_points = np.asarray(weight_qparams.zero_point, dtype=np.int64)
     centered = weight.astype(np.int64) - (zero_points[:, None] if zero_points.ndim else zero_points)
     positions = weight_pairs = risky = None
@@ -153,7 +161,7 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
         requantization=epilogue.steps, pair_saturation=saturates,
         weight_centered_t=np.ascontiguousarray(centered.T.astype(np.float32)),
         pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
-        inexact=numerics.inexact,
+        inexact=numerics.inexact, float_residual=bool(float_residual),
     )
 
 
@@ -167,8 +175,10 @@ def linear_accumulator(x_values: np.ndarray, params: LinearParams) -> np.ndarray
     return acc
 
 
-def linear(x: QuantizedArray, params: LinearParams) -> QuantizedArray:
-    """Run the prepared Linear on quint8 activations of shape (..., in_features)."""
+def linear(x: QuantizedArray, params: LinearParams, residual=None) -> QuantizedArray:
+    """Run the prepared Linear on quint8 activations of shape (..., in_features); ``residual``
+    (a layer prepared with ``float_residual``): the float32 tensor of the output's shape added
+    before the activation."""
     values = x.values
     if values.ndim < 2 or values.shape[-1] != params.in_features:
         raise ShapeError(
@@ -182,37 +192,62 @@ def linear(x: QuantizedArray, params: LinearParams) -> QuantizedArray:
         )
     rows = values.reshape(-1, params.in_features)
     acc = linear_accumulator(rows, params)
-    out = requantize(acc, params.requantization, output_dtype(params.output_qparams))
+    steps = params.requantization
+    if params.float_residual:
+        steps = bind_operand(steps, "sum", _residual_rows(residual, values.shape[:-1] + (
+            params.out_features,)))
+    out = requantize(acc, steps, output_dtype(params.output_qparams))
     return quantized_or_float(out.reshape(values.shape[:-1] + (params.out_features,)),
                               params.output_qparams)
+
+
+def _residual_rows(residual, shape: tuple[int, ...]) -> np.ndarray:
+    """A float residual checked against the output's ``shape``, as (rows, out_features)."""
+    if isinstance(residual, QuantizedArray) or residual is None or \
+            np.asarray(residual).dtype != np.float32:
+        raise QuantParamError("this Linear adds a float32 residual; pass one")
+    residual = np.asarray(residual)
+    if residual.shape != shape:
+        raise ShapeError(f"the residual must have the Linear's output shape {shape}, got "
+                         f"{residual.shape}")
+    return residual.reshape(-1, shape[-1])
 
 
 @graph_op("linear", "quantized Linear / LinearReLU (nnq.Linear, nniq.LinearReLU)")
 class LinearOp:
     """Graph node: arrays ``weight`` (int8), ``bias`` (float32, optional), per-channel
-    ``weight_scale``/``weight_zero_point``; attrs ``relu``, weight and output qparams."""
+    ``weight_scale``/``weight_zero_point``; attrs ``relu``, weight and output qparams. A second
+    input is a float32 residual added before the activation (Inductor's fused add)."""
 
     @staticmethod
     def prepare(node, input_qparams, engine):
+        input_qparams_list = input_qparams
         input_qparams = require_quantized(node, input_qparams)
         params = prepare_linear(
             node.arrays["weight"], qparams_from_fields(node.attrs, node.arrays, "weight"),
             node.arrays.get("bias"), input_qparams,
             output_qparams_of(node), relu=bool(node.attrs.get("relu", False)), engine=engine,
             quantized_bias=node.arrays.get("quantized_bias"),
+            float_residual=len(node.inputs) > 1,
         )
+        if len(node.inputs) > 1 and input_qparams_list[1] is not None:
+            raise QuantParamError(f"input 1 of {node.op!r} (its residual) must be float32")
         return params, params.output_qparams
 
     @staticmethod
     def run(params, inputs):
-        return linear(inputs[0], params)
+        return linear(inputs[0], params, *inputs[1:])
 
     @staticmethod
     def explain(params, inputs, result, index):
-        return explain_linear(params, inputs[0], index), [(0, index[:-1] + (slice(None),))]
+        upstream = [(0, index[:-1] + (slice(None),))]
+        if params.float_residual:
+            upstream.append((1, tuple(index)))
+        return explain_linear(params, inputs[0], index, *inputs[1:]), upstream
 
 
-def explain_linear(params: LinearParams, x: QuantizedArray, index) -> list[Stage]:
+def explain_linear(params: LinearParams, x: QuantizedArray, index,
+                   residual=None) -> list[Stage]:
     """The stages that produce output element ``index`` (docs/arithmetic.md eq. 5-6)."""
     row, channel = index[:-1], index[-1]
     x_row = x.values[row].astype(np.int64)
@@ -234,5 +269,9 @@ def explain_linear(params: LinearParams, x: QuantizedArray, index) -> list[Stage
             x_row, weight_row, params.pair_positions, exact,
             f"{params.kernel} on {params.isa} has no VNNI: raw u8*s8 pairs are summed in int16")
         stages.append(stage)
-    return stages + requantization_stages(params.requantization, acc, channel,
-                                          params.out_features)
+    steps = params.requantization
+    if params.float_residual:
+        row_of_residual = np.zeros((1, params.out_features), np.float32)
+        row_of_residual[0, channel] = np.asarray(residual)[tuple(index)]
+        steps = bind_operand(steps, "sum", row_of_residual)
+    return stages + requantization_stages(steps, acc, channel, params.out_features)
