@@ -15,10 +15,16 @@ from tests.support import pt2e  # noqa: E402
 from tests.support.assertions import assert_bitexact  # noqa: E402
 
 
-@pytest.mark.parametrize("engine", ["xnnpack", "pt2e_eager"])
-@pytest.mark.parametrize("name", sorted(pt2e.PT2E_MODELS))
-def test_explain_reproduces_a_random_element_of_every_node(name, engine):
-    converted, _ = pt2e.quantized(name, "xnnpack")
+CASES = ([(name, "xnnpack", engine) for name in sorted(pt2e.PT2E_MODELS)
+          for engine in ("xnnpack", "pt2e_eager")]
+         + [(name, "xnnpack_dynamic", "xnnpack") for name in sorted(pt2e.DYNAMIC_MODELS)]
+         + [(name, "inductor", "inductor") for name in sorted(pt2e.MODELS)
+            if name not in pt2e.FLOAT_UNDER_INDUCTOR | pt2e.XNNPACK_ONLY])
+
+
+@pytest.mark.parametrize("name, quantizer, engine", CASES)
+def test_explain_reproduces_a_random_element_of_every_node(name, quantizer, engine):
+    converted, _ = pt2e.quantized(name, quantizer)
     x = pt2e.inputs(name, 7, 2.0).numpy()
     try:
         net = qexact.from_torch(converted, engine=engine)

@@ -54,6 +54,10 @@ NOT_YET = {
     "avg_pool": pytest.mark.xfail(strict=True, raises=UnsupportedError, reason=(
         "the .pte computes avg_pool2d outside XNNPACK (kernel call aten::avg_pool2d.out: "
         "XnnpackPartitioner refuses it), and capture_pte computes XNNPACK delegates only")),
+    "shuffle": pytest.mark.xfail(strict=True, raises=UnsupportedError, reason=(
+        "the .pte splits a float tensor outside XNNPACK (kernel call "
+        "aten::split_with_sizes_copy.out, a copy), and capture_pte computes XNNPACK delegates "
+        "only")),
 }
 EXACT_MODELS = [pytest.param(name, marks=NOT_YET.get(name, ()))
                 for name in sorted(pt2e.PT2E_MODELS)] + ["per_op:mlp"]

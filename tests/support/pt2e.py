@@ -210,6 +210,22 @@ class TestCnn(nn.Module):
         return self.head(f.adaptive_avg_pool2d(y, (1, 1)).flatten(1))
 
 
+class Shuffle(nn.Module):
+    """ShuffleNetV2's block: chunk, a branch, cat, and the channel shuffle as view, transpose,
+    contiguous, view."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = _conv(3, 8), _conv(4, 4), _conv(8, 4, 1)
+
+    def forward(self, x):
+        left, right = self.a(x).chunk(2, dim=1)
+        y = torch.cat([left, torch.relu(self.b(right))], 1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.out(y)
+
+
 class InductorMix(nn.Module):
     """What X86InductorQuantizer quantizes besides GEMMs, in one model (one Inductor compile):
     relu6 and hardtanh fused into convs, max pool, mul, cat, a padded avg pool, a global average
@@ -247,6 +263,7 @@ PT2E_MODELS = {
     "bilinear": (Bilinear, (2, 3, 5, 7)),
     "permute_head": (PermuteHead, (2, 3, 6, 6)),
     "test_cnn": (TestCnn, (2, 3, 16, 16)),
+    "shuffle": (Shuffle, (2, 3, 8, 8)),
 }
 """name -> (model class, input shape)."""
 class LinearResidual(nn.Module):

@@ -92,6 +92,15 @@ class DynamicChoice:
 
 
 @dataclass(frozen=True)
+class Pieces:
+    """The tuple of a ``split``/``chunk`` (node ``ref``), of a quantized tensor (``qparams``) or
+    a float one (None); ``getitem`` picks one."""
+
+    ref: Ref
+    qparams: QParams | None
+
+
+@dataclass(frozen=True)
 class Blocked:
     """The value of an op that is not supported: ops reading it are not reported again."""
 
@@ -312,6 +321,13 @@ def _call(capture: _Capture, fx_node) -> None:
     if getattr(fx_node.target, "__name__", "") == "getitem" and isinstance(args[0], DynamicChoice):
         values[fx_node] = DynamicChoice(args[0].ref, args[0].dtype,
                                         ("scale", "zero_point")[int(args[1])])
+        return
+    if getattr(fx_node.target, "__name__", "") == "getitem" and isinstance(args[0], Pieces):
+        ref = capture.add(Node(capture.unique(fx_node.name), "getitem", (args[0].ref,
+                                                                         int(args[1])),
+                               source=_source(fx_node)))
+        values[fx_node] = FloatValue(ref) if args[0].qparams is None else \
+            Dequantized(Quantized(ref, args[0].qparams))
         return
     name = _aten_name(fx_node.target)
     handler = OPS.get(name.split(".")[0])
@@ -678,6 +694,12 @@ def _cat(capture, fx_node, args):
         capture.values[fx_node] = BLOCKED
         return
     dim = args[1] if len(args) > 1 else 0
+    if any(isinstance(value, FloatValue) for value in tensors):  # a float32 cat (a copy)
+        inputs = tuple(_float_ref(capture, value, item) for value, item in zip(tensors, args[0]))
+        capture.values[fx_node] = FloatValue(capture.add(Node(
+            capture.unique(fx_node.name), "cat", inputs, {"dim": int(dim)},
+            source=_source(fx_node))))
+        return
     inputs = tuple(_quantized_input(capture, value, f"input {i} of cat").ref
                    for i, value in enumerate(tensors))
     _emit(capture, fx_node, "cat", inputs, {"dim": int(dim), "relu": False})
@@ -707,6 +729,23 @@ def _shape(op: str, attrs_of):
             raise UnsupportedError(f"{op} between qparams that differ is not supported")
         capture.values[fx_node] = Fused(node.name)
         capture.values[quantize] = Quantized(ref, qparams)
+
+    return handler
+
+
+def _pieces(op: str, attrs_of):
+    """``split``/``chunk``: a tuple of pieces (``Pieces``) of a quantized or float tensor."""
+
+    def handler(capture, fx_node, args):
+        value = args[0]
+        if isinstance(value, FloatValue):
+            ref, qparams = value.ref, None
+        else:
+            quantized = _quantized_input(capture, value, f"the input of {op}")
+            ref, qparams = quantized.ref, quantized.qparams
+        node = Node(capture.unique(fx_node.name), op, (ref,), attrs_of(args),
+                    source=_source(fx_node))
+        capture.values[fx_node] = Pieces(capture.add(node), qparams)
 
     return handler
 
@@ -753,5 +792,15 @@ OPS = {
     "_unsafe_view": _shape("reshape", lambda args: ({}, tuple(args[1]))),
     "dropout": _shape("identity", lambda args: ({}, ())),
     "permute": _shape("permute", lambda args: ({"dims": list(args[1])}, ())),
+    "transpose": _shape("transpose", lambda args: ({"dim0": int(args[1]), "dim1": int(args[2])},
+                                                   ())),
+    "contiguous": _shape("contiguous", lambda args: ({}, ())),
+    "clone": _shape("contiguous", lambda args: ({}, ())),
+    "chunk": _pieces("chunk", lambda args: {"chunks": int(args[1]),
+                                            "dim": int(args[2]) if len(args) > 2 else 0}),
+    "split": _pieces("split", lambda args: {"split_size_or_sections": args[1],
+                                            "dim": int(args[2]) if len(args) > 2 else 0}),
+    "split_with_sizes": _pieces("split", lambda args: {
+        "split_size_or_sections": list(args[1]), "dim": int(args[2]) if len(args) > 2 else 0}),
 }
 """ATen op (its name without overload) -> handler(capture, fx_node, args)."""
