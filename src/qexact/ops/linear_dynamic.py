@@ -48,6 +48,11 @@ class DynamicLinearParams:
     def in_features(self) -> int:
         return self.weight.shape[1]
 
+    @property
+    def kernel(self) -> str:
+        """The kernel the engine runs (for ``qexact inspect``)."""
+        return self.dynamic.name
+
 
 def prepare_linear_dynamic(weight, weight_qparams: QParams, bias=None, relu: bool = False, *,
                            engine, isa: str | None = None) -> DynamicLinearParams:
