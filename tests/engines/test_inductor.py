@@ -265,9 +265,10 @@ def test_float_inputs_run_the_float32_kernels_and_stay_float():
     from qexact.ops.elementwise import FloatBinaryParams, binary_float
 
     x = F(RNG.normal(size=(2, 3, 7, 6)) * 3)
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # a conv's layout
     got = mean(x, prepare_mean((2, 3), True, engine=INDUCTOR))
     total = np.zeros((2, 3), F)
-    for k in range(42):  # Inductor's sequential sum from 0.0, row-major
+    for k in range(42):  # channels_last, one thread: sequential from 0.0, row-major
         total = F(total + x.reshape(2, 3, 42)[:, :, k])
     assert got.dtype == F and np.array_equal(got, F(total / F(42)).reshape(2, 3, 1, 1))
     got = avg_pool(x, prepare_pool("avg", 2, 3, 2, 1, engine=INDUCTOR))
@@ -288,3 +289,46 @@ def test_float_inputs_are_refused_where_the_kernel_takes_quantized_tensors_only(
     quantized = QuantizedArray(codes((1, 2, 8, 8)), qp(0.1, 3))
     with pytest.raises(UnsupportedError, match="ceil_mode.*another shape"):
         max_pool(quantized, prepare_pool("max", 2, 3, 2, 0, ceil_mode=True, engine=INDUCTOR))
+
+
+def test_inductor_mean_order_follows_layout_size_and_threads():
+    """engines/pt2e_decomposed.py ``inductor_spatial_sum``, written again: values of mixed
+    magnitude make every order give other float32 sums."""
+    from qexact.engines.pt2e_decomposed import inductor_spatial_sum
+
+    def seq(v, start, end, first=None):
+        total = F(0) if first is None else first
+        for p in range(start, end):
+            total = F(total + v[p])
+        return total
+
+    x = F(RNG.normal(size=(2, 8, 8, 8)) * np.exp2(RNG.integers(-12, 12, size=(2, 8, 8, 8))))
+    v = x.reshape(2, 8, 64)
+    # channels_last, 2 threads: 2 * 8 * 64 // 2 = 512 and C // 16 = 0: split 32 + 32
+    split = inductor_spatial_sum(x, True, 2)
+    one = inductor_spatial_sum(x, True, 1)
+    for n, c in np.ndindex(2, 8):
+        assert split[n, c] == F(F(F(0) + seq(v[n, c], 0, 32)) + seq(v[n, c], 32, 64))
+        assert one[n, c] == F(F(0) + seq(v[n, c], 0, 64))
+    assert not np.array_equal(split, one)
+    # NCHW: 16 lanes, then the tree (l, l ^ 8), (^ 4), (^ 2), (^ 1)
+    nchw = inductor_spatial_sum(x, False, 2)
+    for n, c in np.ndindex(2, 8):
+        lanes = [seq(v[n, c, lane::16], 0, 4) for lane in range(16)]
+        for step in (8, 4, 2, 1):
+            lanes = [F(lanes[lane] + lanes[lane ^ step]) for lane in range(16)]
+        assert nchw[n, c] == F(F(0) + lanes[0])
+    # fewer than 8 positions: unrolled from the first value
+    small = F(-np.zeros((1, 2, 2, 3)))
+    assert np.signbit(inductor_spatial_sum(small, True, 1)).all()  # -0.0, not 0.0 + -0.0
+
+
+def test_a_linear_inductor_decomposes_into_a_float_reduction_is_refused():
+    from qexact.ops.linear import linear, prepare_linear
+
+    weight = RNG.integers(-127, 128, (5, 8)).astype(np.int8)
+    w = QParams.per_channel(F(np.full(5, 0.01)), np.zeros(5), 0, QINT8)
+    params = prepare_linear(weight, w, None, qp(0.1, 3), None, engine=INDUCTOR)
+    assert linear(QuantizedArray(codes((2, 8)), qp(0.1, 3)), params).shape == (2, 5)
+    with pytest.raises(UnsupportedError, match="one row with at most 16"):
+        linear(QuantizedArray(codes((1, 8)), qp(0.1, 3)), params)

@@ -102,6 +102,13 @@ def test_inductor_refuses_the_ceil_mode_max_pool_torch_compile_computes_without_
         qexact.from_torch(converted, example_inputs=(example,))
 
 
+@pytest.mark.skipif(not VNNI, reason="engine inductor is modelled on AVX512-VNNI only")
+def test_inductor_refuses_a_linear_it_runs_as_a_float_matmul():
+    converted, example = pt2e.quantized("permute_head", "inductor")  # Linear on (N, H, W, C)
+    with pytest.raises(qexact.UnsupportedError, match="4-D input as a float32 matmul"):
+        qexact.from_torch(converted, example_inputs=(example,))
+
+
 @pytest.mark.parametrize("name", EAGER_MODELS)
 def test_pt2e_eager_differs_only_where_the_float_gemm_rounds_otherwise(name):
     """PyTorch's float GEMM order is not reproduced (engines/pt2e_eager.py): output codes may

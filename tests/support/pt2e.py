@@ -289,8 +289,7 @@ MODELS = {**PT2E_MODELS, **INDUCTOR_MODELS}
 _EVERY_MODEL = {**MODELS, **DYNAMIC_MODELS}
 XNNPACK_ONLY = {
     "max_pool_ceil",      # torch.compile drops ceil_mode (test_pt2e: refused, with the reason)
-    "permute_head",       # Inductor runs the Linear on the permuted input as a float mm
-    "global_pool",        # Inductor splits a float mean between threads (not modelled yet)
+    "permute_head",       # Inductor runs a Linear on a 4-D input as a float mm: refused
 }
 """Models of non-GEMM ops that engine ``xnnpack`` runs and engine ``inductor`` does not yet
 (X86InductorQuantizer leaves these ops' inputs in float32): the inductor tests skip them."""

@@ -160,6 +160,9 @@ class GemmNumerics:
     order qexact does not reproduce (PT2E eager's MKL/oneDNN float GEMM)."""
     dynamic: DynamicQuantization | None = None
     """The kernel for a dynamically quantized float32 input (None: the engine has none)."""
+    not_run_for: Callable[[tuple[int, ...], int], str] | None = None
+    """``not_run_for(input_shape, out_features)``: why the deployment runs another computation
+    than this kernel for a Linear of that input ("" or None: it runs this one)."""
 
     def saturates_pairs(self, isa: str) -> bool:
         return isa in self.pair_saturation_isas

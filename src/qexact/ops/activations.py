@@ -215,7 +215,7 @@ class ClampOp:
         upstream = tuple(index)
         for stage in stages:  # the kernel read another input element into this position
             if "input_index" in stage.values:
-                shape = np.shape(inputs[0].values)
+                shape = np.shape(getattr(inputs[0], "values", inputs[0]))
                 upstream = tuple(int(i) for i in np.unravel_index(
                     int(stage.values["input_index"]), shape))
         return stages, [(0, upstream)]

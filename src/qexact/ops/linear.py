@@ -78,6 +78,8 @@ class LinearParams(QuantizedLayerAccessors):
     float_residual: bool = False
     """A second input, a float32 residual, is added to the float result before the activation
     (oneDNN's "add" post-op: Inductor's ``linear(x) + y``)."""
+    not_run_for: object = None
+    """The kernel's ``GemmNumerics.not_run_for``: sizes the deployment computes otherwise."""
 
     @property
     def in_features(self) -> int:
@@ -162,6 +164,7 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
         weight_centered_t=np.ascontiguousarray(centered.T.astype(np.float32)),
         pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
         inexact=numerics.inexact, float_residual=bool(float_residual),
+        not_run_for=numerics.not_run_for,
     )
 
 
@@ -191,6 +194,9 @@ def linear(x: QuantizedArray, params: LinearParams, residual=None) -> QuantizedA
             f"got {x.qparams.describe()}; prepare it again for these qparams"
         )
     rows = values.reshape(-1, params.in_features)
+    reason = params.not_run_for(values.shape, params.out_features) if params.not_run_for else ""
+    if reason:
+        raise UnsupportedError(f"Linear on engine {params.engine!r}: {reason}")
     acc = linear_accumulator(rows, params)
     steps = params.requantization
     if params.float_residual:

@@ -288,6 +288,8 @@ class AdaptivePoolParams:
     output_qparams: QParams | None = None
     """The output's qparams where they differ from the input's (None: the input's), for a kernel
     whose paths rescale (``AveragePath.rescales``)."""
+    intra_op_threads: int = 1
+    """``torch.get_num_threads()``: a float32 kernel may split its sums between threads."""
 
     @property
     def inexact(self) -> str:
@@ -307,8 +309,9 @@ _GLOBAL_MEAN_DIMS = (-1, -2, -3)
 def prepare_adaptive_pool(kind: str, spatial_dims: int, output_size, *, engine,
                           intra_op_threads: int = 1,
                           output_qparams: QParams | None = None) -> AdaptivePoolParams:
-    """``intra_op_threads`` (PyTorch's ``torch.get_num_threads()``) matters only to a 3-D pool
-    to 1x1x1 that takes ``mean``'s reference path (see ``reduce.MeanParams``)."""
+    """``intra_op_threads`` (PyTorch's ``torch.get_num_threads()``) matters to a 3-D pool to
+    1x1x1 that takes ``mean``'s reference path (see ``reduce.MeanParams``) and to a float32
+    kernel that splits its sums between threads (Inductor's)."""
     from ..engines import get_engine
     from .reduce import prepare_mean
 
@@ -327,7 +330,7 @@ def prepare_adaptive_pool(kind: str, spatial_dims: int, output_size, *, engine,
     mean = (prepare_mean(_GLOBAL_MEAN_DIMS, True, engine=engine, intra_op_threads=intra_op_threads,
                          output_qparams=output_qparams)
             if kind == "avg" and spatial_dims == 3 else None)
-    return AdaptivePoolParams(kind, sizes, engine, mean, output_qparams)
+    return AdaptivePoolParams(kind, sizes, engine, mean, output_qparams, int(intra_op_threads))
 
 
 def uses_global_mean(values: np.ndarray, p: AdaptivePoolParams) -> bool:
@@ -380,7 +383,8 @@ def adaptive_avg_pool(x, p: AdaptivePoolParams):
 
         reduced = tuple(range(values.ndim - spatial, values.ndim))
         out_shape = values.shape[:values.ndim - spatial] + out_sizes
-        return float_mean(x, kernel, reduced, out_shape, p.engine, p.output_qparams)
+        return float_mean(x, kernel, reduced, out_shape, p.engine, p.output_qparams,
+                          p.intra_op_threads)
     kernel_input = kernel.kernel_input(values)
     sums = box_sums(kernel.read(kernel_input), starts, ends)
     record_window("adaptive_avg_pool", sums, starts, ends, counts)

@@ -32,7 +32,8 @@ import numpy as np
 from ..engines.aten_pooling import AverageKernel, Windows
 from ..engines.base import Engine
 from ..errors import ShapeError, UnsupportedError
-from ..layout import reorder_dimensions, suggests_channels_last, to_channels_last, to_contiguous
+from ..layout import (is_channels_last, reorder_dimensions, suggests_channels_last,
+                      to_channels_last, to_contiguous)
 from ..qparams import QParams, QuantizedArray
 from ..requantize import DivideFloat32
 from ..rounding import f32
@@ -153,7 +154,8 @@ def mean(x, p: MeanParams):
            source=kernel.source)
     require_float32_kernel("mean", kernel, x)
     if getattr(kernel, "runs_in_float32", False):
-        return float_mean(x, kernel, reduced, out_shape, p.engine, p.output_qparams)
+        return float_mean(x, kernel, reduced, out_shape, p.engine, p.output_qparams,
+                          p.intra_op_threads)
     if isinstance(kernel, AverageKernel):
         sums = values.astype(np.int64).sum(axis=reduced).reshape(out_shape)
         _record_group("mean: group sum", "S = sum of the {N} elements of dims {dims} from "
@@ -179,13 +181,14 @@ def mean(x, p: MeanParams):
     return QuantizedArray(to_contiguous(result.values), x.qparams)
 
 
-def float_mean(x, kernel, reduced, out_shape, engine, output_qparams):
+def float_mean(x, kernel, reduced, out_shape, engine, output_qparams, threads: int = 1):
     """A mean in float32 between converts (a kernel with ``runs_in_float32`` and an ``order``):
     ``x`` dequantized by the engine's ``"dequantize"`` kernel, each group summed in
     ``kernel.order`` (``"sequential"``: from 0.0 in the logical C order; ``"aten cascade"``:
-    ``_cascade_sum``), ``f32(sum / N)``, quantized to ``output_qparams`` (None: the input's) by
-    the engine's ``"quantize"`` kernel; the output contiguous. A float32 ``x`` (a float op)
-    gives the float32 mean itself."""
+    ``_cascade_sum``; ``"inductor"``: ``kernel.summed_by`` with the layout and ``threads``),
+    ``f32(sum / N)``, quantized to ``output_qparams`` (None: the input's) by the engine's
+    ``"quantize"`` kernel; the output contiguous. A float32 ``x`` (a float op) gives the float32
+    mean itself."""
     from .quantize import _quantize
 
     quantized = isinstance(x, QuantizedArray)
@@ -199,6 +202,11 @@ def float_mean(x, kernel, reduced, out_shape, engine, output_qparams):
         total = np.zeros(grouped.shape[0], np.float32)
         for k in range(count):
             total = f32(total + grouped[:, k])
+    elif kernel.order == "inductor":
+        if values.ndim != 4 or tuple(sorted(reduced)) != (2, 3):
+            raise UnsupportedError(f"{kernel.name}: only the spatial mean of a 4-D tensor is "
+                                   "modelled")
+        total = kernel.summed_by(floats, is_channels_last(values), threads)
     elif kernel.order == "aten cascade":
         total = _cascade_sum(to_contiguous(floats), reduced, kernel.float_vector_lanes)
     else:
@@ -404,4 +412,4 @@ class MeanOp:
     @staticmethod
     def explain(params, inputs, result, index):
         stages = observed_stages(MeanOp.run, params, inputs, result, index)
-        return stages, upstream_from(stages, inputs[0].values.shape)
+        return stages, upstream_from(stages, np.shape(getattr(inputs[0], "values", inputs[0])))
