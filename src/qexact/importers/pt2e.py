@@ -572,13 +572,12 @@ def _residual_add(capture: _Capture, fx_node, a, b) -> bool:
     Returns False where the pattern does not apply: Inductor then adds in float32 (a float32
     "sum" post-op or its own loop, the same IEEE additions), and so does qexact."""
     quantize, relu = _following_quantize(fx_node, allow_relu=True)
-    for position, node in enumerate(capture.nodes):
-        layer = node if any(Ref(node.name) == getattr(v, "ref", None) for v in (a, b)
-                            if isinstance(v, FloatValue)) else None
-        if layer is not None and layer.op in ("conv", "linear"):
-            break
-    else:
+    floats = [value.ref for value in (a, b) if isinstance(value, FloatValue)]
+    position = next((i for i, node in enumerate(capture.nodes)
+                     if Ref(node.name) in floats and node.op in ("conv", "linear")), None)
+    if position is None:
         return False
+    layer = capture.nodes[position]
     index = 0 if getattr(a, "ref", None) == Ref(layer.name) else 1
     layer_fx, other_fx, other = fx_node.args[index], fx_node.args[1 - index], (a, b)[1 - index]
     if (quantize is None or len(layer_fx.users) != 1 or layer.attrs.get("relu")
