@@ -370,3 +370,19 @@ def test_qd8_parameters_and_codes_by_hand():
     zero = np.float32(np.float32(-128) - np.float32(np.float32(-1.0) * multiplier))
     assert p.zero_point[3] == np.rint(zero)  # -128 + 63.75 = -64.25 -> -64
     assert codes[3].tolist() == [127, -128, -64]
+
+
+def test_dynamic_linear_refuses_rows_it_does_not_model():
+    from qexact.ops.linear_dynamic import linear_dynamic, prepare_linear_dynamic
+
+    weight = RNG.integers(-127, 128, (4, 6)).astype(np.int8)
+    params = prepare_linear_dynamic(weight, QParams.per_channel(F(np.full(4, 0.01)),
+                                                                np.zeros(4), 0, QINT8),
+                                    engine=ENGINE)
+    x = F(RNG.normal(size=(3, 6)))
+    assert linear_dynamic(x, params).shape == (3, 4)
+    x[1, 2] = np.inf
+    with pytest.raises(UnsupportedError, match="NaN or an infinity"):
+        linear_dynamic(x, params)
+    with pytest.raises(UnsupportedError, match="no dynamically quantized Linear"):
+        prepare_linear_dynamic(weight, params.weight_qparams, engine=get_engine("fbgemm"))

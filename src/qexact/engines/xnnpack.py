@@ -106,7 +106,7 @@ def qd8_parameters(rows: np.ndarray) -> RowQuantization:
         z    = f32(-128 - dmin) if f32(f32(-128 + dmin) + f32(127 + dmax)) > 0 else f32(127 - dmax)
         zp   = lrintf(clamp(z, -128, 127)),  scale = f32(1 / S)          (rounded to even)
 
-    Rows holding NaN are not modelled (the min/max reduction's NaN order is the kernel's)."""
+    Rows holding NaN or an infinity are not modelled (ops/linear_dynamic.py refuses them)."""
     rows = np.asarray(rows, np.float32)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         low = np.minimum(rows.min(axis=-1), np.float32(0))

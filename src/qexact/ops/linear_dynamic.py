@@ -91,6 +91,9 @@ def linear_dynamic(x: np.ndarray, params: DynamicLinearParams) -> np.ndarray:
         raise ShapeError(f"a dynamically quantized Linear takes float32 (..., "
                          f"{params.in_features}), got {x.dtype} {x.shape}")
     rows = x.reshape(-1, params.in_features)
+    if not np.isfinite(rows).all():
+        raise UnsupportedError(f"{params.dynamic.name}: a row holding NaN or an infinity; how the "
+                               "kernel's min/max and convert treat them is not modelled")
     out_shape = (rows.shape[0], params.weight.shape[0])
     dynamic = params.dynamic
     chosen = dynamic.parameters(rows)
