@@ -12,8 +12,11 @@ Every deployment fuses such a ``dequantize -> op -> quantize`` pattern into one 
 node from the quantized input to the quantized output, with the int8 weight, the float bias
 and the output's qparams; how it is computed is the engine's (``xnnpack``, ``inductor``,
 ``pt2e_eager``). An op that no quantize follows keeps a float32 output where the engine has one
-(a last Linear under Inductor). Unsupported ops are all reported at once, each with its place
-in the user's model (the module path PT2E keeps in ``nn_module_stack``).
+(a last Linear under Inductor), and the float ops after it are float32 nodes up to the next
+quantize, except the residual adds Inductor fuses into a conv or Linear (``_residual_add``).
+A dynamically quantized Linear (``choose_qparams -> quantize -> dequantize -> linear``) is one
+``linear_dynamic`` node. Unsupported ops are all reported at once, each with its place in the
+user's model (the module path PT2E keeps in ``nn_module_stack``).
 
 torch is imported only inside these functions: ``import qexact`` never imports torch.
 """
