@@ -15,10 +15,9 @@ epilogue (pytorch aten/src/ATen/native/quantized/cpu/qlinear.cpp
     float32 output (none follows):       y = t
 
 The other families (binary, clamp, max_pool, avg_pool, adaptive_avg_pool, mean, cat, upsample)
-are Inductor's generated ``dequantize -> float32 op -> quantize`` loops, shared with engine
-``pt2e_eager`` where the arithmetic is the same (engines/pt2e_decomposed.py). Not modelled: the
-residual add Inductor fuses into a conv (``qconv2d_pointwise.binary``, a "sum" post-op), which
-the PT2E importer refuses.
+are Inductor's generated ``dequantize -> float32 op -> quantize`` loops: eager PT2E's kernels
+where the arithmetic is the same (engines/pt2e_decomposed.py), and here where Inductor's loops
+differ (``KERNELS``: bilinear lerps, the mean's sum order) or were not measured.
 
 Unlike the legacy ``onednn`` engine, the scales reach oneDNN as they are (no reciprocal round
 trips). Measured on AVX512-VNNI; on other ISAs oneDNN runs other int8 kernels whose pairing and
@@ -27,6 +26,7 @@ scale order were not measured for these ops, so qexact refuses them there.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 import numpy as np
@@ -95,6 +95,80 @@ ONEDNN_QLINEAR = GemmNumerics(
 ONEDNN_QCONV = ConvKernel("onednn qconv_pointwise", SOURCE, ONEDNN_QLINEAR, frozenset())
 
 
+# --- the generated loops between dequantize and quantize ---------------------------------------
+
+GENERATED = f"{pt2e_decomposed.DECOMPOSED}; {pt2e_decomposed.INDUCTOR}"
+
+
+def _generated(choose, note: str = ""):
+    """Eager PT2E's kernel for a family whose arithmetic Inductor's loop shares, with the
+    generated loop as its source."""
+    def chosen(engine, *args):
+        return replace(choose(engine, *args), source=GENERATED + note)
+    return chosen
+
+
+def choose_max_pool(engine, kernel_size, ceil_mode: bool, dtype, values: np.ndarray):
+    if ceil_mode and dtype != np.float32:
+        raise UnsupportedError(
+            "max_pool2d with ceil_mode=True between dequantize and quantize: torch.compile "
+            "(torch 2.13, its quantized.max_pool2d lowering in torch/_inductor/fx_passes/"
+            "quantization.py) computes it as if ceil_mode were False (measured), so the compiled "
+            "model's output has another shape than the model's; qexact refuses rather than pick "
+            "one")
+    return _generated(pt2e_decomposed.choose_max_pool, "; quantized.max_pool2d on uint8")(
+        engine, kernel_size, ceil_mode, dtype, values)
+
+
+def choose_avg_pool(engine, kernel_size, ceil_mode: bool, dtype, values: np.ndarray):
+    if ceil_mode or np.prod(kernel_size) > 25:
+        raise UnsupportedError(
+            "avg_pool2d with ceil_mode or a window of more than 25 taps on engine 'inductor': "
+            "Inductor then falls back to aten.avg_pool2d or another loop, not measured")
+    return _generated(pt2e_decomposed.choose_avg_pool, "; torch/_inductor/lowering.py "
+                      "_avg_poolnd")(engine, kernel_size, ceil_mode, dtype, values)
+
+
+BILINEAR = pt2e_decomposed.DecomposedFloatKernel(
+    "dequantize, float32 bilinear upsampling (generated lerps), quantize",
+    pt2e_decomposed.INDUCTOR,
+    "top = f32(v00 + f32(f32(v01 - v00) lx)), bottom likewise, "
+    "y = f32(top + f32(f32(bottom - top) ly))", pt2e_decomposed.bilinear_inductor)
+
+
+def choose_upsample(engine, mode: str, values: np.ndarray):
+    if mode == "bilinear":
+        return BILINEAR
+    return _generated(pt2e_decomposed.choose_upsample)(engine, mode, values)
+
+
+MEAN = pt2e_decomposed.MeanKernel(
+    "dequantize, float32 mean (Inductor's loop), quantize",
+    pt2e_decomposed.INDUCTOR + " cpp_fused_dequantize_per_tensor_mean_quantize_per_tensor",
+    "inductor", summed_by=pt2e_decomposed.inductor_spatial_sum)
+
+
+def choose_mean(engine, dim, reduced, out_shape, dtype, values: np.ndarray):
+    """Inductor's measured form is the mean over the two spatial dims of a 4-D tensor."""
+    if not (values.ndim == 4 and tuple(sorted(reduced)) == (2, 3)):
+        raise UnsupportedError(f"mean over dims {list(reduced)} of a {values.ndim}-D tensor on "
+                               "engine 'inductor': only the spatial mean of a 4-D tensor was "
+                               "measured")
+    return MEAN
+
+
+def choose_adaptive_avg_pool(engine, in_sizes, out_sizes, dtype, values: np.ndarray):
+    pt2e_decomposed.choose_adaptive_avg_pool(engine, in_sizes, out_sizes, dtype, values)
+    return MEAN
+
+
+KERNELS = {**{family: _generated(choose) for family, choose in pt2e_decomposed.KERNELS.items()},
+           "max_pool": choose_max_pool, "avg_pool": choose_avg_pool,
+           "upsample": choose_upsample, "mean": choose_mean,
+           "adaptive_avg_pool": choose_adaptive_avg_pool}
+"""Engine ``inductor``'s families between dequantize and quantize."""
+
+
 def conv_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     return ONEDNN_QCONV
 
@@ -107,6 +181,6 @@ def engine(isa: str) -> Engine:
             "does not claim them; use isa='avx512_vnni'")
     return Engine("inductor", isa, linear=ONEDNN_QLINEAR, conv=conv_kernel, flow="pt2e",
                   activation_dtypes=(QUINT8,), float_output=True,
-                  kernels=MappingProxyType({**pt2e.KERNELS, **pt2e_decomposed.KERNELS}),
+                  kernels=MappingProxyType({**pt2e.KERNELS, **KERNELS}),
                   description="torch.compile (Inductor, freezing) of an X86InductorQuantizer "
                               "PT2E model: oneDNN qconv/qlinear and generated C++")

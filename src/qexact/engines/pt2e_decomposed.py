@@ -84,7 +84,9 @@ def quantize_steps(qparams) -> tuple[Step, ...]:
 
 
 def _engine_source(engine, aten: str) -> str:
-    return f"{DECOMPOSED}; " + (INDUCTOR if engine.name == "inductor" else aten)
+    """Eager PT2E's source: the decomposed converts around ATen's float kernel ``aten`` (engine
+    ``inductor`` states its generated loops instead, engines/inductor.py)."""
+    return f"{DECOMPOSED}; {aten}"
 
 
 # --- binary ----------------------------------------------------------------------------------
@@ -150,19 +152,11 @@ def choose_clamp(engine, qparams, low, high) -> ClampKernel:
 
 
 def choose_max_pool(engine, kernel_size, ceil_mode: bool, dtype, values: np.ndarray):
-    """The integer max of the in-bounds codes (module docstring), or on float32 (a conv's float
-    output, then quantized: Inductor's own max_pool2d loop, ceil_mode included)."""
-    if engine.name == "inductor" and ceil_mode and dtype != np.float32:
-        raise UnsupportedError(
-            "max_pool2d with ceil_mode=True between dequantize and quantize: torch.compile "
-            "(torch 2.13, its quantized.max_pool2d lowering in torch/_inductor/fx_passes/"
-            "quantization.py) computes it as if ceil_mode were False (measured), so the compiled "
-            "model's output has another shape than the model's; qexact refuses rather than pick "
-            "one")
+    """The integer max of the in-bounds codes (module docstring), or the max of a float32
+    tensor."""
     return MaxPoolKernel("max of the in-bounds codes (dequantize, float32 max_pool, quantize)",
-                         _engine_source(engine, "aten/src/ATen/native/cpu/MaxPoolKernel.cpp") +
-                         ("; Inductor: quantized.max_pool2d on uint8" if engine.name == "inductor"
-                          else ""), "valid", "contiguous")
+                         _engine_source(engine, "aten/src/ATen/native/cpu/MaxPoolKernel.cpp"),
+                         "valid", "contiguous")
 
 
 def choose_cat(engine) -> CatKernel:
@@ -235,14 +229,9 @@ def choose_avg_pool(engine, kernel_size, ceil_mode: bool, dtype, values: np.ndar
     """avg_pool2d in float32 between converts (``avg_pool_float``)."""
     if len(kernel_size) != 2:
         raise UnsupportedError(f"avg_pool on engine {engine.name!r} is 2-D only")
-    if engine.name == "inductor" and (ceil_mode or kernel_size[0] * kernel_size[1] > 25):
-        raise UnsupportedError(
-            "avg_pool2d with ceil_mode or a window of more than 25 taps on engine 'inductor': "
-            "Inductor then falls back to aten.avg_pool2d or another loop, not measured")
     return DecomposedFloatKernel(
         "dequantize, float32 avg_pool2d, quantize",
-        _engine_source(engine, "aten/src/ATen/native/cpu/AvgPoolKernel.cpp cpu_avg_pool2d") +
-        ("; torch/_inductor/lowering.py _avg_poolnd" if engine.name == "inductor" else ""),
+        _engine_source(engine, "aten/src/ATen/native/cpu/AvgPoolKernel.cpp cpu_avg_pool2d"),
         "y = f32(sum / D), the in-bounds taps summed in row-major order (true division)",
         avg_pool_float)
 
@@ -324,11 +313,6 @@ def choose_upsample(engine, mode: str, values: np.ndarray):
             "y = x[min(floor(f32(o * f32(in / out))), in - 1)]", nearest_float)
     if mode != "bilinear":
         raise UnsupportedError(f"{mode} upsampling on engine {engine.name!r} is not supported")
-    if engine.name == "inductor":
-        return DecomposedFloatKernel(
-            "dequantize, float32 bilinear upsampling (generated lerps), quantize", INDUCTOR,
-            "top = f32(v00 + f32(f32(v01 - v00) lx)), bottom likewise, "
-            "y = f32(top + f32(f32(bottom - top) ly))", bilinear_inductor)
     return DecomposedFloatKernel(
         "dequantize, ATen float32 upsample_bilinear2d, quantize",
         f"{DECOMPOSED}; aten/src/ATen/native/cpu/UpSampleKernel.cpp cpu_upsample_linear",
@@ -423,24 +407,14 @@ def inductor_spatial_sum(floats: np.ndarray, channels_last: bool, threads: int) 
     return total
 
 
-def mean_kernel(engine) -> MeanKernel:
-    if engine.name == "inductor":
-        return MeanKernel("dequantize, float32 mean (Inductor's loop), quantize",
-                          INDUCTOR + " cpp_fused_dequantize_per_tensor_mean_quantize_per_tensor",
-                          "inductor", summed_by=inductor_spatial_sum)
-    return MeanKernel("dequantize, ATen float32 mean (cascade sum, div_), quantize",
-                      f"{DECOMPOSED}; aten/src/ATen/native/cpu/SumKernel.cpp, ReduceOps.cpp "
-                      "mean_out", "aten cascade", 8, inexact=ATEN_MEAN_INEXACT)
+ATEN_MEAN = MeanKernel("dequantize, ATen float32 mean (cascade sum, div_), quantize",
+                       f"{DECOMPOSED}; aten/src/ATen/native/cpu/SumKernel.cpp, ReduceOps.cpp "
+                       "mean_out", "aten cascade", 8, inexact=ATEN_MEAN_INEXACT)
 
 
-def choose_mean(engine, dim, reduced, out_shape, dtype, values: np.ndarray):
-    """``mean(dim, keepdim)`` in float32 between converts; Inductor's measured form is the mean
-    over the two spatial dims of a 4-D tensor."""
-    if engine.name == "inductor" and not (values.ndim == 4 and tuple(sorted(reduced)) == (2, 3)):
-        raise UnsupportedError(f"mean over dims {list(reduced)} of a {values.ndim}-D tensor on "
-                               "engine 'inductor': only the spatial mean of a 4-D tensor was "
-                               "measured")
-    return mean_kernel(engine)
+def choose_mean(engine, dim, reduced, out_shape, dtype, values: np.ndarray) -> MeanKernel:
+    """``mean(dim, keepdim)`` in float32 between converts."""
+    return ATEN_MEAN
 
 
 def choose_adaptive_avg_pool(engine, in_sizes, out_sizes, dtype, values: np.ndarray):
@@ -448,7 +422,7 @@ def choose_adaptive_avg_pool(engine, in_sizes, out_sizes, dtype, values: np.ndar
     if tuple(out_sizes) != (1, 1) or len(in_sizes) != 2:
         raise UnsupportedError(f"adaptive_avg_pool to {tuple(out_sizes)} on engine "
                                f"{engine.name!r}: only output size (1, 1) (a mean) is supported")
-    return mean_kernel(engine)
+    return ATEN_MEAN
 
 
 INEXACT_KERNELS = {"mean": ATEN_MEAN_INEXACT, "adaptive_avg_pool": ATEN_MEAN_INEXACT,
@@ -458,4 +432,5 @@ INEXACT_KERNELS = {"mean": ATEN_MEAN_INEXACT, "adaptive_avg_pool": ATEN_MEAN_INE
 KERNELS: dict = {"binary": choose_binary, "clamp": choose_clamp, "max_pool": choose_max_pool,
                  "cat": choose_cat, "avg_pool": choose_avg_pool, "upsample": choose_upsample,
                  "mean": choose_mean, "adaptive_avg_pool": choose_adaptive_avg_pool}
-"""The families engines ``inductor`` and ``pt2e_eager`` share (``Engine.kernels``)."""
+"""The families of eager PT2E (``Engine.kernels``); engine ``inductor`` takes them with its
+generated loops' sources and states where its loops differ (engines/inductor.py)."""

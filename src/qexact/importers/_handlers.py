@@ -159,6 +159,12 @@ def _import_torch():
     return torch
 
 
+def torch_threads() -> int:
+    """``torch.get_num_threads()`` now, which importers record on the nodes whose kernels split
+    work between threads (ATen's chunks, Inductor's split sums)."""
+    return int(_import_torch().get_num_threads())
+
+
 def _resolve(path: str):
     """The object at a dotted path (``torch.ao.nn.quantized.Linear``, ``torch.ops.quantized.add``),
     or None where this torch has none."""

@@ -32,7 +32,7 @@ from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
 from ..graph import Graph, Node, Ref
 from ..qparams import QParams, qparams_to_fields
-from ._handlers import _import_torch, unique_name
+from ._handlers import _import_torch, torch_threads, unique_name
 
 QUANTIZE = ("quantize_per_tensor",)
 DEQUANTIZE = ("dequantize_per_tensor",)
@@ -670,12 +670,6 @@ def _unary(op: str, attrs_of=lambda args: {}, own_output_qparams: bool = False):
     return handler
 
 
-def _threads() -> int:
-    """``torch.get_num_threads()`` now: Inductor's mean loop may split its sums between the
-    threads the compiled model runs with (engines/pt2e_decomposed.py ``inductor_spatial_sum``)."""
-    return int(_import_torch().get_num_threads())
-
-
 def _pool_attrs(kind: str):
     def attrs_of(args):
         kernel = list(args[1])
@@ -786,11 +780,11 @@ OPS = {
     "max_pool2d": _unary("max_pool", _pool_attrs("max")),
     "avg_pool2d": _unary("avg_pool", _pool_attrs("avg"), own_output_qparams=True),
     "adaptive_avg_pool2d": _unary("adaptive_avg_pool", lambda args: {
-        "spatial_dims": 2, "output_size": list(args[1]), "intra_op_threads": _threads()},
+        "spatial_dims": 2, "output_size": list(args[1]), "intra_op_threads": torch_threads()},
         own_output_qparams=True),
     "mean": _unary("mean", lambda args: {"dim": list(args[1]),
                                          "keepdim": bool(args[2]) if len(args) > 2 else False,
-                                         "intra_op_threads": _threads()},
+                                         "intra_op_threads": torch_threads()},
                    own_output_qparams=True),
     "upsample_nearest2d": _unary("upsample", _upsample("nearest"), own_output_qparams=True),
     "upsample_bilinear2d": _unary("upsample", _upsample("bilinear"), own_output_qparams=True),

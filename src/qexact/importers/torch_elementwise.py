@@ -12,11 +12,8 @@ from ..dtypes import dtype_named
 from ..errors import UnsupportedError
 from ..graph import Node
 from ..qparams import QParams, qparams_to_fields
-from ._handlers import _arg, _import_torch, function_handler, method_handler, module_handler
-
-
-def _threads() -> int:
-    return int(_import_torch().get_num_threads())
+from ._handlers import _arg, function_handler, method_handler, module_handler
+from ._handlers import torch_threads as _threads
 
 
 def _output(scale, zero_point, dtype: str = "quint8") -> dict:

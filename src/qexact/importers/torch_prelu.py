@@ -14,7 +14,7 @@ from ..dtypes import dtype_named
 from ..errors import UnsupportedError
 from ..graph import Node
 from ..qparams import QParams, qparams_to_fields
-from ._handlers import _import_torch, module_handler
+from ._handlers import _import_torch, module_handler, torch_threads
 
 _DTYPES = {"torch.quint8": "quint8", "torch.qint8": "qint8"}
 
@@ -34,6 +34,6 @@ def _prelu(module, name, inputs):
         QParams.per_tensor(float(weight.q_scale()), int(weight.q_zero_point()),
                            dtype_named(dtype)), "weight")
     attrs.update(weight_attrs)
-    attrs["num_threads"] = int(torch.get_num_threads())
+    attrs["num_threads"] = torch_threads()
     arrays["weight"] = weight.int_repr().numpy().reshape(-1).astype(np.int64)
     return Node(name, "prelu", tuple(inputs[:1]), attrs, arrays)
