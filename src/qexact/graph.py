@@ -12,8 +12,8 @@ or Python ints and tuples (shapes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -74,12 +74,19 @@ class Net:
       their scale and zero point) before the final dequantization;
     - ``net.layers``: each node's prepared parameters by name (``LinearParams`` for Linear layers);
     - ``net.engine``, ``net.graph``.
+
+    ``allow_inexact``: names of float kernels whose order qexact does not reproduce, which it
+    then runs in NumPy's order and marks inexact (``Engine.inexact_kernel``); default none.
     """
 
     def __init__(self, graph: Graph, engine: Engine | str, isa: str | None = None,
-                 aten_capability: str | None = None):
+                 aten_capability: str | None = None, allow_inexact: Iterable[str] = ()):
         self.graph = graph
         self.engine = get_engine(engine, isa, aten_capability)
+        if isinstance(allow_inexact, str):
+            allow_inexact = (allow_inexact,)
+        if allow_inexact:
+            self.engine = replace(self.engine, allowed_inexact=frozenset(allow_inexact))
         load_all_ops()
         self._prepared = self._prepare()
 

@@ -167,8 +167,10 @@ def _exact_int(value) -> int:
     return value
 
 
-def load(path: str | os.PathLike, engine: str | None = None, isa: str | None = None) -> Net:
-    """Read a model written by ``save``. ``engine``/``isa`` default to the saved ones."""
+def load(path: str | os.PathLike, engine: str | None = None, isa: str | None = None,
+         allow_inexact=()) -> Net:
+    """Read a model written by ``save``. ``engine``/``isa`` default to the saved ones;
+    ``allow_inexact`` as for ``Net``."""
     metadata, arrays = read_safetensors(path)
     try:
         document = json.loads(metadata["qexact"])
@@ -183,7 +185,7 @@ def load(path: str | os.PathLike, engine: str | None = None, isa: str | None = N
         raise FormatError(f"engine {engine!r}, isa {isa!r} and aten_capability "
                           f"{aten_capability!r} must be strings")
     try:
-        return Net(graph, engine, isa, aten_capability)
+        return Net(graph, engine, isa, aten_capability, allow_inexact)
     except (UnsupportedError, FormatError):
         raise
     except QexactError as error:

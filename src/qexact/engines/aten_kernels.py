@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from . import (aten_activations, aten_elementwise, aten_normalization, aten_pooling,
-               aten_quantize)
+from . import (aten_activations, aten_elementwise, aten_embedding, aten_float,
+               aten_normalization, aten_pooling, aten_quantize)
 
 ATEN_KERNELS = MappingProxyType({
     **aten_elementwise.KERNELS,
@@ -18,4 +18,6 @@ ATEN_KERNELS = MappingProxyType({
     **aten_pooling.KERNELS,
     **aten_normalization.KERNELS,
     **aten_quantize.KERNELS,
+    **aten_embedding.KERNELS,
+    **aten_float.KERNELS,
 })

@@ -286,6 +286,10 @@ class Engine:
     """Families of ``kernels`` whose descriptions are not bit-exact (``"mean"``, ``"upsample
     bilinear"``: family and mode) -> why; the ops' params expose it as ``inexact`` for inspect."""
 
+    allowed_inexact: frozenset[str] = frozenset()
+    """Float kernels the user allowed to run in an order qexact does not reproduce
+    (``from_torch(..., allow_inexact=("matmul",))``); see ``inexact_kernel``."""
+
     kernels: Mapping[str, Callable[..., Any]] = field(
         default_factory=lambda: MappingProxyType({}), compare=False)
     """The engine's table for every op family beyond the GEMMs: family name -> ``choose(engine,
@@ -312,6 +316,16 @@ class Engine:
             raise UnsupportedError(f"engine {self.name!r} has no {family} kernel; its op "
                                    f"families: {sorted(self.kernels)}")
         return choose(self, *args, **kwargs)
+
+    def inexact_kernel(self, name: str, why: str) -> str:
+        """Where PyTorch runs a float kernel whose order qexact cannot reproduce (an MKL sgemm,
+        MKL's ``vsTanh``): ``why`` (to store as the params' ``inexact``, which inspect and explain
+        show) if the user allowed ``name`` with ``allow_inexact``; else an ``UnsupportedError``
+        naming it and the opt-in."""
+        if name in self.allowed_inexact:
+            return why
+        raise UnsupportedError(f"{why}. qexact refuses it by default; pass allow_inexact="
+                               f"({name!r},) to run it in NumPy's order, marked inexact")
 
     def __str__(self) -> str:
         return f"{self.name} ({self.isa})"

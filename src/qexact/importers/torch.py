@@ -308,7 +308,7 @@ def _refuse_torchao_subclass(model) -> None:
 
 
 def from_torch(model, example_inputs: tuple | None = None, engine: str | None = None,
-               isa: str | None = None) -> Net:
+               isa: str | None = None, allow_inexact=()) -> Net:
     """Import a quantized PyTorch model; returns a ``Net`` that computes what ``model`` does.
 
     ``model``: an eager-mode model converted with ``torch.ao.quantization`` (``prepare``/``convert``),
@@ -325,6 +325,8 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
     the default follows the quantizer: qint8 activations (``XNNPACKQuantizer``) give
     ``xnnpack``, quint8 (``X86InductorQuantizer``) ``inductor``. ``isa`` defaults to this CPU's.
     ``example_inputs``, if given, are run once through the imported net to check it.
+    ``allow_inexact``: float kernels qexact may run in NumPy's order where it cannot reproduce
+    PyTorch's (``("matmul",)``: MKL's sgemm); refused by default, marked inexact when allowed.
     """
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".pte"):
         return from_pte(model, example_inputs, engine, isa)
@@ -339,7 +341,7 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
         graph = capture_script(model) if is_script_module(model) else capture(model)
         engine = engine or torch.backends.quantized.engine
     graph.metadata.update({"torch_version": torch.__version__, "engine": engine})
-    net = Net(graph, engine, isa)
+    net = Net(graph, engine, isa, allow_inexact=allow_inexact)
     if example_inputs is not None:
         if not isinstance(example_inputs, (tuple, list)):
             example_inputs = (example_inputs,)
