@@ -78,3 +78,16 @@ def test_a_registered_engine_runs_a_saved_model(registered):
     assert net.engine.name == "toy"
     out = net(arrays["input_0"])
     assert np.array_equal(np.asarray(out).view(np.uint32), arrays["output_0"].view(np.uint32))
+
+
+def test_an_inexact_kernel_is_refused_unless_allowed():
+    """``Engine.inexact_kernel``: a float kernel whose order qexact does not reproduce is refused,
+    naming the opt-in; ``Net(..., allow_inexact=...)`` / ``qexact.load`` carry the opt-in."""
+    engine = get_engine("fbgemm")
+    with pytest.raises(UnsupportedError, match=r"allow_inexact=\('matmul',\)"):
+        engine.inexact_kernel("matmul", "MKL's sgemm order")
+    allowed = replace(engine, allowed_inexact=frozenset({"matmul"}))
+    assert allowed.inexact_kernel("matmul", "MKL's sgemm order") == "MKL's sgemm order"
+    path = os.path.join(DATA, "conv1d_audio.fbgemm.qexact")
+    assert qexact.load(path, allow_inexact=("matmul",)).engine.allowed_inexact == {"matmul"}
+    assert qexact.load(path).engine.allowed_inexact == frozenset()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from . import (aten_activations, aten_elementwise, aten_embedding, aten_float,
-               aten_normalization, aten_pooling, aten_quantize)
+               aten_normalization, aten_pooling, aten_quantize, aten_rnn)
 
 ATEN_KERNELS = MappingProxyType({
     **aten_elementwise.KERNELS,
@@ -20,4 +20,5 @@ ATEN_KERNELS = MappingProxyType({
     **aten_quantize.KERNELS,
     **aten_embedding.KERNELS,
     **aten_float.KERNELS,
+    **aten_rnn.KERNELS,
 })
