@@ -154,5 +154,57 @@ def choose_normalization(engine, kind: str, output_qparams, relu: bool = False
                                                                              dtype)))
 
 
-KERNELS: dict = {"normalization": choose_normalization}
+# --- Float32 LayerNorm (the kernel FX and eager models run where LayerNorm stays float) -------
+
+FLOAT_KERNELS_SOURCE = ("pytorch aten/src/ATen/native/cpu/layer_norm_kernel.cpp "
+                        "(LayerNormKernelImplInternal, LayerNormSecondPass), "
+                        "aten/src/ATen/native/cpu/moments_utils.h (RowwiseMoments)")
+
+
+@dataclass(frozen=True)
+class FloatLayerNormKernel:
+    """ATen's float32 LayerNorm at one CPU capability (``Engine.kernel("float_normalization",
+    "layer_norm")``), the same for every engine:
+
+    - ``lanes``: floats in one ``Vectorized<float>``: the Welford streams of ``RowwiseMoments``
+      (8 in the AVX2 build; the stub has no AVX512 build, so an AVX512 CPU runs it too, and 8 in
+      the ``default`` build's 32-byte ``vec_base``);
+    - ``fused_multiply_add``: ``vec::fmadd`` is one rounding (``_mm256_fmadd_ps``) and GCC
+      contracts ``a*b + c`` in the scalar ``AddMoments`` and the second pass (built with
+      ``-mavx2 -mfma``); the ``default`` build rounds twice everywhere. The scalar Welford tail
+      ``m2 += delta * (x - m1)`` is not contracted in either build (measured).
+
+    Rows are independent (``parallel_for`` over rows, one row per call): the thread count does
+    not change any value.
+    """
+
+    name: str
+    source: str
+    aten_capability: str
+    lanes: int
+    fused_multiply_add: bool
+    chunk_vectors: int = 16
+    """``kChunkSize``: vectors per Welford chunk before the cascade merges it."""
+
+
+_FLOAT_LANES = {"avx2": 8, "default": 8}
+
+
+def choose_float_normalization(engine, kind: str) -> FloatLayerNormKernel:
+    """ATen's float32 normalization kernel of ``kind`` (``"layer_norm"``) at the engine's
+    capability."""
+    if kind != "layer_norm":
+        raise UnsupportedError(f"float normalization {kind!r} is not supported; supported: "
+                               "['layer_norm']")
+    capability = kernel_capability(getattr(engine, "aten_capability", engine))
+    if capability not in _FLOAT_LANES:
+        raise UnsupportedError(f"aten_capability {capability!r} is not supported for float "
+                               f"LayerNorm; supported: {sorted(_FLOAT_LANES)}")
+    return FloatLayerNormKernel(f"ATen LayerNormKernelImpl float32 ({capability})",
+                                FLOAT_KERNELS_SOURCE, capability, _FLOAT_LANES[capability],
+                                fused_multiply_add=capability == "avx2")
+
+
+KERNELS: dict = {"normalization": choose_normalization,
+                 "float_normalization": choose_float_normalization}
 """This module's entries of the kernel table (``Engine.kernels``)."""

@@ -5,12 +5,19 @@ nnq.GroupNorm -> ``group_norm``; nnq.InstanceNorm1d/2d/3d -> ``instance_norm``. 
 is the input's (ATen allocates ``Y`` with ``X``'s scalar type). GroupNorm and InstanceNorm are
 imported for contiguous (NCHW) inputs; ATen takes another path for channels-last inputs (what a
 quantized Conv returns): set ``node.attrs["channels_last"] = True`` for those.
+
+Float: nn.LayerNorm and F.layer_norm / torch.layer_norm on float tensors -> ``float_layer_norm``
+(ops/float_normalization.py); ``torch.ops.quantized.layer_norm`` (FX's F.layer_norm) ->
+``layer_norm``.
 """
 
 from __future__ import annotations
 
-from ..graph import Node
-from ._handlers import _resolve, module_handler
+import numpy as np
+
+from ..errors import UnsupportedError
+from ..graph import Node, Ref
+from ._handlers import _arg, _resolve, function_handler, module_handler
 
 
 def _float32(tensor):
@@ -69,3 +76,64 @@ def _instance_norm(module, name, inputs):
     attrs.update(num_groups=channels, num_channels=channels)
     return Node(name, "instance_norm", inputs, attrs, arrays)
 
+
+
+# --- Float LayerNorm, and quantized::layer_norm called in an FX forward ------------------------
+
+
+def _float32_array(value, what: str):
+    """A weight or bias given to F.layer_norm: a tensor, a number (a one-element get_attr), or
+    None."""
+    if value is None:
+        return None
+    if isinstance(value, Ref):
+        raise UnsupportedError(f"{what} computed in forward is not supported; give LayerNorm a "
+                               "constant weight and bias")
+    if isinstance(value, (int, float)):
+        return np.asarray([value], np.float32)
+    return _float32(value)
+
+
+@module_handler("torch.nn.LayerNorm")
+def _float_layer_norm_module(module, name, inputs):
+    arrays = {key: value for key in ("weight", "bias")
+              if (value := _float32(getattr(module, key, None))) is not None}
+    return Node(name, "float_layer_norm", inputs, {
+        "normalized_shape": [int(size) for size in module.normalized_shape],
+        "eps": float(module.eps)}, arrays)
+
+
+def _shape_list(shape):
+    if isinstance(shape, Ref) or (isinstance(shape, (tuple, list))
+                                  and any(isinstance(size, Ref) for size in shape)):
+        raise UnsupportedError("layer_norm with a normalized_shape computed in forward "
+                               "(x.shape[-1:]) is not supported; give it constant sizes")
+    return [int(shape)] if isinstance(shape, int) else [int(size) for size in shape]
+
+
+@function_handler("torch.nn.functional.layer_norm", "torch.layer_norm")
+def _float_layer_norm_function(name, args, kwargs):
+    arrays = {}
+    for position, key in ((2, "weight"), (3, "bias")):
+        value = _float32_array(_arg(args, kwargs, position, key, None), f"F.layer_norm {key}")
+        if value is not None:
+            arrays[key] = value
+    return Node(name, "float_layer_norm", args[:1], {
+        "normalized_shape": _shape_list(_arg(args, kwargs, 1, "normalized_shape", None)),
+        "eps": float(_arg(args, kwargs, 4, "eps", 1e-5))}, arrays)
+
+
+@function_handler("torch.ops.quantized.layer_norm")
+def _quantized_layer_norm_function(name, args, kwargs):
+    """``torch.ops.quantized.layer_norm(x, normalized_shape, weight, bias, eps, output_scale,
+    output_zero_point)``: what FX's convert writes for F.layer_norm."""
+    arrays = {}
+    for position, key in ((2, "weight"), (3, "bias")):
+        value = _float32_array(_arg(args, kwargs, position, key, None), f"layer_norm {key}")
+        if value is not None:
+            arrays[key] = value
+    return Node(name, "layer_norm", args[:1], {
+        "normalized_shape": _shape_list(_arg(args, kwargs, 1, "normalized_shape", None)),
+        "eps": float(_arg(args, kwargs, 4, "eps", 1e-5)),
+        "output_scale": float(_arg(args, kwargs, 5, "output_scale", None)),
+        "output_zero_point": int(_arg(args, kwargs, 6, "output_zero_point", None))}, arrays)
