@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from . import (aten_activations, aten_elementwise, aten_embedding, aten_float,
-               aten_normalization, aten_pooling, aten_quantize, aten_rnn)
+from . import (aten_activations, aten_attention, aten_elementwise, aten_embedding, aten_float,
+               aten_matmul, aten_normalization, aten_pooling, aten_quantize, aten_rnn)
 
 ATEN_KERNELS = MappingProxyType({
     **aten_elementwise.KERNELS,
@@ -21,4 +21,6 @@ ATEN_KERNELS = MappingProxyType({
     **aten_embedding.KERNELS,
     **aten_float.KERNELS,
     **aten_rnn.KERNELS,
+    **aten_matmul.KERNELS,
+    **aten_attention.KERNELS,
 })
