@@ -385,4 +385,4 @@ def test_dynamic_linear_refuses_rows_it_does_not_model():
     with pytest.raises(UnsupportedError, match="NaN or an infinity"):
         linear_dynamic(x, params)
     with pytest.raises(UnsupportedError, match="no dynamically quantized Linear"):
-        prepare_linear_dynamic(weight, params.weight_qparams, engine=get_engine("fbgemm"))
+        prepare_linear_dynamic(weight, params.weight_qparams, engine=get_engine("inductor"))

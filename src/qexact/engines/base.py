@@ -116,9 +116,10 @@ class Requantization:
 
 @dataclass(frozen=True)
 class RowQuantization:
-    """A dynamically quantized input's parameters, one per row: ``multiplier`` (float32, the
-    quantize multiplies by it), ``zero_point`` (int64), ``scale`` (float32, the dequantization
-    factor the epilogue applies)."""
+    """A dynamically quantized input's parameters, one set per row of the GEMM: ``multiplier``
+    (float32, the quantize multiplies by it), ``zero_point`` (int64), ``scale`` (float32, the
+    dequantization factor the epilogue applies). A kernel that quantizes the whole tensor with
+    one set (``DynamicQuantization.granularity == "tensor"``) repeats it on every row."""
 
     multiplier: np.ndarray
     zero_point: np.ndarray
@@ -127,11 +128,16 @@ class RowQuantization:
 
 @dataclass(frozen=True)
 class DynamicQuantization:
-    """How a kernel quantizes its float32 input at run time (dynamic quantization), per row of
-    the GEMM (every dim of a Linear's input but the last). ``parameters(rows) ->
-    RowQuantization`` from the (M, K) float32 rows; ``quantize(rows, parameters)`` -> the (M, K)
-    integer codes; ``dtype`` the codes' type; ``requantization(weight_qparams, bias, relu)``
-    the epilogue, whose step of role ``"input_scale"`` takes each row's ``scale`` at run time."""
+    """How a kernel quantizes its float32 input at run time (dynamic quantization).
+    ``parameters(rows) -> RowQuantization`` from the (M, K) float32 rows (every dim of a Linear's
+    input but the last); ``granularity`` says whether each row gets its own parameters
+    (``"row"``: XNNPACK's qd8) or the whole input one set (``"tensor"``: ATen's
+    ``ChooseQuantizationParams`` on the eager engines). ``quantize(rows, parameters)`` -> the
+    (M, K) integer codes; ``dtype`` the codes' type; ``requantization(weight_qparams, bias,
+    relu)`` the epilogue, whose step of role ``"input_scale"`` takes each row's ``scale`` at run
+    time. ``reduce_range``: whether the codes use half the range (the module's flag, as this
+    kernel honours it); ``with_reduce_range(flag)`` gives the kernel for a module's flag (None:
+    the kernel has no such flag; see ``for_reduce_range``)."""
 
     name: str
     source: str
@@ -139,6 +145,15 @@ class DynamicQuantization:
     parameters: Callable[[np.ndarray], RowQuantization]
     quantize: Callable[[np.ndarray, RowQuantization], np.ndarray]
     requantization: Callable[..., Requantization]
+    granularity: str = "row"
+    reduce_range: bool = False
+    with_reduce_range: Callable[[bool], "DynamicQuantization"] | None = None
+
+    def for_reduce_range(self, reduce_range: bool) -> "DynamicQuantization":
+        """The kernel a layer with ``reduce_range`` runs (``self`` when the kernel has no flag)."""
+        if self.with_reduce_range is None:
+            return self
+        return self.with_reduce_range(bool(reduce_range))
 
 
 @dataclass(frozen=True)

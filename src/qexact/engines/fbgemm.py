@@ -17,6 +17,7 @@ pairs with int16 saturation (src/GenerateKernelU8S8S32ACC32.cc).
 from __future__ import annotations
 
 from dataclasses import replace
+from types import MappingProxyType
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from ..rounding import f32
 from .aten_kernels import ATEN_KERNELS
 from .base import (AVX2, AVX512_VNNI, BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics,
                    LayerQuantization, Requantization, integer_output_steps)
+from .dynamic_eager import FBGEMM_DYNAMIC, FP16_KERNELS
 
 
 def requantization(layer: LayerQuantization) -> Requantization:
@@ -55,6 +57,7 @@ FBGEMM_GEMM = GemmNumerics(
     pair_saturation_isas=frozenset({AVX2}),
     allows_weight_zero_point=True,
     requantization=requantization,
+    dynamic=FBGEMM_DYNAMIC,
 )
 
 
@@ -222,7 +225,11 @@ def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     return FBGEMM_CONV_TRANSPOSE
 
 
+KERNELS = MappingProxyType({**ATEN_KERNELS, **FP16_KERNELS})
+"""ATen's table, with FBGEMM's fp16-weight GEMM (``linear_fp16``; engines/dynamic_eager.py)."""
+
+
 def engine(isa: str) -> Engine:
     return Engine("fbgemm", isa, linear=FBGEMM_GEMM, conv=conv_kernel,
-                  conv_transpose=conv_transpose_kernel, kernels=ATEN_KERNELS,
+                  conv_transpose=conv_transpose_kernel, kernels=KERNELS,
                   description="FBGEMM kernels (server x86 CPUs)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
+from types import MappingProxyType
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from ..rounding import f32
 from .aten_kernels import ATEN_KERNELS
 from .base import (AVX2, AVX512_VNNI, PAD_ZERO, BiasMode, ConvGeometry, ConvKernel, Engine,
                    GemmNumerics, LayerQuantization, Requantization)
+from .dynamic_eager import ONEDNN_AVX2_DYNAMIC, ONEDNN_DYNAMIC, no_linear_fp16
 
 
 def _round_trip(scale_float32_reciprocal) -> np.ndarray:
@@ -110,6 +112,7 @@ ONEDNN_BRGEMM_MATMUL = GemmNumerics(
     pair_saturation_isas=frozenset(),
     allows_weight_zero_point=False,
     requantization=requantization,
+    dynamic=ONEDNN_DYNAMIC,
 )
 
 ONEDNN_GEMM_JIT_MATMUL = GemmNumerics(
@@ -120,6 +123,7 @@ ONEDNN_GEMM_JIT_MATMUL = GemmNumerics(
     allows_weight_zero_point=False,
     requantization=partial(requantization, combined_scales=True),
     pair_block_starts=k_block_starts,
+    dynamic=ONEDNN_AVX2_DYNAMIC,
 )
 
 
@@ -296,9 +300,13 @@ def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     return ONEDNN_DECONV_AVX2
 
 
+ONEDNN_KERNELS = MappingProxyType({**ATEN_KERNELS, "linear_fp16": no_linear_fp16("ONEDNN")})
+"""ATen's table; fp16-weight Linear refused as PyTorch does (engines/dynamic_eager.py)."""
+
+
 def engine(isa: str) -> Engine:
     """oneDNN picks brgemm on VNNI CPUs and its int8 ``gemm:jit`` elsewhere (ONEDNN_VERBOSE)."""
     linear = ONEDNN_BRGEMM_MATMUL if isa == AVX512_VNNI else ONEDNN_GEMM_JIT_MATMUL
     return Engine("onednn", isa, linear=linear, conv=conv_kernel,
-                  conv_transpose=conv_transpose_kernel, kernels=ATEN_KERNELS,
+                  conv_transpose=conv_transpose_kernel, kernels=ONEDNN_KERNELS,
                   description="oneDNN kernels through ideep")

@@ -30,6 +30,7 @@ from .aten_kernels import ATEN_KERNELS
 from .aten_quantize import quantize_kernel
 from .base import (BiasMode, ConvGeometry, ConvKernel, Engine, GemmNumerics, LayerQuantization,
                    Requantization, integer_output_steps)
+from .dynamic_eager import QNNPACK_DYNAMIC, no_linear_fp16
 
 
 def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale) -> np.ndarray:
@@ -69,6 +70,7 @@ QNNPACK_GEMM = GemmNumerics(
     allows_weight_zero_point=True,
     requantization=requantization,
     weight_offset=128,
+    dynamic=QNNPACK_DYNAMIC,
 )
 
 
@@ -119,7 +121,8 @@ def engine(isa: str) -> Engine:
 
 
 QNNPACK_KERNELS = MappingProxyType({**ATEN_KERNELS, **qnnpack_add.KERNELS, **qnnpack_lut.KERNELS,
-                                    **qnnpack_pooling.KERNELS})
+                                    **qnnpack_pooling.KERNELS,
+                                    "linear_fp16": no_linear_fp16("QNNPACK")})
 """ATen's table, with the op families PyTorch hands to QNNPACK operators on this engine
 (BinaryOps.cpp qnnpack_add, qhardswish.cpp, qsigmoid.cpp, qtanh.cpp (quint8: lookup tables),
 qclamp.cpp, q_avgpool.cpp, qpool.cpp, ReduceOps.cpp); measured: hardsigmoid, leaky_relu and elu

@@ -6,9 +6,8 @@ FBGEMM: always FBGEMM on AVX2."""
 from __future__ import annotations
 
 from . import fbgemm, onednn
-from .aten_kernels import ATEN_KERNELS
 from .base import AVX512_VNNI, ConvGeometry, ConvKernel, Engine
-from .fbgemm import FBGEMM_GEMM
+from .fbgemm import FBGEMM_GEMM, KERNELS
 
 
 def uses_onednn_conv(geometry: ConvGeometry, isa: str) -> bool:
@@ -33,5 +32,5 @@ def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
 
 def engine(isa: str) -> Engine:
     return Engine("x86", isa, linear=FBGEMM_GEMM, conv=conv_kernel,
-                  conv_transpose=conv_transpose_kernel, kernels=ATEN_KERNELS,
+                  conv_transpose=conv_transpose_kernel, kernels=KERNELS,
                   description="PyTorch's x86 default: FBGEMM for Linear, oneDNN or FBGEMM for conv")
