@@ -169,7 +169,7 @@ def test_refusals():
     with pytest.raises(ShapeError):
         prepare_float_layer_norm((8,), np.ones(8), None, 1e-5, engine="fbgemm")  # float64
     with pytest.raises(UnsupportedError):
-        qexact.get_engine("fbgemm").kernel("float_normalization", "group_norm")
+        qexact.get_engine("fbgemm").kernel("float_normalization", "instance_norm")
 
 
 # --- Models through from_torch -------------------------------------------------------------------

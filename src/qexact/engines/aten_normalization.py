@@ -154,28 +154,45 @@ def choose_normalization(engine, kind: str, output_qparams, relu: bool = False
                                                                              dtype)))
 
 
-# --- Float32 LayerNorm (the kernel FX and eager models run where LayerNorm stays float) -------
+# --- Float32 LayerNorm, GroupNorm, BatchNorm (the kernels FX and eager models run where they stay
+# float) -----------------------------------------------------------------------------------------
 
 FLOAT_KERNELS_SOURCE = ("pytorch aten/src/ATen/native/cpu/layer_norm_kernel.cpp "
                         "(LayerNormKernelImplInternal, LayerNormSecondPass), "
                         "aten/src/ATen/native/cpu/moments_utils.h (RowwiseMoments)")
+FLOAT_SOURCES = {
+    "layer_norm": FLOAT_KERNELS_SOURCE,
+    "group_norm": ("pytorch aten/src/ATen/native/cpu/group_norm_kernel.cpp "
+                   "(GroupNormKernelImplInternal, GroupNormKernelImplChannelsLastInternal impl-1: "
+                   "ColumnwiseMoments, ApplyScaleBias), aten/src/ATen/native/cpu/moments_utils.h "
+                   "(RowwiseMoments)"),
+    "batch_norm": ("pytorch aten/src/ATen/native/cpu/batch_norm_kernel.cpp "
+                   "(batch_norm_cpu_collect_linear_and_constant_terms, "
+                   "batch_norm_cpu_contiguous_impl, batch_norm_cpu_channels_last_impl)"),
+}
+FLOAT_KINDS = tuple(FLOAT_SOURCES)
 
 
 @dataclass(frozen=True)
 class FloatLayerNormKernel:
-    """ATen's float32 LayerNorm at one CPU capability (``Engine.kernel("float_normalization",
-    "layer_norm")``), the same for every engine:
+    """ATen's float32 LayerNorm, GroupNorm or eval BatchNorm (``kind``) at one CPU capability
+    (``Engine.kernel("float_normalization", kind)``), the same for every engine:
 
     - ``lanes``: floats in one ``Vectorized<float>``: the Welford streams of ``RowwiseMoments``
-      (8 in the AVX2 build; the stub has no AVX512 build, so an AVX512 CPU runs it too, and 8 in
-      the ``default`` build's 32-byte ``vec_base``);
+      (LayerNorm, contiguous GroupNorm) and the sum lanes of GroupNorm's ``ColumnwiseMoments``
+      (channels_last) (8 in the AVX2 build; none of these stubs has an AVX512 build
+      (``REGISTER_DISPATCH`` only), so an AVX512 CPU runs the AVX2 one, and 8 in the ``default``
+      build's 32-byte ``vec_base``);
     - ``fused_multiply_add``: ``vec::fmadd`` is one rounding (``_mm256_fmadd_ps``) and GCC
-      contracts ``a*b + c`` in the scalar ``AddMoments`` and the second pass (built with
-      ``-mavx2 -mfma``); the ``default`` build rounds twice everywhere. The scalar Welford tail
-      ``m2 += delta * (x - m1)`` is not contracted in either build (measured).
+      contracts ``a*b + c`` (scalar code and ``Vectorized`` operators alike) in the files built
+      with ``-mavx2 -mfma``: ``AddMoments``, LayerNorm's second pass, GroupNorm's
+      ``bias = -scale*mean + beta`` and ``y = scale*x + bias``, BatchNorm's
+      ``beta = b - mean*alpha`` and ``y = x*alpha + beta`` (all measured); the ``default`` build
+      rounds twice everywhere. The scalar Welford tail ``m2 += delta * (x - m1)`` is not
+      contracted in either build (measured).
 
-    Rows are independent (``parallel_for`` over rows, one row per call): the thread count does
-    not change any value.
+    Rows (LayerNorm), groups (GroupNorm) and channels (BatchNorm) are independent: the thread
+    count does not change any value on the paths qexact models.
     """
 
     name: str
@@ -185,24 +202,27 @@ class FloatLayerNormKernel:
     fused_multiply_add: bool
     chunk_vectors: int = 16
     """``kChunkSize``: vectors per Welford chunk before the cascade merges it."""
+    kind: str = "layer_norm"
 
 
 _FLOAT_LANES = {"avx2": 8, "default": 8}
+_FLOAT_NAMES = {"layer_norm": "LayerNormKernelImpl", "group_norm": "GroupNormKernelImpl",
+                "batch_norm": "batch_norm_cpu_kernel (eval)"}
 
 
 def choose_float_normalization(engine, kind: str) -> FloatLayerNormKernel:
-    """ATen's float32 normalization kernel of ``kind`` (``"layer_norm"``) at the engine's
+    """ATen's float32 normalization kernel of ``kind`` (``FLOAT_KINDS``) at the engine's
     capability."""
-    if kind != "layer_norm":
+    if kind not in FLOAT_SOURCES:
         raise UnsupportedError(f"float normalization {kind!r} is not supported; supported: "
-                               "['layer_norm']")
+                               f"{list(FLOAT_KINDS)}")
     capability = kernel_capability(getattr(engine, "aten_capability", engine))
     if capability not in _FLOAT_LANES:
         raise UnsupportedError(f"aten_capability {capability!r} is not supported for float "
-                               f"LayerNorm; supported: {sorted(_FLOAT_LANES)}")
-    return FloatLayerNormKernel(f"ATen LayerNormKernelImpl float32 ({capability})",
-                                FLOAT_KERNELS_SOURCE, capability, _FLOAT_LANES[capability],
-                                fused_multiply_add=capability == "avx2")
+                               f"{kind}; supported: {sorted(_FLOAT_LANES)}")
+    return FloatLayerNormKernel(f"ATen {_FLOAT_NAMES[kind]} float32 ({capability})",
+                                FLOAT_SOURCES[kind], capability, _FLOAT_LANES[capability],
+                                fused_multiply_add=capability == "avx2", kind=kind)
 
 
 KERNELS: dict = {"normalization": choose_normalization,

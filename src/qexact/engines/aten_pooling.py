@@ -628,15 +628,22 @@ class UpsampleKernel:
 
 
 def choose_upsample(engine, mode: str, values: np.ndarray) -> UpsampleKernel:
-    """UpSampleNearest2d.cpp (nearest), UpSampleBilinear2d.cpp (bilinear, NCHW: a copy when the
-    size is unchanged), ``qupsample_bilinear2d_nhwc_kernel`` (bilinear, channels_last-contiguous
-    input: the AVX2 build on AVX512 CPUs). Channels_last inputs give channels_last bytes in the
-    input's ``suggest_memory_format()`` (``layout.nhwc_kernel_result``)."""
+    """UpSampleNearest2d.cpp / UpSampleNearest3d.cpp (nearest and nearest-exact, 4-D and 5-D:
+    a gather), UpSampleBilinear2d.cpp (bilinear, NCHW: a copy when the size is unchanged),
+    ``qupsample_bilinear2d_nhwc_kernel`` (bilinear, channels_last-contiguous input: the AVX2
+    build on AVX512 CPUs). Channels_last inputs give channels_last bytes in the input's
+    ``suggest_memory_format()`` (``layout.nhwc_kernel_result``)."""
     channels_last = is_channels_last(values)
     layout = "channels_last kernel" if channels_last else "contiguous"
-    if mode == "nearest":
-        return UpsampleKernel("ATen upsample_nearest2d", f"{SOURCE}/UpSampleNearest2d.cpp",
-                              "nearest", None, False, layout)
+    if mode in ("nearest", "nearest-exact"):
+        dims = "3d" if values.ndim == 5 else "2d"
+        op = "_upsample_nearest_exact" if mode == "nearest-exact" else "upsample_nearest"
+        return UpsampleKernel(f"ATen {op}{dims}",
+                              f"{SOURCE}/UpSampleNearest{dims.upper()[0]}d.cpp, "
+                              "aten/src/ATen/native/UpSample.h", mode, None, False, layout)
+    if mode != "bilinear":
+        raise UnsupportedError(f"upsample mode {mode!r} is not supported; supported: 'nearest', "
+                               "'nearest-exact', 'bilinear'")
     if not channels_last:
         return UpsampleKernel("ATen upsample_bilinear2d (NCHW)",
                               f"{SOURCE}/UpSampleBilinear2d.cpp", "bilinear", BILINEAR_UNFUSED,

@@ -8,7 +8,10 @@ quantized Conv returns): set ``node.attrs["channels_last"] = True`` for those.
 
 Float: nn.LayerNorm and F.layer_norm / torch.layer_norm on float tensors -> ``float_layer_norm``
 (ops/float_normalization.py); ``torch.ops.quantized.layer_norm`` (FX's F.layer_norm) ->
-``layer_norm``.
+``layer_norm``. nn.GroupNorm and F.group_norm on float tensors -> ``float_group_norm``;
+nn.BatchNorm1d/2d/3d in eval and F.batch_norm(training=False) -> ``float_batch_norm`` (training
+mode and track_running_stats=False are refused: batch statistics);
+``torch.ops.quantized.batch_norm1d[_relu]`` -> ``batch_norm`` with ``spatial_dims`` 1.
 """
 
 from __future__ import annotations
@@ -137,3 +140,87 @@ def _quantized_layer_norm_function(name, args, kwargs):
         "eps": float(_arg(args, kwargs, 4, "eps", 1e-5)),
         "output_scale": float(_arg(args, kwargs, 5, "output_scale", None)),
         "output_zero_point": int(_arg(args, kwargs, 6, "output_zero_point", None))}, arrays)
+
+
+# --- Float GroupNorm and eval BatchNorm; quantized::batch_norm1d --------------------------------
+
+
+@module_handler("torch.nn.GroupNorm")
+def _float_group_norm_module(module, name, inputs):
+    arrays = {key: value for key in ("weight", "bias")
+              if (value := _float32(getattr(module, key, None))) is not None}
+    return Node(name, "float_group_norm", inputs, {
+        "num_groups": int(module.num_groups), "num_channels": int(module.num_channels),
+        "eps": float(module.eps)}, arrays)
+
+
+@function_handler("torch.nn.functional.group_norm", "torch.group_norm")
+def _float_group_norm_function(name, args, kwargs):
+    arrays = {}
+    for position, key in ((2, "weight"), (3, "bias")):
+        value = _float32_array(_arg(args, kwargs, position, key, None), f"F.group_norm {key}")
+        if value is not None:
+            arrays[key] = value
+    groups = _arg(args, kwargs, 1, "num_groups", None)
+    if isinstance(groups, Ref):
+        raise UnsupportedError("F.group_norm with num_groups computed in forward is not supported")
+    channels = None  # without weight and bias: the input's, checked at run time
+    for value in arrays.values():
+        channels = int(value.size)
+    return Node(name, "float_group_norm", args[:1], {
+        "num_groups": int(groups), "num_channels": channels,
+        "eps": float(_arg(args, kwargs, 4, "eps", 1e-5))}, arrays)
+
+
+@module_handler("torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d", "torch.nn.BatchNorm3d")
+def _float_batch_norm_module(module, name, inputs):
+    if module.training or module.running_mean is None:
+        raise UnsupportedError(
+            f"{type(module).__name__} {name!r} normalizes with batch statistics (training mode "
+            "or track_running_stats=False); qexact runs BatchNorm in eval with running "
+            "statistics: call model.eval()")
+    arrays = {key: value for key in ("weight", "bias", "running_mean", "running_var")
+              if (value := _float32(getattr(module, key, None))) is not None}
+    return Node(name, "float_batch_norm", inputs, {"eps": float(module.eps)}, arrays)
+
+
+@function_handler("torch.nn.functional.batch_norm")
+def _float_batch_norm_function(name, args, kwargs):
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)``."""
+    if _arg(args, kwargs, 5, "training", False):
+        raise UnsupportedError("F.batch_norm with training=True (batch statistics) is not "
+                               "supported; qexact runs eval BatchNorm")
+    arrays = {}
+    for position, key in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
+        value = _float32_array(_arg(args, kwargs, position, key, None), f"F.batch_norm {key}")
+        if value is not None:
+            arrays[key] = value
+    if "running_mean" not in arrays or "running_var" not in arrays:
+        raise UnsupportedError("F.batch_norm without running statistics is not supported")
+    return Node(name, "float_batch_norm", args[:1],
+                {"eps": float(_arg(args, kwargs, 7, "eps", 1e-5))}, arrays)
+
+
+def _quantized_batch_norm(spatial: int, relu: bool):
+    def handler(name, args, kwargs):
+        """``quantized::batch_norm1d(x, weight, bias, mean, var, eps, output_scale,
+        output_zero_point)``: (N, C) or (N, C, L) inputs."""
+        arrays = {}
+        for position, key in ((1, "weight"), (2, "bias"), (3, "running_mean"),
+                              (4, "running_var")):
+            value = _float32_array(_arg(args, kwargs, position, key, None),
+                                   f"quantized batch_norm {key}")
+            if value is not None:
+                arrays[key] = value
+        return Node(name, "batch_norm", args[:1], {
+            "eps": float(_arg(args, kwargs, 5, "eps", 1e-5)),
+            "output_scale": float(_arg(args, kwargs, 6, "output_scale", None)),
+            "output_zero_point": int(_arg(args, kwargs, 7, "output_zero_point", None)),
+            "spatial_dims": spatial, "relu": relu}, arrays)
+
+    return handler
+
+
+for _relu in (False, True):
+    _path = f"torch.ops.quantized.batch_norm1d{'_relu' if _relu else ''}"
+    function_handler(_path, _path + ".default")(_quantized_batch_norm(1, _relu))

@@ -1,4 +1,4 @@
-"""Quantized BatchNorm2d/3d (+ReLU), LayerNorm, GroupNorm and InstanceNorm1d/2d/3d.
+"""Quantized BatchNorm1d/2d/3d (+ReLU), LayerNorm, GroupNorm and InstanceNorm1d/2d/3d.
 
 These are ATen float32 kernels, the same on every quantized engine (only ATen's CPU capability
 matters): each op asks its engine for the kernel (``Engine.kernel("normalization", ...)``, a
@@ -157,15 +157,18 @@ def batch_norm_fused_params(weight, bias, mean, var, eps: float, input_scale: fl
 def prepare_batch_norm(weight, bias, running_mean, running_var, eps: float, input_qparams: QParams,
                        output_scale: float, output_zero_point: int, *, engine: Engine | str,
                        relu: bool = False, spatial_dims: int = 2) -> BatchNormParams:
-    """Validate a quantized BatchNorm2d (``spatial_dims=2``) or 3d and precompute alpha/beta;
+    """Validate a quantized BatchNorm1d (``spatial_dims=1``: (N, C) or (N, C, L) inputs), 2d or
+    3d and precompute alpha/beta;
     ``engine`` (an ``Engine`` or a name) states the kernel."""
-    if spatial_dims not in (2, 3):
-        raise ShapeError(f"quantized BatchNorm is 2d or 3d, got spatial_dims {spatial_dims!r}")
+    if spatial_dims not in (1, 2, 3):
+        raise ShapeError(f"quantized BatchNorm is 1d, 2d or 3d, got spatial_dims "
+                         f"{spatial_dims!r}")
     output_qparams = _check_io(input_qparams, output_scale, output_zero_point, "BatchNorm")
     channels = np.asarray(running_mean).size
-    weight, bias, mean, var = (_float_vector(value, channels, name, 0.0) for value, name in (
-        (weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
-        (running_var, "running_var")))
+    weight, bias, mean, var = (_float_vector(value, channels, name, default)  # w None: 1
+                               for value, name, default in (
+        (weight, "weight", 1.0), (bias, "bias", 0.0), (running_mean, "running_mean", 0.0),
+        (running_var, "running_var", 0.0)))
     inv_sigma, alpha, beta = batch_norm_fused_params(weight, bias, mean, var, float(eps),
                                                      input_qparams.scale, output_qparams.scale)
     kernel = get_engine(engine).kernel("normalization", "batch_norm", output_qparams, bool(relu))
@@ -174,16 +177,19 @@ def prepare_batch_norm(weight, bias, running_mean, running_var, eps: float, inpu
 
 
 def batch_norm(x: QuantizedArray, params: BatchNormParams) -> QuantizedArray:
-    """``quantized::batch_norm2d/3d[_relu]`` on (N, C, *spatial) integers: ``y = fma(alpha,
+    """``quantized::batch_norm1d/2d/3d[_relu]`` on (N, C, *spatial) integers: ``y = fma(alpha,
     q - z_x, beta)`` per element, then the kernel's vector path quantizes a pixel's first
-    ``tail_start`` channels and its scalar tail the rest (every stage reported)."""
+    ``tail_start`` channels and its scalar tail the rest (every stage reported). 1d
+    (qbatch_norm.cpp ``q_batch_norm1d_impl``) runs the 2d kernel on (N, C, L, 1) (an (N, C)
+    input: L = 1): the same per-pixel channel split."""
     values = x.values
-    if values.ndim != params.spatial_dims + 2 or values.shape[1] != params.num_channels:
+    ranks = (2, 3) if params.spatial_dims == 1 else (params.spatial_dims + 2,)
+    if values.ndim not in ranks or values.shape[1] != params.num_channels:
         raise ShapeError(f"BatchNorm{params.spatial_dims}d expects (N, {params.num_channels}, ...) "
-                         f"of rank {params.spatial_dims + 2}, got {values.shape}")
+                         f"of rank {' or '.join(map(str, ranks))}, got {values.shape}")
     _check_input(x, params.input_qparams, "BatchNorm")
     kernel = params.kernel
-    shape = (1, -1) + (1,) * params.spatial_dims
+    shape = (1, -1) + (1,) * (values.ndim - 2)
     alpha, beta = params.alpha.reshape(shape), params.beta.reshape(shape)
     if observing():
         def per_element(table):
@@ -483,7 +489,8 @@ def _output_attrs(node):
     return float(node.attrs["output_scale"]), int(node.attrs["output_zero_point"])
 
 
-@graph_op("batch_norm", "quantized BatchNorm2d/3d (+ReLU) (nnq.BatchNorm2d/3d, nniq.BNReLU2d/3d)")
+@graph_op("batch_norm", "quantized BatchNorm1d/2d/3d (+ReLU) (nnq.BatchNorm2d/3d, nniq.BNReLU2d/3d, "
+          "quantized::batch_norm1d)")
 class BatchNormOp:
     """Arrays ``weight``, ``bias``, ``running_mean``, ``running_var``; attrs ``eps``, ``relu``,
     ``spatial_dims``, ``output_scale``, ``output_zero_point`` (output dtype = input dtype)."""

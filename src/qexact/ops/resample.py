@@ -1,4 +1,5 @@
-"""Quantized upsampling: ``F.interpolate`` / ``nn.Upsample`` in modes nearest and bilinear.
+"""Quantized upsampling: ``F.interpolate`` / ``nn.Upsample`` in modes nearest, nearest-exact
+(4-D and 5-D inputs) and bilinear (4-D).
 
 Output qparams are the input's. Sources: aten/src/ATen/native/UpSample.h (source indices),
 aten/src/ATen/native/quantized/cpu/UpSampleNearest2d.cpp, UpSampleBilinear2d.cpp and
@@ -10,6 +11,12 @@ with ``r = compute_scales_value<float>``: ``f32(1.0 / scale_factor)`` (double di
 user gave a scale_factor, else ``f32(in) / f32(out)``; a plain copy only when out == in in *both*
 dims (no per-dim ``o >> 1`` shortcut, unlike the float kernel). Output size: ``floor(in * scale)``
 in double.
+nearest-exact (UpSample.h ``nearest_neighbor_exact_compute_source_index``):
+``src = min(floor(f32(double(o + 0.5) * r)), in - 1)``: ``o + 0.5`` and the product are
+doubles, ``floorf`` takes the product rounded to float (measured: identical to ``f32(o + 0.5)``
+products below 2^23 outputs); the same ``r`` and the same plain copy when no size changes.
+5-D inputs (quantized/cpu/UpSampleNearest3d.cpp, both modes): the same indices per dim (depth,
+height, width), a plain copy only when all three sizes are unchanged.
 bilinear, per output pixel, all float32; the kernel the engine runs for the call
 (``Engine.kernel("upsample", ...)``: an ``UpsampleKernel``, engines/aten_pooling.py) states its
 ``BilinearNumerics``, which products are fused (``fmaf``, one rounding):
@@ -49,6 +56,9 @@ from ._registry import graph_op, observed_stages
 from .quantize import output_qparams_of, require_quantized
 
 
+NEAREST_MODES = ("nearest", "nearest-exact")
+
+
 @dataclass(frozen=True)
 class UpsampleParams:
     """``mode`` (nearest | bilinear), ``size`` (out H, W) or ``scale_factor`` (per dim, float),
@@ -76,8 +86,9 @@ def prepare_upsample(mode: str, size=None, scale_factor=None, align_corners=None
     """Validate an upsample's arguments for ``engine`` (a name or an ``Engine``)."""
     from ..engines import get_engine
 
-    if mode not in ("nearest", "bilinear"):
-        raise UnsupportedError(f"upsample mode {mode!r}; supported: 'nearest', 'bilinear'")
+    if mode not in NEAREST_MODES + ("bilinear",):
+        raise UnsupportedError(f"upsample mode {mode!r}; supported: 'nearest', 'nearest-exact', "
+                               "'bilinear'")
     if (size is None) == (scale_factor is None):
         raise ShapeError("upsample takes exactly one of size and scale_factor")
     if size is not None:
@@ -90,11 +101,23 @@ def prepare_upsample(mode: str, size=None, scale_factor=None, align_corners=None
                           output_qparams)
 
 
+def _per_dim(values: tuple, dims: int, what: str) -> tuple:
+    """``values`` for ``dims`` spatial dims: a number given once (prepare repeats it twice)
+    applies to every dim."""
+    if len(values) == dims:
+        return values
+    if len(set(values)) == 1:
+        return (values[0],) * dims
+    raise ShapeError(f"upsample {what} {values!r} does not match {dims} spatial dims")
+
+
 def _output_sizes(p: UpsampleParams, in_sizes):
+    dims = len(in_sizes)
     if p.size is not None:
-        return p.size, (None,) * len(in_sizes)
-    sizes = tuple(int(np.floor(i * s)) for i, s in zip(in_sizes, p.scale_factor))
-    return sizes, p.scale_factor
+        return _per_dim(p.size, dims, "size"), (None,) * dims
+    factors = _per_dim(p.scale_factor, dims, "scale_factor")
+    sizes = tuple(int(np.floor(i * s)) for i, s in zip(in_sizes, factors))
+    return sizes, factors
 
 
 def _scale(in_size, out_size, scale, align_corners=False):
@@ -107,18 +130,37 @@ def _scale(in_size, out_size, scale, align_corners=False):
     return f32(np.float32(in_size) / np.float32(out_size))
 
 
-def nearest_indices(in_size: int, out_size: int, scale) -> np.ndarray:
+def nearest_indices(in_size: int, out_size: int, scale, exact: bool = False) -> np.ndarray:
+    """``nearest``: ``min(floor(f32(o * r)), in - 1)``; ``exact`` (nearest-exact):
+    ``min(floor(f32(double(o + 0.5) * r)), in - 1)``."""
     index = np.arange(out_size)
     ratio = _scale(in_size, out_size, scale)
-    return np.minimum(np.floor(f32(f32(index) * ratio)).astype(np.int64), in_size - 1)
+    if exact:
+        real = f32((index + 0.5) * np.float64(ratio))
+    else:
+        real = f32(f32(index) * ratio)
+    return np.minimum(np.floor(real).astype(np.int64), in_size - 1)
 
 
-def nearest_grid(in_h, in_w, out_h, out_w, scale_h, scale_w):
+def nearest_grid(in_h, in_w, out_h, out_w, scale_h, scale_w, exact: bool = False):
     """Source rows and columns: a plain copy only when *both* sizes are unchanged
     (UpSampleNearest2d.cpp: the quantized kernel has no per-dim ``o >> 1`` / identity shortcut)."""
-    if (in_h, in_w) == (out_h, out_w):
-        return np.arange(out_h), np.arange(out_w)
-    return nearest_indices(in_h, out_h, scale_h), nearest_indices(in_w, out_w, scale_w)
+    return nearest_axes((in_h, in_w), (out_h, out_w), (scale_h, scale_w), exact)
+
+
+def nearest_axes(in_sizes, out_sizes, scales, exact: bool = False) -> list[np.ndarray]:
+    """Source indices per spatial dim (2 or 3 of them): a plain copy only when every size is
+    unchanged (quantized UpSampleNearest2d.cpp / UpSampleNearest3d.cpp)."""
+    if tuple(in_sizes) == tuple(out_sizes):
+        return [np.arange(size) for size in out_sizes]
+    return [nearest_indices(i, o, s, exact) for i, o, s in zip(in_sizes, out_sizes, scales)]
+
+
+def _gather(values: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
+    out = values
+    for dim, index in enumerate(axes, start=2):
+        out = np.take(out, index, axis=dim)
+    return out
 
 
 def bilinear_weights(in_size: int, out_size: int, scale, align_corners: bool,
@@ -246,8 +288,11 @@ def upsample(x, p: UpsampleParams):
     engine runs for it (``UpsampleKernel``). A float32 ``x`` runs on an engine's float32 kernel
     (a PT2E model's float op) and stays float."""
     values, _ = input_values(x)
+    if values.ndim == 5 and p.mode in NEAREST_MODES and isinstance(x, QuantizedArray):
+        return _upsample_nearest_5d(x, p)
     if values.ndim != 4:
-        raise ShapeError(f"quantized upsample expects a 4-D (N, C, H, W) input, got {values.shape}")
+        raise ShapeError(f"quantized upsample expects a 4-D (N, C, H, W) input (5-D for the "
+                         f"nearest modes), got {values.shape}")
     (out_h, out_w), (scale_h, scale_w) = _output_sizes(p, values.shape[2:])
     in_h, in_w = values.shape[2:]
     kernel = p.engine.kernel("upsample", p.mode, values)
@@ -260,12 +305,12 @@ def upsample(x, p: UpsampleParams):
     if p.output_qparams is not None and p.output_qparams != x.qparams:
         raise UnsupportedError(f"upsample: the kernel {kernel.name} keeps its input's qparams, "
                                "and this op's output has others")
-    if kernel.mode == "nearest":
-        rows, cols = nearest_grid(in_h, in_w, out_h, out_w, scale_h, scale_w)
+    if kernel.mode in NEAREST_MODES:
+        exact = kernel.mode == "nearest-exact"
+        rows, cols = nearest_grid(in_h, in_w, out_h, out_w, scale_h, scale_w, exact)
         out = values[:, :, rows][:, :, :, cols]
-        _record_copy("upsample: nearest", "q = x[{from_0}, {from_1}, {from_2}, {from_3}], the "
-                     "nearest source pixel: src = min(floor(f32(o * r)), in - 1)", out, rows,
-                     cols)
+        _record_copy(f"upsample: {kernel.mode}", "q = x[{from_0}, {from_1}, {from_2}, {from_3}], "
+                     "the nearest source pixel: " + _NEAREST_FORMULA[exact], out, rows, cols)
     elif kernel.copies_unchanged_size and (in_h, in_w) == (out_h, out_w):
         out = values.copy()
         _record_copy("upsample: copy", "the output size is the input's: the kernel returns a "
@@ -274,6 +319,34 @@ def upsample(x, p: UpsampleParams):
     else:
         out = _bilinear(x, kernel, out_h, out_w, (scale_h, scale_w), p.align_corners)
         out = out.astype(x.dtype.numpy_dtype)
+    return QuantizedArray(laid_out("upsample", kernel.output, out, values), x.qparams)
+
+
+_NEAREST_FORMULA = {False: "src = min(floor(f32(o * r)), in - 1)",
+                    True: "src = min(floor(f32(double(o + 0.5) * r)), in - 1)"}
+
+
+def _upsample_nearest_5d(x: QuantizedArray, p: UpsampleParams) -> QuantizedArray:
+    """Quantized nearest / nearest-exact on an (N, C, D, H, W) input (UpSampleNearest3d.cpp)."""
+    values = x.values
+    outs, scales = _output_sizes(p, values.shape[2:])
+    kernel = p.engine.kernel("upsample", p.mode, values)
+    record("upsample: kernel", "the kernel that runs this call", None, kernel=kernel.name,
+           source=kernel.source)
+    if getattr(kernel, "runs_in_float32", False) or kernel.mode not in NEAREST_MODES:
+        raise UnsupportedError(f"5-D {p.mode} upsampling on engine {p.engine.name!r} is not "
+                               "supported (ATen's quantized upsample_nearest3d is)")
+    if p.output_qparams is not None and p.output_qparams != x.qparams:
+        raise UnsupportedError(f"upsample: the kernel {kernel.name} keeps its input's qparams, "
+                               "and this op's output has others")
+    exact = kernel.mode == "nearest-exact"
+    axes = nearest_axes(values.shape[2:], outs, scales, exact)
+    out = _gather(values, axes)
+    if observing():
+        record(f"upsample: {kernel.mode} (3-D)", "q = x[{from_0}, {from_1}, {from_2}, {from_3}, "
+               "{from_4}], the nearest source voxel: " + _NEAREST_FORMULA[exact], out,
+               **source_axes(out.shape, 2, [axes[0].reshape(-1, 1, 1), axes[1].reshape(-1, 1),
+                                            axes[2]]))
     return QuantizedArray(laid_out("upsample", kernel.output, out, values), x.qparams)
 
 
