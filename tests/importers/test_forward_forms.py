@@ -181,3 +181,60 @@ def test_stochastic_depth_is_the_identity_in_eval():
         model = fx_quantized(Block, engine, (2, 3, 7, 6))
         x = torch.randn(2, 3, 7, 6)
         assert_bitexact(qexact.from_torch(model)(x.numpy()), model(x).numpy(), engine)
+
+
+# --- Parameters and buffers used in forward, unbind, scalars on the left -------------------------
+
+
+class ParameterForms(nn.Module):
+    """Transformer forms: ViT's class token expanded to the batch and concatenated with the patch
+    tokens, a position embedding added, Swin's relative-position bias table indexed by a buffer,
+    ``unbind`` of a stacked tensor, and Python numbers on the left of ``*`` and ``+``."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.class_token = nn.Parameter(torch.randn(1, 1, 8))
+        self.pos = nn.Parameter(torch.randn(1, 7, 8) * 0.1)
+        self.table = nn.Parameter(torch.randn(5, 8) * 0.2)
+        self.register_buffer("index", torch.tensor([[4, 0, 1, 2, 3, 4, 1]]))
+        self.mix = nn.Linear(8, 8)
+        self.scale = nn.Conv2d(3, 3, 1)
+        self.out = nn.Linear(8, 4)
+
+    def forward(self, x):
+        s = self.scale(x)
+        s = 3 * s + (2 + s) * s                        # quantized.mul(3, s), quantized.add(2, s)
+        n = x.shape[0]
+        tokens = self.patch(s).flatten(2).transpose(1, 2)          # (n, 6, 8)
+        tokens = torch.cat([self.class_token.expand(n, -1, -1), tokens], dim=1)
+        tokens = tokens + self.pos + self.table[self.index.view(-1)]
+        a, b = self.mix(tokens).reshape(n, 7, 2, 4).unbind(2)
+        return self.out(torch.cat([a, b], -1) + tokens)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_parameters_buffers_unbind_and_left_scalars_are_exact_and_saved(engine, tmp_path):
+    model = fx_quantized(ParameterForms, engine, (2, 3, 6, 4))
+    net = qexact.from_torch(model)
+    assert {"constant", "expand", "unbind"} <= {node.op for node in net.graph.nodes}
+    for seed in range(2):
+        x = torch.randn(3, 3, 6, 4, generator=torch.Generator().manual_seed(seed)) * (1 + 3 * seed)
+        _compare(net(x.numpy()), model(x), f"{engine} seed {seed}")
+    path = tmp_path / "model.qexact"
+    qexact.save(net, path)
+    _compare(qexact.load(path)(x.numpy()), model(x), f"{engine} after load")
+
+
+def test_left_scalar_quantized_ops_match_right_scalar_ones():
+    """``3 * x`` is ``torch.ops.quantized.mul(3, x)`` in a converted FX graph (mul.Scalar2):
+    the node is the same as that of ``x * 3``."""
+    from qexact.importers._handlers import function_handler_at, load_handler_modules
+    from qexact.graph import Ref
+
+    load_handler_modules()
+    for op, expected in (("mul", "mul_scalar"), ("add", "add_scalar")):
+        handler = function_handler_at(f"torch.ops.quantized.{op}")
+        left, right = handler("n", (3, Ref("x")), {}), handler("n", (Ref("x"), 3), {})
+        assert (left.op, left.inputs, left.attrs) == (right.op, right.inputs, right.attrs)
+        assert left.op == expected

@@ -288,14 +288,14 @@ class _FloatLeftOver(torch.nn.Module):
         return self.block(self.dequant(self.fc(self.quant(x))))
 
 
-class _GeluModel(torch.nn.Module):
-    """A module qexact lacks (GELU has no quantized kernel; it stays a float module)."""
+class _MishModel(torch.nn.Module):
+    """A module qexact lacks (Mish has no quantized kernel; it stays a float module)."""
 
     def __init__(self):
         super().__init__()
         self.quant = torch.ao.quantization.QuantStub()
         self.block = torch.nn.Module()
-        self.block.act = torch.nn.GELU()
+        self.block.act = torch.nn.Mish()
         self.dequant = torch.ao.quantization.DeQuantStub()
 
     def forward(self, x):
@@ -310,7 +310,7 @@ class _SigmoidModel(torch.nn.Module):
         self.dequant = torch.ao.quantization.DeQuantStub()
 
     def forward(self, x):
-        return self.dequant(torch.softmax(self.fc(self.quant(x)), dim=1))
+        return self.dequant(torch.cumsum(self.fc(self.quant(x)), dim=1))
 
 
 class _BranchingModel(_SigmoidModel):
@@ -346,12 +346,12 @@ def test_unconverted_float_linear_is_unsupported():
 
 
 def test_unsupported_module_is_named_with_its_place():
-    model = _convert(_GeluModel(), (2, 1, 5, 5))
+    model = _convert(_MishModel(), (2, 1, 5, 5))
     with pytest.raises(qexact.UnsupportedError) as info:
         qexact.from_torch(model)
     message = str(info.value)
     assert "'block.act'" in message
-    assert "GELU" in message and "torch.nn.modules.activation" in message
+    assert "Mish" in message and "torch.nn.modules.activation" in message
     assert "Supported modules:" in message
     assert "torch.ao.nn.quantized.Linear" in message
 
@@ -361,7 +361,7 @@ def test_unsupported_function_in_forward():
     with pytest.raises(qexact.UnsupportedError) as info:
         qexact.from_torch(model)
     message = str(info.value)
-    assert "softmax" in message
+    assert "cumsum" in message
     assert "_SigmoidModel.forward" in message
     assert "supported functions" in message and "torch.flatten" in message
 

@@ -121,21 +121,74 @@ def function_node(name: str, function, args, kwargs) -> Node:
         target = _resolve(path)
         if target is not None and function is target:
             return handler(name, args, kwargs)
-    supported = ", ".join(sorted({path for path, _ in _FUNCTION_HANDLERS}))
-    raise UnsupportedError(
+    raise unsupported(
         f"function {getattr(function, '__module__', '')}.{getattr(function, '__name__', function)} "
-        f"is not supported; supported functions: {supported}"
-    )
+        "is not supported", "functions", supported_functions())
 
 
 def method_node(name: str, method: str, args, kwargs) -> Node:
     handler = _METHOD_HANDLERS.get(method)
     if handler is None:
-        raise UnsupportedError(
-            f"tensor method .{method}() is not supported; supported methods: "
-            f"{', '.join(sorted(_METHOD_HANDLERS))}"
-        )
+        raise unsupported(f"tensor method .{method}() is not supported", "methods",
+                          sorted(_METHOD_HANDLERS))
     return handler(name, args, kwargs)
+
+
+def function_handler_at(path: str) -> Callable | None:
+    """The handler registered for the function at ``path``: under that path, or under another
+    path naming the same object (``torch.functional.split`` is ``torch.split``); or None."""
+    for registered, handler in _FUNCTION_HANDLERS:
+        if registered == path:
+            return handler
+    target = _resolve(path)
+    if target is None:
+        return None
+    for registered, handler in _FUNCTION_HANDLERS:
+        if _resolve(registered) is target:
+            return handler
+    return None
+
+
+def method_handler_of(name: str) -> Callable | None:
+    return _METHOD_HANDLERS.get(name)
+
+
+def supported_methods() -> list[str]:
+    return sorted(_METHOD_HANDLERS)
+
+
+def supported_functions() -> list[str]:
+    return sorted({path for path, _ in _FUNCTION_HANDLERS})
+
+
+def unsupported(message: str, kind: str, supported: list[str]) -> UnsupportedError:
+    """An UnsupportedError ``message; supported <kind>: <list>``. It keeps the parts apart
+    (``error.short``; ``error.supported``: (kind, names) pairs), so an error listing many
+    refusals states each supported list once (``refusals_error``)."""
+    error = UnsupportedError(f"{message}; supported {kind}: {', '.join(supported)}")
+    error.short = message
+    error.supported = ((kind, tuple(supported)),)
+    return error
+
+
+def refusals_error(model: str, refusals: list[tuple[str, UnsupportedError]]) -> UnsupportedError:
+    """One UnsupportedError for every construct of ``model`` qexact refused, as
+    ``(place, error)`` pairs: each named with its place, then each supported list once. With one
+    refusal, the error as it was raised, with its place."""
+    if len(refusals) == 1:
+        place, error = refusals[0]
+        return UnsupportedError(f"at {place}: {error}") if place else error
+    lines, supported = [], {}
+    for place, error in refusals:
+        short = getattr(error, "short", str(error))
+        lines.append(f"at {place}: {short}" if place else short)
+        for kind, names in getattr(error, "supported", ()):
+            supported.setdefault(kind, names)
+    text = (f"{len(refusals)} operations of {model} are not supported:\n  - "
+            + "\n  - ".join(lines))
+    for kind, names in supported.items():
+        text += f"\nsupported {kind}: {', '.join(names)}"
+    return UnsupportedError(text)
 
 
 def script_handler(kind: str) -> Callable | None:
@@ -227,3 +280,23 @@ def weighted_layer_fields(weight, bias, output: QParams) -> tuple[dict, dict]:
 
 def module_output_qparams(module, dtype: str = "quint8") -> QParams:
     return QParams.per_tensor(float(module.scale), int(module.zero_point), dtype_named(dtype))
+
+
+def constant_node(name: str, tensor) -> Node:
+    """A ``constant`` node holding ``tensor`` (a Parameter or buffer the model reads in
+    forward): a quantized tensor's integers and qparams, float32 values, or int64 indices."""
+    torch = _import_torch()
+    tensor = tensor.detach()
+    if tensor.is_quantized:
+        attrs, arrays = qparams_to_fields(_qparams_of_tensor(tensor), "output")
+        arrays["value"] = tensor.int_repr().contiguous().numpy().copy()
+        return Node(name, "constant", (), attrs, arrays)
+    if tensor.dtype == torch.float32:
+        return Node(name, "constant", (), {}, {"value": tensor.contiguous().numpy().copy()})
+    if tensor.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        return Node(name, "constant", (), {},
+                    {"value": tensor.contiguous().numpy().astype(np.int64)})
+    if tensor.dtype == torch.bool:
+        return Node(name, "constant", (), {}, {"value": tensor.contiguous().numpy().copy()})
+    raise UnsupportedError(f"a {tensor.dtype} tensor used in forward is not supported; "
+                           "float32, integer, bool and quantized tensors are")

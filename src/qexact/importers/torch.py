@@ -12,16 +12,18 @@ torch is imported only inside these functions: ``import qexact`` never imports t
 
 from __future__ import annotations
 
+import inspect
 import os
 
 from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
 from ..graph import Graph, Net, Node, Ref
 from ..qparams import QParams, qparams_to_fields
-from ._handlers import (_arg, _import_torch, _resolve, function_handler, function_node,
-                        handler_of_module, load_handler_modules, method_handler, method_node,
-                        module_handler, module_handlers, module_output_qparams,
-                        supported_modules, weighted_layer_fields)
+from ._handlers import (_arg, _import_torch, _resolve, constant_node, function_handler,
+                        function_node, handler_of_module, load_handler_modules, method_handler,
+                        method_node, module_handler, module_handlers, module_output_qparams,
+                        refusals_error, supported_modules, unsupported,
+                        weighted_layer_fields)
 from .pt2e import capture_pt2e, default_engine, is_pt2e, load_pt2
 from .torchscript import capture_script, is_script_module, load_script
 
@@ -132,6 +134,40 @@ for _operator in ("add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
     function_handler(f"operator.{_operator}", f"_operator.{_operator}")(
         lambda name, args, kwargs, operator_name=_operator: Node(
             name, "arith", tuple(args), {"operator": operator_name}))
+
+
+def _aten_arith(operator_name: str, swap: bool = False):
+    """``torch.add(x, y, alpha=1)``, ``torch.sub``, ``torch.mul``, ``torch.div(x, y,
+    rounding_mode=None)``, ``torch.rsub(x, c)`` (``c - x``: TorchScript's form of it), and the
+    tensor methods of these names: the ``arith`` node of the Python operator, where ``alpha``
+    is 1 and there is no rounding mode."""
+
+    def handler(name, args, kwargs) -> Node:
+        alpha = _arg(args, kwargs, 2, "alpha", 1) if operator_name in ("add", "sub") else 1
+        mode = _arg(args, kwargs, 2, "rounding_mode", None) if operator_name == "truediv" else None
+        if alpha != 1:
+            raise UnsupportedError(f"{operator_name} with alpha={alpha!r} is not supported; "
+                                   "alpha=1 is")
+        if mode is not None:
+            raise UnsupportedError(f"div with rounding_mode={mode!r} is not supported")
+        operands = (_arg(args, kwargs, 0, "input", None), _arg(args, kwargs, 1, "other", None))
+        return Node(name, "arith", operands[::-1] if swap else operands,
+                    {"operator": operator_name})
+
+    return handler
+
+
+for _name, _operator in (("add", "add"), ("sub", "sub"), ("subtract", "sub"), ("mul", "mul"),
+                         ("multiply", "mul"), ("div", "truediv"), ("divide", "truediv"),
+                         ("true_divide", "truediv"), ("floor_divide", "floordiv"),
+                         ("remainder", "mod")):
+    function_handler(f"torch.{_name}")(_aten_arith(_operator))
+    method_handler(_name)(_aten_arith(_operator))
+function_handler("torch.rsub")(_aten_arith("sub", swap=True))
+function_handler("torch.neg", "torch.negative")(
+    lambda name, args, kwargs: Node(name, "arith", tuple(args[:1]), {"operator": "neg"}))
+method_handler("neg")(lambda name, args, kwargs: Node(name, "arith", tuple(args[:1]),
+                                                      {"operator": "neg"}))
 method_handler("flatten")(_flatten_node)
 method_handler("view", "reshape")(_reshape_node)
 method_handler("relu", "relu_")(_first_input("relu"))
@@ -151,14 +187,20 @@ def _sizes(positional, keyword) -> tuple:
 
 
 def capture(model) -> Graph:
-    """Trace an eager-mode converted model into a qexact ``Graph``."""
+    """Trace an eager-mode converted model into a qexact ``Graph``.
+
+    A construct qexact does not support does not stop the capture: every one is named, with its
+    place in the model (module path, the line of ``forward``), in one UnsupportedError; a node
+    reading a refused node's output is skipped, not reported again."""
     torch = _import_torch()
     if not isinstance(model, torch.nn.Module):
         raise ImporterError(f"expected a torch.nn.Module, got {type(model).__name__}")
     model = model.eval()
     load_handler_modules()
+    tracer = torch.fx.Tracer()
+    tracer.record_stack_traces = True
     try:
-        traced = torch.fx.Tracer().trace(model)
+        traced = tracer.trace(model)
     except Exception as error:  # torch.fx raises many types
         raise ImporterError(
             f"could not capture {type(model).__name__}.forward with torch.fx symbolic tracing: "
@@ -172,6 +214,8 @@ def capture(model) -> Graph:
     outputs: list[Ref] = []
     used_names: set[str] = set()
     renamed: dict[str, str] = {}  # fx node name -> qexact node name
+    refused: set[str] = set()  # fx nodes qexact refused, and those reading them
+    refusals: list[tuple[str, UnsupportedError]] = []
 
     constants: dict[str, object] = {}  # get_attr nodes: scales and zero points of FX models
     output_keys: list[str] | None = None  # forward returns a dict
@@ -199,6 +243,9 @@ def capture(model) -> Graph:
 
     for fx_node in traced.nodes:
         where = fx_node.target if fx_node.op == "call_module" else fx_node.name
+        if any(item.name in refused for item in fx_node.all_input_nodes):
+            refused.add(fx_node.name)
+            continue
         try:
             args = tuple(convert(arg) for arg in fx_node.args)
             kwargs = {key: convert(value) for key, value in fx_node.kwargs.items()}
@@ -207,22 +254,25 @@ def capture(model) -> Graph:
                 used_names.add(fx_node.name)
                 continue
             if fx_node.op == "get_attr":
-                constants[fx_node.name] = _constant(model, fx_node.target)
-                continue
-            if fx_node.op == "output":
+                value = _constant(model, fx_node.target)
+                if not isinstance(value, Node):
+                    constants[fx_node.name] = value
+                    continue
+                node = value
+            elif fx_node.op == "output":
                 result = args[0]
                 if isinstance(result, dict):  # segmentation models: {"out": ..., "aux": ...}
                     output_keys = [str(key) for key in result]
                     result = list(result.values())
                 outputs = list(result) if isinstance(result, (tuple, list)) else [result]
                 continue
-            if fx_node.op == "call_module":
+            elif fx_node.op == "call_module":
                 module = modules[fx_node.target]
                 handler = handler_of_module(handlers, module)
                 if handler is None:
                     raise _unsupported_module(fx_node.target, module,
                                               fx=isinstance(model, torch.fx.GraphModule))
-                node = handler(module, fx_node.name, args)
+                node = handler(module, fx_node.name, _positional(module, args, kwargs))
             elif fx_node.op == "call_function":
                 node = function_node(fx_node.name, fx_node.target, args, kwargs)
             elif fx_node.op == "call_method":
@@ -230,15 +280,24 @@ def capture(model) -> Graph:
             else:
                 raise UnsupportedError(f"graph operation {fx_node.op} ({fx_node.target}) is not supported")
         except UnsupportedError as error:
-            if str(error).startswith("module "):
-                raise
-            raise UnsupportedError(f"at {where!r} in {type(model).__name__}.forward: {error}") from None
+            refused.add(fx_node.name)
+            line = _user_line(fx_node.stack_trace)
+            place = f"{where!r} in {type(model).__name__}.forward" + (f" ({line})" if line else "")
+            refusals.append((place, error))
+            continue
         node.source = str(where)
         if fx_node.op == "call_module" and fx_node.target not in used_names:
             node.name = fx_node.target  # the module's qualified name, when first called
             renamed[fx_node.name] = node.name
+        elif fx_node.op == "get_attr" and fx_node.target not in used_names:
+            node.name = fx_node.target  # the attribute's qualified name
+            renamed[fx_node.name] = node.name
         used_names.add(node.name)
         nodes.append(node)
+    if len(refusals) == 1 and str(refusals[0][1]).startswith("module "):
+        raise refusals[0][1]  # "module 'head' of type ... is not supported. Supported modules: .."
+    if refusals:
+        raise refusals_error(f"{type(model).__name__}.forward", refusals)
     if not all(isinstance(item, Ref) for item in outputs):
         raise UnsupportedError(f"{type(model).__name__}.forward returns {outputs!r}: qexact "
                                "models return tensors (one, a tuple, a list or a dict of them)")
@@ -248,16 +307,61 @@ def capture(model) -> Graph:
     return Graph(inputs, nodes, outputs, metadata)
 
 
+def _user_line(stack_trace: str | None) -> str:
+    """``file.py:12`` of the innermost frame of ``stack_trace`` (torch.fx's record of where a
+    node was traced) outside torch, or "" when none is recorded."""
+    if not stack_trace:
+        return ""
+    import re
+
+    frames = re.findall(r'File "([^"]+)", line (\d+)', stack_trace)
+    for path, line in reversed(frames):
+        if not _inside_torch(path):
+            return f"{path}:{line}"
+    return ""
+
+
+def _inside_torch(path: str) -> bool:
+    """Whether a source file belongs to torch (or is code torch generated: ``<eval_with_key>``)."""
+    normalized = path.replace("\\", "/")
+    return normalized.startswith("<") or "/site-packages/torch/" in normalized \
+        or "/torch/nn/" in normalized or "/torch/ao/" in normalized or "/torch/fx/" in normalized
+
+
+def _positional(module, args: tuple, kwargs: dict) -> tuple:
+    """A module call's arguments in ``forward``'s positional order (``bag(i, o,
+    per_sample_weights=w)``): module handlers read inputs by position."""
+    if not kwargs:
+        return args
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except TypeError as error:
+        raise UnsupportedError(f"cannot bind the call's arguments to "
+                               f"{type(module).__name__}.forward: {error}") from None
+    bound.apply_defaults()
+    if bound.kwargs:
+        raise UnsupportedError(f"keyword-only arguments of {type(module).__name__}.forward "
+                               f"({', '.join(bound.kwargs)}) are not supported")
+    return tuple(bound.args)
+
+
 def _constant(model, target: str):
-    """The value of a ``get_attr``: a one-element tensor becomes a Python number."""
+    """The value of a ``get_attr``: a one-element float or integer tensor becomes a Python
+    number (scales, zero points); any other tensor (a Parameter or buffer used in forward:
+    ViT's ``class_token``, a bias table) a ``constant`` node holding it (float32, or a quantized
+    tensor's integers and qparams)."""
     torch = _import_torch()
     value = model
     for part in target.split("."):
         value = getattr(value, part)
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_quantized:
         return value.item()
+    if isinstance(value, torch.Tensor):
+        return constant_node(target.replace(".", "_"), value)
+    if isinstance(value, torch.ScriptObject):
+        return value  # packed parameters (LinearPackedParamsBase): their handlers unpack them
     raise UnsupportedError(f"attribute {target!r} ({type(value).__name__}) used in forward is "
-                           "not supported; only scalar constants (scales, zero points) are")
+                           "not supported; tensors and scalar constants are")
 
 
 def _unsupported_module(qualified_name: str, module, fx: bool = False) -> UnsupportedError:
@@ -269,10 +373,10 @@ def _unsupported_module(qualified_name: str, module, fx: bool = False) -> Unsupp
     elif cls.__module__.startswith("torch.nn.modules") and hasattr(module, "weight"):
         hint = (" It is a float module: prepare, calibrate and convert the model with "
                 "torch.ao.quantization (or give it qconfig=None only where it must stay float).")
-    return UnsupportedError(
-        f"module {qualified_name!r} of type {cls.__module__}.{cls.__qualname__} is not supported."
-        f"{hint} Supported modules: {', '.join(supported_modules())}"
-    )
+    error = unsupported(f"module {qualified_name!r} of type {cls.__module__}.{cls.__qualname__}"
+                        f" is not supported.{hint}", "modules", supported_modules())
+    error.args = (f"{error.short} Supported modules: {', '.join(supported_modules())}",)
+    return error
 
 
 def from_pte(path, example_inputs: tuple | None = None, engine: str | None = None,

@@ -24,8 +24,13 @@ def _output(scale, zero_point, dtype: str = "quint8") -> dict:
 
 def _binary(op: str):
     def handler(name, args, kwargs) -> Node:
+        first = _arg(args, kwargs, 0, "qa", None)
+        if _is_number(first) and len(args) >= 2:
+            # quantized::add.Scalar2 / mul.Scalar2 (FX-converted ``3 * x``): the scalar first,
+            # the same kernel as ``x * 3`` (aten/src/ATen/native/quantized/cpu/BinaryOps.cpp)
+            args = (args[1], first) + tuple(args[2:])
         other = _arg(args, kwargs, 1, "other", None)
-        if isinstance(other, (int, float)) and not isinstance(other, bool):
+        if _is_number(other):
             # quantized::add.Scalar / mul.Scalar (FX-converted ``x + 1.0``): the scalar ops
             return Node(name, op.replace("_relu", "") + "_scalar", tuple(args[:1]),
                         {"scalar": float(other), "relu": op.endswith("_relu")})
@@ -38,6 +43,10 @@ def _binary(op: str):
         return Node(name, op, tuple(args[:2]), attrs)
 
     return handler
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 for _op in ("add", "add_relu", "mul", "mul_relu"):
@@ -212,3 +221,15 @@ def _silu_node(name, inputs):
 module_handler("torch.nn.SiLU")(lambda module, name, inputs: _silu_node(name, inputs))
 function_handler("torch.nn.functional.silu")(lambda name, args, kwargs: _silu_node(name, args))
 method_handler("sigmoid")(lambda name, args, kwargs: _activation_node(name, args, "sigmoid"))
+
+
+@function_handler("torch.ops.quantized.elu", "torch.ops.quantized.elu.default")
+def _elu_function(name, args, kwargs):
+    """``quantized::elu(x, output_scale, output_zero_point, alpha=1, scale=1, input_scale=1)``
+    (nnq.ELU's forward; TorchScript's node)."""
+    for position, keyword in ((4, "scale"), (5, "input_scale")):
+        if float(_arg(args, kwargs, position, keyword, 1.0)) != 1.0:
+            raise UnsupportedError(f"quantized.elu with {keyword} != 1 is not supported")
+    return _activation_node(name, args, "elu", alpha=float(_arg(args, kwargs, 3, "alpha", 1.0)),
+                            **_output(_arg(args, kwargs, 1, "output_scale", None),
+                                      _arg(args, kwargs, 2, "output_zero_point", None)))

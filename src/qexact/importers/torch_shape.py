@@ -121,3 +121,22 @@ def _pad(name, args, kwargs):
 def _pad_module(module, name, inputs):
     return Node(name, "pad", inputs, {"pad": list(module.padding), "mode": "constant",
                                       "value": float(module.value)})
+
+
+def _expand(name, args, kwargs):
+    """``x.expand(n, -1, -1)`` (ViT's ``class_token.expand``): a broadcast view."""
+    sizes = args[1:] if len(args) > 1 else (kwargs.get("size"),)
+    if isinstance(sizes[0], (tuple, list)):  # x.expand([n, -1]); aten::expand(x, size, implicit)
+        sizes = tuple(sizes[0])
+    return Node(name, "expand", (args[0], *sizes))
+
+
+def _unbind(name, args, kwargs):
+    """``x.unbind(dim)``: a tuple of views; FX picks them with ``operator.getitem``."""
+    return Node(name, "unbind", args[:1], {"dim": _arg(args, kwargs, 1, "dim", 0)})
+
+
+method_handler("expand")(_expand)
+method_handler("expand_as")(lambda name, args, kwargs: Node(name, "expand", tuple(args[:2])))
+function_handler("torch.unbind")(_unbind)
+method_handler("unbind")(_unbind)

@@ -125,14 +125,18 @@ def _tensor_index(index) -> tuple:
     """A constant basic index (ints, slices, None, Ellipsis), as a tuple; else ShapeError."""
     items = index if isinstance(index, tuple) else (index,)
     for item in items:
+        if isinstance(item, np.ndarray) and item.dtype.kind in "iub":
+            continue  # a constant index tensor (Swin's relative_position_index): a gather
         if not (item is None or item is Ellipsis or isinstance(item, (int, slice))):
             raise ShapeError(f"indexing a tensor with {item!r} is not supported; supported: "
-                             "constant ints, slices, None and ...")
+                             "constant ints, slices, None, ... and integer tensors")
+    if sum(isinstance(item, np.ndarray) for item in items) > 1:
+        raise ShapeError("indexing with more than one index tensor is not supported")
     return items
 
 
-@graph_op("getitem", "indexing: a shape tuple, one output of split/chunk, or basic slicing of a "
-          "tensor (ints, slices, None, ...; a view)")
+@graph_op("getitem", "indexing: a shape tuple, one output of split/chunk/unbind, basic slicing "
+          "of a tensor (ints, slices, None, ...; a view), or one integer index tensor (a gather)")
 class GetItemOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
