@@ -397,3 +397,137 @@ def glibc_tanhf(x) -> np.ndarray:
         z = np.where(ix == 0, x, z)
         z = np.where(np.isinf(x), np.where(negative, _F(-1), _ONE), z)
         return np.where(np.isnan(x), _quiet(x), z).astype(np.float32)
+
+
+# --- glibc 2.36 erff; SLEEF logf u10 -----------------------------------------------------------
+
+_ERFF_PP = (1.2837916613e-01, -3.2504209876e-01, -2.8481749818e-02, -5.7702702470e-03,
+            -2.3763017452e-05)
+_ERFF_QQ = (1.0, 3.9791721106e-01, 6.5022252500e-02, 5.0813062117e-03, 1.3249473704e-04,
+            -3.9602282413e-06)
+_ERFF_PA = (-2.3621185683e-03, 4.1485610604e-01, -3.7220788002e-01, 3.1834661961e-01,
+            -1.1089469492e-01, 3.5478305072e-02, -2.1663755178e-03)
+_ERFF_QA = (1.0, 1.0642088205e-01, 5.4039794207e-01, 7.1828655899e-02, 1.2617121637e-01,
+            1.3637083583e-02, 1.1984500103e-02)
+_ERFF_RA = (-9.8649440333e-03, -6.9385856390e-01, -1.0558626175e+01, -6.2375331879e+01,
+            -1.6239666748e+02, -1.8460508728e+02, -8.1287437439e+01, -9.8143291473e+00)
+_ERFF_SA = (1.0, 1.9651271820e+01, 1.3765776062e+02, 4.3456588745e+02, 6.4538726807e+02,
+            4.2900814819e+02, 1.0863500214e+02, 6.5702495575e+00, -6.0424413532e-02)
+_ERFF_RB = (-9.8649431020e-03, -7.9928326607e-01, -1.7757955551e+01, -1.6063638306e+02,
+            -6.3756646729e+02, -1.0250950928e+03, -4.8351919556e+02)
+_ERFF_SB = (1.0, 3.0338060379e+01, 3.2579251099e+02, 1.5367296143e+03, 3.1998581543e+03,
+            2.5530502930e+03, 4.7452853394e+02, -2.2440952301e+01)
+
+
+def _horner32(s, coefficients) -> np.ndarray:
+    """``c0 + s*(c1 + s*(c2 + ...))`` in float32, one rounding per operation (no FMA)."""
+    acc = _F(coefficients[-1])
+    for c in coefficients[-2::-1]:
+        acc = _f32(_F(c) + _f32(s * acc))
+    return acc
+
+
+def glibc_erff(x) -> np.ndarray:
+    """glibc 2.36 ``erff`` (sysdeps/ieee754/flt-32/s_erff.c, fdlibm; a plain function on x86_64,
+    no FMA), all in float32; its two ``__ieee754_expf`` calls are ``glibc_expf``.
+
+    ``|x| < 0.84375``: ``x + x*(P(x^2)/Q(x^2))``; ``< 1.25``: ``+-(erx + P(s)/Q(s))`` with
+    ``s = |x| - 1``; ``< 6``: ``+-(1 - r/|x|)`` with ``r = expf(-z*z - 0.5625) *
+    expf((z - |x|)(z + |x|) + R/S)``, ``z`` = ``|x|`` with its low 12 bits cleared and ``R/S`` in
+    ``s = 1/x^2`` (two fits, split at 1/0.35); ``>= 6``: ``+-(1 - 1e-30)``; ``|x| < 2^-28``:
+    ``x + efx*x``. Checked against this machine's libm (Debian glibc 2.36) on 300 k inputs
+    (normal, uniform on [-7, 7], random bit patterns): 0 differences (tests/test_float_math.py).
+    """
+    x = _f32(x)
+    bits = x.view(np.uint32).astype(np.int64)
+    ix, negative = bits & 0x7FFFFFFF, bits >= 0x80000000
+    one = _ONE
+    efx = _F(1.2837916613e-01)
+    with np.errstate(all="ignore"):
+        z = _f32(x * x)
+        small = _f32(x + _f32(x * _f32(_horner32(z, _ERFF_PP) / _horner32(z, _ERFF_QQ))))
+        tiny = _f32(x + _f32(efx * x))
+        tinier = _f32(_F(0.0625) * _f32(_f32(_F(16.0) * x) + _f32(_f32(_F(16.0) * efx) * x)))
+        s = _f32(np.abs(x) - one)
+        ratio = _f32(_horner32(s, _ERFF_PA) / _horner32(s, _ERFF_QA))
+        erx = _F(8.4506291151e-01)
+        middle = np.where(negative, _f32(-erx - ratio), _f32(erx + ratio))
+        ax = np.abs(x)
+        s = _f32(one / _f32(ax * ax))
+        near = ix < 0x4036DB6E
+        r_fit = np.where(near, _horner32(s, _ERFF_RA), _horner32(s, _ERFF_RB))
+        s_fit = np.where(near, _horner32(s, _ERFF_SA), _horner32(s, _ERFF_SB))
+        z = _from_bits(ax.view(np.uint32).astype(np.int64) & 0xFFFFF000)
+        r = _f32(glibc_expf(_f32(_f32(-z * z) - _F(0.5625)))
+                 * glibc_expf(_f32(_f32(_f32(z - ax) * _f32(z + ax)) + _f32(r_fit / s_fit))))
+        large = np.where(negative, _f32(_f32(r / ax) - one), _f32(one - _f32(r / ax)))
+        saturated = np.where(negative, _f32(_F(1e-30) - one), _f32(one - _F(1e-30)))
+        special = _f32(np.where(negative, _F(-1), one) + _f32(one / x))  # +-inf and NaN
+        y = np.select([ix < 0x04000000, ix < 0x31800000, ix < 0x3F580000, ix < 0x3FA00000,
+                       ix < 0x40C00000, ix < 0x7F800000],
+                      [tinier, tiny, small, middle, large, saturated], special)
+        return y.astype(np.float32)
+
+
+def _getexp(v: np.ndarray) -> np.ndarray:
+    """``vgetexpps``: ``floor(log2|v|)`` as a float (subnormals normalized; inf gives inf)."""
+    with np.errstate(all="ignore"):
+        _, exponent = np.frexp(np.abs(v).astype(np.float64))
+        return np.where(np.isinf(v), _F(np.inf), (exponent - 1).astype(np.float32))
+
+
+def _getmant_p75(v: np.ndarray) -> np.ndarray:
+    """``vgetmantps`` with ``_MM_MANT_NORM_p75_1p5``: ``|v|`` scaled by a power of two into
+    [0.75, 1.5) (exact)."""
+    with np.errstate(all="ignore"):
+        mantissa, _ = np.frexp(np.abs(v).astype(np.float64))
+        mantissa = mantissa * 2.0
+        return np.where(mantissa >= 1.5, mantissa / 2.0, mantissa).astype(np.float32)
+
+
+def _df_add2_ff(x, y):
+    """``dfadd2_vf2_vf_vf``: x + y as a double-float, exact two-sum."""
+    s = _f32(x + y)
+    v = _f32(s - x)
+    return s, _f32(_f32(x - _f32(s - v)) + _f32(y - v))
+
+
+def sleef_logf_u10(x, avx512: bool = True) -> np.ndarray:
+    """SLEEF ``xlogf_u1`` (``Sleef_logf16_u10`` of the AVX512F build, ``avx512=True``;
+    ``Sleef_logf8_u10``, the AVX2 build, otherwise), elementwise on float32.
+
+    Source: shibatch/sleef src/libm/sleefsimdsp.c ``xlogf_u1``. AVX512F: ``e =
+    getexp(f32(x * (1/0.75)))`` (inf gives 128), ``m = getmant(x)`` in [0.75, 1.5); other builds:
+    ``e = ilogb(f32(x * (1/0.75)))``, ``m = x * 2^-e`` (subnormals pre-scaled by 2^64). Then
+    ``s = (ln2_hi, ln2_lo) * e`` and ``t = (m - 1)/(m + 1)`` in double-float, a degree-2
+    polynomial in ``t^2``, ``s + 2t + t^3 P`` in double-float; hi + lo. ``x == 0`` gives -inf,
+    +inf gives +inf, negative or NaN gives NaN (NaN payloads not reproduced).
+    Checked against ``Sleef_logf16_u10`` of libtorch_cpu 2.13 on 400 k inputs (0 differences);
+    the AVX2 build is the same arithmetic for normal inputs (not measured here).
+    """
+    d = _f32(x)
+    with np.errstate(all="ignore"):
+        if avx512:
+            e = _getexp(_f32(d * _F(1.0 / 0.75)))
+            e = np.where(np.isposinf(e), _F(128), e)
+            m = _getmant_p75(d)
+        else:
+            tiny = d < _F(1.17549435e-38)
+            d = np.where(tiny, _f32(d * _F(2.0 ** 64)), d)
+            e = _getexp(_f32(d * _F(1.0 / 0.75)))
+            m = _f32(np.ldexp(d.astype(np.float64), -e.astype(np.int64)))
+            e = np.where(tiny, e - _F(64), e).astype(np.float32)
+        s = _df_mul_f((_F(0.69314718246459960938), _F(-1.904654323148236017e-09)), e)
+        t = _df_div(_df_add2_ff(_F(-1), m), _df_add2_ff(_ONE, m))
+        t2 = _f32(t[0] * t[0])
+        poly = _fma(_F(0.3027294874), t2, _F(0.3996108174))
+        poly = _fma(poly, t2, _F(0.6666694880))
+        s = _df_add_df(s, (_f32(t[0] * _F(2)), _f32(t[1] * _F(2))))
+        cubic = _f32(_f32(t2 * t[0]) * poly)
+        high = _f32(s[0] + cubic)
+        s = (high, _f32(_f32(_f32(s[0] - high) + cubic) + s[1]))
+        r = _f32(s[0] + s[1])
+        r = np.where(d == 0, _F(-np.inf), r)
+        r = np.where(np.isposinf(d), _F(np.inf), r)
+        r = np.where((d < 0) | np.isnan(d), _F(np.nan), r)
+        return r.astype(np.float32)
