@@ -16,19 +16,21 @@ How ``at::matmul`` gets to a kernel (aten/src/ATen/native/LinearAlgebra.cpp ``_m
 - otherwise MKL's sgemm (``cpublas::gemm`` / ``gemm_batched_with_stride``; MKL 2024.2 in
   torch 2.13.0). MKL picks its kernel by CPU, shape and thread count, and its order is not
   documented. Measured on this host (AMD EPYC, AVX512, MKL's AVX512 path), for
-  ``M >= 4`` and ``N >= 12`` (``C`` is ``M x N`` row-major) and ``K <= 384``:
+  ``M >= 4`` and ``N >= 12`` (``C`` is ``M x N`` row-major) and ``K <= 1300``:
 
-      K <= 192:  c = fmaf(a[K-1], b[K-1], ... fmaf(a[1], b[1], fmaf(a[0], b[0], 0)))
-      K >  192:  h = K // 2; c = f32(seq_fma[0, h) + seq_fma[h, 2h))
-                 odd K: c = f32(c + f32(a[K-1] b[K-1]))
+      K <= 192:        c = fmaf(a[K-1], b[K-1], ... fmaf(a[1], b[1], fmaf(a[0], b[0], 0)))
+      192 < K <= 384:  h = K // 2; c = f32(seq_fma[0, h) + seq_fma[h, 2h))
+                       odd K: c = f32(c + f32(a[K-1] b[K-1]))
+      K > 384:         c = seq_fma[0, 192); c = f32(c + seq_fma[192, 384)); ... (blocks of 192)
 
-  (each ``seq_fma[i, j)`` starts from 0). This held for every element of 1,200+ random shapes
+  (each ``seq_fma[i, j)`` starts from 0; the K > 384 rule: 70 shapes, K 385-1300, 110,931
+  outputs, measured with torchvision's Swin). This held for every element of 1,200+ random shapes
   (M, N up to 60, K up to 390; ``a`` and ``b`` contiguous or transposed, 2-D to 4-D, 1 and 2
   threads). With more than one thread and a single product (``mm``, or ``bmm`` of one
   matrix) MKL splits the rows between threads and the rows of a part smaller than 4 take the
   other kernel: only ``M`` a multiple of ``4 * threads`` is claimed there. For ``M < 4`` or
   ``N < 12`` MKL runs kernels whose order qexact has not found (for ``(16, 32, 4)`` a
-  sequence of separately rounded products and sums; others mix): those, and ``K > 384``,
+  sequence of separately rounded products and sums; others mix): those, and ``K > 1300``,
   are the inexact part.
 
 Outside that rule the kernel is inexact: ``engine.inexact_kernel("matmul", ...)`` refuses it
@@ -53,13 +55,13 @@ SOURCE = ("pytorch aten/src/ATen/native/LinearAlgebra.cpp (_matmul_impl, bmm_out
 SMALL_BMM = 400
 """``bmm_out_or_baddbmm_`` runs its own loop below ``K * M * N < 400`` (per product)."""
 
-MKL_MIN_ROWS, MKL_MIN_COLUMNS, MKL_SINGLE_BLOCK, MKL_MAX_DEPTH = 4, 12, 192, 384
+MKL_MIN_ROWS, MKL_MIN_COLUMNS, MKL_SINGLE_BLOCK, MKL_MAX_DEPTH = 4, 12, 192, 1300
 """The measured rule's bounds (module docstring): rows ``M >= 4``, columns ``N >= 12``, one
-K block up to 192, two halves up to 384."""
+K block up to 192, two halves up to 384, blocks of 192 up to the largest K measured."""
 
 MKL_MEASURED = (
     "torch.matmul on float32 runs MKL's sgemm, whose summation order qexact reproduces only "
-    "for M >= 4, N >= 12, K <= 384 (measured on this host's MKL AVX512 path); for this "
+    "for M >= 4, N >= 12, K <= 1300 (measured on this host's MKL AVX512 path); for this "
     "product ({shape}) MKL runs another kernel: measured, 10-60 % of float32 outputs are "
     "identical to NumPy's float32 matmul for such shapes (most quantized outputs of "
     "quantized::matmul still agree)")
@@ -83,11 +85,17 @@ def _sequential_fma(a: np.ndarray, b: np.ndarray, start: int, stop: int) -> np.n
 
 
 def _mkl_blocked_fma(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The measured MKL order (module docstring): one FMA chain up to K = 192, else two halves
-    summed and an odd last product added."""
+    """The measured MKL order (module docstring): one FMA chain up to K = 192; up to 384 two
+    halves summed and an odd last product added; beyond, chains of 192 added in order."""
     depth = a.shape[-1]
     if depth <= MKL_SINGLE_BLOCK:
         return _sequential_fma(a, b, 0, depth)
+    if depth > 2 * MKL_SINGLE_BLOCK:
+        acc = _sequential_fma(a, b, 0, MKL_SINGLE_BLOCK)
+        with np.errstate(all="ignore"):
+            for start in range(MKL_SINGLE_BLOCK, depth, MKL_SINGLE_BLOCK):
+                acc = acc + _sequential_fma(a, b, start, min(start + MKL_SINGLE_BLOCK, depth))
+        return acc.astype(np.float32)
     half = depth // 2
     with np.errstate(all="ignore"):
         acc = _sequential_fma(a, b, 0, half) + _sequential_fma(a, b, half, 2 * half)
@@ -105,7 +113,8 @@ _ORDERS = {
     "mul_add": (_sequential_mul_add, "c = f32(... f32(f32(a0 b0) + f32(a1 b1)) ... + f32(aK bK)), "
                                      "k ascending, no FMA"),
     "fma": (_mkl_blocked_fma, "c = fmaf(a[K-1], b[K-1], ... fmaf(a0, b0, 0)), k ascending "
-                              "(K > 192: two halves summed, an odd last product added)"),
+                              "(192 < K <= 384: two halves summed, an odd last product added; "
+                              "K > 384: chains of 192 summed in order)"),
     "numpy": (_numpy_order, "np.matmul in float32 (NumPy's BLAS order; inexact)"),
 }
 
