@@ -195,8 +195,13 @@ def test_torchscript_every_engine(engine, dtype, fx, tmp_path, report):
 
 def test_mlp_relu_fused_in_torchscript(tmp_path):
     """FX fuses nn.ReLU: TorchScript holds ``quantized::linear_relu_dynamic``."""
-    model = quantize_fx(MLP, "qint8", inputs((5, 20)))
-    scripted = torch.jit.trace(model, inputs((5, 20)))
+    previous = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = "fbgemm"  # the engine the packed weights are for
+        model = quantize_fx(MLP, "qint8", inputs((5, 20)))
+        scripted = torch.jit.trace(model, inputs((5, 20)))
+    finally:
+        torch.backends.quantized.engine = previous
     kinds = {node.kind() for node in scripted.inlined_graph.nodes()}
     assert "quantized::linear_relu_dynamic" in kinds
     path = tmp_path / "mlp.pt"
