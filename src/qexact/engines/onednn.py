@@ -26,15 +26,17 @@ not enter (measured K = 1..2100, M up to 200, N up to 1024, 1 and 2 threads).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from types import MappingProxyType
 
 import numpy as np
 
-from ..requantize import (AddFloat32, ClampFloat32, DivideFloat32, MultiplyFloat32,
+from ..errors import UnsupportedError
+from ..requantize import (AddFloat32, AddResidualFloat32, ClampFloat32, DivideFloat32, MultiplyFloat32,
                           RoundHalfEvenToInt32, ToFloat32)
 from ..rounding import f32
+from ..requantize import Step
 from .aten_kernels import ATEN_KERNELS
 from .base import (AVX2, AVX512_VNNI, PAD_ZERO, BiasMode, ConvGeometry, ConvKernel, Engine,
                    GemmNumerics, LayerQuantization, Requantization)
@@ -48,11 +50,14 @@ def _round_trip(scale_float32_reciprocal) -> np.ndarray:
 
 def requantization(layer: LayerQuantization, combined_scales: bool = False,
                    direct_weight_scale: bool = False,
-                   divide_output_scale: bool = False) -> Requantization:
+                   divide_output_scale: bool = False,
+                   sum_post_op: bool = False) -> Requantization:
     """The post-ops; ``combined_scales``: one factor ``f32(s_in * s_w')`` (the AVX2 gemm:jit
     path), else the two scales applied one by one (brgemm). ``direct_weight_scale``: the
     convolution's ``s_w' = f32(s_w)`` (qconv_prepack.cpp passes weight scales as they are).
-    ``divide_output_scale``: ``f32(v / s_out')`` instead of a multiply by its reciprocal."""
+    ``divide_output_scale``: ``f32(v / s_out')`` instead of a multiply by its reciprocal.
+    ``sum_post_op``: a quantized residual (``layer.residual_qparams``) is added by oneDNN's "sum"
+    (quantized::conv2d_add, engine onednn only; without it no "sum" step: refused)."""
     weight = layer.weight_qparams
     output = layer.output_qparams
     input_scale = _round_trip(f32(1.0 / layer.input_scale))
@@ -79,6 +84,12 @@ def requantization(layer: LayerQuantization, combined_scales: bool = False,
     if layer.bias is not None:
         bias = f32(layer.bias)
         steps.append(AddFloat32("float bias", role="bias", term=bias))
+    if layer.residual_qparams is not None and sum_post_op:
+        # conv2d_add(_relu): oneDNN's "sum" post-op before the ReLU (qconv.cpp, has_accum)
+        residual = layer.residual_qparams
+        steps.append(AddResidualFloat32("residual add (oneDNN sum post-op)", role="sum",
+                                        zero_point=int(residual.zero_point),
+                                        scale=float(f32(residual.scale)), fused=True))
     if layer.relu:
         steps.append(ClampFloat32("fused ReLU", role="relu", low=0.0))
     steps += [
@@ -300,13 +311,80 @@ def conv_transpose_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
     return ONEDNN_DECONV_AVX2
 
 
-ONEDNN_KERNELS = MappingProxyType({**ATEN_KERNELS, "linear_fp16": no_linear_fp16("ONEDNN")})
-"""ATen's table; fp16-weight Linear refused as PyTorch does (engines/dynamic_eager.py)."""
+@dataclass(frozen=True, eq=False)
+class LeakyReLUFloat32(Step):
+    """``v = v > 0 ? v : f32(v * alpha)``: oneDNN's eltwise ``relu`` with ``alpha`` (the jit
+    injector's ``vmulps`` + blend, src/cpu/x64/injectors/jit_uni_eltwise_injector.cpp)."""
+
+    alpha: float = 0.01
+    formula = "v > 0 ? v : f32(v * {alpha})"
+
+    def apply(self, value):
+        value = np.asarray(value, dtype=np.float32)
+        return np.where(value > 0, value, f32(value * np.float32(self.alpha)))
+
+
+@dataclass(frozen=True, eq=False)
+class TanhFloat32(Step):
+    """``v = tanh(v)`` correctly rounded to float32: NOT oneDNN's jit tanh (its own polynomial,
+    src/cpu/x64/injectors/jit_uni_eltwise_injector.cpp ``tanh_compute_vector_fwd``), so a
+    layer using it is marked inexact (``onednn_tanh``)."""
+
+    formula = "f32(tanh(double(v)))  (correctly rounded; oneDNN's polynomial differs)"
+
+    def apply(self, value):
+        return f32(np.tanh(np.asarray(value, dtype=np.float32).astype(np.float64)))
+
+
+ONEDNN_TANH_INEXACT = (
+    "Linear with a fused tanh (quantized::linear_tanh) on engine 'onednn': oneDNN applies tanh "
+    "with its own jit polynomial (jit_uni_eltwise_injector.cpp tanh_compute_vector_fwd), which "
+    "qexact does not reproduce; it computes a correctly rounded tanh instead (measured on "
+    "AVX512-VNNI, torch 2.13: every quint8 output identical in 3,732 of 3,732 and the test "
+    "sweep, but not guaranteed)")
+
+
+def linear_eltwise(engine: Engine, steps: tuple[Step, ...], kind: str,
+                   alpha: float = 0.0) -> tuple[tuple[Step, ...], str]:
+    """quantized::linear_leaky_relu / linear_tanh (qlinear.cpp ``apply_leaky_relu``,
+    ``apply_tanh``): an eltwise post-op on the float result after the bias, before the output
+    scale (measured: leaky_relu 0 of 4,191 outputs differ with alphas 0.01..1.7). Returns the
+    steps and the ``inexact`` text (tanh: only if allowed)."""
+    at = next(i for i, step in enumerate(steps) if step.role == "output_clamp") - 2
+    if kind == "leaky_relu":
+        step, inexact = LeakyReLUFloat32(f"fused leaky_relu (negative_slope {alpha})",
+                                         role="eltwise", alpha=float(alpha)), ""
+    elif kind == "tanh":
+        inexact = engine.inexact_kernel("onednn_tanh", ONEDNN_TANH_INEXACT)
+        step = TanhFloat32("fused tanh (correctly rounded)", role="eltwise")
+    else:
+        raise UnsupportedError(f"Linear with a fused {kind!r} on engine {engine.name!r}: "
+                               "supported: 'leaky_relu', 'tanh'")
+    return steps[:at] + (step,) + steps[at:], inexact
+
+
+ONEDNN_KERNELS = MappingProxyType({**ATEN_KERNELS, "linear_fp16": no_linear_fp16("ONEDNN"),
+                                   "linear_eltwise": linear_eltwise})
+"""ATen's table; fp16-weight Linear refused as PyTorch does (engines/dynamic_eager.py); the
+fused eltwise post-ops of quantized::linear_leaky_relu / linear_tanh (oneDNN only in PyTorch)."""
+
+
+def conv_add_kernel(geometry: ConvGeometry, isa: str) -> ConvKernel:
+    """Engine onednn's convolutions: ``conv_kernel``, whose epilogue also takes
+    quantized::conv2d_add(_relu)'s residual (qconv.cpp ``apply_impl`` with ``has_accum``:
+    oneDNN's "sum" post-op, ``fmaf(f32(q_r) - z_r, s_r, t)`` after the bias, before the ReLU and
+    the output scale; measured on AVX512-VNNI: 0 of 22,388 outputs differ, fresh packs, 3x3
+    convs, 1-16 channels, ReLU or not; AVX2 assumed). PyTorch's x86 engine has no conv2d_add
+    ("Didn't find engine for operation"), so ``conv_kernel`` (which x86 shares) refuses it."""
+    kernel = conv_kernel(geometry, isa)
+    return replace(kernel, numerics=replace(
+        kernel.numerics, requantization=partial(kernel.numerics.requantization,
+                                                sum_post_op=True)))
 
 
 def engine(isa: str) -> Engine:
     """oneDNN picks brgemm on VNNI CPUs and its int8 ``gemm:jit`` elsewhere (ONEDNN_VERBOSE)."""
     linear = ONEDNN_BRGEMM_MATMUL if isa == AVX512_VNNI else ONEDNN_GEMM_JIT_MATMUL
-    return Engine("onednn", isa, linear=linear, conv=conv_kernel,
+    return Engine("onednn", isa, linear=linear, conv=conv_add_kernel,
                   conv_transpose=conv_transpose_kernel, kernels=ONEDNN_KERNELS,
                   description="oneDNN kernels through ideep")

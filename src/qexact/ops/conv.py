@@ -339,7 +339,8 @@ class ConvOp:
 
     @staticmethod
     def prepare(node, input_qparams, engine):
-        input_qparams = require_quantized(node, input_qparams)
+        all_qparams = input_qparams
+        input_qparams = require_quantized(node, all_qparams)
         attrs = node.attrs
         params = prepare_conv(
             node.arrays["weight"], qparams_from_fields(attrs, node.arrays, "weight"),
@@ -349,7 +350,7 @@ class ConvOp:
             padding_mode=attrs.get("padding_mode", "zeros"), relu=bool(attrs.get("relu", False)),
             engine=engine, quantized_bias=node.arrays.get("quantized_bias"),
             clamp=attrs.get("clamp"),
-            residual_qparams=require_quantized(node, input_qparams, 1)
+            residual_qparams=require_quantized(node, all_qparams, 1)
             if len(node.inputs) > 1 else None)
         return params, params.output_qparams
 

@@ -78,6 +78,9 @@ class LinearParams(QuantizedLayerAccessors):
     float_residual: bool = False
     """A second input, a float32 residual, is added to the float result before the activation
     (oneDNN's "add" post-op: Inductor's ``linear(x) + y``)."""
+    eltwise: tuple = ()
+    """A fused eltwise post-op: ``("leaky_relu", negative_slope)`` or ``("tanh",)`` (oneDNN's
+    quantized::linear_leaky_relu / linear_tanh); empty: none."""
     not_run_for: object = None
     """The kernel's ``GemmNumerics.not_run_for``: sizes the deployment computes otherwise."""
 
@@ -102,7 +105,8 @@ class LinearParams(QuantizedLayerAccessors):
 def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams,
                    output_qparams: QParams, *, relu: bool = False,
                    engine: Engine | str, isa: str | None = None,
-                   quantized_bias=None, float_residual: bool = False) -> LinearParams:
+                   quantized_bias=None, float_residual: bool = False,
+                   eltwise: tuple = ()) -> LinearParams:
     """Validate a quantized Linear and derive everything its integer kernel needs.
 
     ``weight``: (N, K) int8; ``weight_qparams``: qint8, per-tensor or per-channel on axis 0;
@@ -112,6 +116,8 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
     ``engine`` (required: a name or an ``Engine``) on ``isa`` (default: this CPU's).
     ``float_residual``: a float32 tensor of the output's shape is added to the float result
     before the activation (an "add" post-op; refused by an engine whose epilogue has none).
+    ``eltwise``: a fused ``("leaky_relu", negative_slope)`` or ``("tanh",)`` post-op (the
+    engine's ``linear_eltwise`` kernel; refused by an engine without one).
     Raises ``QuantParamError`` where PyTorch's engine would refuse the parameters.
     """
     engine = get_engine(engine, isa)
@@ -147,6 +153,18 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
     if float_residual and not any(step.role == "sum" for step in epilogue.steps):
         raise UnsupportedError(f"Linear with a residual add on engine {engine.name!r}: its "
                                f"epilogue ({numerics.name}) has no such post-op")
+    steps, inexact = epilogue.steps, numerics.inexact
+    eltwise = tuple(eltwise or ())
+    if eltwise:
+        if relu:
+            raise UnsupportedError(f"Linear with both a ReLU and a fused {eltwise[0]}")
+        if "linear_eltwise" not in engine.kernels:
+            raise UnsupportedError(
+                f"Linear with a fused {eltwise[0]} (quantized::linear_{eltwise[0]}) on engine "
+                f"{engine.name!r}: this engine has no such post-op (PyTorch refuses the op there: "
+                f"\"Didn't find engine for operation\")")
+        steps, eltwise_inexact = engine.kernel("linear_eltwise", steps, *eltwise)
+        inexact = "; ".join(text for text in (inexact, eltwise_inexact) if text)
     zero_points = np.asarray(weight_qparams.zero_point, dtype=np.int64)
     centered = weight.astype(np.int64) - (zero_points[:, None] if zero_points.ndim else zero_points)
     positions = weight_pairs = risky = None
@@ -160,10 +178,10 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
         input_qparams=input_qparams, output_qparams=output_qparams, relu=relu,
         engine=engine.name, isa=engine.isa, kernel=numerics.name,
         bias=epilogue.bias, bias_mode=epilogue.bias_mode, multiplier=epilogue.multiplier,
-        requantization=epilogue.steps, pair_saturation=saturates,
+        requantization=steps, pair_saturation=saturates,
         weight_centered_t=np.ascontiguousarray(centered.T.astype(np.float32)),
         pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
-        inexact=numerics.inexact, float_residual=bool(float_residual),
+        inexact=inexact, float_residual=bool(float_residual), eltwise=eltwise,
         not_run_for=numerics.not_run_for,
     )
 
@@ -219,10 +237,12 @@ def _residual_rows(residual, shape: tuple[int, ...]) -> np.ndarray:
     return residual.reshape(-1, shape[-1])
 
 
-@graph_op("linear", "quantized Linear / LinearReLU (nnq.Linear, nniq.LinearReLU)")
+@graph_op("linear", "quantized Linear / LinearReLU / LinearLeakyReLU / LinearTanh (nnq.Linear, "
+               "nniq.LinearReLU, ...)")
 class LinearOp:
     """Graph node: arrays ``weight`` (int8), ``bias`` (float32, optional), per-channel
-    ``weight_scale``/``weight_zero_point``; attrs ``relu``, weight and output qparams. A second
+    ``weight_scale``/``weight_zero_point``; attrs ``relu``, ``eltwise`` (optional:
+    ``["leaky_relu", slope]`` or ``["tanh"]``), weight and output qparams. A second
     input is a float32 residual added before the activation (Inductor's fused add)."""
 
     @staticmethod
@@ -234,7 +254,7 @@ class LinearOp:
             node.arrays.get("bias"), input_qparams,
             output_qparams_of(node), relu=bool(node.attrs.get("relu", False)), engine=engine,
             quantized_bias=node.arrays.get("quantized_bias"),
-            float_residual=len(node.inputs) > 1,
+            float_residual=len(node.inputs) > 1, eltwise=tuple(node.attrs.get("eltwise", ())),
         )
         if len(node.inputs) > 1 and input_qparams_list[1] is not None:
             raise QuantParamError(f"input 1 of {node.op!r} (its residual) must be float32")
