@@ -13,7 +13,10 @@ memory layout):
 
 The memory layout is carried by the NumPy array's strides, as PyTorch carries it by the tensor's
 (``qexact.layout``): the kernel an input takes, and the layout of its result, follow from them.
-1-D pools run as 2-D pools of ``x.unsqueeze(-2)`` (as ATen does). A 3-D adaptive average pool to
+1-D pools run as 2-D pools of ``x.unsqueeze(-2)`` (as ATen does), with torch's strides
+(``ops.shape.unsqueeze``: the new dim's stride is ``L * stride(L)``; NumPy's ``expand_dims`` may
+restride size-1 dims, so a batch-1 channels_last-strided conv output would stop suggesting
+channels_last and the NHWC kernel's output would be read scrambled). A 3-D adaptive average pool to
 1x1x1 runs no pooling kernel: ATen computes it as quantized ``mean`` over the last three dims
 (AdaptiveAveragePooling3d.cpp; ``ops.reduce``). The graph ops and their explain hooks are in
 ``ops.pool_graph``.
@@ -36,6 +39,7 @@ from ._average import (Index, average_windows, input_values, laid_out, output_qp
                        require_float32_kernel, source_axes, source_text, through_float32)
 from ._window import (adaptive_windows, box_sums, outer_product, pool_window_starts,
                       pooling_output_size)
+from .shape import unsqueeze
 
 if TYPE_CHECKING:
     from .reduce import MeanParams
@@ -156,7 +160,7 @@ def avg_pool(x, p: PoolParams):
         raise ShapeError(f"avg_pool{spatial}d expects a {spatial + 1}-D or {spatial + 2}-D input, "
                          f"got shape {values.shape}")
     if spatial == 1:  # ATen: unsqueeze(-2), avg_pool2d, squeeze(-2)
-        result = avg_pool(QuantizedArray(np.expand_dims(values, -2), x.qparams), _as_2d(p))
+        result = avg_pool(QuantizedArray(unsqueeze(values, -2), x.qparams), _as_2d(p))
         return QuantizedArray(np.squeeze(result.values, -2), result.qparams)
     kernel = p.choose_kernel(x, values)
     _record_kernel("avg_pool", kernel)
@@ -211,7 +215,7 @@ def max_pool(x, p: PoolParams):
         raise ShapeError(f"max_pool{spatial}d expects a {spatial + 1}-D or {spatial + 2}-D input, "
                          f"got shape {values.shape}")
     if spatial == 1:  # Pooling.cpp quantized_max_pool1d: unsqueeze, max_pool2d, squeeze
-        wide = np.expand_dims(values, -2)
+        wide = unsqueeze(values, -2)
         result = max_pool(QuantizedArray(wide, x.qparams) if quantized else wide, _as_2d(p))
         squeezed = np.squeeze(getattr(result, "values", result), -2)
         return QuantizedArray(squeezed, x.qparams) if quantized else squeezed
@@ -353,7 +357,7 @@ def adaptive_avg_pool(x, p: AdaptivePoolParams):
     if spatial == 1:  # ATen: unsqueeze(-2), adaptive_avg_pool2d to (1, L), squeeze(-2)
         p2 = AdaptivePoolParams(p.kind, (1,) + p.output_size, p.engine,
                                 output_qparams=p.output_qparams)
-        result = adaptive_avg_pool(QuantizedArray(np.expand_dims(values, -2), x.qparams), p2)
+        result = adaptive_avg_pool(QuantizedArray(unsqueeze(values, -2), x.qparams), p2)
         return QuantizedArray(np.squeeze(result.values, -2), result.qparams)
     if uses_global_mean(values, p):
         from .reduce import mean
