@@ -3,7 +3,8 @@ dequantize and a quantize: which code path runs each element and its arithmetic 
 
 Families of the kernel table (``KERNELS``; ``Engine.kernel(family, ...)``):
 
-- ``"activation"``: sigmoid, tanh, hardsigmoid, hardswish, leaky_relu, elu on quantized tensors,
+- ``"activation"``: sigmoid, tanh, hardsigmoid, hardswish, leaky_relu, elu, celu, threshold on
+  quantized tensors,
   ``choose_activation(engine, function, input_qparams, output_qparams, constants, num_threads)
   -> ActivationKernel`` (chosen when the op is prepared);
 - ``"clamp"``: clamp / hardtanh / relu6, ``choose_clamp(engine, qparams, low, high) ->
@@ -15,7 +16,8 @@ Families of the kernel table (``KERNELS``; ``Engine.kernel(family, ...)``):
 
 Source: pytorch aten/src/ATen/native/quantized/cpu/kernels/QuantizedOpKernels.cpp
 (``qsigmoid_kernel``, ``qtanh_kernel``, ``qhardsigmoid_kernel``, ``qhardswish_kernel``,
-``leaky_qrelu_out_kernel``, ``qelu_kernel``, ``qclamp_kernel``, ``qprelu_out_kernel``) and
+``leaky_qrelu_out_kernel``, ``qelu_kernel`` (also celu), ``qthreshold_kernel``, ``qclamp_kernel``,
+``qprelu_out_kernel``) and
 aten/src/ATen/native/cpu/Activation.cpp, UnaryOpsKernel.cpp (float kernels), all driven by
 ``cpu_kernel_vec`` (aten/src/ATen/native/cpu/Loops.h): the SIMD lambda on whole body units of
 each inner loop, the scalar lambda on the rest (``engines.aten.layout_simd_mask``). A rescaling
@@ -185,10 +187,15 @@ def elu_glibc(x, alpha, scale, input_scale):
     return np.where(x >= 0, f32(x * f32(scale)), negative)
 
 
+def threshold(x, threshold, value):
+    return np.where(x > f32(threshold), x, f32(value)).astype(np.float32)
+
+
 SHARED_FORMULAS = {
     "hardsigmoid": "y = f32(min(max(f32(x + 3), 0), 6) / 6)",
     "hardswish": "y = f32(f32(x * min(max(f32(x + 3), 0), 6)) / 6)",
     "leaky_relu": "y = x > 0 ? x : f32(x * f32({slope}))",
+    "threshold": "y = x > f32({threshold}) ? x : f32({value})",
 }
 """The float32 functions whose SIMD and scalar lambdas compute alike (quantized and float)."""
 
@@ -233,18 +240,25 @@ KERNEL_LAMBDAS = {
     "hardsigmoid": _shared("hardsigmoid", hardsigmoid),
     "hardswish": _shared("hardswish", hardswish),
     "leaky_relu": _shared("leaky_relu", leaky_relu),
+    "threshold": _shared("threshold", threshold),
 }
+KERNEL_LAMBDAS["celu"] = KERNEL_LAMBDAS["elu"]
+# quantized::celu is qelu_kernel with scale = 1 and input_scale = f32(1.0 / alpha) (the reciprocal
+# in double, then Scalar::to<float>; pytorch aten/src/ATen/native/quantized/cpu/qelu.cpp
+# quantized_celu): the elu lambdas with those constants (ops.activations.prepare_activation).
 """function -> (SIMD lambda, scalar lambda) of ATen's quantized kernel (QuantizedOpKernels.cpp;
 functions from ``qexact.float_math``; measured on AVX2 against torch 2.13)."""
 
 KERNEL_NAMES = {"sigmoid": "qsigmoid_kernel", "tanh": "qtanh_kernel",
                 "hardsigmoid": "qhardsigmoid_kernel", "hardswish": "qhardswish_kernel",
-                "leaky_relu": "leaky_qrelu_out_kernel", "elu": "qelu_kernel"}
+                "leaky_relu": "leaky_qrelu_out_kernel", "elu": "qelu_kernel",
+                "celu": "qelu_kernel", "threshold": "qthreshold_kernel"}
 
-CONSTANTS = {"leaky_relu": ("slope",), "elu": ("alpha", "scale", "input_scale")}
+CONSTANTS = {"leaky_relu": ("slope",), "elu": ("alpha", "scale", "input_scale"),
+             "celu": ("alpha", "scale", "input_scale"), "threshold": ("threshold", "value")}
 """The constants each function takes (``ActivationParams`` fields of the same names)."""
 
-CONTIGUOUS_OUTPUT = frozenset({"elu"})
+CONTIGUOUS_OUTPUT = frozenset({"elu", "celu"})
 """Kernels that allocate their output contiguous whatever the input's layout (``qelu_kernel``;
 ``LambdaPlacement``)."""
 

@@ -92,3 +92,41 @@ def _quantized_softmax_function(name, args, kwargs):
     return _quantized_softmax_node(name, args, _arg(args, kwargs, 1, "dim", None),
                                    _arg(args, kwargs, 2, "output_scale", None),
                                    _arg(args, kwargs, 3, "output_zero_point", None))
+
+
+def _number(value, what: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise UnsupportedError(f"{what} must be a constant number, got {type(value).__name__}")
+    return float(value)
+
+
+@function_handler("torch.ops.quantized.celu", "torch.ops.quantized.celu.default")
+def _quantized_celu_function(name, args, kwargs):
+    """``quantized::celu(x, output_scale, output_zero_point, alpha=1)``
+    (``torch.ao.nn.quantized.functional.celu`` calls it; FX cannot trace that wrapper, which
+    branches on ``is_quantized``, TorchScript inlines it): ATen's ``qelu_kernel`` with
+    ``scale = 1``, ``input_scale = 1 / alpha`` (qelu.cpp)."""
+    scale = _arg(args, kwargs, 1, "output_scale", None)
+    zero_point = _arg(args, kwargs, 2, "output_zero_point", None)
+    if scale is None or zero_point is None:
+        raise UnsupportedError("quantized celu needs a constant output scale and zero point")
+    alpha = _number(_arg(args, kwargs, 3, "alpha", 1.0), "quantized celu's alpha")
+    if alpha == 0:
+        raise UnsupportedError("quantized celu with alpha = 0 (PyTorch raises ZeroDivisionError)")
+    return Node(name, "activation", tuple(args[:1]),
+                {"function": "celu", "alpha": alpha, "output_scale": _number(scale, "scale"),
+                 "output_zero_point": int(zero_point), "num_threads": torch_threads()})
+
+
+@function_handler("torch.ops.quantized.threshold", "torch.ops.quantized.threshold.default")
+def _quantized_threshold_function(name, args, kwargs):
+    """``quantized::threshold(qx, threshold, value)``: ATen's ``qthreshold_kernel``, output
+    qparams the input's (``torch.ao.nn.quantized.functional.threshold`` calls it)."""
+    threshold = _arg(args, kwargs, 1, "threshold", None)
+    value = _arg(args, kwargs, 2, "value", None)
+    if threshold is None or value is None:
+        raise UnsupportedError("quantized threshold needs a constant threshold and value")
+    return Node(name, "activation", tuple(args[:1]),
+                {"function": "threshold", "threshold": _number(threshold, "threshold"),
+                 "value": _number(value, "value"), "same_qparams": True,
+                 "num_threads": torch_threads()})

@@ -4,11 +4,12 @@
 relu: ``q = max(q, zp)`` with the input's qparams (pytorch QuantizedOpKernels.cpp ``qrelu_kernel``):
 the zero point is the integer that stands for 0.0, so this is exact and integer-only.
 
-sigmoid, tanh, hardsigmoid, hardswish, leaky_relu, elu: the ``"activation"`` family of
-``Engine.kernels`` (engines/aten_activations.py: ATen's SIMD body and scalar tail, each with its
-dequantize, float function and quantize; engines/qnnpack_lut.py: lookup tables). clamp, hardtanh,
-relu6: the ``"clamp"`` family (bounds quantized, then an integer clamp). The op validates,
-prepares and runs the description (``float_activations.run_paths``); explain observes the run.
+sigmoid, tanh, hardsigmoid, hardswish, leaky_relu, elu, celu, threshold: the ``"activation"``
+family of ``Engine.kernels`` (engines/aten_activations.py: ATen's SIMD body and scalar tail,
+each with its dequantize, float function and quantize; engines/qnnpack_lut.py: lookup tables).
+clamp, hardtanh, relu6: the ``"clamp"`` family (bounds quantized, then an integer clamp). The op
+validates, prepares and runs the description (``float_activations.run_paths``); explain observes
+the run.
 """
 
 from __future__ import annotations
@@ -71,9 +72,13 @@ class ReluOp:
 # --- Activations that rescale: dequantize, a float32 function, quantize ------------------------
 
 
-ACTIVATIONS = ("sigmoid", "tanh", "hardsigmoid", "hardswish", "leaky_relu", "elu")
+ACTIVATIONS = ("sigmoid", "tanh", "hardsigmoid", "hardswish", "leaky_relu", "elu", "celu",
+               "threshold")
 """The quantized activations PyTorch has (qsigmoid.cpp, qtanh.cpp, qhardsigmoid.cpp,
-qhardswish.cpp, qrelu.cpp ``leaky_relu``, qelu.cpp)."""
+qhardswish.cpp, qrelu.cpp ``leaky_relu`` and ``threshold``, qelu.cpp ``elu`` and ``celu``)."""
+
+SAME_QPARAMS = frozenset({"threshold"})
+"""Activations whose output keeps the input's qparams (qrelu.cpp ``quantized_threshold_impl``)."""
 
 FIXED_OUTPUT = {("sigmoid", "quint8"): (1.0 / 256, 0), ("sigmoid", "qint8"): (1.0 / 256, -128),
                 ("hardsigmoid", "quint8"): (1.0 / 256, 0),
@@ -87,7 +92,8 @@ class ActivationParams:
     """A rescaling activation: ``function`` (one of ``ACTIVATIONS``), ``input_qparams``,
     ``output_qparams``, ``kernel`` (the engine's description: its code paths, each with its
     dequantize, float function and quantize, and which elements each computes), and the
-    function's constants ``slope`` (leaky_relu), ``alpha``/``scale``/``input_scale`` (elu)."""
+    function's constants ``slope`` (leaky_relu), ``alpha``/``scale``/``input_scale`` (elu; celu
+    sets ``scale = 1``, ``input_scale = 1 / alpha``), ``threshold``/``value`` (threshold)."""
 
     function: str
     input_qparams: QParams
@@ -97,6 +103,8 @@ class ActivationParams:
     alpha: float = 1.0
     scale: float = 1.0
     input_scale: float = 1.0
+    threshold: float = 0.0
+    value: float = 0.0
 
 
 def prepare_activation(function: str, input_qparams: QParams, output_qparams: QParams | None,
@@ -113,6 +121,15 @@ def prepare_activation(function: str, input_qparams: QParams, output_qparams: QP
     if input_qparams.is_per_channel or input_qparams.dtype not in (QUINT8, QINT8):
         raise QuantParamError(f"{function}: input must be per-tensor quint8 or qint8")
     fixed = FIXED_OUTPUT.get((function, input_qparams.dtype.name))
+    if function in SAME_QPARAMS:
+        output_qparams = input_qparams
+    if function == "celu":
+        # quantized_celu (pytorch aten/src/ATen/native/quantized/cpu/qelu.cpp): qelu_kernel with
+        # scale = 1 and input_scale = 1. / alpha in double (the kernel rounds it to float)
+        alpha = float(constants.get("alpha", 1.0))
+        if alpha == 0:
+            raise QuantParamError("celu: alpha cannot be 0")
+        constants = dict(constants, scale=1.0, input_scale=1.0 / alpha)
     if fixed is not None:
         output_qparams = QParams.per_tensor(fixed[0], fixed[1], input_qparams.dtype)
     if output_qparams is None:
@@ -123,7 +140,8 @@ def prepare_activation(function: str, input_qparams: QParams, output_qparams: QP
     params = ActivationParams(function, input_qparams, output_qparams, None,
                               **{key: float(value) for key, value in constants.items()})
     values = {"slope": params.slope, "alpha": params.alpha, "scale": params.scale,
-              "input_scale": params.input_scale}
+              "input_scale": params.input_scale, "threshold": params.threshold,
+              "value": params.value}
     kernel = get_engine(engine).kernel("activation", function, input_qparams, output_qparams,
                                        values, int(num_threads or default_num_threads()))
     return ActivationParams(function, input_qparams, output_qparams, kernel, **values)
@@ -240,7 +258,8 @@ def float_activation(x: np.ndarray, p: FloatKernelParams) -> np.ndarray:
     return float_kernel(x, p)
 
 
-@graph_op("activation", "sigmoid, tanh, hardsigmoid, hardswish, leaky_relu, elu (quantized); "
+@graph_op("activation", "sigmoid, tanh, hardsigmoid, hardswish, leaky_relu, elu, celu, threshold "
+          "(quantized); "
           "sigmoid, hardswish, hardsigmoid, leaky_relu also on float32")
 class ActivationOp:
     @staticmethod
@@ -254,7 +273,8 @@ class ActivationOp:
                                      input_q.dtype) if "output_scale" in node.attrs else None)
         if output is None and node.attrs.get("same_qparams"):  # F.leaky_relu on a quantized tensor
             output = input_q
-        constants = {key: node.attrs[key] for key in ("slope", "alpha", "scale", "input_scale")
+        constants = {key: node.attrs[key] for key in ("slope", "alpha", "scale", "input_scale",
+                                                      "threshold", "value")
                      if key in node.attrs}
         params = prepare_activation(function, input_q, output, engine,
                                     num_threads=node.attrs.get("num_threads"), **constants)

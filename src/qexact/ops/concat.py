@@ -6,7 +6,8 @@ Source: pytorch aten/src/ATen/native/quantized/cpu/TensorShape.cpp (``quantized_
 states which inputs take which path and the NHWC kernel's steps; ATen's, the same on every engine
 (measured on fbgemm, x86, qnnpack, onednn) but for the capability's float lanes.
 
-Two paths, chosen by the inputs' memory format in PyTorch:
+Two paths, chosen by the inputs' memory format in PyTorch (qint32: the general path only; its
+NHWC case is refused):
 
 - **general** (any input not channels_last, or dim != 1, or not 4-D): ``quantize_per_tensor(
   cat(dequantize(x_i)), s, z)`` with the ``qexact.ops.quantize`` formulas (dequantize
@@ -74,8 +75,9 @@ def prepare_cat(input_qparams, output_qparams: QParams, dim: int, relu: bool = F
             raise QuantParamError(f"quantized cat: input {i} dtype {qparams.dtype} differs from "
                                   f"output dtype {output_qparams.dtype} (PyTorch: 'All dtypes "
                                   "must be the same')")
-    if output_qparams.dtype.bits != 8:
-        raise UnsupportedError(f"quantized cat on {output_qparams.dtype} is not supported (8-bit only)")
+    if output_qparams.dtype.bits not in (8, 32):
+        raise UnsupportedError(f"quantized cat on {output_qparams.dtype} is not supported "
+                               "(quint8, qint8, qint32)")
     return CatParams(int(dim), input_qparams, output_qparams, bool(relu),
                      get_engine(engine, isa).kernel("cat"), bool(wraps_dim))
 
@@ -176,6 +178,11 @@ def cat(inputs, p: CatParams) -> QuantizedArray:
     out_qp = p.output_qparams
     dtype = out_qp.dtype.numpy_dtype
     if uses_nhwc_path(p, values):
+        if out_qp.dtype.bits != 8:
+            # qcat_nhwc_kernel's qint32 vectors (Vectorized<c10::qint32>) are not stated here
+            raise UnsupportedError(f"quantized cat of channels_last 4-D {out_qp.dtype} inputs "
+                                   "along dim 1 (ATen's NHWC kernel) is not supported; "
+                                   "8-bit only there, qint32 on the general path")
         out_shape = list(values[0].shape)
         out_shape[1] = sum(v.shape[1] for v in values)
         return QuantizedArray(to_channels_last(_nhwc(p, values, tuple(out_shape)).astype(dtype)),
