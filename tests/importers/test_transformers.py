@@ -6,7 +6,7 @@ sgemm, reproduced inside its measured rule: engines/aten_matmul.py). The full bl
 Parameters in forward (other modules' ops). torchvision's ViT runs ``nn.MultiheadAttention``
 (its inference fast path, op ``multihead_attention``: ops/attention.py), bit-exact where its
 products fall inside the measured MKL rule (17 tokens, head dim 16);
-``swin_t`` calls FX-wrapped torchvision functions (``shifted_window_attention``, ``_get_relative_position_bias``).
+``swin_t``'s FX-wrapped window attention: tests/importers/test_swin.py.
 """
 
 from __future__ import annotations
@@ -234,13 +234,3 @@ def test_torchvision_vit_b_16_224():
     _need_torchvision()
     _, elements = _compare("vit_b_16_224", "x86", seeds=range(1), threads=1)
     assert elements == 1000
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="swin_t calls torchvision's FX-wrapped "
-                   "shifted_window_attention (float F.linear, roll, masks, softmax, matmul) and "
-                   "_get_relative_position_bias, which have no handler yet")
-def test_torchvision_swin_t():
-    _need_torchvision()
-    _, elements = _compare("swin_t", "x86", seeds=range(1), threads=1)
-    assert elements > 0

@@ -16,7 +16,7 @@ aten/src/ATen/native/transformers/attention.cpp ``native_multi_head_attention_cp
     p = softmax(s, -1)                     ATen's softmax_lastdim kernel (op softmax)
     o = bmm(p, v)                          (B*H) x (T, T) x (T, d)
     y = addmm(b_out, o', W_out^T)          o' = o transposed to (B*T, E); at::linear -> addmm
-                                           (MKL sgemm with beta = 1, ``mkl_addmm`` below)
+                                           (MKL sgemm with beta = 1: engines.aten_matmul.mkl_addmm)
     weights (need_weights): at::sum(p, 1) / H   (not reproduced: its order was not found)
 
 Every product is the ``"matmul"`` family's (engines/aten_matmul.py): reproduced inside its
@@ -76,31 +76,6 @@ LOG2E, LN2 = np.uint32(0x3fb8aa3b).view(np.float32), np.uint32(0x3f317218).view(
 EXP_U20_COEFFICIENTS = tuple(np.float32(c) for c in (0.00828929059, 0.0418978221, 0.166676521,
                                                        0.499991506, 0.999999701, 1.0))
 """``Vectorized<float>::exp_u20``'s polynomial, highest degree first (1/5! .. 1/1!, 1)."""
-
-
-def mkl_addmm(bias: np.ndarray, a: np.ndarray, b: np.ndarray, kernel) -> np.ndarray:
-    """``addmm(bias, a, b)`` (``at::linear`` with a bias) of float32 ``(M, K)`` and ``(K, N)``:
-    ``kernel`` is the ``"matmul"`` family's kernel for the shape (``FloatMatmul.plan(...)
-    .kernel``); see the module docstring for the order."""
-    bias = np.asarray(bias, np.float32)
-    if kernel.order != "fma":
-        return f32(kernel.compute(a, b) + bias)
-    from .aten_matmul import MKL_SINGLE_BLOCK, _sequential_fma
-
-    depth = a.shape[-1]
-    if depth <= MKL_SINGLE_BLOCK:
-        blocks = [(0, depth)]
-    elif depth <= 2 * MKL_SINGLE_BLOCK:
-        half = depth // 2
-        blocks = [(0, half), (half, 2 * half)] + ([(depth - 1, depth)] if depth % 2 else [])
-    else:
-        blocks = [(start, min(start + MKL_SINGLE_BLOCK, depth))
-                  for start in range(0, depth, MKL_SINGLE_BLOCK)]
-    acc = np.broadcast_to(bias, a.shape[:-1] + b.shape[-1:]).astype(np.float32)
-    with np.errstate(all="ignore"):
-        for start, stop in blocks:
-            acc = f32(acc + _sequential_fma(a, b, start, stop))
-    return acc
 
 
 def exp_u20(x) -> np.ndarray:

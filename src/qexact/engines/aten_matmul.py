@@ -84,24 +84,44 @@ def _sequential_fma(a: np.ndarray, b: np.ndarray, start: int, stop: int) -> np.n
     return acc
 
 
-def _mkl_blocked_fma(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The measured MKL order (module docstring): one FMA chain up to K = 192; up to 384 two
-    halves summed and an odd last product added; beyond, chains of 192 added in order."""
-    depth = a.shape[-1]
+def mkl_k_blocks(depth: int) -> list[tuple[int, int]]:
+    """The K blocks whose FMA chains (each from 0) MKL's sgemm adds into ``C`` one after
+    another, inside the measured rule (module docstring): ``[0, K)`` up to K = 192; ``[0, h)``,
+    ``[h, 2h)`` and, for odd K, ``[2h, K)`` up to 384; blocks of 192 beyond."""
     if depth <= MKL_SINGLE_BLOCK:
-        return _sequential_fma(a, b, 0, depth)
+        return [(0, depth)]
     if depth > 2 * MKL_SINGLE_BLOCK:
-        acc = _sequential_fma(a, b, 0, MKL_SINGLE_BLOCK)
-        with np.errstate(all="ignore"):
-            for start in range(MKL_SINGLE_BLOCK, depth, MKL_SINGLE_BLOCK):
-                acc = acc + _sequential_fma(a, b, start, min(start + MKL_SINGLE_BLOCK, depth))
-        return acc.astype(np.float32)
+        return [(start, min(start + MKL_SINGLE_BLOCK, depth))
+                for start in range(0, depth, MKL_SINGLE_BLOCK)]
     half = depth // 2
+    return [(0, half), (half, 2 * half)] + ([(2 * half, depth)] if depth % 2 else [])
+
+
+def _mkl_blocked_fma(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """The measured MKL order: ``C`` is the first block's chain (``beta = 0``: ``mm``, ``bmm``)
+    or the bias (``beta = 1``: ``addmm``, ``at::linear`` with a bias), then each (other) block's
+    chain is added, ``C = f32(C + chain)``, in order (``mkl_k_blocks``)."""
+    blocks = mkl_k_blocks(a.shape[-1])
+    if bias is None:
+        acc, blocks = _sequential_fma(a, b, *blocks[0]), blocks[1:]
+    else:
+        acc = np.broadcast_to(np.asarray(bias, np.float32),
+                              a.shape[:-1] + b.shape[-1:]).astype(np.float32)
     with np.errstate(all="ignore"):
-        acc = _sequential_fma(a, b, 0, half) + _sequential_fma(a, b, half, 2 * half)
-        if depth % 2:
-            acc = acc + _sequential_fma(a, b, depth - 1, depth)
-    return acc.astype(np.float32)
+        for start, stop in blocks:
+            acc = (acc + _sequential_fma(a, b, start, stop)).astype(np.float32)
+    return acc
+
+
+def mkl_addmm(bias: np.ndarray, a: np.ndarray, b: np.ndarray, kernel) -> np.ndarray:
+    """``addmm(bias, a, b)`` (``at::linear`` with a bias) of float32 ``(M, K)`` and ``(K, N)``:
+    ``kernel`` is this family's kernel for the shape (``FloatMatmul.plan(...).kernel``). Inside
+    the rule ``C`` starts at the bias (MKL's ``beta = 1``; measured: the bias last differs for
+    K > 192 on ~30 % of outputs); outside (allowed only), the product then ``+ bias``."""
+    if kernel.order != "fma":
+        with np.errstate(all="ignore"):
+            return (kernel.compute(a, b) + np.asarray(bias, np.float32)).astype(np.float32)
+    return _mkl_blocked_fma(a, b, bias)
 
 
 def _numpy_order(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -172,6 +172,7 @@ method_handler("flatten")(_flatten_node)
 method_handler("view", "reshape")(_reshape_node)
 method_handler("relu", "relu_")(_first_input("relu"))
 method_handler("dequantize")(_first_input("dequantize"))
+method_handler("dim", "ndimension")(_first_input("ndim"))  # ViT: torch._assert(x.dim() == 3)
 method_handler("size")(lambda name, args, kwargs: Node(
     name, "size", args[:1], {"dim": _arg(args, kwargs, 1, "dim", None)}))
 

@@ -104,8 +104,3 @@ def _scaled_dot_product_attention(name, args, kwargs):
                 (values["query"], values["key"], values["value"]),
                 {"scale": None if scale is None else float(scale)})
 
-
-@method_handler("dim", "ndimension")
-def _dim(name, args, kwargs) -> Node:
-    """``x.dim()`` (torchvision's ViT: ``torch._assert(input.dim() == 3, ...)``): op ``ndim``."""
-    return Node(name, "ndim", tuple(args[:1]))

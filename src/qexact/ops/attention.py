@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engines.aten_matmul import mkl_addmm
 from ..errors import ShapeError, UnsupportedError
 from ..qparams import QuantizedArray
 from ..rounding import f32
@@ -40,9 +41,7 @@ def _product(kernel, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _addmm(kernel, bias, a, b) -> np.ndarray:
-    """``addmm(bias, a, b)`` as ATen's at::linear runs it (engines.aten_attention.mkl_addmm)."""
-    from ..engines.aten_attention import mkl_addmm
-
+    """``addmm(bias, a, b)`` as ATen's at::linear runs it (the matmul family's ``mkl_addmm``)."""
     plan = kernel.plan(a.shape, b.shape)
     return mkl_addmm(bias, np.ascontiguousarray(a), np.ascontiguousarray(b), plan.kernel)
 
@@ -275,19 +274,3 @@ class ScaledDotProductAttentionOp:
     @staticmethod
     def explain(params, inputs, result, index):
         return observed_stages(_run_sdpa, params, inputs, result, index), []
-
-
-# --- Tensor.dim() ------------------------------------------------------------------------------
-# (torchvision's vit_b_16 asserts ``input.dim() == 3``; belongs with op "size" in ops/shape.py)
-
-
-@graph_op("ndim", "Tensor.dim() / Tensor.ndim: the number of dimensions (an int)")
-class NdimOp:
-    @staticmethod
-    def prepare(node, input_qparams, engine):
-        return None, None
-
-    @staticmethod
-    def run(params, inputs):
-        x = inputs[0]
-        return int(np.ndim(x.values if isinstance(x, QuantizedArray) else x))

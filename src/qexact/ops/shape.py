@@ -121,6 +121,12 @@ class SizeOp:
         return shape if dim is None else shape[dim]
 
 
+@graph_op("ndim", "Tensor.dim() / Tensor.ndim: the number of dimensions (an int)")
+class NdimOp:
+    prepare = staticmethod(lambda node, input_qparams, engine: (None, None))
+    run = staticmethod(lambda params, inputs: int(np.ndim(_values(inputs[0]))))
+
+
 def _tensor_index(index) -> tuple:
     """A constant basic index (ints, slices, None, Ellipsis), as a tuple; else ShapeError."""
     items = index if isinstance(index, tuple) else (index,)

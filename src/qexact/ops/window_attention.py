@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engines.aten_matmul import mkl_k_blocks
 from ..errors import ShapeError, UnsupportedError
 from ..qparams import QuantizedArray
 from ..rounding import f32
@@ -169,24 +170,6 @@ def prepare_window_attention(window_size, num_heads: int, shift_size, engine,
                                  prepare_softmax(-1, engine=engine))
 
 
-MKL_K_BLOCK = 192
-"""MKL's k-block inside the measured rule (engines/aten_matmul.py): one FMA chain up to
-K = 192, two halves of ``K // 2`` (and an odd last product) up to K = 384."""
-
-
-def _k_blocks(depth: int) -> list[tuple[int, int]]:
-    """The k-blocks MKL's sgemm sums into ``C`` one after another (for a product the engine's
-    rule claims): ``[0, K)`` up to K = 192; ``[0, h)``, ``[h, 2h)`` and an odd ``[2h, K)`` up
-    to K = 384; blocks of 192 beyond (up to the K the engine claims)."""
-    if depth <= MKL_K_BLOCK:
-        return [(0, depth)]
-    if depth > 2 * MKL_K_BLOCK:  # measured too (K = 385..1152): blocks of 192, in order
-        return [(start, min(start + MKL_K_BLOCK, depth))
-                for start in range(0, depth, MKL_K_BLOCK)]
-    half = depth // 2
-    return [(0, half), (half, 2 * half)] + ([(2 * half, depth)] if depth % 2 else [])
-
-
 def float_linear(x: np.ndarray, weight: np.ndarray, bias, matmul: MatmulParams) -> np.ndarray:
     """``F.linear(x, weight, bias)`` on float32: ATen folds ``x`` to ``(rows, K)`` and runs
     ``addmm(bias, x, weight^T)`` (``mm`` without bias), MKL's sgemm with ``beta = 1``: ``C``
@@ -206,7 +189,7 @@ def float_linear(x: np.ndarray, weight: np.ndarray, bias, matmul: MatmulParams) 
     else:
         out = np.broadcast_to(bias, plan.output_shape).astype(np.float32)
         with np.errstate(all="ignore"):
-            for start, stop in _k_blocks(rows.shape[1]):
+            for start, stop in mkl_k_blocks(rows.shape[1]):
                 chain = float_matmul(rows[:, start:stop], columns[start:stop], matmul)
                 out = f32(out + chain)
                 record("linear: k-block", "C = f32(C + chain[{start}, {stop}))", out,
