@@ -17,20 +17,11 @@ import numpy as np
 
 from ..engines.aten_matmul import mkl_addmm
 from ..errors import ShapeError, UnsupportedError
-from ..qparams import QuantizedArray
 from ..rounding import f32
 from ..trace import record
 from ._registry import graph_op, observed_stages
+from .quantize import require_float32
 from .softmax import softmax_float
-
-
-def _float(x, what: str) -> np.ndarray:
-    if isinstance(x, QuantizedArray):
-        raise ShapeError(f"{what} takes float32 tensors, got a quantized one")
-    x = np.asarray(x)
-    if x.dtype != np.float32:
-        raise ShapeError(f"{what} must be float32, got {x.dtype}")
-    return x
 
 
 def _product(kernel, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -93,7 +84,7 @@ def multihead_attention(x: np.ndarray, params: MultiheadAttentionParams):
     native_multi_head_attention_cpu). The head-averaged weights (``need_weights=True``:
     ``at::sum`` over heads, then ``/ H``) are not produced: ATen's outer-dim sum order was not
     reproduced (a sequential sum differs on 5 of 5,000 elements for 8 heads)."""
-    x = _float(x, "MultiheadAttention input")
+    x = require_float32(x, "MultiheadAttention input")
     if x.ndim != 3 or x.shape[2] != params.out_bias.shape[0]:
         raise ShapeError(f"MultiheadAttention expects (batch, tokens, "
                          f"{params.out_bias.shape[0]}), got {x.shape}")
@@ -225,7 +216,7 @@ def _flash_block(q, k, v, scale, kernel):
 def scaled_dot_product_attention(q, k, v, params: ScaledDotProductAttentionParams):
     """``F.scaled_dot_product_attention(q, k, v)`` on float32 ``(..., L, d)``, ``(..., S, d)``,
     ``(..., S, d)`` (4-D, batch and heads equal) by the flash kernel."""
-    q, k, v = (_float(a, "scaled_dot_product_attention input") for a in (q, k, v))
+    q, k, v = (require_float32(a, "scaled_dot_product_attention input") for a in (q, k, v))
     if q.ndim != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise UnsupportedError(f"scaled_dot_product_attention: only 4-D q, k, v with one batch, "
                                f"head count and head size are supported; got {q.shape}, "

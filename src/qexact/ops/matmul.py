@@ -30,7 +30,7 @@ from ..qparams import QParams, QuantizedArray
 from ..stages import Stage
 from ..trace import record
 from ._registry import graph_op
-from .quantize import _quantize, dequantize
+from .quantize import _quantize, dequantize, require_float32
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,9 @@ def prepare_matmul(engine, num_threads: int | None = None) -> MatmulParams:
                                                                  or default_num_threads())))
 
 
-def _float_operand(x, position: int) -> np.ndarray:
-    if isinstance(x, QuantizedArray):
-        raise ShapeError(f"matmul input {position} is quantized; the float32 matmul takes "
-                         "float32 tensors (quantized::matmul takes quantized ones)")
-    x = np.asarray(x)
-    if x.dtype != np.float32:
-        raise ShapeError(f"matmul input {position} must be float32, got {x.dtype}")
-    return x
-
-
 def float_matmul(a: np.ndarray, b: np.ndarray, params: MatmulParams) -> np.ndarray:
     """``torch.matmul(a, b)`` on float32 arrays, as ATen computes it on this engine."""
-    a, b = _float_operand(a, 0), _float_operand(b, 1)
+    a, b = require_float32(a, "matmul input 0"), require_float32(b, "matmul input 1")
     plan = params.kernel.plan(a.shape, b.shape)
     record("matmul: kernel", "the kernel of every product", None, kernel=plan.kernel.name,
            M=plan.rows, K=plan.depth, N=plan.columns, products=plan.count)
@@ -111,7 +101,7 @@ class MatmulOp:
 
     @staticmethod
     def explain(params, inputs, result, index):
-        a, b = (_float_operand(x, i) for i, x in enumerate(inputs[:2]))
+        a, b = (require_float32(x, f"matmul input {i}") for i, x in enumerate(inputs[:2]))
         return _product_stages(a, b, params, result, index), []
 
 

@@ -227,6 +227,17 @@ def require_quantized(node, input_qparams, index: int = 0) -> QParams:
     return qparams
 
 
+def require_float32(x, what: str) -> np.ndarray:
+    """``x`` as a float32 array: a float kernel's input (``what`` names it in the error), which
+    must be neither a quantized tensor nor another float type."""
+    if isinstance(x, QuantizedArray):
+        raise ShapeError(f"{what} takes float32 tensors, got a quantized one")
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise ShapeError(f"{what} must be float32, got {x.dtype}")
+    return x
+
+
 def output_qparams_of(node) -> QParams | None:
     """The node's output qparams (attrs ``output_*``), or None where it has none: a layer whose
     output stays float32 (PT2E models compiled by Inductor, when no quantize follows)."""

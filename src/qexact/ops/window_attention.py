@@ -48,6 +48,7 @@ from ..stages import Stage
 from ..trace import record
 from ._registry import graph_op
 from .matmul import MatmulParams, float_matmul, prepare_matmul
+from .quantize import require_float32
 from .shape import pad_constant
 from .softmax import SoftmaxParams, prepare_softmax, softmax_float
 
@@ -55,22 +56,12 @@ MASK_FILL = np.float32(-100.0)
 """torchvision's attention mask between tokens of different shifted regions."""
 
 
-def _float(x, what: str) -> np.ndarray:
-    if isinstance(x, QuantizedArray):
-        raise ShapeError(f"window attention: {what} is quantized; torchvision's "
-                         "shifted_window_attention runs in float32 (FX leaves it float)")
-    x = np.asarray(x)
-    if x.dtype != np.float32:
-        raise ShapeError(f"window attention: {what} must be float32, got {x.dtype}")
-    return x
-
-
 # --- _get_relative_position_bias and _patch_merging_pad -------------------------------------
 
 
 def relative_position_bias(table: np.ndarray, index: np.ndarray, window_size) -> np.ndarray:
     """``table[index].view(N, N, -1).permute(2, 0, 1).contiguous().unsqueeze(0)``."""
-    table, index = _float(table, "the bias table"), np.asarray(index)
+    table, index = require_float32(table, "window attention: the bias table"), np.asarray(index)
     if index.dtype.kind not in "iu":
         raise ShapeError(f"relative position index must be integers, got {index.dtype}")
     tokens = int(window_size[0]) * int(window_size[1])
@@ -218,11 +209,11 @@ def shift_mask(padded_height: int, padded_width: int, window_size, shift_size) -
 def window_attention(x, qkv_weight, proj_weight, position_bias, qkv_bias, proj_bias,
                      params: WindowAttentionParams) -> np.ndarray:
     """``shifted_window_attention`` of torchvision on float32 arrays (module docstring)."""
-    x = _float(x, "the input")
-    qkv_weight, proj_weight = _float(qkv_weight, "qkv_weight"), _float(proj_weight, "proj_weight")
-    position_bias = _float(position_bias, "the relative position bias")
-    qkv_bias = None if qkv_bias is None else _float(qkv_bias, "qkv_bias")
-    proj_bias = None if proj_bias is None else _float(proj_bias, "proj_bias")
+    x = require_float32(x, "window attention: the input")
+    qkv_weight, proj_weight = require_float32(qkv_weight, "window attention: qkv_weight"), require_float32(proj_weight, "window attention: proj_weight")
+    position_bias = require_float32(position_bias, "window attention: the relative position bias")
+    qkv_bias = None if qkv_bias is None else require_float32(qkv_bias, "window attention: qkv_bias")
+    proj_bias = None if proj_bias is None else require_float32(proj_bias, "window attention: proj_bias")
     if x.ndim != 4:
         raise ShapeError(f"shifted_window_attention takes (B, H, W, C), got shape {x.shape}")
     batch, height, width, channels = x.shape
