@@ -378,3 +378,39 @@ def test_unknown_layer_names_the_nodes():
     assert "'fc_2'" in message
     for name in ("quant", "fc", "dequant"):
         assert f"'{name}'" in message
+
+
+@pytest.mark.torch
+def test_outputs_an_allowed_inexact_kernel_reaches_are_marked():
+    """A GRU's tanh (MKL's vsTanh) runs only with allow_inexact; explain and inspect then mark
+    the GRU and every layer its output reaches, and only those."""
+    torch = pytest.importorskip("torch")
+    from qexact.summary import inspect_net
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = torch.nn.GRU(4, 6), torch.nn.Linear(6, 3)
+
+        def forward(self, x, y):
+            return self.head(self.rnn(x)[0]), self.head(y)
+
+    torch.manual_seed(0)
+    model = torch.ao.quantization.quantize_dynamic(Model().eval(), {torch.nn.GRU, torch.nn.Linear})
+    with pytest.raises(qexact.UnsupportedError, match=r"allow_inexact=\('tanh',\)"):
+        qexact.from_torch(model, engine="fbgemm")
+    net = qexact.from_torch(model, engine="fbgemm", allow_inexact=("tanh",))
+    rng = np.random.default_rng(0)
+    inputs = (rng.standard_normal((5, 2, 4)).astype(np.float32),
+              rng.standard_normal((2, 6)).astype(np.float32))
+    first, second = (node.name for node in net.graph.nodes if node.op == "linear_dynamic")
+    marked = net.explain(inputs, layer=first)
+    assert list(marked.inexact) == ["rnn"] and "vsTanh" in marked.inexact["rnn"]
+    assert "NOT BIT-EXACT: depends on 'rnn'" in marked.render("text")
+    document = marked.to_json()
+    jsonschema.validate(document, EXPLAIN_SCHEMA)
+    assert document["exact"] is False
+    assert net.explain(inputs, layer=second).to_json()["exact"] is True
+    reports = {report.name: report for report in inspect_net(net, inputs)}
+    assert reports["rnn"].inexact and reports[first].reached_by == ("rnn",)
+    assert reports[second].reached_by == () and reports[second].to_json()["exact"]

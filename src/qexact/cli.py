@@ -144,6 +144,8 @@ def command_inspect(arguments) -> int:
                   if report.multiplier else f"{'':<16} out {report.output_qparams}")
         if report.inexact:
             print(f"{'':<16} not bit-exact (float op order not reproduced)")
+        elif report.reached_by:
+            print(f"{'':<16} not bit-exact: reached by {', '.join(report.reached_by)}")
     return 0
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,9 @@ class Explanation:
     index: tuple[int, ...]
     stages: list[Stage]
     output: Any
+    inexact: dict[str, str] = field(default_factory=dict)
+    """The layers run with a float kernel qexact does not reproduce (``allow_inexact``) whose
+    outputs reach this value: name -> why. Empty: the value is PyTorch's, bit for bit."""
 
     def to_json(self) -> dict:
         return {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "layer": self.layer,
@@ -45,7 +48,8 @@ class Explanation:
                 "output": _jsonable(self.output),
                 "stages": [{"name": s.name, "node": s.node, "op": s.op, "formula": s.formula,
                             "values": _jsonable(s.values), "result": _jsonable(s.result),
-                            "note": s.note} for s in self.stages]}
+                            "note": s.note} for s in self.stages],
+                "exact": not self.inexact, "inexact": dict(self.inexact)}
 
     def render(self, format: str = "text") -> str:
         if format == "text":
@@ -110,6 +114,11 @@ def render_text(explanation: Explanation) -> str:
     lines = [f"{explanation.layer} [{explanation.op}] element {list(explanation.index)}: "
              f"{format_number(explanation.output)}",
              f"engine {explanation.engine}, isa {explanation.isa}", ""]
+    for layer, why in explanation.inexact.items():
+        lines += _wrap(f"NOT BIT-EXACT: depends on {layer!r}, allowed inexact: {why}",
+                       indent="  ")
+    if explanation.inexact:
+        lines.append("")
     for number, stage in enumerate(explanation.stages, 1):
         head = f"{number:2d}. {stage.name}  ({stage.node})"
         lines.append(head[:TEXT_WIDTH])
@@ -132,6 +141,8 @@ def render_markdown(explanation: Explanation) -> str:
     lines = [f"### `{explanation.layer}` [{explanation.op}] element "
              f"`{list(explanation.index)}` = `{format_number(explanation.output)}`", "",
              f"Engine `{explanation.engine}`, ISA `{explanation.isa}`.", "",
+             *(f"**Not bit-exact**: depends on `{layer}`, allowed inexact: {why}\n"
+               for layer, why in explanation.inexact.items()),
              "| # | stage | node | formula | values | result |", "|---|---|---|---|---|---|"]
     for number, stage in enumerate(explanation.stages, 1):
         values = "<br>".join(f"{key} = `{format_number(value)}`"
@@ -165,5 +176,7 @@ EXPLAIN_SCHEMA = {
                            "op": {"type": "string"}, "formula": {"type": "string"},
                            "values": {"type": "object"}, "note": {"type": "string"}},
         }},
+        "exact": {"type": "boolean"},
+        "inexact": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }

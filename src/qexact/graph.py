@@ -157,7 +157,7 @@ class Net:
         index = normalize_index(index, output.shape, name)
         stages = self._explain_stages(values, name, index)
         return Explanation(name, prepared.node.op, self.engine.name, self.engine.isa, index,
-                           stages, output[index][()])
+                           stages, output[index][()], self.inexact_reaching(name))
 
     def _explain_stages(self, values: dict, name: str, index) -> list[Stage]:
         """The stages of node ``name``'s element ``index``, after those of the upstream elements
@@ -180,6 +180,28 @@ class Net:
                 before += self._explain_stages(values, item.name, input_index)
         return before + [Stage(s.name, s.formula, s.values, s.result, s.node or name,
                                s.op or node.op, s.note) for s in stages]
+
+    def inexact_reaching(self, name: str) -> dict[str, str]:
+        """The layers whose outputs are not bit-exact (their params' ``inexact``: a float kernel
+        the user allowed with ``allow_inexact``) and reach node ``name``'s output (itself
+        included): layer name -> why. Empty: ``name``'s values are exact."""
+        reached = self._inexact_by_node()
+        if name not in reached:
+            raise QexactError(f"no node {name!r}; nodes: {list(reached)}")
+        return reached[name]
+
+    def _inexact_by_node(self) -> dict[str, dict[str, str]]:
+        reached: dict[str, dict[str, str]] = {}
+        for item in self._prepared:
+            found: dict[str, str] = {}
+            for ref in item.node.inputs:
+                if isinstance(ref, Ref):
+                    found.update(reached.get(ref.name, {}))
+            why = getattr(item.params, "inexact", "")
+            if why:
+                found[item.node.name] = why
+            reached[item.node.name] = found
+        return reached
 
     @property
     def isa(self) -> str:

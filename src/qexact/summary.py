@@ -30,6 +30,7 @@ class LayerReport:
     saturation: str = ""              # "", "impossible", "possible", "happens on N elements"
     inexact: str = ""                 # why its outputs are not bit-exact on this engine ("": exact)
     details: dict = field(default_factory=dict)
+    reached_by: tuple[str, ...] = ()  # earlier inexact layers whose outputs reach this one
 
     def to_json(self) -> dict:
         return {"name": self.name, "op": self.op, "kernel": self.kernel,
@@ -37,7 +38,8 @@ class LayerReport:
                 "output_shape": None if self.output_shape is None else list(self.output_shape),
                 "input_qparams": self.input_qparams, "output_qparams": self.output_qparams,
                 "multiplier": [float(m) for m in self.multiplier], "saturation": self.saturation,
-                "exact": not self.inexact, "inexact": self.inexact}
+                "exact": not self.inexact and not self.reached_by, "inexact": self.inexact,
+                "reached_by_inexact": list(self.reached_by)}
 
 
 def _describe(qparams) -> str:
@@ -60,6 +62,7 @@ def inspect_net(net: Net, inputs: tuple | None = None) -> list[LayerReport]:
     """One ``LayerReport`` per node, in execution order."""
     values = net.run_values(*inputs) if inputs is not None else {}
     qparams_of = {item.node.name: item.output_qparams for item in net._prepared}
+    inexact_of = net._inexact_by_node()
     reports = []
     for item in net._prepared:
         node, params = item.node, item.params
@@ -75,7 +78,8 @@ def inspect_net(net: Net, inputs: tuple | None = None) -> list[LayerReport]:
             output_shape=_shape(values.get(node.name)),
             input_qparams=_describe(qparams_of.get(first.name) if first is not None else None),
             output_qparams=_describe(item.output_qparams), multiplier=multiplier,
-            saturation=saturation, inexact=getattr(params, "inexact", "")))
+            saturation=saturation, inexact=getattr(params, "inexact", ""),
+            reached_by=tuple(name for name in inexact_of[node.name] if name != node.name)))
     return reports
 
 
