@@ -15,6 +15,7 @@ import qexact
 from qexact import QINT32, QParams, QuantizedArray, UnsupportedError
 from qexact.ops.activations import relu
 from qexact.ops.concat import cat, prepare_cat
+from qexact.ops.elementwise import binary, prepare_binary
 from qexact.ops.pooling import pool, prepare_pool
 
 
@@ -116,3 +117,32 @@ def test_refused_on_qint32():
     nhwc = np.zeros((1, 2, 3, 3), np.int32).transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)
     with pytest.raises(UnsupportedError, match="qint32"):
         cat([QuantizedArray(nhwc, qp), QuantizedArray(nhwc, qp)], p)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("relu", [False, True])
+def test_add_vs_torch(engine, relu):
+    """``quantized::add`` on qint32: SIMD units of 16 (two 8-lane vectors), ``quantize_val`` on
+    both paths, the tail's ``q - z`` wrapping in int32; codes up to +-2^31."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    op = torch.ops.quantized.add_relu if relu else torch.ops.quantized.add
+    for case in range(40):
+        shape = (int(rng.integers(1, 70)),) if case % 3 else (2, 3, int(rng.integers(1, 40)))
+        high = 2**31 - 1 if case % 4 == 0 else 4000
+        qa, qb = (rng.integers(-high, high, size=shape).astype(np.int32) for _ in range(2))
+        (sa, sb, so), (za, zb, zo) = rng.uniform(1e-4, 2, 3), rng.integers(-900, 900, 3)
+        qparams = [QParams.per_tensor(float(s), int(z), QINT32)
+                   for s, z in ((sa, za), (sb, zb), (so, zo))]
+        expected = op(*(torch._make_per_tensor_quantized_tensor(torch.from_numpy(q), float(s),
+                                                                 int(z))
+                        for q, s, z in ((qa, sa, za), (qb, sb, zb))), float(so), int(zo))
+        p = prepare_binary("add", *qparams, relu, engine=engine, num_threads=1)
+        ours = binary(QuantizedArray(qa, qparams[0]), QuantizedArray(qb, qparams[1]), p)
+        assert np.array_equal(ours.values, expected.int_repr().numpy()), (engine, case, shape)
+
+
+def test_mul_refused_on_qint32():
+    qp = QParams.per_tensor(0.1, 0, QINT32)
+    with pytest.raises(UnsupportedError, match="qint32"):
+        prepare_binary("mul", qp, qp, qp, engine="fbgemm")

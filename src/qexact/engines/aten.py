@@ -96,11 +96,12 @@ def kernel_capability(capability: str, avx512_build: bool = False) -> str:
     return "avx2" if capability == "avx512" and not avx512_build else capability
 
 
-def elementwise_numerics(engine) -> ElementwiseNumerics:
+def elementwise_numerics(engine, bits: int = 8) -> ElementwiseNumerics:
     """ATen's quantized elementwise kernels at ``engine.aten_capability``: their AVX2 build on an
-    AVX512 CPU (``kernel_capability``), 8-bit lanes, two vectors per loop iteration."""
+    AVX512 CPU (``kernel_capability``), lanes of ``bits`` (a qint32 vector holds a quarter as
+    many elements as a quint8 one), two vectors per loop iteration."""
     capability = kernel_capability(engine.aten_capability)
-    return ElementwiseNumerics(capability, VECTOR_LANES_8BIT[capability])
+    return ElementwiseNumerics(capability, VECTOR_LANES_8BIT[capability] * 8 // bits)
 
 
 def float_elementwise_numerics(engine, function: str) -> ElementwiseNumerics:

@@ -75,8 +75,9 @@ def prepare_binary(op: str, a_qparams: QParams, b_qparams: QParams, output_qpara
     if not a_qparams.dtype == b_qparams.dtype == output_qparams.dtype:
         raise QuantParamError(f"quantized {op}: dtypes differ ({a_qparams.dtype}, "
                               f"{b_qparams.dtype}, {output_qparams.dtype})")
-    if a_qparams.dtype.bits != 8:
-        raise UnsupportedError(f"quantized {op} on {a_qparams.dtype} is not supported (8-bit only)")
+    if a_qparams.dtype.bits != 8 and not (op == "add" and a_qparams.dtype.bits == 32):
+        raise UnsupportedError(f"quantized {op} on {a_qparams.dtype} is not supported (8-bit, "
+                               "and add on qint32)")
     return BinaryParams(op, bool(relu), a_qparams, b_qparams, output_qparams,
                         get_engine(engine, isa), int(num_threads or default_num_threads()))
 
