@@ -28,10 +28,14 @@ EXACT = ["interpolate_middle", "cat_many", "mean_flatten_head", "residual_plus",
          "transpose_linear", "two_inputs", "tuple_output", "maxpool_module",
          # float constructs FX leaves between dequantize and quantize; forward forms
          "input_normalization", "float_scalar_sub", "float_scalar_div", "upsample_module_nearest",
-         "adaptive_max_head", "size_from_shape", "size_from_size_method", "dict_output", "f_pad"]
+         "adaptive_max_head", "size_from_shape", "size_from_size_method", "dict_output", "f_pad",
+         # float kernels of transformer and recommendation models (issue 11)
+         "silu", "gelu", "layernorm_mlp", "softmax", "embedding", "group_norm",
+         "matmul_attention", "layer_scale"]
 """Hand-written models, exact on all four engines."""
 
-TORCHVISION = {"mobilenet_v3_small": (1, 3, 32, 32), "efficientnet_b0": (1, 3, 32, 32)}
+TORCHVISION = {"mobilenet_v3_small": (1, 3, 32, 32), "efficientnet_b0": (1, 3, 32, 32),
+               "convnext_tiny": (1, 3, 32, 32)}
 """torchvision models (weights=None) small enough for the suite, with their input shape (the
 sweep found 17 more exact at 64x64 on every engine)."""
 
@@ -46,10 +50,8 @@ and MNASNet at 32x32), and QNNPACK max pooling with kernel 1, stride 2 (torchvis
 LastLevelMaxPool; aten/src/ATen/native/quantized/cpu/Pooling.cpp)."""
 
 EXACT_OR_NAMED = {  # model -> words an UnsupportedError must contain if qexact refuses it
-    "silu": ("SiLU",), "gelu": ("GELU",), "layernorm_mlp": ("gelu",), "softmax": ("softmax",),
-    "lstm": ("LSTM",), "embedding": ("Embedding",), "group_norm": ("GroupNorm",),
-    "channel_max": ("torch.max",), "stack": ("stack",), "matmul_attention": ("matmul",),
-    "layer_scale": ("gamma",), "upsample_concat": ("bilinear", "upsample"),
+    "lstm": ("LSTM",), "channel_max": ("torch.max",), "stack": ("stack",),
+    "upsample_concat": ("bilinear", "upsample"),
 }
 """Constructs FX leaves float, or that qexact may not run: either qexact computes exactly what
 PyTorch does, or it raises an UnsupportedError naming the construct (never a wrong number)."""
@@ -140,6 +142,9 @@ def test_input_pytorch_refuses_is_refused(name, engine, torch_error):
 def test_torchvision_fx_model_is_exact(name, engine):
     if import_torchvision() is None:
         pytest.skip("torchvision is not installed (pip install torchvision==0.28.0)")
+    if (name, engine) == ("convnext_tiny", "qnnpack"):
+        pytest.skip("PyTorch's QNNPACK add refuses ConvNeXt's layer-scale residual (A-to-output "
+                    "scale ratio below 2**-14): no PyTorch output to compare")
     assert_model_exact(name, engine, TORCHVISION[name])
 
 
@@ -154,9 +159,9 @@ def test_construct_runs_exactly_or_is_named(name):
             assert word in message, f"{name}: {word!r} not in {message[:300]!r}"
 
 
-@pytest.mark.parametrize("name", ["lstm", "embedding"])
+@pytest.mark.parametrize("name", ["lstm"])
 def test_float_module_left_by_fx_gets_no_misleading_hint(name):
-    """FX's default mapping leaves LSTM / Embedding float in a converted model: the message must
+    """FX's default mapping leaves LSTM float in a converted model: the message must
     not tell the user to convert the model."""
     model, _, _ = build_fx_model(name, "x86")
     with pytest.raises(qexact.UnsupportedError) as info:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
-from ..graph import Node
+from ..graph import Node, Ref
 from ..qparams import QParams, qparams_to_fields
 
 _MODULE_HANDLERS: list[tuple[str, Callable]] = []
@@ -280,6 +281,24 @@ def weighted_layer_fields(weight, bias, output: QParams) -> tuple[dict, dict]:
 
 def module_output_qparams(module, dtype: str = "quint8") -> QParams:
     return QParams.per_tensor(float(module.scale), int(module.zero_point), dtype_named(dtype))
+
+
+@dataclass(frozen=True)
+class ConstantRef(Ref):
+    """A reference to a ``constant`` node (a Parameter or buffer read in ``forward``), with the
+    node itself, so that a handler needing the values at import time (a weight given to
+    ``F.layer_norm``) can read them; a handler that does not takes it as any other input."""
+
+    node: Node | None = field(default=None, compare=False, repr=False)
+
+    def float32_value(self, what: str) -> np.ndarray:
+        """The constant's float32 values; ``UnsupportedError`` for a quantized or integer one."""
+        value = self.node.arrays["value"]
+        if "output_dtype" in self.node.attrs or value.dtype != np.float32:
+            raise UnsupportedError(f"{what} must be a float32 tensor, got the "
+                                   f"{'quantized' if 'output_dtype' in self.node.attrs else value.dtype} "
+                                   f"tensor {self.name!r}")
+        return value
 
 
 def constant_node(name: str, tensor) -> Node:

@@ -19,10 +19,10 @@ from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
 from ..graph import Graph, Net, Node, Ref
 from ..qparams import QParams, qparams_to_fields
-from ._handlers import (_arg, _import_torch, _resolve, constant_node, function_handler,
-                        function_node, handler_of_module, load_handler_modules, method_handler,
-                        method_node, module_handler, module_handlers, module_output_qparams,
-                        refusals_error, supported_modules, unsupported,
+from ._handlers import (ConstantRef, _arg, _import_torch, _resolve, constant_node,
+                        function_handler, function_node, handler_of_module, load_handler_modules,
+                        method_handler, method_node, module_handler, module_handlers,
+                        module_output_qparams, refusals_error, supported_modules, unsupported,
                         weighted_layer_fields)
 from .pt2e import capture_pt2e, default_engine, is_pt2e, load_pt2
 from .torchscript import capture_script, is_script_module, load_script
@@ -219,12 +219,15 @@ def capture(model) -> Graph:
     refusals: list[tuple[str, UnsupportedError]] = []
 
     constants: dict[str, object] = {}  # get_attr nodes: scales and zero points of FX models
+    constant_nodes: dict[str, Node] = {}  # get_attr tensors: fx name -> constant node
     output_keys: list[str] | None = None  # forward returns a dict
 
     def convert(value):
         if isinstance(value, torch.fx.Node):
             if value.name in constants:
                 return constants[value.name]
+            if value.name in constant_nodes:
+                return ConstantRef(renamed.get(value.name, value.name), constant_nodes[value.name])
             return Ref(renamed.get(value.name, value.name))
         if isinstance(value, (torch.dtype, torch.memory_format)):
             return str(value)
@@ -259,7 +262,7 @@ def capture(model) -> Graph:
                 if not isinstance(value, Node):
                     constants[fx_node.name] = value
                     continue
-                node = value
+                node = constant_nodes[fx_node.name] = value
             elif fx_node.op == "output":
                 result = args[0]
                 if isinstance(result, dict):  # segmentation models: {"out": ..., "aux": ...}
@@ -305,7 +308,24 @@ def capture(model) -> Graph:
     metadata = {"source_model": type(model).__name__}
     if output_keys is not None:
         metadata["output_keys"] = output_keys
-    return Graph(inputs, nodes, outputs, metadata)
+    return Graph(inputs, _without_unread_constants(nodes, outputs), outputs, metadata)
+
+
+def _without_unread_constants(nodes: list[Node], outputs: list[Ref]) -> list[Node]:
+    """``nodes`` without the constant nodes no node reads (a handler that took a constant's
+    values at import time, as ``F.layer_norm``'s weight, leaves its node unread)."""
+    read = {ref.name for ref in outputs}
+
+    def collect(item):
+        if isinstance(item, Ref):
+            read.add(item.name)
+        elif isinstance(item, (tuple, list)):
+            for part in item:
+                collect(part)
+
+    for node in nodes:
+        collect(node.inputs)
+    return [node for node in nodes if node.op != "constant" or node.name in read]
 
 
 def _user_line(stack_trace: str | None) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from ..graph import Node, Ref
-from ._handlers import _arg, _resolve, function_handler, module_handler
+from ._handlers import ConstantRef, _arg, _resolve, function_handler, module_handler
 
 
 def _float32(tensor):
@@ -85,10 +85,12 @@ def _instance_norm(module, name, inputs):
 
 
 def _float32_array(value, what: str):
-    """A weight or bias given to F.layer_norm: a tensor, a number (a one-element get_attr), or
-    None."""
+    """A weight or bias given to F.layer_norm: a tensor, a Parameter the model holds (a
+    constant node: ConvNeXt's LayerNorm2d), a number (a one-element get_attr), or None."""
     if value is None:
         return None
+    if isinstance(value, ConstantRef):
+        return value.float32_value(what)
     if isinstance(value, Ref):
         raise UnsupportedError(f"{what} computed in forward is not supported; give LayerNorm a "
                                "constant weight and bias")
