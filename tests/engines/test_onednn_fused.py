@@ -174,3 +174,137 @@ def test_fx_onednn_emits_the_fused_modules_and_qexact_matches(tmp_path):
                 assert np.array_equal(np.asarray(a).view(np.uint32), b.view(np.uint32))
             same = np.mean(np.asarray(ours[0]).view(np.uint32) == theirs[0].view(np.uint32))
             assert same > 0.99  # float-ok: documented inexact (onednn_tanh)
+
+
+class _ResidualReadAgain(torch.nn.Module):
+    """``c2``'s output is the residual of the fused ``c1(img) + r`` and is read again by ``c3``
+    after the add: PyTorch's c3 reads the add's result (conv2d_add wrote into it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.c2, self.c3 = torch.nn.Conv2d(4, 4, 1), torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, img):
+        r = self.c2(img)
+        return self.c1(img) + r, self.c3(r)
+
+
+class _SameTensor(torch.nn.Module):
+    """FX fuses ``relu(c2(z) + z)`` into ``c2(z, z)``: one tensor as conv input and residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = (torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(2))
+
+    def forward(self, img):
+        z = self.c1(img)
+        return torch.relu(self.c2(z) + z)
+
+
+def _fx_onednn(model):
+    from torch.ao.quantization import QConfigMapping, get_default_qconfig
+    from torch.ao.quantization.backend_config import get_onednn_backend_config
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    torch.manual_seed(0)
+    model = model.eval()
+    example = (torch.randn(2, 4, 6, 6),)
+    config = get_onednn_backend_config()
+    prepared = prepare_fx(model, QConfigMapping().set_global(get_default_qconfig("onednn")),
+                          example, backend_config=config)
+    for _ in range(4):
+        prepared(torch.randn_like(example[0]) * 2)
+    return convert_fx(prepared, backend_config=config), example
+
+
+def test_residual_read_after_conv_add_reads_the_result(report):
+    """torch: after conv2d_add the residual tensor holds the add's codes and qparams (measured
+    here); ``alias_overwritten_residuals`` makes the later reader read the add's output, and the
+    whole model is bit-equal. Without it the later reader differs (the residual's own values)."""
+    from qexact.graph import Net
+    from qexact.importers.torch import capture
+    from qexact.importers.torch_onednn_fused import alias_overwritten_residuals
+
+    x = torch.quantize_per_tensor(torch.randn(2, 4, 6, 6), 0.05, 128, torch.quint8)
+    w = torch.quantize_per_tensor(torch.randn(4, 4, 3, 3) * 0.1, 0.002, 0, torch.qint8)
+    def pack():
+        return torch.ops.quantized.conv2d_prepack(w, torch.randn(4), [1, 1], [1, 1], [1, 1], 1)
+
+    accum = torch.ops.quantized.conv2d(x, pack(), 0.07, 100)
+    y = torch.ops.quantized.conv2d_add(x, accum, pack(), 0.09, 90)
+    assert torch.equal(accum.int_repr(), y.int_repr())
+    assert (accum.q_scale(), accum.q_zero_point()) == (y.q_scale(), y.q_zero_point())
+
+    model, example = _fx_onednn(_ResidualReadAgain())
+    captured = capture(model)  # as read, before from_torch states the in-place write
+    net = qexact.from_torch(model, engine="onednn")
+    assert len(alias_overwritten_residuals(captured).nodes) == len(net.graph.nodes)
+    elements = 0
+    for seed in range(4):
+        torch.manual_seed(seed + 10)
+        inputs = torch.randn_like(example[0]) * 2
+        theirs = [t.numpy() for t in model(inputs)]
+        ours = net(inputs.numpy())
+        for a, b in zip(ours, theirs):
+            assert np.array_equal(np.asarray(a).view(np.uint32), b.view(np.uint32)), seed
+            elements += b.size
+    report["onednn conv_add residual read again (aliased)"].update(cases=4, elements=elements)
+    unaliased = Net(captured, "onednn")(inputs.numpy())
+    assert not np.array_equal(np.asarray(unaliased[1]).view(np.uint32), theirs[1].view(np.uint32))
+
+
+def test_residual_of_unknown_layout_read_again_is_refused():
+    from qexact.graph import Graph, Node, Ref
+    from qexact.importers.torch_onednn_fused import alias_overwritten_residuals
+
+    graph = Graph(["x"], [Node("r", "quantize", (Ref("x"),)),
+                          Node("add", "conv", (Ref("x"), Ref("r"))),
+                          Node("after", "relu", (Ref("r"),))], [Ref("add"), Ref("after")])
+    with pytest.raises(UnsupportedError, match="read again after the conv2d_add"):
+        alias_overwritten_residuals(graph)
+    graph.nodes.pop()
+    graph.outputs.pop()
+    assert alias_overwritten_residuals(graph).outputs == [Ref("add")]
+
+
+def test_same_tensor_as_input_and_residual_is_refused():
+    """PyTorch's ``conv2d_add(z, z)`` is not conv(z) + z (oneDNN overwrites z while reading it):
+    measured against conv2d_add(z, z.clone()), then refused."""
+    x = torch.quantize_per_tensor(torch.randn(2, 4, 6, 6), 0.05, 128, torch.quint8)
+    w = torch.quantize_per_tensor(torch.randn(4, 4, 3, 3) * 0.1, 0.002, 0, torch.qint8)
+    packed = torch.ops.quantized.conv2d_prepack(w, torch.randn(4), [1, 1], [1, 1], [1, 1], 1)
+    z = torch.ops.quantized.conv2d(x, packed, 0.07, 100)
+    other = torch.ops.quantized.conv2d_prepack(w, torch.randn(4), [1, 1], [1, 1], [1, 1], 1)
+    copy = torch.ops.quantized.conv2d_add(z, z.clone(memory_format=torch.channels_last), other,
+                                          0.09, 90)
+    same = torch.ops.quantized.conv2d_add(z, z, other, 0.09, 90)
+    assert not torch.equal(copy.int_repr(), same.int_repr())
+    model, _ = _fx_onednn(_SameTensor())
+    assert "c2(c1,c1)" in model.code.replace(" ", "")
+    with pytest.raises(UnsupportedError, match="same tensor as conv input and residual"):
+        qexact.from_torch(model, engine="onednn")
+
+
+def test_traced_conv_add_quirks():
+    """The same through TorchScript (``quantized::conv2d_add`` nodes): the aliased residual
+    is exact, the same-tensor form refused."""
+    import warnings
+
+    from qexact.graph import Net
+    from qexact.importers.torch_onednn_fused import alias_overwritten_residuals
+
+    model, example = _fx_onednn(_ResidualReadAgain())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        script = torch.jit.trace(model, example)
+    net = Net(alias_overwritten_residuals(qexact.from_torch(script, engine="onednn").graph),
+              "onednn")
+    inputs = torch.randn_like(example[0]) * 2
+    for a, b in zip(net(inputs.numpy()), model(inputs)):
+        assert np.array_equal(np.asarray(a).view(np.uint32), b.numpy().view(np.uint32))
+    model, example = _fx_onednn(_SameTensor())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        script = torch.jit.trace(model, example)
+    with pytest.raises(UnsupportedError, match="same tensor as conv input and residual"):
+        qexact.from_torch(script, engine="onednn")

@@ -241,3 +241,23 @@ def test_pruned_tables_are_refused():
     model.bag8.pruned_weights = True
     with pytest.raises(qexact.UnsupportedError, match="pruned"):
         qexact.from_torch(model)
+
+
+@pytest.mark.parametrize("build", [eager_dlrm, fx_dlrm], ids=["eager", "fx"])
+def test_traced_dlrm_with_float_cat(engine, build, report):
+    """The DLRM (8-bit tables; eager and FX converted), traced and saved: an ``aten::cat`` of
+    float bag outputs and dense features feeds the quantized MLP."""
+    import io
+
+    model = build(engine, 8)
+    script = _traced(model)
+    buffer = io.BytesIO()
+    torch.jit.save(script, buffer)
+    buffer.seek(0)
+    rng = np.random.default_rng([4, len(engine)])
+    elements = 0
+    for kind, source in (("traced", script), ("file", torch.jit.load(buffer))):
+        net = qexact.from_torch(source)
+        assert {"cat", "embedding", "embedding_bag"} <= {node.op for node in net.graph.nodes}
+        elements += compare(net, model, rng, runs=4, context=f"{engine} {kind}")
+    report[f"traced {build.__name__} (float cat) {engine}"].update(cases=8, elements=elements)

@@ -203,3 +203,99 @@ def test_save_load_round_trip(tmp_path):
         arrays = [x.numpy() for x in inputs]
         same, total = _identical(loaded(*arrays), net(*arrays))
         assert same == total
+
+
+# --- TorchScript (torch.jit.trace, in memory and through torch.jit.save) ----------------------
+
+
+def _trace(torch, model, inputs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarning: the modules' shape checks
+        return torch.jit.trace(model, inputs)
+
+
+def _flat_outputs(torch, model):
+    """The model with its (nested) tuple outputs flattened, to trace: qexact's TorchScript import
+    returns a flat tuple."""
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            return tuple(_flat_tensors(self.model(*args)))
+
+    return Flat()
+
+
+def _flat_tensors(values):
+    if isinstance(values, (tuple, list)):
+        return [item for value in values for item in _flat_tensors(value)]
+    return [values]
+
+
+def _scripts(torch, model, inputs):
+    """The traced module in memory and loaded back from a saved file."""
+    import io
+
+    script = _trace(torch, model, inputs)
+    buffer = io.BytesIO()
+    torch.jit.save(script, buffer)
+    buffer.seek(0)
+    return {"traced": script, "file": torch.jit.load(buffer)}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("engine", EAGER)
+def test_torchscript_models(engine, monkeypatch, report):
+    """Traced LSTM/GRU LMs and cells (aten::quantized_lstm/gru, quantized::quantized_*_cell_dynamic,
+    aten::zeros default states, aten::to after linear_dynamic): relu_cells is exact with
+    allow_inexact; every model is exact once torch's tanh replaces the correctly rounded one;
+    the allow_inexact share is measured."""
+    torch = _torch()
+    from qexact.engines import aten_rnn
+
+    def torch_tanh(x):
+        return torch.from_numpy(np.ascontiguousarray(x, np.float32)).tanh().numpy()
+
+    rounded = aten_rnn.tanh_correctly_rounded
+    for dtype in _dtypes(engine):
+        for name in MODELS:
+            model, inputs = _build(torch, name, engine, dtype)
+            model = _flat_outputs(torch, model)
+            expected = model(*inputs)
+            arrays = [x.numpy() for x in inputs]
+            for kind, script in _scripts(torch, model, inputs).items():
+                monkeypatch.setattr(aten_rnn, "tanh_correctly_rounded", rounded)
+                net = qexact.from_torch(script, engine=engine, allow_inexact=("tanh",))
+                same, total = _identical(net(*arrays), expected)
+                report[f"TorchScript {kind} {engine} {dtype} {name} (allow_inexact tanh)"].update(
+                    identical=same, elements=total)
+                if name == "relu_cells":
+                    assert same == total
+                else:
+                    assert same >= 0.9 * total, f"{engine} {dtype} {name}: {same}/{total}"
+                monkeypatch.setattr(aten_rnn, "tanh_correctly_rounded", torch_tanh)
+                net = qexact.from_torch(script, engine=engine, allow_inexact=("tanh",))
+                same, total = _identical(net(*arrays), expected)
+                assert same == total, f"{kind} {engine} {dtype} {name}: {total - same} differ"
+
+
+@pytest.mark.torch
+def test_torchscript_round_trip_and_refusals(tmp_path):
+    """A traced LM's qexact net (zeros and flat LSTM outputs included) saves and loads; tanh
+    cells are refused without allow_inexact."""
+    torch = _torch()
+    model, inputs = _build(torch, "lstm_lm", "fbgemm", "qint8")
+    script = _trace(torch, model, inputs)
+    with pytest.raises(UnsupportedError, match="vsTanh"):
+        qexact.from_torch(script, engine="fbgemm")
+    net = qexact.from_torch(script, engine="fbgemm", allow_inexact=("tanh",))
+    assert {"zeros", "lstm"} <= {node.op for node in net.graph.nodes}
+    path = tmp_path / "lstm_lm_script.safetensors"
+    qexact.save(net, path)
+    loaded = qexact.load(path, allow_inexact=("tanh",))
+    arrays = [x.numpy() for x in inputs]
+    same, total = _identical(loaded(*arrays), net(*arrays))
+    assert same == total

@@ -302,3 +302,30 @@ def test_mean_explain_is_the_run(engine_name):
             seen[kind] += 1
     assert seen["inner"] and seen["reference"], seen
     assert (engine_name == "qnnpack") == bool(seen["qnnpack"]), seen
+
+
+@pytest.mark.torch
+def test_max_dim_values_and_indices_vs_torch():
+    """``torch.max(x, dim)``: values and the first maximum's index, with ties, NaN and -0, on
+    float32 and quantized tensors."""
+    torch = pytest.importorskip("torch")
+    from qexact.ops.reduce import max_dim
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(-3, 4, size=(3, 5, 4, 6)).astype(np.float32)  # many ties
+    x[0, 1, 2, 3] = np.nan
+    x[1, :, 0, 0] = -0.0
+    for dim in range(-4, 4):
+        for keepdim in (False, True):
+            values, indices = torch.max(torch.from_numpy(x), dim, keepdim)
+            ours, our_indices = max_dim(x, dim, keepdim)
+            assert np.array_equal(ours.view(np.uint32), values.numpy().view(np.uint32))
+            assert np.array_equal(our_indices, indices.numpy())
+            q = torch.quantize_per_tensor(torch.from_numpy(np.nan_to_num(x)), 0.5, 3,
+                                          torch.quint8)
+            values, indices = torch.max(q, dim, keepdim)
+            ours, our_indices = max_dim(QuantizedArray(q.int_repr().numpy(),
+                                                       QParams.per_tensor(0.5, 3, QUINT8)),
+                                        dim, keepdim)
+            assert np.array_equal(ours.values, values.int_repr().numpy())
+            assert np.array_equal(our_indices, indices.numpy())

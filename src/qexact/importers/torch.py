@@ -25,6 +25,7 @@ from ._handlers import (ConstantRef, _arg, _import_torch, _resolve, constant_nod
                         module_output_qparams, refusals_error, supported_modules, unsupported,
                         weighted_layer_fields)
 from .pt2e import capture_pt2e, default_engine, is_pt2e, load_pt2
+from .torch_onednn_fused import alias_overwritten_residuals
 from .torchscript import capture_script, is_script_module, load_script
 
 
@@ -464,6 +465,7 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
     else:
         _refuse_torchao_subclass(model)
         graph = capture_script(model) if is_script_module(model) else capture(model)
+        graph = alias_overwritten_residuals(graph)  # oneDNN's conv2d_add writes its residual
         engine = engine or torch.backends.quantized.engine
     graph.metadata.update({"torch_version": torch.__version__, "engine": engine})
     net = Net(graph, engine, isa, allow_inexact=allow_inexact)

@@ -166,6 +166,15 @@ def _torch_cat(name, args, kwargs) -> Node:
     return Node(name, "cat", tuple(tensors), {"dim": int(dim), "relu": False})
 
 
+@function_handler("torch.stack")
+def _torch_stack(name, args, kwargs) -> Node:
+    """``torch.stack``: each input unsqueezed at ``dim``, then ``torch.cat`` (op ``stack``)."""
+    tensors = _arg(args, kwargs, 0, "tensors", None)
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise UnsupportedError("torch.stack needs a list of tensors")
+    return Node(name, "stack", tuple(tensors), {"dim": int(_arg(args, kwargs, 1, "dim", 0))})
+
+
 @function_handler("torch.ops.quantized.hardswish", "torch.ops.quantized.hardswish.default")
 def _hardswish_function(name, args, kwargs):
     scale = _arg(args, kwargs, 1, "output_scale", None)

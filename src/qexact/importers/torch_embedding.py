@@ -9,6 +9,10 @@ qparams (``ops.embedding.pack_rows``: ``quantized::embedding_bag_unpack`` gives 
 scales and zero points the prepack was given). The ``*_rowwise_offsets`` kinds (TorchScript)
 take the packed uint8 rows as a tensor: read as stored.
 
+Float tables left unconverted (``nn.Embedding``, ``F.embedding``; TorchScript
+``aten::embedding(weight, indices, ...)``) become ``float_embedding`` nodes (an exact gather);
+``max_norm`` is refused (its forward renormalizes the table in place).
+
 PyTorch's quantized EmbeddingBag always sums (``mode`` is recorded, not applied: see
 ``ops/embedding.py``); pruned tables (``compressed_indices_mapping``) are refused.
 """
@@ -20,7 +24,7 @@ import numpy as np
 from ..errors import UnsupportedError
 from ..graph import Node
 from ..ops.embedding import pack_rows
-from ._handlers import _import_torch, module_handler, torchscript_handler
+from ._handlers import _arg, _import_torch, function_handler, module_handler, torchscript_handler
 
 _BITS = {"torch.quint8": 8, "torch.quint4x2": 4}
 
@@ -147,3 +151,50 @@ def _script_embedding(bits: int):
 
 torchscript_handler("quantized::embedding_byte")(_script_embedding(8))
 torchscript_handler("quantized::embedding_4bit")(_script_embedding(4))
+
+
+# --- Float embeddings (left unconverted: FX's default qconfig mapping has no Embedding) -------
+
+
+def _float_table(weight, where: str) -> np.ndarray:
+    torch = _import_torch()
+    if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32 or weight.dim() != 2:
+        raise UnsupportedError(f"{where}: a float embedding table must be a 2-D float32 tensor")
+    return weight.detach().contiguous().numpy().copy()
+
+
+def _refuse_max_norm(max_norm, where: str) -> None:
+    if max_norm is not None:
+        raise UnsupportedError(f"{where}: float embedding with max_norm is not supported (its "
+                               "forward renormalizes the looked-up rows of the weight in place, "
+                               "embedding_renorm_); use max_norm=None")
+
+
+@module_handler("torch.nn.Embedding")
+def _float_embedding_module(module, name, inputs):
+    _refuse_max_norm(module.max_norm, name)
+    return Node(name, "float_embedding", tuple(inputs[:1]),
+                arrays={"weight": _float_table(module.weight, name)})
+
+
+@function_handler("torch.nn.functional.embedding")
+def _float_embedding_function(name, args, kwargs):
+    """``F.embedding(input, weight, padding_idx, max_norm, ...)``: the table is a get_attr (a
+    ``constant`` node) or a tensor."""
+    torch = _import_torch()
+    indices = _arg(args, kwargs, 0, "input", None)
+    weight = _arg(args, kwargs, 1, "weight", None)
+    _refuse_max_norm(_arg(args, kwargs, 3, "max_norm", None), name)
+    if isinstance(weight, torch.Tensor):
+        return Node(name, "float_embedding", (indices,),
+                    arrays={"weight": _float_table(weight, name)})
+    return Node(name, "float_embedding", (indices, weight))
+
+
+@torchscript_handler("aten::embedding")
+def _script_float_embedding(name, inputs, module_path):
+    """``aten::embedding(weight, indices, padding_idx, scale_grad_by_freq, sparse)``: weight first
+    (F.embedding takes it second). A traced ``max_norm`` shows as ``aten::embedding_renorm_``
+    before it, which is refused."""
+    weight, indices = inputs[:2]
+    return Node(name, "float_embedding", (indices, weight))

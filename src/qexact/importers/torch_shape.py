@@ -140,3 +140,20 @@ method_handler("expand")(_expand)
 method_handler("expand_as")(lambda name, args, kwargs: Node(name, "expand", tuple(args[:2])))
 function_handler("torch.unbind")(_unbind)
 method_handler("unbind")(_unbind)
+
+
+@function_handler("torch.max")
+def _max(name, args, kwargs) -> Node:
+    """``torch.max(x, dim, keepdim=False)`` / ``x.max(dim)``: op ``max_dim`` (values, indices);
+    ``torch.max(x)`` and ``torch.max(a, b)`` are other ops, refused by name."""
+    dim = _arg(args, kwargs, 1, "dim", None)
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise UnsupportedError("torch.max is supported as torch.max(x, dim, keepdim) (values and "
+                               "indices along one dim); not the max of all elements nor "
+                               "torch.max(a, b)")
+    return Node(name, "max_dim", tuple(args[:1]),
+                {"dim": dim, "keepdim": bool(_arg(args, kwargs, 2, "keepdim", False))})
+
+
+method_handler("max")(_max)
+

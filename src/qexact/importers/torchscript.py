@@ -309,9 +309,7 @@ def capture_script(module) -> Graph:
     if refusals:
         raise refusals_error(f"the TorchScript model {module.original_name}", refusals)
     returned = [values.get(item.unique()) for item in graph.return_node().inputs()]
-    if len(returned) == 1 and isinstance(returned[0], tuple):
-        returned = list(returned[0])
-    outputs = [item for item in returned if isinstance(item, Ref)]
+    outputs = [item for item in _flatten(returned) if isinstance(item, Ref)]
     if not outputs:
         raise ImporterError("the TorchScript model returns no tensor qexact computed")
     return Graph(inputs, nodes, outputs, {"source_model": module.original_name})
@@ -387,3 +385,13 @@ def _inside_torch(path: str) -> bool:
     return normalized.startswith("<") or "/site-packages/torch/" in normalized \
         or "/torch/nn/" in normalized or "/torch/ao/" in normalized or "/torch/jit/" in normalized \
         or "/torch/_ops.py" in normalized
+
+
+def _flatten(items):
+    """The tensors a model returns, nested tuples and lists flattened in order (an LSTM's
+    ``(output, (h_n, c_n))`` gives three outputs)."""
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            yield from _flatten(item)
+        else:
+            yield item

@@ -42,6 +42,7 @@ from ..requantize import ClampInt
 from ..trace import apply_steps, observing, record
 from ._registry import graph_op, observed_stages
 from .quantize import dequantize, quantize_per_tensor, require_quantized
+from .shape import unsqueeze
 
 
 @dataclass(frozen=True)
@@ -246,3 +247,20 @@ class CatOp:
         dim = params[1] if isinstance(params, tuple) else params.dim
         which, inner = _locate(shapes, dim % len(shapes[0]), index)
         return observed_stages(_run_cat, params, inputs, result, index), [(which, inner)]
+
+
+def _run_stack(params, inputs):
+    """``torch.stack``: ATen unsqueezes each input at ``dim`` (torch's strides: the layout decides
+    the NHWC cat kernel) and runs ``cat``; a quantized result takes the first input's qparams."""
+    dim = params[1] if isinstance(params, tuple) else params.dim
+    unsqueezed = [QuantizedArray(unsqueeze(x.values, dim), x.qparams)
+                  if isinstance(x, QuantizedArray) else unsqueeze(np.asarray(x), dim)
+                  for x in inputs]
+    return _run_cat(params, unsqueezed)
+
+
+@graph_op("stack", "torch.stack (float or quantized): inputs unsqueezed at dim, then cat; attr dim")
+class StackOp:
+    prepare = staticmethod(CatOp.prepare)
+    run = staticmethod(_run_stack)
+

@@ -337,3 +337,60 @@ class EmbeddingOp:
     @staticmethod
     def explain(params, inputs, result, index):
         return observed_stages(_run, params, inputs[:1], result, index), []
+
+
+# --- Float embedding (nn.Embedding / F.embedding left in float) ------------------------------
+
+
+@dataclass(frozen=True)
+class FloatEmbeddingParams:
+    """A float32 table held by the node (``nn.Embedding``), or None when the table is the
+    node's second input (``F.embedding(ids, weight)`` on a get_attr)."""
+
+    weight: np.ndarray | None
+
+
+def float_embedding(indices, weight) -> np.ndarray:
+    """``weight[indices]`` (ATen ``embedding``: ``weight.index_select(0, indices.reshape(-1))``
+    reshaped to ``indices.shape + (D,)``): values copied, no arithmetic (exact). padding_idx only
+    affects gradients."""
+    weight = np.asarray(weight)
+    if weight.dtype != np.float32 or weight.ndim != 2:
+        raise ShapeError(f"embedding: the table must be a 2-D float32 array, got {weight.dtype} "
+                         f"{weight.shape}")
+    flat = _integer_array(indices, "indices")
+    if flat.size and (flat.min() < 0 or flat.max() >= weight.shape[0]):
+        bad = flat[(flat < 0) | (flat >= weight.shape[0])].reshape(-1)[0]
+        raise ShapeError(f"embedding: index {int(bad)} is out of range [0, {weight.shape[0]})")
+    out = weight[flat.reshape(-1)].reshape(flat.shape + (weight.shape[1],))
+    record("embedding (float): row copied", "out[..., :] = weight[indices[...], :]", out)
+    return out
+
+
+@graph_op("float_embedding", "float nn.Embedding / F.embedding / aten::embedding: rows of a "
+          "float32 table (exact gather)")
+class FloatEmbeddingOp:
+    """Graph node: inputs ``indices`` (int32/int64) and, without array ``weight``, the table
+    (a ``constant`` node). Array ``weight``: float32 (N, D). Output: float32
+    ``indices.shape + (D,)``. ``max_norm`` (which rewrites the table in forward) is refused by
+    the importers."""
+
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        if any(qparams is not None for qparams in input_qparams):
+            raise UnsupportedError("float embedding takes integer indices and a float32 table, "
+                                   "not quantized tensors")
+        weight = node.arrays.get("weight")
+        if weight is None and len(node.inputs) < 2:
+            raise ShapeError("float embedding needs a table (array 'weight' or a second input)")
+        return FloatEmbeddingParams(None if weight is None else np.asarray(weight)), None
+
+    @staticmethod
+    def run(params, inputs):
+        weight = params.weight if params.weight is not None else inputs[1]
+        return float_embedding(inputs[0], weight)
+
+    @staticmethod
+    def explain(params, inputs, result, index):
+        run = FloatEmbeddingOp.run
+        return observed_stages(run, params, inputs, result, index), []

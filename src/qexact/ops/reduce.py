@@ -41,7 +41,7 @@ from ..trace import apply_steps, observing, record
 from ._average import (average_windows, input_values, laid_out, output_qparams_for,
                        require_float32_kernel, source_axes, source_text, upstream_from)
 from ._registry import graph_op, observed_stages
-from .quantize import dequantize, output_qparams_of, quantize_per_tensor, require_quantized
+from .quantize import dequantize, output_qparams_of, quantize_per_tensor
 
 _LEVELS = 4  # SumKernel.cpp multi_row_sum num_levels
 _ILP = 4  # SumKernel.cpp row_sum ilp_factor and the outer-sum row blocks (nrows)
@@ -413,3 +413,39 @@ class MeanOp:
     def explain(params, inputs, result, index):
         stages = observed_stages(MeanOp.run, params, inputs, result, index)
         return stages, upstream_from(stages, np.shape(getattr(inputs[0], "values", inputs[0])))
+
+
+# --- torch.max(x, dim): values and indices ------------------------------------------------------
+
+
+def max_dim(x, dim: int, keepdim: bool = False):
+    """``torch.max(x, dim, keepdim)``: ``(values, indices)``. Exact on integers and floats: a
+    quantized tensor compares its codes (the scale is positive, so the order is the values'),
+    keeps its qparams; the index is the first maximum (NumPy's ``argmax``, also for a NaN,
+    which wins as in ATen's ``max`` reduction)."""
+    values = x.values if isinstance(x, QuantizedArray) else np.asarray(x)
+    if values.ndim == 0:
+        raise ShapeError("torch.max(x, dim) of a 0-d tensor is not supported")
+    axis = int(dim) % values.ndim
+    indices = np.expand_dims(np.argmax(values, axis=axis), axis)
+    picked = np.take_along_axis(values, indices, axis=axis)
+    if not keepdim:
+        picked, indices = np.squeeze(picked, axis), np.squeeze(indices, axis)
+    picked = np.ascontiguousarray(picked)
+    if isinstance(x, QuantizedArray):
+        picked = QuantizedArray(picked, x.qparams)
+    return picked, np.ascontiguousarray(indices).astype(np.int64)
+
+
+@graph_op("max_dim", "torch.max(x, dim, keepdim) / x.max(dim): (values, indices); attrs dim, "
+          "keepdim")
+class MaxDimOp:
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        return (int(node.attrs["dim"]), bool(node.attrs.get("keepdim", False))), \
+            (input_qparams[0] if input_qparams else None)
+
+    @staticmethod
+    def run(params, inputs):
+        return max_dim(inputs[0], *params)
+

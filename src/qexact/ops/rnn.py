@@ -35,7 +35,7 @@ prepare refuses such a layer unless ``allow_inexact=("tanh",)`` (then its ``inex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -183,6 +183,9 @@ class RecurrentParams:
     engine: str
     isa: str
     inexact: str
+    flat_outputs: bool = False
+    """An LSTM layer returns ``(output, h_n, c_n)`` (TorchScript's ``aten::quantized_lstm``)
+    instead of the module's ``(output, (h_n, c_n))``."""
 
     @property
     def num_directions(self) -> int:
@@ -377,7 +380,9 @@ _NODE_DOC = """Graph node: float32 inputs (the input, then optionally the state:
 an LSTM ``c0``); attrs ``hidden_size``, ``weight_dtype`` (``qint8``/``float16``),
 ``reduce_range``, ``num_threads`` (and for layers ``num_layers``, ``bidirectional``,
 ``batch_first``); arrays ``weight_ih_<s>``, ``weight_hh_<s>``, ``bias_ih_<s>``, ``bias_hh_<s>``
-(``<s>``: ``l0``, ``l0_reverse``, ...; empty for a cell) with the qint8 weights' qparams."""
+(``<s>``: ``l0``, ``l0_reverse``, ...; empty for a cell) with the qint8 weights' qparams. An
+LSTM layer with attr ``flat_outputs`` (TorchScript's ``aten::quantized_lstm``) returns
+``(output, h_n, c_n)``."""
 
 
 def _state(inputs, count: int):
@@ -390,14 +395,18 @@ class LstmOp:
 
     @staticmethod
     def prepare(node, input_qparams, engine):
-        return _prepare_node(node, input_qparams, engine, "lstm", True), None
+        params = _prepare_node(node, input_qparams, engine, "lstm", True)
+        if node.attrs.get("flat_outputs", False):
+            params = replace(params, flat_outputs=True)
+        return params, None
 
     @staticmethod
     def run(params, inputs):
         h0, c0 = _state(inputs, 2)
         if (h0 is None) != (c0 is None):
             raise ShapeError("an LSTM takes both h0 and c0, or neither")
-        return recurrent(inputs[0], h0, c0, params)
+        output, (h_n, c_n) = recurrent(inputs[0], h0, c0, params)
+        return (output, h_n, c_n) if params.flat_outputs else (output, (h_n, c_n))
 
 
 @graph_op("gru", "dynamically quantized nn.GRU (float32 in, (output, h_n) out)")
@@ -457,3 +466,23 @@ class RnnCellOp:
     @staticmethod
     def run(params, inputs):
         return recurrent_cell(inputs[0], _state(inputs, 1)[0], params)
+
+
+@graph_op("zeros", "float32 zeros of a shape given by sizes (torch.zeros: the default state "
+          "of a traced recurrent module)")
+class ZerosOp:
+    """Graph node: inputs, the sizes (ints, or the values of ``size`` nodes); no attrs.
+    Output: float32 zeros (+0.0) of that shape."""
+
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        if any(qparams is not None for qparams in input_qparams):
+            raise ShapeError("zeros takes integer sizes, not tensors")
+        return None, None
+
+    @staticmethod
+    def run(params, inputs):
+        sizes = [int(size) for size in inputs]
+        if any(size < 0 for size in sizes):
+            raise ShapeError(f"zeros: negative size in {sizes}")
+        return np.zeros(sizes, np.float32)
