@@ -78,3 +78,17 @@ def test_bad_arguments_exit_two(tmp_path):
     assert _cli("--cases", "0").returncode == 2
     assert _cli("--ops", "no_such_family", "--cases", "1").returncode == 2
     assert _cli("--replay", str(tmp_path)).returncode == 2  # no recording there
+
+
+def test_a_recording_states_every_isa_override(monkeypatch):
+    """The manifest keeps the variables that lower PyTorch's libraries (the AVX2 recording of
+    tests/data/recordings/avx2_lowered was made with all four), and only those."""
+    from qexact.conformance.recording import environment_overrides
+
+    for name in ("FBGEMM_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                 "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.setenv(name, "AVX2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert environment_overrides() == {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+                                       "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "AVX2",
+                                       "MKL_ENABLE_INSTRUCTIONS": "AVX2"}

@@ -130,9 +130,10 @@ def _differ_mask(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 FAMILY_MODULES = ("quantize_cases", "linear_cases", "conv_cases", "elementwise_cases",
-                  "activation_cases", "pooling_cases", "normalization_cases", "reduce_cases")
+                  "activation_cases", "pooling_cases", "normalization_cases", "reduce_cases",
+                  "dynamic_cases", "float_cases")
 """The modules that register qexact's own families, in the report's row order (from quantize to
-whole-tensor reductions)."""
+whole-tensor reductions, then the float-in float-out ops and ATen's float kernels)."""
 
 
 def load_families() -> dict[str, "Family"]:

@@ -26,7 +26,9 @@ MANIFEST = "manifest.json"
 OUTPUT_SCALARS = ("out_scale", "out_zero_point")
 """Params that hold an output (the output tensor's qparams as torch reports them)."""
 
-ENV_OVERRIDES = ("FBGEMM_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+ENV_OVERRIDES = ("FBGEMM_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                 "MKL_ENABLE_INSTRUCTIONS")
+"""Environment variables that lower the ISA PyTorch's libraries take (recorded in the manifest)."""
 
 
 def case_name(index: int) -> str:

@@ -323,6 +323,40 @@ class Fp16GemmKernel:
     block_rows: int
     block_cols: int
     saturation: float = FP16_MAX
+    unrolled_tiles: bool = False
+    """Whether 1- and 2-row tiles run the unrolled kernels (FBGEMM's AVX2 ``gemmkernel_1x2`` /
+    ``2x2``, fbgemm src/FbgemmFP16UKernelsAvx2.cc): after a K block's first k, while more than
+    four remain, k goes in turn to ``acc, a1, a2, a3`` (1 row) or ``acc, b, acc, b`` (2 rows),
+    each its own FMA chain from +0; the rest to ``acc``; then ``f32(f32(f32(acc + a1) + a2) +
+    a3)`` or ``f32(acc + b)``. Measured (FBGEMM_ENABLE_INSTRUCTIONS=AVX2): 67,609 elements."""
+
+    def row_tiles(self, rows: int) -> list[tuple[int, int, int]]:
+        """``(start, stop, unrolled rows)`` per kernel tile that matters. PyTorch calls the GEMM
+        as one task (``cblas_gemm_compute`` without a thread id: measured, 2 threads give 1
+        thread's bits), which takes the rows in chunks of 120 (``mb_max``), each chunk in tiles
+        (``partition_avx2``) whose only 1- or 2-row tile is its last (``unrolled`` 1 or 2);
+        0: a plain FMA chain."""
+        if not self.unrolled_tiles:
+            return [(0, rows, 0)]
+        tiles = []
+        for chunk in range(0, rows, 120):
+            stop = min(chunk + 120, rows)
+            small = small_tile_rows(stop - chunk)
+            tiles += [(chunk, stop - small, 0), (stop - small, stop, small)] if small else \
+                [(chunk, stop, 0)]
+        return [tile for tile in tiles if tile[0] < tile[1]]
+
+
+def small_tile_rows(rows: int) -> int:
+    """The rows of the last tile of FBGEMM's ``partition_avx2[rows]`` (fbgemm
+    src/FbgemmFPCommon.cc; chunks of 1..120 rows) when it has 1 or 2 rows, else 0: chunks of 1,
+    2, 7 (5 + 2) and 14 (6 + 6 + 2) rows, and from 31 rows up, 6-row tiles and a last 1-row tile
+    (rows % 6 == 1) or 2-row tile (rows % 6 == 2)."""
+    if rows in (1, 2):
+        return rows
+    if rows in (7, 14):
+        return 2
+    return rows % 6 if rows >= 31 and rows % 6 in (1, 2) else 0
 
 
 def choose_linear_fp16(engine) -> Fp16GemmKernel:
@@ -334,8 +368,8 @@ def choose_linear_fp16(engine) -> Fp16GemmKernel:
     zmm = engine.isa == "avx512_vnni"
     return Fp16GemmKernel(
         "fbgemm fp16 gemm (" + ("avx512 kernels, 32-column panels" if zmm else
-                               "avx2 kernels, 16-column panels") + ")",
-        FP16_SOURCE, block_rows=512, block_cols=32 if zmm else 16)
+                               "avx2 kernels, 16-column panels, unrolled 1- and 2-row tiles") + ")",
+        FP16_SOURCE, block_rows=512, block_cols=32 if zmm else 16, unrolled_tiles=not zmm)
 
 
 def no_linear_fp16(engine_name: str):

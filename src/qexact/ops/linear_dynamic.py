@@ -237,13 +237,30 @@ def prepare_linear_fp16(weight, bias=None, relu: bool = False, *, engine,
                             np.ascontiguousarray(weight.T.astype(np.float32)))
 
 
-def _fma_chain(x: np.ndarray, w_t: np.ndarray, start: int, stop: int, seed) -> np.ndarray:
+def _fma_chain(x: np.ndarray, w_t: np.ndarray, start: int, stop: int, seed,
+               unrolled: int = 0) -> np.ndarray:
     """``s = seed; s = fmaf(x[:, k], w[k, :], s)`` for k in [start, stop); ``seed`` None: the
-    first step is the product ``f32(x * w)`` (a kernel with beta 0)."""
-    acc = seed
-    for k in range(start, stop):
+    first step is the product ``f32(x * w)`` (a kernel with beta 0). ``unrolled`` 1 or 2: the
+    AVX2 1- or 2-row kernel's extra accumulators (``Fp16GemmKernel.unrolled_tiles``)."""
+    def step(k, acc):
         column, row = x[:, k, None], w_t[None, k, :]
-        acc = f32(column * row) if acc is None else fma_float32(column, row, acc)
+        return f32(column * row) if acc is None else fma_float32(column, row, acc)
+
+    acc = step(start, seed)
+    extra = [np.zeros_like(acc) for _ in range({0: 0, 1: 3, 2: 1}[unrolled])]
+    targets = {1: (0, 1, 2, 3), 2: (0, 1, 0, 1)}.get(unrolled, ())
+    k = start + 1
+    while targets and stop - k > 4:
+        for offset, target in enumerate(targets):
+            if target == 0:
+                acc = step(k + offset, acc)
+            else:
+                extra[target - 1] = step(k + offset, extra[target - 1])
+        k += 4
+    for k in range(k, stop):
+        acc = step(k, acc)
+    for partial in extra:
+        acc = f32(acc + partial)
     return acc
 
 
@@ -261,19 +278,23 @@ def linear_fp16(x: np.ndarray, params: Fp16LinearParams) -> np.ndarray:
     block_rows, block_cols = params.gemm.block_rows, params.gemm.block_cols
     full = width // block_cols * block_cols
     out = np.zeros((rows.shape[0], width), np.float32)
+    blocks = [(start, min(start + block_rows, depth)) for start in range(0, depth, block_rows)]
     with np.errstate(over="ignore", invalid="ignore"):
-        if full:  # whole panels: one FMA chain over k (later K blocks start from C, beta 1)
-            out[:, :full] = _fma_chain(rows, params.weight_t[:, :full], 0, depth, None)
-        if full < width:  # the last partial panel: each K block chained alone, then added
-            tail = params.weight_t[:, full:]
-            total = None
-            for start in range(0, depth, block_rows):
-                stop = min(start + block_rows, depth)
-                seed = None if start == 0 else np.zeros((rows.shape[0], width - full),
-                                                        np.float32)
-                part = _fma_chain(rows, tail, start, stop, seed)
-                total = part if total is None else f32(total + part)
-            out[:, full:] = total
+        for first, last, unrolled in params.gemm.row_tiles(rows.shape[0]):
+            tile = rows[first:last]
+            if full:  # whole panels: later K blocks start from C (beta 1)
+                acc = None
+                for start, stop in blocks:
+                    acc = _fma_chain(tile, params.weight_t[:, :full], start, stop, acc, unrolled)
+                out[first:last, :full] = acc
+            if full < width:  # the last partial panel: each K block alone, then added
+                total = None
+                for start, stop in blocks:  # later blocks: a zeroed scratch tile, fma onto +0
+                    seed = None if total is None else np.zeros_like(total)
+                    part = _fma_chain(tile, params.weight_t[:, full:], start, stop, seed,
+                                      unrolled)
+                    total = part if total is None else f32(total + part)
+                out[first:last, full:] = total
         record("fp16 GEMM", params.gemm.name + ": fmaf chain over k of x * fp16(w) "
                "(panel columns past the last full panel: per K block of "
                f"{block_rows}, blocks added)", out)

@@ -46,6 +46,8 @@ from ..qparams import QParams, QuantizedArray, qparams_from_fields
 from ..trace import record
 from ._registry import graph_op
 from .float_activations import run_paths
+from .linear_dynamic import (linear_dynamic, linear_fp16, prepare_linear_dynamic,
+                             prepare_linear_fp16)
 
 WEIGHT_DTYPES = ("qint8", "float16")
 
@@ -63,11 +65,7 @@ class CellLinear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.weight_dtype == "qint8":
-            from .linear_dynamic import linear_dynamic
-
             return linear_dynamic(x, self.linear)
-        from .linear_dynamic import linear_fp16
-
         return linear_fp16(x, self.linear)
 
 
@@ -75,18 +73,11 @@ def prepare_cell_linear(weight, weight_qparams: QParams | None, bias, weight_dty
                         engine, reduce_range: bool) -> CellLinear:
     """``linear_ih`` or ``linear_hh`` of a cell, bias included (its epilogue adds it)."""
     if weight_dtype == "qint8":
-        from .linear_dynamic import prepare_linear_dynamic
-
         if weight_qparams is None:
             raise QuantParamError("a qint8 recurrent weight needs its qparams")
         return CellLinear(weight_dtype, prepare_linear_dynamic(
             weight, weight_qparams, bias, False, engine=engine, reduce_range=reduce_range))
     if weight_dtype == "float16":
-        try:
-            from .linear_dynamic import prepare_linear_fp16
-        except ImportError:
-            raise UnsupportedError("float16 recurrent weights need the float16 dynamic Linear, "
-                                   "which this qexact does not have") from None
         return CellLinear(weight_dtype, prepare_linear_fp16(weight, bias, False, engine=engine))
     raise UnsupportedError(f"recurrent weight dtype {weight_dtype!r} is not supported; "
                            f"supported: {list(WEIGHT_DTYPES)}")
