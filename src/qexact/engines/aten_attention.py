@@ -46,6 +46,18 @@ outputs differ for K 100-1000 (``f32(product + b)``, the bias last, differs for 
 
 More than one key block rescales the running sum and output with ``exp(m_old - m_new)``; that
 path (more than 512 keys) is not measured: ``inexact_kernel("attention", ...)``.
+
+``nn.TransformerEncoderLayer`` in inference (ops/transformer_layer.py; the fast path's
+conditions: importers/torch_transformer_layer.py) runs ``torch._transformer_encoder_layer_fwd``
+(``TRANSFORMER_LAYER`` below). Where the module takes its Python slow path (batch_first=False,
+an odd nhead, unequal norm eps, the MHA fast path disabled, grad enabled) the sums are the same
+with the module's activation, and its attention is either the MHA kernel above or
+``F.multi_head_attention_forward``: ``linear`` in-projection (``addmm`` with C = bias on a
+contiguous (T, B, E) input; on the transposed view of a batch_first input ``at::matmul`` then
+``add_(bias)``, ``f32(x W^T + b)``), heads split, the flash kernel above, heads merged, ``addmm``
+out-projection. Measured bit for bit against torch 2.13.0, every engine: 0 of ~500,000 outputs
+differ (d_model 32-128, nhead 2-8, 12-64 tokens, batch 1-3, relu / gelu / gelu tanh,
+norm_first both, fast and each slow path).
 """
 
 from __future__ import annotations
@@ -64,6 +76,28 @@ MHA_SOURCE = ("pytorch aten/src/ATen/native/transformers/attention.cpp "
 FLASH_SOURCE = ("pytorch aten/src/ATen/native/cpu/FlashAttentionKernel.cpp (cpu_flash_attention, "
                 "_mul_reduce_max_fusion_kernel, _exp_reduce_sum_fusion_kernel); "
                 "aten/src/ATen/cpu/vec/vec512/vec512_float.h (exp_u20)")
+
+TRANSFORMER_LAYER_SOURCE = (
+    "pytorch aten/src/ATen/native/transformers/transformer.cpp (transformer_encoder_layer_forward,"
+    " ffn, linear_for_ffn); aten/src/ATen/native/LinearAlgebra.cpp (addmm_activation_out_cpu)")
+TRANSFORMER_LAYER = """\
+x = src                                    float32 (B, T, E), batched, dense (not nested)
+norm_first:  x = layer_norm(x, norm1)      at::layer_norm: the float LayerNorm kernel
+a = native_multi_head_attention(x, x, x)   the MHA kernel above, need_weights = false
+x = f32(a + src)                           add_in_place (a.add_(src))
+not norm_first:  x = layer_norm(x, norm1)
+r = x;  norm_first:  x = layer_norm(x, norm2)
+u = _addmm_activation(b1, x', W1^T)        x' = x viewed (B*T, E); addmm_impl_cpu_ (MKL sgemm,
+                                           beta = 1: C starts at b1), then in place:
+    relu:  at::relu_(u)                    u < 0 -> +0 (-0.0 and NaN kept)
+    gelu:  at::gelu_(u)                    approximate 'none' (also for nn.GELU('tanh')): the
+                                           "gelu" family (oneDNN gelu_erf when enabled: contiguous)
+f = addmm(b2, u, W2^T)                     MKL sgemm, beta = 1
+x = f32(f + r)                             add_in_place
+not norm_first:  x = layer_norm(x, norm2)
+"""
+"""``transformer_encoder_layer_forward``'s CPU steps (the ``"matmul"``, ``"attention"``,
+``"float_normalization"`` and ``"gelu"`` families' kernels)."""
 
 FLASH_Q_SPLITS = ((768, 256), (192, 64), (0, 32))
 """``flash_attention_kernel_impl``: (query rows at least, q_split_size)."""

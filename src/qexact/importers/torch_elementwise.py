@@ -144,8 +144,8 @@ def _cat(relu: bool):
         if not isinstance(tensors, (list, tuple)) or not tensors:
             raise UnsupportedError("quantized.cat needs a list of tensors")
         attrs = {"dim": int(dim), "relu": relu}
-        if scale is not None and zero_point is not None:
-            attrs.update(_output(scale, zero_point))
+        if scale is not None and zero_point is not None:  # the dtype is the inputs' (qint32 too)
+            attrs.update(output_scale=float(scale), output_zero_point=int(zero_point))
         return Node(name, "cat", tuple(tensors), attrs)
 
     return handler
