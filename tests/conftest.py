@@ -38,6 +38,26 @@ def engine(request):
     torch.backends.quantized.engine = previous
 
 
+@pytest.fixture
+def torch1():
+    """torch on one thread (and its quantized engine restored after the test): kernels whose
+    split between threads matters run as a single-threaded user's."""
+    torch = pytest.importorskip("torch")
+    previous, engine = torch.get_num_threads(), torch.backends.quantized.engine
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(previous)
+    torch.backends.quantized.engine = engine
+
+
+@pytest.fixture
+def torch_no_grad():
+    """torch's outputs without autograd, for one test (no global state left behind)."""
+    torch = pytest.importorskip("torch")
+    with torch.no_grad():
+        yield torch
+
+
 @pytest.fixture(scope="module")
 def report(request):
     """Collect case/element counts per key in a test module; printed at the end of the run."""

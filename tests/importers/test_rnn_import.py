@@ -22,12 +22,13 @@ EAGER = ("fbgemm", "x86", "qnnpack", "onednn")
 FP16_ENGINES = ("fbgemm", "x86")
 
 
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.usefixtures("torch_no_grad")]
+
+
 def _torch():
-    torch = pytest.importorskip("torch")
-    torch.set_grad_enabled(False)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    return torch
+    return pytest.importorskip("torch")
 
 
 def _models(torch):

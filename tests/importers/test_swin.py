@@ -71,16 +71,10 @@ def _run(model, net, shape, seeds):
     return elements
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("engine", EAGER_ENGINES)
-def test_small_swin_bit_exact(engine, one_thread, report):
+def test_small_swin_bit_exact(engine, torch1, report):
     model, shape = _small_swin(engine, 32)
     net = qexact.from_torch(model, engine=engine)
     ops = {node.op for node in net.graph.nodes}
@@ -90,7 +84,7 @@ def test_small_swin_bit_exact(engine, one_thread, report):
     report[f"small swin 32x32 {engine}"].update(elements=elements, mismatches=0)
 
 
-def test_small_swin_padded_bit_exact(one_thread, report):
+def test_small_swin_padded_bit_exact(torch1, report):
     """36 x 36: a 9 x 9 token map (windows padded to 12, patch merging to 10), then 5 x 5."""
     model, shape = _small_swin("x86", 36)
     net = qexact.from_torch(model, engine="x86")
@@ -98,7 +92,7 @@ def test_small_swin_padded_bit_exact(one_thread, report):
     report["small swin 36x36 x86"].update(elements=elements, mismatches=0)
 
 
-def test_small_swin_save_load(tmp_path, one_thread):
+def test_small_swin_save_load(tmp_path, torch1):
     model, shape = _small_swin("qnnpack", 32)
     net = qexact.from_torch(model, engine="qnnpack")
     path = tmp_path / "swin.qexact"
@@ -118,7 +112,7 @@ def test_swin_v2_attention_refused():
 
 
 @pytest.mark.slow
-def test_torchvision_swin_t(one_thread, report):
+def test_torchvision_swin_t(torch1, report):
     """swin_t at 64 x 64, bit-exact: stage 4 (768 channels) runs F.linear with K = 768, inside
     the engine's MKL rule (chains of 192 summed in order)."""
     from support.transformer_models import build_transformer

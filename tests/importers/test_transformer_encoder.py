@@ -20,14 +20,6 @@ def _bits(a):
     return np.ascontiguousarray(a, np.float32).view(np.uint32)
 
 
-@pytest.fixture
-def torch1():
-    torch = pytest.importorskip("torch")
-    previous, engine = torch.get_num_threads(), torch.backends.quantized.engine
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(previous)
-    torch.backends.quantized.engine = engine
 
 
 def _encoder(torch, embed=64, heads=4, hidden=128, layers=2, activation="gelu",

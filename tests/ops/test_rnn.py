@@ -10,7 +10,6 @@ cell updates; with ``allow_inexact=("tanh",)`` the share of identical outputs is
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import pytest
@@ -25,12 +24,13 @@ FP16_ENGINES = ("fbgemm", "x86")  # PyTorch: "linear_prepack_fp16 is currently n
 CASES = [(1, 7, 5), (3, 10, 20), (5, 33, 37), (2, 16, 70)]  # (batch, input, hidden)
 
 
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.usefixtures("torch_no_grad")]
+
+
 def _torch():
-    torch = pytest.importorskip("torch")
-    torch.set_grad_enabled(False)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    return torch
+    return pytest.importorskip("torch")
 
 
 def _unpack(torch, packed, dtype, key, weights):

@@ -24,13 +24,6 @@ def _bits(a):
     return np.ascontiguousarray(a, np.float32).view(np.uint32)
 
 
-@pytest.fixture
-def torch1():
-    torch = pytest.importorskip("torch")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(previous)
 
 
 def _layer(torch, embed, heads, hidden, activation="relu", norm_first=False, seed=0,
@@ -83,7 +76,8 @@ def _prepare(layer, engine="x86", grad=False, **kwargs):
 
 def _torch_out(torch, module, x, grad=False):
     if grad:
-        return module(torch.from_numpy(x)).detach().numpy()
+        with torch.enable_grad():
+            return module(torch.from_numpy(x)).detach().numpy()
     with torch.no_grad():
         return module(torch.from_numpy(x)).numpy()
 

@@ -49,11 +49,25 @@ def _fp16_node(name, x, weight, bias, relu: bool) -> Node:
 def _packed_node(name, x, packed, relu: bool, fp16: bool, reduce_range: bool) -> Node:
     """A node from a ``LinearPackedParamsBase`` object: unpacked with the kernel's own unpack."""
     torch = _import_torch()
+    unpack = torch.ops.quantized.linear_unpack_fp16 if fp16 else torch.ops.quantized.linear_unpack
+    weight, bias = _unpacked(lambda: unpack(packed))
     if fp16:
-        weight, bias = torch.ops.quantized.linear_unpack_fp16(packed)
         return _fp16_node(name, x, weight, bias, relu)
-    weight, bias = torch.ops.quantized.linear_unpack(packed)
     return _int8_node(name, x, weight, bias, relu, reduce_range)
+
+
+def _unpacked(unpack):
+    """``unpack()``'s weight and bias; PyTorch's refusal to unpack under the current
+    ``torch.backends.quantized.engine`` ("... is currently not supported by QNNPACK") as an
+    ``UnsupportedError`` naming it."""
+    torch = _import_torch()
+    try:
+        return unpack()
+    except RuntimeError as error:
+        raise UnsupportedError(
+            f"torch cannot unpack this Linear's weights under torch.backends.quantized.engine "
+            f"{torch.backends.quantized.engine!r}: {str(error).splitlines()[0]}; import the "
+            "model under the engine it was converted with") from None
 
 
 @module_handler(_RELU_CLASS, "torch.ao.nn.quantized.dynamic.Linear")
@@ -62,7 +76,7 @@ def _dynamic_linear(module, name, inputs):
     relu_class = _resolve(_RELU_CLASS)
     relu = relu_class is not None and isinstance(module, relu_class)
     dtype = module._packed_params.dtype
-    weight, bias = module._weight_bias()
+    weight, bias = _unpacked(module._weight_bias)
     if dtype == torch.float16:
         return _fp16_node(name, inputs[0], weight, bias, relu)
     if dtype != torch.qint8:
