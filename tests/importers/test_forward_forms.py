@@ -188,14 +188,15 @@ def test_stochastic_depth_is_the_identity_in_eval():
 
 class ParameterForms(nn.Module):
     """Transformer forms: ViT's class token expanded to the batch and concatenated with the patch
-    tokens, a position embedding added, Swin's relative-position bias table indexed by a buffer,
+    tokens, a position embedding sliced to the sequence length (BERT's ``pos[:, :x.shape[1]]``:
+    op dynamic_slice) and added, Swin's relative-position bias table indexed by a buffer,
     ``unbind`` of a stacked tensor, and Python numbers on the left of ``*`` and ``+``."""
 
     def __init__(self):
         super().__init__()
         self.patch = nn.Conv2d(3, 8, 2, stride=2)
         self.class_token = nn.Parameter(torch.randn(1, 1, 8))
-        self.pos = nn.Parameter(torch.randn(1, 7, 8) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, 9, 8) * 0.1)  # longer than the sequence
         self.table = nn.Parameter(torch.randn(5, 8) * 0.2)
         self.register_buffer("index", torch.tensor([[4, 0, 1, 2, 3, 4, 1]]))
         self.mix = nn.Linear(8, 8)
@@ -208,7 +209,7 @@ class ParameterForms(nn.Module):
         n = x.shape[0]
         tokens = self.patch(s).flatten(2).transpose(1, 2)          # (n, 6, 8)
         tokens = torch.cat([self.class_token.expand(n, -1, -1), tokens], dim=1)
-        tokens = tokens + self.pos + self.table[self.index.view(-1)]
+        tokens = tokens + self.pos[:, :tokens.shape[1]] + self.table[self.index.view(-1)]
         a, b = self.mix(tokens).reshape(n, 7, 2, 4).unbind(2)
         return self.out(torch.cat([a, b], -1) + tokens)
 

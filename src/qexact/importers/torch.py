@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from dataclasses import dataclass
 
 from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
@@ -104,7 +105,35 @@ function_handler("torch.flatten")(_flatten_node)
 function_handler("torch.reshape")(_reshape_node)
 function_handler("torch.relu", "torch.relu_", "torch.nn.functional.relu")(_first_input("relu"))
 function_handler("torch.nn.functional.dropout")(_first_input("identity"))
-function_handler("operator.getitem")(lambda name, args, kwargs: Node(name, "getitem", tuple(args)))
+@function_handler("operator.getitem")
+def _getitem(name, args, kwargs) -> Node:
+    """``x[index]``: op ``getitem``; with slice bounds computed in forward (``pos[:, :n]``, ``n``
+    from ``x.shape``) op ``dynamic_slice``, the bounds its extra inputs and ``index`` a JSON
+    template where ``{"input": k}`` stands for extra input ``k``."""
+    container, index = args[:2]
+    items = index if isinstance(index, tuple) else (index,)
+    if not any(isinstance(item, ComputedSlice) for item in items):
+        return Node(name, "getitem", tuple(args))
+    bounds: list[Ref] = []
+
+    def part(value):
+        if isinstance(value, Ref):
+            bounds.append(value)
+            return {"input": len(bounds) - 1}
+        return value
+
+    template = []
+    for item in items:
+        if isinstance(item, (ComputedSlice, slice)):
+            template.append({"slice": [part(item.start), part(item.stop), part(item.step)]})
+        elif item is Ellipsis:
+            template.append("...")
+        elif item is None or isinstance(item, int):
+            template.append(item)
+        else:
+            raise UnsupportedError(f"indexing with {item!r} next to a computed slice is not "
+                                   "supported")
+    return Node(name, "dynamic_slice", (container, *bounds), {"index": template})
 
 
 @function_handler("torchvision.ops.stochastic_depth", "torchvision.ops.stochastic_depth.stochastic_depth")
@@ -238,12 +267,14 @@ def capture(model) -> Graph:
             return {key: convert(item) for key, item in value.items()}
         if isinstance(value, (int, float, bool, str)) or value is None or value is Ellipsis:
             return value
-        if isinstance(value, slice):  # x.shape[2:], sizes[-2:]
+        if isinstance(value, slice):  # x.shape[2:], sizes[-2:], pos[:, :x.shape[1]]
             parts = tuple(convert(part) for part in (value.start, value.stop, value.step))
-            if not all(part is None or isinstance(part, int) for part in parts):
-                raise UnsupportedError(f"a slice with computed bounds ({value!r}) is not "
-                                       "supported; use constant bounds")
-            return slice(*parts)
+            if all(part is None or isinstance(part, int) for part in parts):
+                return slice(*parts)
+            if all(part is None or isinstance(part, (int, Ref)) for part in parts):
+                return ComputedSlice(*parts)  # bounds computed in forward (op dynamic_slice)
+            raise UnsupportedError(f"a slice with bounds {value!r} is not supported; use "
+                                   "integers or sizes computed in forward")
         raise UnsupportedError(f"argument {value!r} of type {type(value).__name__} is not supported")
 
     for fx_node in traced.nodes:
@@ -348,6 +379,15 @@ def _inside_torch(path: str) -> bool:
     normalized = path.replace("\\", "/")
     return normalized.startswith("<") or "/site-packages/torch/" in normalized \
         or "/torch/nn/" in normalized or "/torch/ao/" in normalized or "/torch/fx/" in normalized
+
+
+@dataclass(frozen=True)
+class ComputedSlice:
+    """A slice whose bounds are values computed in ``forward`` (``Ref``s) or ints."""
+
+    start: object
+    stop: object
+    step: object
 
 
 def _positional(module, args: tuple, kwargs: dict) -> tuple:

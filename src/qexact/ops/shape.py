@@ -121,6 +121,34 @@ class SizeOp:
         return shape if dim is None else shape[dim]
 
 
+def _index_from_template(template, bounds) -> tuple:
+    """The index a ``dynamic_slice`` node states: ``{"input": k}`` is bound ``k`` (an int the
+    graph computed), ``"..."`` Ellipsis, ``{"slice": [a, b, c]}`` a slice."""
+    def part(value):
+        return int(bounds[value["input"]]) if isinstance(value, dict) else value
+
+    items = []
+    for item in template:
+        if isinstance(item, dict) and "slice" in item:
+            items.append(slice(*(part(value) for value in item["slice"])))
+        else:
+            items.append(Ellipsis if item == "..." else item)
+    return tuple(items)
+
+
+@graph_op("dynamic_slice", "basic slicing whose bounds the model computes in forward "
+          "(pos[:, :x.shape[1]]): inputs (tensor, *bounds); attr index (a template)")
+class DynamicSliceOp:
+    @staticmethod
+    def prepare(node, input_qparams, engine):
+        return list(node.attrs["index"]), input_qparams[0] if input_qparams else None
+
+    @staticmethod
+    def run(template, inputs):
+        container, bounds = inputs[0], inputs[1:]
+        return _rewrap(container, _values(container)[_index_from_template(template, bounds)])
+
+
 @graph_op("ndim", "Tensor.dim() / Tensor.ndim: the number of dimensions (an int)")
 class NdimOp:
     prepare = staticmethod(lambda node, input_qparams, engine: (None, None))
