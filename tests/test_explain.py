@@ -414,3 +414,30 @@ def test_outputs_an_allowed_inexact_kernel_reaches_are_marked():
     reports = {report.name: report for report in inspect_net(net, inputs)}
     assert reports["rnn"].inexact and reports[first].reached_by == ("rnn",)
     assert reports[second].reached_by == () and reports[second].to_json()["exact"]
+
+
+@pytest.mark.torch
+def test_a_tuple_output_names_the_nodes_to_explain_instead():
+    """A GRU returns (output, h_n): explain names the getitem nodes that read it; explaining
+    one of those works."""
+    torch = pytest.importorskip("torch")
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.RNNCell(4, 6, nonlinearity="relu")
+            self.gru = torch.nn.GRU(6, 5)
+
+        def forward(self, x):
+            return self.gru(self.rnn(x)[None])[0]
+
+    torch.manual_seed(0)
+    model = torch.ao.quantization.quantize_dynamic(Model().eval(),
+                                                   {torch.nn.RNNCell, torch.nn.GRU})
+    net = qexact.from_torch(model, engine="fbgemm", allow_inexact=("tanh",))
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    with pytest.raises(qexact.QexactError, match=r"'gru' \(gru\) returns a tuple.*getitem"):
+        net.explain(x, layer="gru")
+    reader = next(node.name for node in net.graph.nodes
+                  if node.op == "getitem" and node.inputs[0] == qexact.Ref("gru"))
+    assert net.explain(x, layer=reader).inexact

@@ -153,6 +153,11 @@ class Net:
         values = self.run_values(*inputs)
         name = layer or self.graph.outputs[0].name
         prepared = self.prepared_node(name)
+        if isinstance(values[name], (tuple, list)):  # an LSTM's (output, (h, c)), MHA's pair
+            readers = [node.name for node in self.graph.nodes
+                       if any(isinstance(item, Ref) and item.name == name for item in node.inputs)]
+            raise QexactError(f"node {name!r} ({prepared.node.op}) returns a tuple; explain one "
+                              f"of its outputs through the nodes that read it: {readers}")
         output = _values_of(values[name])
         index = normalize_index(index, output.shape, name)
         stages = self._explain_stages(values, name, index)
