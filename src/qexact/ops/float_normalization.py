@@ -222,11 +222,23 @@ def float_layer_norm(x: np.ndarray, params: FloatLayerNormParams) -> np.ndarray:
     return y.reshape(x.shape)
 
 
+def _float_input(x, op: str, quantized_op: str):
+    """``x``, which a float op's kernel takes; a quantized tensor takes ``quantized_op``."""
+    if isinstance(x, QuantizedArray):
+        raise ShapeError(f"{op} runs on float32 tensors; a quantized input takes {quantized_op}")
+    return x
+
+
+def _float_input_qparams(node, input_qparams, quantized_op: str) -> None:
+    """Prepare's check of the same: the node's input must not be quantized."""
+    if input_qparams and input_qparams[0] is not None:
+        raise ShapeError(f"{node.op} {node.name!r} got a quantized input; a quantized input "
+                         f"takes the {quantized_op} op")
+
+
 def _run(params, inputs):
-    if isinstance(inputs[0], QuantizedArray):
-        raise ShapeError("float_layer_norm runs on float32 tensors; a quantized input takes "
-                         "layer_norm (quantized::layer_norm)")
-    return float_layer_norm(inputs[0], params)
+    x = _float_input(inputs[0], "float_layer_norm", "layer_norm (quantized::layer_norm)")
+    return float_layer_norm(x, params)
 
 
 @graph_op("float_layer_norm", "LayerNorm on float32 tensors (nn.LayerNorm, F.layer_norm), as "
@@ -236,9 +248,7 @@ class FloatLayerNormOp:
 
     @staticmethod
     def prepare(node, input_qparams, engine):
-        if input_qparams and input_qparams[0] is not None:
-            raise ShapeError(f"float_layer_norm {node.name!r} got a quantized input; "
-                             "quantized LayerNorm is the layer_norm op")
+        _float_input_qparams(node, input_qparams, "layer_norm")
         params = prepare_float_layer_norm(node.attrs["normalized_shape"],
                                           node.arrays.get("weight"), node.arrays.get("bias"),
                                           node.attrs["eps"], engine=engine)
@@ -388,10 +398,8 @@ def float_group_norm(x: np.ndarray, params: FloatGroupNormParams) -> np.ndarray:
 
 
 def _run_group(params, inputs):
-    if isinstance(inputs[0], QuantizedArray):
-        raise ShapeError("float_group_norm runs on float32 tensors; a quantized input takes "
-                         "group_norm (quantized::group_norm)")
-    return float_group_norm(inputs[0], params)
+    x = _float_input(inputs[0], "float_group_norm", "group_norm (quantized::group_norm)")
+    return float_group_norm(x, params)
 
 
 @graph_op("float_group_norm", "GroupNorm on float32 tensors (nn.GroupNorm, F.group_norm), as "
@@ -401,9 +409,7 @@ class FloatGroupNormOp:
 
     @staticmethod
     def prepare(node, input_qparams, engine):
-        if input_qparams and input_qparams[0] is not None:
-            raise ShapeError(f"float_group_norm {node.name!r} got a quantized input; "
-                             "quantized GroupNorm is the group_norm op")
+        _float_input_qparams(node, input_qparams, "group_norm")
         params = prepare_float_group_norm(node.attrs["num_groups"], node.attrs.get("num_channels"),
                                           node.arrays.get("weight"), node.arrays.get("bias"),
                                           node.attrs["eps"], engine=engine)
@@ -480,10 +486,8 @@ def float_batch_norm(x: np.ndarray, params: FloatBatchNormParams) -> np.ndarray:
 
 
 def _run_batch(params, inputs):
-    if isinstance(inputs[0], QuantizedArray):
-        raise ShapeError("float_batch_norm runs on float32 tensors; a quantized input takes "
-                         "batch_norm (quantized::batch_norm*)")
-    return float_batch_norm(inputs[0], params)
+    x = _float_input(inputs[0], "float_batch_norm", "batch_norm (quantized::batch_norm*)")
+    return float_batch_norm(x, params)
 
 
 @graph_op("float_batch_norm", "BatchNorm1d/2d/3d in eval on float32 tensors (nn.BatchNorm*d, "
@@ -493,9 +497,7 @@ class FloatBatchNormOp:
 
     @staticmethod
     def prepare(node, input_qparams, engine):
-        if input_qparams and input_qparams[0] is not None:
-            raise ShapeError(f"float_batch_norm {node.name!r} got a quantized input; "
-                             "quantized BatchNorm is the batch_norm op")
+        _float_input_qparams(node, input_qparams, "batch_norm")
         arrays = node.arrays
         params = prepare_float_batch_norm(arrays.get("weight"), arrays.get("bias"),
                                           arrays["running_mean"], arrays["running_var"],
