@@ -144,6 +144,14 @@ def linear_dynamic(x: np.ndarray, params: DynamicLinearParams) -> np.ndarray:
     return out.reshape(x.shape[:-1] + (params.weight.shape[0],))
 
 
+def _explain_row(run, params, inputs, result, index):
+    """A float-input Linear's stages for one output element, observed on ``run``; upstream: the
+    input row it reads."""
+    stages = observed_block_stages(run, params, inputs, result, index)
+    row = tuple(int(i) for i in index[:-1])
+    return stages, [(0, row + (slice(None),))]
+
+
 @graph_op("linear_dynamic", "dynamically quantized Linear (float32 in and out; PT2E is_dynamic)")
 class LinearDynamicOp:
     """Graph node: arrays ``weight`` (int8), ``bias`` (float32, optional) and the weight
@@ -166,15 +174,9 @@ class LinearDynamicOp:
                                   f"{params.dynamic.dtype.name}")
         return params, None
 
-    @staticmethod
-    def run(params, inputs):
-        return linear_dynamic(inputs[0], params)
-
-    @staticmethod
-    def explain(params, inputs, result, index):
-        stages = observed_block_stages(LinearDynamicOp.run, params, inputs, result, index)
-        row = tuple(int(i) for i in index[:-1])
-        return stages, [(0, row + (slice(None),))]
+    run = staticmethod(lambda params, inputs: linear_dynamic(inputs[0], params))
+    explain = staticmethod(lambda params, inputs, result, index: _explain_row(
+        LinearDynamicOp.run, params, inputs, result, index))
 
 
 # --- float16 weights (quantize_dynamic dtype=torch.float16) ---------------------------------
@@ -322,12 +324,6 @@ class LinearFp16Op:
                                      bool(node.attrs.get("relu", False)), engine=engine)
         return params, None
 
-    @staticmethod
-    def run(params, inputs):
-        return linear_fp16(inputs[0], params)
-
-    @staticmethod
-    def explain(params, inputs, result, index):
-        stages = observed_block_stages(LinearFp16Op.run, params, inputs, result, index)
-        row = tuple(int(i) for i in index[:-1])
-        return stages, [(0, row + (slice(None),))]
+    run = staticmethod(lambda params, inputs: linear_fp16(inputs[0], params))
+    explain = staticmethod(lambda params, inputs, result, index: _explain_row(
+        LinearFp16Op.run, params, inputs, result, index))
