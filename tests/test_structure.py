@@ -25,7 +25,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "qexact"
 BACKEND_WORDS = ("qnnpack", "fbgemm", "onednn")
 ABOVE_ENGINES = ("qexact.ops", "qexact.graph", "qexact.explain", "qexact.importers",
                  "qexact.cli", "qexact.conformance", "qexact.serialization", "qexact.diagnose",
-                 "qexact.demo", "qexact.report", "qexact.summary", "qexact.__main__")
+                 "qexact.demo", "qexact.report", "qexact.summary", "qexact.__main__",
+                 "qexact.export")
 """Modules an engine must not import (nor the package ``qexact`` itself, which imports them)."""
 
 KNOWN_IN_CYCLES: set[str] = set()

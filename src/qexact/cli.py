@@ -6,6 +6,7 @@ Exit codes: 0 OK, 1 a bit-exactness mismatch, 2 a usage error or a ``QexactError
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -241,21 +242,13 @@ def command_diagnose(arguments) -> int:
 def command_conformance(arguments) -> int:
     """Live sweep (torch in a child process), ``--record DIR`` (the same, kept as a recording) or
     ``--replay DIR`` (qexact against a recording, no torch). Exit 1 on any mismatch."""
-    from tqdm import tqdm
-
     from .conformance import record_conformance, replay_recording, run_conformance
 
     if arguments.record and arguments.replay:
         raise QexactError("--record and --replay exclude each other")
     split = (lambda text: [item for item in text.split(",") if item] if text else None)
     families, engines = split(arguments.ops), split(arguments.engines)
-    with tqdm(total=0, unit="case", disable=arguments.quiet or None, file=sys.stderr,
-              mininterval=1.0, dynamic_ncols=True) as bar:
-        def progress(done: int, total: int, label: str) -> None:
-            bar.total = total
-            bar.set_description(label, refresh=False)
-            bar.update(done - bar.n)
-
+    with progress_bar(arguments.quiet) as progress:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's deprecation notices
             if arguments.replay:
@@ -272,6 +265,85 @@ def command_conformance(arguments) -> int:
         with open(arguments.report, "w", encoding="utf-8") as file:
             file.write(report.to_markdown())
     return 1 if report.mismatches else 0
+
+
+@contextlib.contextmanager
+def progress_bar(quiet: bool, unit: str = "case"):
+    """A ``progress(done, total, label)`` callback drawing a tqdm bar on stderr (none if quiet)."""
+    from tqdm import tqdm
+
+    with tqdm(total=0, unit=unit, disable=quiet or None, file=sys.stderr, mininterval=1.0,
+              dynamic_ncols=True) as bar:
+        def progress(done: int, total: int, label: str) -> None:
+            bar.total = total
+            bar.set_description(label, refresh=False)
+            bar.update(done - bar.n)
+
+        yield progress
+
+
+# --- export / check / certify ------------------------------------------------------------------
+
+
+def command_export_golden(arguments) -> int:
+    from .export.golden import export_golden
+
+    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    inputs = tuple(_load_inputs(arguments.inputs))
+    with progress_bar(arguments.quiet, unit="call") as progress:
+        written = export_golden(net, inputs, arguments.out, progress=progress)
+    summary = {"directory": str(written.directory), "calls": written.cases,
+               "nodes": written.nodes, "arrays": written.arrays, "bytes": written.bytes,
+               "engine": net.engine.name, "isa": net.engine.isa}
+    print(json.dumps(summary) if arguments.json else
+          f"wrote {written.directory}: {written.cases} call(s), {written.nodes} nodes, "
+          f"{written.arrays} arrays ({written.bytes:,} bytes); engine {net.engine.name}, isa "
+          f"{net.engine.isa}. Read {written.directory}/README.md")
+    return 0
+
+
+def _example_inputs(arguments) -> tuple:
+    if arguments.inputs:
+        return tuple(array[0] if arguments.stacked else array
+                     for array in _load_inputs(arguments.inputs))
+    if arguments.shape:
+        try:
+            shape = tuple(int(part) for part in arguments.shape.split(","))
+        except ValueError:
+            raise QexactError(f"--shape takes comma-separated integers, got "
+                              f"{arguments.shape!r}") from None
+        return (np.zeros(shape, dtype=np.float32),)
+    raise QexactError("give the input shape to export for: --shape N,C,H,W or --inputs x.npy")
+
+
+def command_export_c(arguments) -> int:
+    from .export.c import export_c
+
+    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    written = export_c(net, arguments.out, _example_inputs(arguments),
+                       integer_only=arguments.integer_only)
+    print(json.dumps(written.to_json()) if arguments.json else written.summary())
+    return 0
+
+
+def command_check(arguments) -> int:
+    from .export.golden import check_golden
+
+    with progress_bar(arguments.quiet, unit="call") as progress:
+        report = check_golden(arguments.directory, theirs=arguments.theirs,
+                              c_build=arguments.c, progress=progress)
+    print(report.render("json" if arguments.json else "text"))
+    return 0 if report.equal else 1
+
+
+def command_certify(arguments) -> int:
+    from .export.integer import certify, render_certificates
+
+    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    certificates = certify(net)
+    print(json.dumps([item.to_json() for item in certificates]) if arguments.json else
+          render_certificates(certificates))
+    return 0
 
 
 def command_info(arguments) -> int:
@@ -296,8 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(handler=command_demo)
 
-    def model_command(name, help_text, handler):
-        command = commands.add_parser(name, help=help_text)
+    def model_command(name, help_text, handler, parent=commands):
+        command = parent.add_parser(name, help=help_text)
         command.add_argument("model", help="a model saved with qexact.save, or a TorchScript "
                              "file (torch.jit.save; needs torch)")
         command.add_argument("--engine", help="override the saved engine")
@@ -339,6 +411,43 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--format", choices=["text", "markdown", "json"], default="text")
     diagnose.add_argument("--rtol", type=float, default=1e-5, help="float matching tolerance")
     diagnose.add_argument("--atol", type=float, default=1e-6, help="float matching tolerance")
+
+    export = commands.add_parser("export", help="what porting needs: golden vectors, C")
+    exports = export.add_subparsers(dest="what", metavar="WHAT", required=True)
+    golden = model_command("golden", "every layer's inputs, accumulators, outputs and "
+                           "parameters for N calls, with a manifest", command_export_golden,
+                           exports)
+    golden.add_argument("--inputs", action="append", required=True,
+                        help="float32 .npy per model input, its first axis indexing the calls "
+                        "(x[i] is call i's input; for one call save x[None])")
+    golden.add_argument("--out", required=True, help="directory to write (created)")
+    golden.add_argument("--quiet", action="store_true", help="no progress bar")
+    c_code = model_command("c", "a self-contained C99 library with the engine's numerics, a "
+                           "Makefile and model_main", command_export_c, exports)
+    c_code.add_argument("--out", required=True, help="directory to write (created)")
+    c_code.add_argument("--shape", help="the input shape to export for, comma-separated")
+    c_code.add_argument("--inputs", action="append",
+                        help="float32 .npy per model input giving the shape (see --stacked)")
+    c_code.add_argument("--stacked", action="store_true",
+                        help="--inputs hold calls along their first axis (as for golden)")
+    c_code.add_argument("--integer-only", action="store_true",
+                        help="integer requantization (certified per layer) instead of float")
+
+    check = commands.add_parser("check", help="re-run a golden directory: with qexact, the C "
+                                "build (--c) or your dumped layers (--theirs); names the first "
+                                "differing layer, element and the likely mistake")
+    check.add_argument("directory", help="a golden directory (qexact export golden)")
+    against = check.add_mutually_exclusive_group()
+    against.add_argument("--c", metavar="BUILD", help="directory of an exported C build "
+                         "(its model_main)")
+    against.add_argument("--theirs", metavar="THEIRS", help="directory of <layer>.npy files: "
+                         "your outputs per layer (names as qexact layers shows them)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(handler=command_check)
+
+    model_command("certify", "integer-only requantization per GEMM layer: certified exact "
+                  "over the reachable accumulator range, or its worst case", command_certify)
 
     conformance = commands.add_parser(
         "conformance", help="randomized differential sweep of every op x engine vs torch; "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .rounding import f32, fma_float32, round_half_even_to_int32, wrap_int32
+from .trace import report, tapping
 
 
 @dataclass(frozen=True, eq=False)
@@ -390,13 +391,26 @@ class ScaleToFloat32(Step):
         return {"factor": self.factor}
 
 
-def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype) -> np.ndarray:
-    """Apply ``steps`` to the int64 accumulator ``acc``; the last step must leave integers in range."""
+def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype,
+               arrange=None) -> np.ndarray:
+    """Apply ``steps`` to the int64 accumulator ``acc``; the last step must leave integers in
+    range. ``arrange`` (optional) lays a value of ``acc``'s layout out as the op's output (a
+    conv's (positions, channels) as (N, C, *spatial)); it is applied to the result, and to the
+    accumulator before and after the bias step that a ``qexact.trace.tap`` block collects (as
+    ``"accumulator"`` and ``"biased"``: int32, or float32 where the bias is a float step)."""
+    arrange = arrange or (lambda value: value)
+    taps = tapping()
+    if taps:
+        report("accumulator", arrange(np.asarray(acc, dtype=np.int32)))
     value = acc
     with np.errstate(over="ignore", invalid="ignore"):  # float overflow is modelled, not an error
         for step in steps:
             value = step.apply(value)
-    return value.astype(out_dtype)
+            if taps and step.role == "bias":
+                biased = np.asarray(value)
+                report("biased", arrange(biased.astype(np.int32) if biased.dtype.kind in "iu"
+                                         else biased))
+    return arrange(value.astype(out_dtype))
 
 
 def trace_requantize(acc: np.ndarray, steps: tuple[Step, ...]) -> list[tuple[Step, np.ndarray]]:

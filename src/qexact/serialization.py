@@ -88,11 +88,18 @@ def save(net: Net, path: str | os.PathLike) -> None:
     """Write ``net`` (graph, engine, isa, versions) to ``path`` as a safetensors file."""
     document, tensors = graph_to_json(net.graph, net.engine.name, net.engine.isa,
                                       net.engine.aten_capability)
-    header = {"__metadata__": {"qexact": json.dumps(document, sort_keys=True)}}
+    write_safetensors(path, tensors, {"qexact": json.dumps(document, sort_keys=True)})
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
+                      metadata: dict[str, str]) -> None:
+    """Write ``tensors`` (sorted by name, little-endian, tiling the data section) and the string
+    ``metadata`` to ``path`` in the safetensors layout above."""
+    header = {"__metadata__": dict(metadata)}
     offset = 0
     blobs = []
     for name in sorted(tensors):
-        array = tensors[name]
+        array = np.ascontiguousarray(tensors[name])
         code = _CODE_OF_DTYPE.get(array.dtype)
         if code is None:
             raise FormatError(f"array {name!r} has dtype {array.dtype}, which the format cannot hold")
@@ -103,11 +110,14 @@ def save(net: Net, path: str | os.PathLike) -> None:
         blobs.append(blob)
     encoded = json.dumps(header, sort_keys=True).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # align the data section to 8 bytes
-    with open(path, "wb") as file:
-        file.write(struct.pack("<Q", len(encoded)))
-        file.write(encoded)
-        for blob in blobs:
-            file.write(blob)
+    try:
+        with open(path, "wb") as file:
+            file.write(struct.pack("<Q", len(encoded)))
+            file.write(encoded)
+            for blob in blobs:
+                file.write(blob)
+    except OSError as error:
+        raise QexactError(f"cannot write {os.fspath(path)!r}: {error.strerror}") from None
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:

@@ -148,3 +148,32 @@ def _broadcast(constant, shape):
         return np.broadcast_to(array, shape)
     except ValueError:
         return constant
+
+
+# --- Taps: the intermediates a golden directory keeps -------------------------------------------
+
+_TAPS: ContextVar["dict[str, np.ndarray] | None"] = ContextVar("qexact_taps", default=None)
+
+
+@contextmanager
+def tap() -> Iterator[dict[str, np.ndarray]]:
+    """Collect the named intermediates kernels ``report`` while the block runs (the accumulator
+    of a GEMM layer before and after its bias, laid out as the layer's output), by name."""
+    taps: dict[str, np.ndarray] = {}
+    token = _TAPS.set(taps)
+    try:
+        yield taps
+    finally:
+        _TAPS.reset(token)
+
+
+def tapping() -> bool:
+    """Whether a ``tap`` block is collecting (kernels skip arranging values no one reads)."""
+    return _TAPS.get() is not None
+
+
+def report(name: str, value) -> None:
+    """Hand intermediate ``name`` to the enclosing ``tap`` block, if any."""
+    taps = _TAPS.get()
+    if taps is not None:
+        taps[name] = np.asarray(value)

@@ -306,13 +306,19 @@ def conv(x: QuantizedArray, params: ConvParams, residual=None) -> QuantizedArray
         operand = residual_operand(residual, params, (values.shape[0], params.out_channels) + out,
                                    unbatched)
         steps = bind_operand(steps, "sum", np.moveaxis(operand, 1, -1).reshape(acc.shape))
-    result = requantize(acc, steps, output_dtype(params.output_qparams))
-    # Channels fastest in memory, as PyTorch's quantized conv returns it (channels_last): kernels
-    # downstream (pooling, mean, norms) choose their path, and so their rounding, by layout.
-    result = np.moveaxis(result.reshape((values.shape[0],) + out + (params.out_channels,)), -1, 1)
-    if unbatched:
-        result = result[0]
+    result = requantize(acc, steps, output_dtype(params.output_qparams),
+                        arrange=channels_last_output((values.shape[0],) + out, unbatched))
     return quantized_or_float(result, params.output_qparams)
+
+
+def channels_last_output(batch_and_spatial: tuple[int, ...], unbatched: bool):
+    """(N * positions, C) -> (N, C, *spatial), channels fastest in memory, as PyTorch's quantized
+    conv returns it (channels_last): kernels downstream (pooling, mean, norms) choose their path,
+    and so their rounding, by layout. (C, *spatial) for an unbatched input."""
+    def arrange(rows: np.ndarray) -> np.ndarray:
+        result = np.moveaxis(rows.reshape(batch_and_spatial + (rows.shape[-1],)), -1, 1)
+        return result[0] if unbatched else result
+    return arrange
 
 
 def residual_operand(residual, params: ConvParams, shape: tuple[int, ...],

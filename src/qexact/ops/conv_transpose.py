@@ -45,7 +45,7 @@ from ..requantize import Step, requantize
 from ..stages import Stage
 from ._gemm_explain import pair_saturation_stage, requantization_stages
 from ._registry import graph_op
-from .conv import _tuple
+from .conv import _tuple, channels_last_output
 from .quantize import require_quantized
 
 
@@ -316,10 +316,8 @@ def conv_transpose(x: QuantizedArray, params: ConvTransposeParams) -> QuantizedA
             f"such positions for input {values.shape[2:]}. Use an input zero point of 0, or "
             "another engine")
     acc = conv_transpose_accumulator(values, params, out)
-    result = requantize(acc, params.requantization, np.uint8)
-    result = np.moveaxis(result.reshape((values.shape[0],) + out + (params.out_channels,)), -1, 1)
-    if unbatched:
-        result = result[0]
+    result = requantize(acc, params.requantization, np.uint8,
+                        arrange=channels_last_output((values.shape[0],) + out, unbatched))
     return QuantizedArray(np.ascontiguousarray(result), params.output_qparams)
 
 

@@ -220,9 +220,10 @@ def linear(x: QuantizedArray, params: LinearParams, residual=None) -> QuantizedA
     if params.float_residual:
         steps = bind_operand(steps, "sum", _residual_rows(residual, values.shape[:-1] + (
             params.out_features,)))
-    out = requantize(acc, steps, output_dtype(params.output_qparams))
-    return quantized_or_float(out.reshape(values.shape[:-1] + (params.out_features,)),
-                              params.output_qparams)
+    shape = values.shape[:-1] + (params.out_features,)
+    out = requantize(acc, steps, output_dtype(params.output_qparams),
+                     arrange=lambda rows: rows.reshape(shape))
+    return quantized_or_float(out, params.output_qparams)
 
 
 def _residual_rows(residual, shape: tuple[int, ...]) -> np.ndarray:
