@@ -302,7 +302,9 @@ def command_export_golden(arguments) -> int:
     return 0
 
 
-def _example_inputs(arguments) -> tuple:
+def _example_inputs(arguments, net) -> tuple:
+    """Inputs of the shape to export for: --inputs, --shape, or the shapes the model was
+    imported with (``from_torch(..., example_inputs=...)`` records them)."""
     if arguments.inputs:
         return tuple(array[0] if arguments.stacked else array
                      for array in _load_inputs(arguments.inputs))
@@ -313,14 +315,18 @@ def _example_inputs(arguments) -> tuple:
             raise QexactError(f"--shape takes comma-separated integers, got "
                               f"{arguments.shape!r}") from None
         return (np.zeros(shape, dtype=np.float32),)
-    raise QexactError("give the input shape to export for: --shape N,C,H,W or --inputs x.npy")
+    shapes = net.graph.metadata.get("input_shapes")
+    if shapes:
+        return tuple(np.zeros(shape, dtype=np.float32) for shape in shapes)
+    raise QexactError("give the input shape to export for: --shape N,C,H,W or --inputs x.npy "
+                      "(this model file records none)")
 
 
 def command_export_c(arguments) -> int:
     from .export.c import export_c
 
     net = _load_model(arguments.model, arguments.engine, arguments.isa)
-    written = export_c(net, arguments.out, _example_inputs(arguments),
+    written = export_c(net, arguments.out, _example_inputs(arguments, net),
                        integer_only=arguments.integer_only)
     print(json.dumps(written.to_json()) if arguments.json else written.summary())
     return 0

@@ -270,3 +270,22 @@ def test_cli_export_and_check(tmp_path):
 def test_check_refuses_both_comparisons(golden_dirs, tmp_path):
     with pytest.raises(QexactError, match="not both"):
         check_golden(golden_dirs("qnnpack"), theirs=tmp_path, c_build=tmp_path)
+
+
+def test_dynamic_linear_and_token_inputs(tmp_path, torch1):
+    """Models whose layers hold no static qparams (dynamic Linear) and whose inputs are token
+    ids keep their dtypes and round-trip."""
+    torch1.backends.quantized.engine = "fbgemm"
+    model = torch.nn.Sequential(torch.nn.Embedding(20, 16), torch.nn.Linear(16, 8)).eval()
+    dynamic = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear})
+    tokens = torch.tensor([[1, 5, 19]])
+    net = qexact.from_torch(dynamic, example_inputs=(tokens,), engine="fbgemm")
+    calls = np.stack([np.array([[1, 5, 19]]), np.array([[0, 2, 7]])])
+    export_golden(net, calls, tmp_path / "dyn")
+    golden = read_golden(tmp_path / "dyn")
+    assert golden.arrays["input.0"].dtype == np.int64
+    assert check_golden(tmp_path / "dyn").equal
+    with torch.no_grad():
+        expected = dynamic(torch.from_numpy(calls[1])).numpy()
+    output = golden.arrays[f"{net.graph.outputs[0].name}.output"][1]
+    assert np.array_equal(output.view(np.uint32), expected.view(np.uint32))

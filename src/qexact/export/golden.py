@@ -11,16 +11,16 @@ A golden directory (``export_golden``) holds:
     model.qexact         the model itself (``qexact.load`` reads it without torch)
     README.md            how to read all of it
 
-Array keys: ``input.<k>`` (the model's k-th input, float32); per node ``<node>.output`` (its
-integers as the engine stores them, or float32), and for a GEMM layer (Linear, Conv,
-ConvTranspose) ``<node>.accumulator`` (the int32 sum of (x - z_x)(w - z_w) as the kernel forms it,
-before the bias) and ``<node>.biased`` (right after the bias step: int32 where the bias enters the
-accumulator, float32 where it enters the float epilogue). Every such array has a leading case
-axis: ``[c]`` is call ``c`` of the model. Parameters as the engine uses them:
+Array keys: ``input.<k>`` (the model's k-th input: float32, or integer token ids); per node
+``<node>.output`` (its integers as the engine stores them, or float32), and for a GEMM layer
+(Linear, Conv, ConvTranspose) ``<node>.accumulator`` (the int32 sum of (x - z_x)(w - z_w) as the
+kernel forms it, before the bias) and ``<node>.biased`` (right after the bias step: int32 where the
+bias enters the accumulator, float32 where it enters the float epilogue). Every such array has a
+leading case axis: ``[c]`` is call ``c`` of the model. Parameters as the engine uses them:
 ``<node>.param.<name>`` (int8 weights, weight scales and zero points, the bias as the engine adds
 it) and ``<node>.step<i>.<name>`` (the constants of requantization step ``i``; the manifest gives
-each step's formula). Tensors are in logical C order (NCHW for a conv), whatever layout the
-kernel computes in.
+each step's formula). Tensors are in logical C order (NCHW for a conv), whatever layout the kernel
+computes in.
 """
 
 from __future__ import annotations
@@ -134,8 +134,7 @@ def export_golden(net: Net, inputs, out_dir: str | os.PathLike, *,
 def _run_case(net: Net, case: tuple) -> dict[str, np.ndarray]:
     """The model's inputs and every tensor a node computes (and a GEMM layer's intermediates),
     for one call, by array key."""
-    arrays = {f"input.{k}": np.ascontiguousarray(np.asarray(value, dtype=np.float32))
-              for k, value in enumerate(case)}
+    arrays = {f"input.{k}": np.ascontiguousarray(value) for k, value in enumerate(case)}
     values = net.run_values(*case)
     for item in net._prepared:
         name = item.node.name
@@ -182,8 +181,9 @@ def _parameters(net: Net) -> dict[str, np.ndarray]:
                 np.asarray(weight.scale, dtype=np.float64))
             tensors[f"{name}.param.weight_zero_point"] = np.atleast_1d(
                 np.asarray(weight.zero_point, dtype=np.int64))
-            if params.bias is not None:
-                tensors[f"{name}.param.bias"] = np.asarray(params.bias)
+            bias = getattr(params, "bias", getattr(params, "float_bias", None))
+            if bias is not None:
+                tensors[f"{name}.param.bias"] = np.asarray(bias)
             for number, step in enumerate(params.requantization):
                 for constant, value in step.constants().items():
                     tensors[f"{name}.step{number}.{constant}"] = np.atleast_1d(np.asarray(value))
@@ -208,8 +208,10 @@ def _manifest(net: Net, cases: list, tensors: dict[str, np.ndarray]) -> dict:
                  else item.output_qparams.to_json(),
                  "arrays": sorted(key for key in tensors if key.startswith(prefix))}
         if hasattr(params, "requantization"):
-            entry["input_qparams"] = params.input_qparams.to_json()
-            entry["bias_mode"] = getattr(params.bias_mode, "value", str(params.bias_mode))
+            if getattr(params, "input_qparams", None) is not None:
+                entry["input_qparams"] = params.input_qparams.to_json()
+            mode = getattr(params, "bias_mode", None)
+            entry["bias_mode"] = "float32" if mode is None else getattr(mode, "value", str(mode))
             entry["pair_saturation"] = bool(getattr(params, "pair_saturation", False))
             entry["kernel"] = getattr(params, "kernel", "")
             entry["steps"] = [_step_entry(step, number, node.name)
@@ -276,7 +278,7 @@ model; {len(manifest['nodes'])} nodes, {len(gemm)} of them GEMM layers (Linear/C
 - `model.qexact`: the model (`qexact.load("model.qexact")`, no torch needed).
 
 Keys (the first axis of every per-call array is the call):
-- `input.<k>`: the model's k-th input, float32.
+- `input.<k>`: the model's k-th input (float32, or int64 token ids).
 - `<node>.output`: the node's result: its integers (uint8/int8/int32, with `output_qparams`:
   real = scale * (q - zero_point)) or float32. Node names are those of `qexact layers`.
 - `<node>.accumulator` (GEMM layers): int32 sum over the layer's window of (x - z_x)(w - z_w),

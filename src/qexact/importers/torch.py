@@ -513,4 +513,6 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
         if not isinstance(example_inputs, (tuple, list)):
             example_inputs = (example_inputs,)
         net(*example_inputs)
+        # The shapes the model was imported with: what `qexact export c` builds for by default.
+        graph.metadata["input_shapes"] = [list(getattr(item, "shape", ())) for item in example_inputs]
     return net
