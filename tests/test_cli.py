@@ -250,3 +250,56 @@ def test_run_missing_input_file(saved, tmp_path):
     directory, _, _ = saved
     assert_usage_error(qexact_cli("run", directory / "m.qexact", "--input",
                                   tmp_path / "does_not_exist.npy"))
+
+
+# --- What a newcomer tripped over (issue 14) ------------------------------------------------------
+
+
+@pytest.mark.torch
+def test_debug_after_the_subcommand_and_json_everywhere(saved):
+    directory, net, x = saved
+    late = qexact_cli("run", directory / "m.qexact", "--input", directory / "missing.npy",
+                      "--debug")
+    assert late.returncode != 0 and "Traceback" in late.stderr
+    for command in ("explain", "diagnose"):
+        extra = ("--theirs", directory / "exact.npy") if command == "diagnose" else ()
+        result = qexact_cli(command, directory / "m.qexact", "--input", directory / "x.npy",
+                            *extra, "--json")
+        assert result.returncode == 0, result.stderr
+        assert isinstance(json.loads(result.stdout), dict)
+
+
+@pytest.mark.torch
+def test_run_prints_the_values(saved):
+    directory, net, x = saved
+    result = qexact_cli("run", directory / "m.qexact", "--input", directory / "x.npy")
+    assert result.returncode == 0, result.stderr
+    first = net(x)[0, 0]
+    assert repr(float(first))[:6] in result.stdout or str(first) in result.stdout
+    values = json.loads(qexact_cli("run", directory / "m.qexact", "--input", directory / "x.npy",
+                                   "--json").stdout)["values"]
+    assert np.array_equal(np.array(values, dtype=np.float32), net(x))
+
+
+def test_conformance_of_no_cases_is_an_error():
+    result = qexact_cli("conformance", "--cases", "0", "--report", "")
+    assert result.returncode == 2 and "--cases must be at least 1" in result.stderr
+
+
+def test_a_pickle_is_named_as_such(tmp_path):
+    import pickle
+    import zipfile
+
+    (tmp_path / "model.pt").write_bytes(pickle.dumps({"weight": [1, 2]}, protocol=2))
+    with zipfile.ZipFile(tmp_path / "archive.pt", "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    for name, kind in (("model.pt", "pickle"), ("archive.pt", "zip archive")):
+        with pytest.raises(qexact.FormatError, match=f"{kind}.*never unpickles"):
+            qexact.load(tmp_path / name)
+
+
+@pytest.mark.torch
+def test_save_into_a_missing_directory(saved, tmp_path):
+    _, net, _ = saved
+    with pytest.raises(qexact.QexactError, match="cannot write"):
+        qexact.save(net, tmp_path / "no" / "such" / "dir" / "m.qexact")

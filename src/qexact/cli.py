@@ -111,8 +111,14 @@ def command_run(arguments) -> int:
     if arguments.out:
         np.save(arguments.out, values, allow_pickle=False)
         summary["written"] = arguments.out
-    print(json.dumps(summary) if arguments.json else
-          ", ".join(f"{key}: {value}" for key, value in summary.items()))
+    if arguments.json:
+        summary["values"] = values.tolist()
+        print(json.dumps(summary))
+        return 0
+    print(", ".join(f"{key}: {value}" for key, value in summary.items()))
+    # Every value, shortest round-trip form (np.save with --out keeps them bit for bit).
+    print(np.array2string(values, threshold=1000, max_line_width=WIDTH,
+                          floatmode="unique" if values.dtype.kind == "f" else "maxprec"))
     return 0
 
 
@@ -211,7 +217,7 @@ def command_explain(arguments) -> int:
     net = _load_model(arguments.model, arguments.engine, arguments.isa)
     explanation = net.explain(_load_inputs(arguments.input), layer=arguments.layer,
                               index=_parse_index(arguments.index))
-    print(explanation.render(arguments.format))
+    print(explanation.render("json" if arguments.json else arguments.format))
     return 0
 
 
@@ -235,7 +241,7 @@ def command_diagnose(arguments) -> int:
                                       index=tuple(int(i) for i in worst))
         with open(arguments.html, "w", encoding="utf-8") as page:
             page.write(render_diagnosis_html(diagnosis, explanation))
-    print(diagnosis.render(arguments.format))
+    print(diagnosis.render("json" if arguments.json else arguments.format))
     return 0 if diagnosis.differing == 0 else 1
 
 
@@ -246,6 +252,9 @@ def command_conformance(arguments) -> int:
 
     if arguments.record and arguments.replay:
         raise QexactError("--record and --replay exclude each other")
+    if arguments.cases < 1 and not arguments.replay:
+        raise QexactError(f"--cases must be at least 1, got {arguments.cases}: a sweep of no "
+                          "cases checks nothing")
     split = (lambda text: [item for item in text.split(",") if item] if text else None)
     families, engines = split(arguments.ops), split(arguments.engines)
     with progress_bar(arguments.quiet) as progress:
@@ -360,13 +369,28 @@ def command_info(arguments) -> int:
     return 0
 
 
+class _SubcommandsWith:
+    """``add_subparsers()``'s object, adding the ``common`` options to every subcommand."""
+
+    def __init__(self, common: argparse.ArgumentParser, subparsers):
+        self.common, self.subparsers = common, subparsers
+
+    def add_parser(self, name: str, **keywords) -> argparse.ArgumentParser:
+        return self.subparsers.add_parser(name, parents=[self.common], **keywords)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qexact",
         description="Bit-exact, explainable integer reference for quantized PyTorch models.")
     parser.add_argument("--version", action="version", version=f"qexact {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # --debug is accepted after the subcommand too (SUPPRESS: it does not reset a --debug given
+    # before it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks of errors")
+    commands = _SubcommandsWith(common, parser.add_subparsers(dest="command", metavar="COMMAND"))
 
     demo = commands.add_parser("demo", help="the forum scenario, end to end (needs torch)")
     demo.add_argument("--engine", action="append", choices=engine_names(),
@@ -390,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quantized", action="store_true", help="output the integers")
     for name in ("inspect", "layers"):
         inspect = model_command(name, "per-layer table: op, kernel PyTorch uses, shapes, "
-                                "qparams, multipliers, int16 saturation", command_inspect)
+                                "qparams, multipliers, int16 saturation" + (
+                                    " (the same as inspect)" if name == "layers" else ""),
+                                command_inspect)
         inspect.add_argument("--input", action="append",
                              help="float32 .npy inputs: adds shapes and observed saturation")
 
@@ -419,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--atol", type=float, default=1e-6, help="float matching tolerance")
 
     export = commands.add_parser("export", help="what porting needs: golden vectors, C")
-    exports = export.add_subparsers(dest="what", metavar="WHAT", required=True)
+    exports = _SubcommandsWith(common, export.add_subparsers(dest="what", metavar="WHAT",
+                                                             required=True))
     golden = model_command("golden", "every layer's inputs, accumulators, outputs and "
                            "parameters for N calls, with a manifest", command_export_golden,
                            exports)
@@ -499,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except QexactError as error:
-        if arguments.debug:
+        if getattr(arguments, "debug", False):
             raise
         print(f"qexact: error: {error}", file=sys.stderr)
         return 2

@@ -129,6 +129,14 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarra
         raise FormatError(f"cannot read {os.fspath(path)!r}: {error.strerror}") from None
     if len(data) < 8:
         raise FormatError(f"{os.fspath(path)!r} is too short to be a qexact model file")
+    if data[:4] == b"PK\x03\x04" or (data[0] == 0x80 and 2 <= data[1] <= 5):
+        kind = "a zip archive" if data[0] == 0x50 else "a Python pickle"
+        raise FormatError(
+            f"{os.fspath(path)!r} is {kind}, as torch.save and torch.jit.save write them, not a "
+            "qexact model file. qexact never unpickles (loading a pickle can run code). Import "
+            "the model in Python with net = qexact.from_torch(model, example_inputs=...) and "
+            "write it with qexact.save(net, path); or give the command line a TorchScript file "
+            "(torch.jit.save), which it imports with torch")
     (header_length,) = struct.unpack("<Q", data[:8])
     if header_length > min(MAX_HEADER_BYTES, len(data) - 8):
         raise FormatError(f"{os.fspath(path)!r}: header length {header_length} is impossible "
