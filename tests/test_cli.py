@@ -303,3 +303,24 @@ def test_save_into_a_missing_directory(saved, tmp_path):
     _, net, _ = saved
     with pytest.raises(qexact.QexactError, match="cannot write"):
         qexact.save(net, tmp_path / "no" / "such" / "dir" / "m.qexact")
+
+
+def test_demo_without_torch_says_so_first(tmp_path):
+    """A torch that cannot be found (a stub package path first on sys.path hides it): the demo
+    prints no introduction, only the error."""
+    hider = tmp_path / "hide"
+    hider.mkdir()
+    (hider / "sitecustomize.py").write_text(
+        "import importlib.abc, sys\n"
+        "class Hide(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Hide())\n")
+    import os
+
+    environment = dict(os.environ, PYTHONPATH=str(hider))
+    result = subprocess.run([sys.executable, "-m", "qexact", "demo"], capture_output=True,
+                            text=True, env=environment, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "" and "torch is not installed" in result.stderr

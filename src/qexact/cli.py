@@ -75,6 +75,11 @@ def _render_demo(demo) -> str:
 def command_demo(arguments) -> int:
     from .demo import run_forum_demo
 
+    try:
+        import torch  # noqa: F401  (before the introduction, not after it)
+    except ImportError:
+        raise QexactError("the demo builds a PyTorch model and torch is not installed: install "
+                          "qexact[torch] (pip install 'qexact[torch]')") from None
     engines = arguments.engine or ["qnnpack", "x86"]
     print(textwrap.fill(
         "The forum question: QuantStub -> nn.Linear(10, 5) -> DeQuantStub, qconfig "
