@@ -217,3 +217,44 @@ def test_renders_in_chromium(report, tmp_path):
     # Dark text pixels all the way down to the trace (the lower third of the page).
     dark = np.all(image[..., :3] < 96, axis=-1)
     assert dark[:470].sum() > 500 and dark[930:].sum() > 2000, "text missing"
+
+
+FITS_SCRIPT = """<script>
+window.onload = () => {
+  const texts = [...document.querySelectorAll("svg text")];
+  const clipped = texts.filter(t => { const b = t.getBBox(), w = t.ownerSVGElement.width.baseVal.value;
+                                      return b.x < 0 || b.x + b.width > w; });
+  document.title = clipped.length ? "clipped: " + clipped.map(t => t.textContent).join(" | ") : "fits";
+};
+</script>"""
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("buckets", [{1: 4}, {1: 4, 2: 1}, {k: k for k in range(1, 40)}])
+def test_histogram_text_fits_in_chromium(report, tmp_path, buckets):
+    """One, two and many bars: every caption and label lies inside the SVG, as Chromium lays
+    it out (measured in the page by getBBox, read back with --dump-dom)."""
+    import dataclasses
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    _, diagnosis, _ = report
+    page = render_diagnosis_html(dataclasses.replace(diagnosis, step_differences=buckets))
+    path = tmp_path / "page.html"
+    path.write_text(page.replace("</body>", FITS_SCRIPT + "</body>"), encoding="utf-8")
+    result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                             "--virtual-time-budget=2000", "--dump-dom", path.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    title = re.search(r"<title>(.*?)</title>", result.stdout, re.DOTALL)
+    assert title is not None, result.stderr[-2000:]
+    assert title.group(1) == "fits", title.group(1)
+
+
+@pytest.mark.torch
+def test_worst_element_shows_yours_and_exact(report):
+    page, diagnosis, _ = report
+    gap = np.abs(diagnosis.theirs - diagnosis.exact)
+    index = np.unravel_index(int(np.argmax(gap)), gap.shape)
+    assert f"yours <code>{diagnosis.theirs[index]}</code>" in page
+    assert f"exact <code>{diagnosis.exact[index]}</code>" in page

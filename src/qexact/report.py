@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import textwrap
 
+import numpy as np
+
 WIDTH = 80
 
 
@@ -75,7 +77,9 @@ def _histogram_svg(step_differences: dict[int, int]) -> str:
         return "<p>No element differs.</p>"
     items = bucket_steps(step_differences)
     bar, top, label_band = 90, 24, 56
-    width = max(320, 40 + bar * len(items))
+    caption = "difference in output steps (bar height: square root of the count)"
+    # Wide enough for the caption (12 px sans-serif: under 7.5 px a character) with one bar.
+    width = max(int(7.5 * len(caption)) + 40, 40 + bar * len(items))
     plot = 200
     height = top + plot + label_band
     peak = max(count for _, count in items) ** 0.5
@@ -94,8 +98,7 @@ def _histogram_svg(step_differences: dict[int, int]) -> str:
             parts.append(f'<text x="{x + bar / 2}" y="{top + plot + 16 + 13 * line_number}" '
                          f'font-size="11" text-anchor="middle">{line}</text>')
     parts.append(f'<text x="{width / 2}" y="{height - 6}" font-size="12" text-anchor="middle" '
-                 'fill="#555">difference in output steps (bar height: square root of the count)'
-                 '</text></svg>')
+                 f'fill="#555">{caption}</text></svg>')
     return "".join(parts)
 
 
@@ -110,6 +113,14 @@ def render_diagnosis_html(diagnosis, explanation=None) -> str:
         for rank, f in enumerate(diagnosis.findings, 1))
     findings = (f"<table><tr><th>#</th><th>id</th><th>explains</th><th>share</th><th>with</th>"
                 f"<th>what it means</th></tr>{rows}</table>" if rows else "")
+    worst = ""
+    if diagnosis.differing and diagnosis.exact is not None and diagnosis.theirs is not None:
+        gap = np.abs(np.asarray(diagnosis.theirs, np.float64) - np.asarray(diagnosis.exact,
+                                                                          np.float64))
+        index = np.unravel_index(int(np.argmax(gap)), gap.shape)
+        worst = (f"<p>Worst element {escape(str(list(map(int, index))))}: yours "
+                 f"<code>{escape(str(diagnosis.theirs[index]))}</code>, exact "
+                 f"<code>{escape(str(diagnosis.exact[index]))}</code>.</p>")
     trace = ""
     if explanation is not None:
         trace = ("<h2>The worst element, step by step</h2><pre>"
@@ -131,6 +142,7 @@ pre {{ background: #fff; border: 1px solid #ccc; padding: 1em; font-size: 12px; 
 <p class="summary">{escape(diagnosis.summary)}</p>
 <h2>How far your numbers are from the exact ones</h2>
 {_histogram_svg(diagnosis.step_differences)}
+{worst}
 <h2>Findings</h2>
 {findings or "<p>No known deviation explains this.</p>"}
 {trace}
