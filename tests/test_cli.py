@@ -324,3 +324,11 @@ def test_demo_without_torch_says_so_first(tmp_path):
                             text=True, env=environment, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout == "" and "torch is not installed" in result.stderr
+
+
+@pytest.mark.torch
+def test_a_float64_input_is_a_dtype_error(saved):
+    _, net, x = saved
+    with pytest.raises(qexact.DTypeError, match="must be float32"):
+        net(x.astype(np.float64))
+    assert issubclass(qexact.DTypeError, qexact.ShapeError)  # what earlier versions raised

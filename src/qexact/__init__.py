@@ -12,8 +12,8 @@ from ._version import __version__
 
 from .dtypes import QINT8, QINT32, QUINT8, QDType
 from .engines import ENGINES, ISAS, Engine, detect_isa, get_engine
-from .errors import (FormatError, ImporterError, QexactError, QuantParamError, ShapeError,
-                     UnsupportedError)
+from .errors import (DTypeError, FormatError, ImporterError, QexactError, QuantParamError,
+                     ShapeError, UnsupportedError)
 from .graph import Graph, Net, Node, Ref
 from .ops.activations import relu
 from .ops.linear import LinearParams, linear, prepare_linear
@@ -35,8 +35,8 @@ def from_torch(model, example_inputs=None, engine=None, isa=None, allow_inexact=
 
 __all__ = [
     "CATALOG_IDS", "Diagnosis", "Explanation", "Finding", "Stage", "diagnose", "explain",
-    "ENGINES", "ISAS", "QINT8", "QINT32", "QUINT8", "Engine", "FormatError", "Graph",
-    "ImporterError", "LinearParams", "Net", "Node", "QDType", "QParams", "QexactError",
+    "ENGINES", "ISAS", "QINT8", "QINT32", "QUINT8", "DTypeError", "Engine", "FormatError",
+    "Graph", "ImporterError", "LinearParams", "Net", "Node", "QDType", "QParams", "QexactError",
     "QuantParamError", "QuantizedArray", "Ref", "ShapeError", "UnsupportedError", "__version__",
     "dequantize", "detect_isa", "flatten", "from_torch", "get_engine", "linear", "load",
     "prepare_linear", "quantize_per_channel", "quantize_per_tensor", "relu", "reshape", "save",

@@ -20,6 +20,11 @@ class ShapeError(QexactError):
     """An array has the wrong rank, shape or dtype for the operation."""
 
 
+class DTypeError(ShapeError):
+    """An array has the wrong dtype (float64 where PyTorch takes float32, a quantized tensor
+    where a float one is expected). A ``ShapeError``, as earlier versions raised."""
+
+
 class UnsupportedError(QexactError):
     """A module, op, engine or setting qexact does not implement."""
 

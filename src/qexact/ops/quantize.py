@@ -37,7 +37,7 @@ import numpy as np
 
 from ..dtypes import QINT32, QDType
 from ..engines.aten_quantize import dequantize_kernel, quantize_kernel
-from ..errors import QuantParamError, ShapeError
+from ..errors import DTypeError, QuantParamError, ShapeError
 from ..qparams import QParams, QuantizedArray, qparams_from_fields
 from ..rounding import f32, fma_float32, round_half_even
 from ..trace import apply_steps, record
@@ -63,7 +63,7 @@ def check_float32(x, what: str = "input") -> np.ndarray:
     """``x`` as a float32 NumPy array, or a clear error (no silent float64 -> float32 rounding)."""
     x = np.asarray(x)
     if x.dtype != np.float32:
-        raise ShapeError(
+        raise DTypeError(
             f"{what} must be float32 (as PyTorch quantizes it), got {x.dtype}; "
             "convert it with .astype(np.float32) if that rounding is what you want"
         )
@@ -231,10 +231,10 @@ def require_float32(x, what: str) -> np.ndarray:
     """``x`` as a float32 array: a float kernel's input (``what`` names it in the error), which
     must be neither a quantized tensor nor another float type."""
     if isinstance(x, QuantizedArray):
-        raise ShapeError(f"{what} takes float32 tensors, got a quantized one")
+        raise DTypeError(f"{what} takes float32 tensors, got a quantized one")
     x = np.asarray(x)
     if x.dtype != np.float32:
-        raise ShapeError(f"{what} must be float32, got {x.dtype}")
+        raise DTypeError(f"{what} must be float32, got {x.dtype}")
     return x
 
 
