@@ -332,3 +332,32 @@ def test_a_float64_input_is_a_dtype_error(saved):
     with pytest.raises(qexact.DTypeError, match="must be float32"):
         net(x.astype(np.float64))
     assert issubclass(qexact.DTypeError, qexact.ShapeError)  # what earlier versions raised
+
+
+@pytest.mark.torch
+def test_model_from_a_python_factory(tmp_path):
+    """``FILE.py:FACTORY``: the user's own script builds and converts the model."""
+    (tmp_path / "mymodel.py").write_text(
+        "import torch\n"
+        "from torch.ao.quantization import QuantStub, DeQuantStub, get_default_qconfig, "
+        "prepare, convert\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.quant, self.fc, self.dequant = QuantStub(), torch.nn.Linear(4, 3), "
+        "DeQuantStub()\n"
+        "    def forward(self, x):\n"
+        "        return self.dequant(self.fc(self.quant(x)))\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    torch.backends.quantized.engine = 'qnnpack'\n"
+        "    m = M().eval(); m.qconfig = get_default_qconfig('qnnpack')\n"
+        "    prepare(m, inplace=True); m(torch.rand(8, 4)); convert(m, inplace=True)\n"
+        "    return m, (torch.rand(1, 4),)\n")
+    np.save(tmp_path / "x.npy", np.full((2, 4), 0.5, np.float32))
+    result = qexact_cli("run", f"{tmp_path / 'mymodel.py'}:build", "--input", tmp_path / "x.npy",
+                        "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["shape"] == [2, 3]
+    missing = qexact_cli("layers", f"{tmp_path / 'mymodel.py'}:nothing")
+    assert missing.returncode == 2 and "no function 'nothing'" in missing.stderr

@@ -23,10 +23,14 @@ WIDTH = 80
 
 
 def _load_model(path: str, engine: str | None, isa: str | None):
-    """A qexact model file, a TorchScript or ``.pt2`` file (zip archives; need torch), or an
-    ExecuTorch ``.pte`` (XNNPACK delegates; read without torch)."""
+    """A qexact model file, a TorchScript or ``.pt2`` file (zip archives; need torch), an
+    ExecuTorch ``.pte`` (XNNPACK delegates; read without torch), or ``FILE.py:FACTORY``: a Python
+    file whose function FACTORY returns a quantized PyTorch model, or ``(model,
+    example_inputs)`` (runs the file's code, with torch)."""
     from .serialization import load
 
+    if ".py:" in path:
+        return _model_from_factory(path, engine, isa)
     try:
         with open(path, "rb") as file:
             is_zip = file.read(4) == b"PK\x03\x04"
@@ -37,6 +41,31 @@ def _load_model(path: str, engine: str | None, isa: str | None):
 
         return from_torch(path, engine=engine, isa=isa)
     return load(path, engine=engine, isa=isa)
+
+
+def _model_from_factory(spec: str, engine: str | None, isa: str | None):
+    import importlib.util
+
+    from .importers.torch import from_torch
+
+    path, _, factory = spec.rpartition(":")
+    module_spec = importlib.util.spec_from_file_location("qexact_user_model", path)
+    if module_spec is None or not os.path.isfile(path):
+        raise QexactError(f"cannot read {path!r}: no such Python file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))  # its own imports, as python does
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    build = getattr(module, factory, None)
+    if not callable(build):
+        names = sorted(name for name, value in vars(module).items()
+                       if callable(value) and not name.startswith("_"))
+        raise QexactError(f"{path!r} has no function {factory!r}; it has {names}")
+    made = build()
+    model, example = made if isinstance(made, tuple) else (made, None)
+    return from_torch(model, example_inputs=example, engine=engine, isa=isa)
 
 
 # --- demo ----------------------------------------------------------------------------------------
@@ -405,8 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_command(name, help_text, handler, parent=commands):
         command = parent.add_parser(name, help=help_text)
-        command.add_argument("model", help="a model saved with qexact.save, or a TorchScript "
-                             "file (torch.jit.save; needs torch)")
+        command.add_argument("model", help="a model saved with qexact.save, a TorchScript file "
+                             "(torch.jit.save; needs torch), or FILE.py:FACTORY (a function "
+                             "returning a quantized model, or (model, example_inputs); needs "
+                             "torch)")
         command.add_argument("--engine", help="override the saved engine")
         command.add_argument("--isa", choices=ISAS, help="override the saved ISA")
         command.add_argument("--json", action="store_true", help="machine-readable output")
