@@ -473,8 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--input", action="append", required=True, help="float32 .npy")
     diagnose.add_argument("--theirs", required=True,
                           help=".npy of your output: floats, or the quantized integers")
-    diagnose.add_argument("--layer", help="a Linear layer (your numbers for it, given its "
-                          "exact input); default: the model output")
+    diagnose.add_argument("--layer", help="any node (your numbers for it, given its exact "
+                          "inputs; mistakes are modelled for linear, conv, add/mul, pools, "
+                          "activations, upsample and quantize); default: the model output")
     diagnose.add_argument("--html", help="also write a self-contained HTML report here")
     diagnose.add_argument("--format", choices=["text", "markdown", "json"], default="text")
     diagnose.add_argument("--rtol", type=float, default=1e-5, help="float matching tolerance")

@@ -32,8 +32,10 @@ def bucket_steps(step_differences: dict[int, int]) -> list[tuple[str, int]]:
 
 def render_diagnosis_text(diagnosis) -> str:
     kind = "integers" if diagnosis.integer else "floats"
-    lines = [f"diagnosis of {diagnosis.layer} ({kind}), engine {diagnosis.engine}, "
-             f"isa {diagnosis.isa}",
+    op = f" [{diagnosis.op}]" if getattr(diagnosis, "op", "") else ""
+    head = f"diagnosis of {diagnosis.layer}{op} ({kind}), engine {diagnosis.engine}, " \
+           f"isa {diagnosis.isa}"
+    lines = [*textwrap.wrap(head, WIDTH, subsequent_indent="  "),
              f"{diagnosis.differing} of {diagnosis.elements} elements differ from the exact "
              "output" + (":" if diagnosis.step_differences else "."), ]
     if diagnosis.step_differences:
@@ -56,7 +58,8 @@ def render_diagnosis_text(diagnosis) -> str:
 
 
 def render_diagnosis_markdown(diagnosis) -> str:
-    lines = [f"## Diagnosis of `{diagnosis.layer}`", "",
+    op = f" [{diagnosis.op}]" if getattr(diagnosis, "op", "") else ""
+    lines = [f"## Diagnosis of `{diagnosis.layer}`{op}", "",
              f"Engine `{diagnosis.engine}`, ISA `{diagnosis.isa}`; {diagnosis.differing} of "
              f"{diagnosis.elements} elements differ.", "", diagnosis.summary, ""]
     if diagnosis.findings:

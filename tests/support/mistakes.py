@@ -116,7 +116,8 @@ def user_linear(layer, x_q, input_scale, input_zero_point, *, engine: str,
                 input_zero_point_used: bool = True, weight_zero_point_used: bool = True,
                 per_channel: bool = True, pair_saturation: bool | None = None, bits: int = 32,
                 bias: str = "engine", rounding: str = "even", multiplier: str = "engine",
-                clamp: bool = True, relu: bool | None = None) -> np.ndarray:
+                clamp: bool = True, relu: bool | None = None,
+                bias_rounding: str = "even") -> np.ndarray:
     """Output integers of Linear ``layer`` (a ``LinearParams``: only its public fields are read)
     on integer inputs ``x_q`` quantized with (``input_scale``, ``input_zero_point``), with the
     arithmetic of ``engine`` ("qnnpack" or "fbgemm", which ``x86`` Linear is), unless told to
@@ -130,12 +131,26 @@ def user_linear(layer, x_q, input_scale, input_zero_point, *, engine: str,
     z_w = np.asarray(layer.weight_zero_point, dtype=np.int64)
     if not per_channel and s_w.ndim:
         s_w, z_w = s_w.reshape(-1)[0], z_w.reshape(-1)[0]
-    s_out, z_out = float(layer.output_scale), int(layer.output_zero_point)
     float_bias = None if layer.float_bias is None else np.asarray(layer.float_bias, np.float32)
     rows = x_q.reshape(-1, layer.weight.shape[1])
     acc = accumulate(rows, input_zero_point if input_zero_point_used else 0, layer.weight,
                      z_w if weight_zero_point_used else 0, pair_saturation=pair_saturation,
                      bits=bits)
+    q = user_requantize(acc, s_x, s_w, float_bias, float(layer.output_scale),
+                        int(layer.output_zero_point), engine=engine, bias=bias,
+                        rounding=rounding, multiplier=multiplier, clamp=clamp, relu=relu,
+                        bias_rounding=bias_rounding)
+    return q.reshape(x_q.shape[:-1] + (layer.weight.shape[0],))
+
+
+def user_requantize(acc, s_x: float, s_w, float_bias, s_out: float, z_out: int, *, engine: str,
+                    bias: str = "engine", rounding: str = "even", multiplier: str = "engine",
+                    clamp: bool = True, relu: bool = False,
+                    bias_rounding: str = "even") -> np.ndarray:
+    """Output integers (int64) of a GEMM layer's accumulator ``acc`` (rows, output channels):
+    the arithmetic of ``engine`` ("qnnpack", or "fbgemm"/"x86"), unless told to make a
+    mistake; ``s_w`` per channel (1-D) or one; ``float_bias`` float32 or None."""
+    s_w = np.asarray(s_w, dtype=np.float64)
     if multiplier == "float64":                     # the ideal real value, rounded once
         real = acc * (s_x * s_w)
         if float_bias is not None:
@@ -146,7 +161,8 @@ def user_linear(layer, x_q, input_scale, input_zero_point, *, engine: str,
         if float_bias is not None and bias in ("engine", "int32"):
             bias_scale = s_w * s_x                   # double, as QuantizeBias forms it
             inv = f32(np.float32(1.0) / f32(bias_scale))
-            int_bias = np.clip(round_even(f32(f32(float_bias * inv) + np.float32(0))),
+            int_bias = np.clip(ROUNDING[bias_rounding](f32(f32(float_bias * inv)
+                                                           + np.float32(0))),
                                -(1 << 31), (1 << 31) - 1)
             value = f32(wrap(acc + int_bias, 32))
         else:
@@ -173,7 +189,7 @@ def user_linear(layer, x_q, input_scale, input_zero_point, *, engine: str,
         raise ValueError(f"no user implementation for {engine}")
     low = z_out if relu else 0
     q = np.clip(q, low, 255) if clamp else np.maximum(q, low) if relu else q
-    return q.reshape(x_q.shape[:-1] + (layer.weight.shape[0],))
+    return q
 
 
 def user_model(net, x, **mistake) -> np.ndarray:
@@ -357,6 +373,14 @@ def bias_float_vs_int32() -> Case:
     return layer_case(net, x, "QNNPACK's bias added in float32 instead of int32", bias="float32")
 
 
+def bias_rounding() -> Case:
+    """QNNPACK's int32 bias, truncated instead of rounded: one unit off in the channels whose
+    bias / (s_x s_w) has a fraction above one half; the rows where that moves a rounding."""
+    net = converted("qnnpack")
+    x = _rows_where_differs(net, rand((20000, 10)), 40, bias_rounding="trunc")
+    return layer_case(net, x, "QNNPACK's int32 bias truncated", bias_rounding="trunc")
+
+
 def _tie_net(engine: str):
     """Power-of-two scales: M = s_x*s_w/s_out = 1/2 exactly, no bias: every odd accumulator is a
     tie (x.5) before rounding."""
@@ -509,6 +533,7 @@ CASES = {
     "missing_output_requantization": missing_output_requantization,
     "output_saturation": output_saturation,
     "bias_float_vs_int32": bias_float_vs_int32,
+    "bias_rounding": bias_rounding,
     "rounding_half_away": rounding_half_away,
     "rounding_truncation": rounding_truncation,
     "quantize_divide_vs_reciprocal": quantize_divide_vs_reciprocal,
