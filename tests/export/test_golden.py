@@ -289,3 +289,32 @@ def test_dynamic_linear_and_token_inputs(tmp_path, torch1):
         expected = dynamic(torch.from_numpy(calls[1])).numpy()
     output = golden.arrays[f"{net.graph.outputs[0].name}.output"][1]
     assert np.array_equal(output.view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("engine, mistake, expected", [
+    ("fbgemm", {"pad_value": 0}, "conv_padding_zero"),
+    ("qnnpack", {"bias_rounding": "trunc"}, "bias_rounding"),
+])
+def test_a_wrong_layer_is_named_with_its_mistake(engine, mistake, expected, golden_dirs,
+                                                 tmp_path):
+    """The user's first conv, made by an independent wrong implementation (support/
+    mistakes_ops.py) on the exact input of every call; every other layer right: check names the
+    layer, the first element and the mistake."""
+    from support.mistakes_ops import user_conv
+
+    golden = read_golden(golden_dirs(engine))
+    layer = golden.net.layers["stem.0"]
+    inputs = golden.arrays["quant.output"]
+    wrong = np.stack([user_conv(layer, qexact.QuantizedArray(inputs[call], layer.input_qparams),
+                                engine=engine, **mistake) for call in range(CALLS)])
+    exact = golden.arrays["stem.0.output"]
+    assert wrong.shape == exact.shape and not np.array_equal(wrong, exact)
+    theirs = theirs_from(golden, tmp_path / "theirs",
+                         {"stem.0": lambda _: wrong.astype(np.uint8)})
+    report = check_golden(golden.directory, theirs=theirs)
+    first = report.first_difference
+    assert first.name == "stem.0"
+    position = tuple(int(i) for i in np.argwhere(wrong != exact)[0])
+    assert (first.first[1],) + tuple(first.first[2]) == position
+    assert report.diagnosis is not None and report.diagnosis.findings[0].id == expected
+    assert expected in report.render()
