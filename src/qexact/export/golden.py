@@ -541,16 +541,19 @@ def _run_c(golden: Golden, build: Path, progress: Progress | None) -> dict[str, 
                 raise QexactError(f"model_main failed on call {number} (exit "
                                   f"{result.returncode}): {result.stderr.strip()[:500]}")
             for node in golden.manifest["nodes"]:
-                exact = golden.arrays.get(f"{node['name']}.output")
-                path = dump / f"{node['name']}.bin"
-                if exact is None or not path.exists():
-                    continue
-                raw = np.fromfile(path, dtype=exact.dtype.newbyteorder("<"))
-                if raw.size != exact[0].size:
-                    raise QexactError(f"model_main wrote {raw.size} values for {node['name']!r}; "
-                                      f"the golden layer has {exact[0].size}")
-                outputs.setdefault(f"{node['name']}.output", []).append(
-                    raw.astype(exact.dtype).reshape(exact.shape[1:]))
+                # model_main names a tuple's pieces <node>.<k>.bin (golden: <node>.output.<k>)
+                for kind, exact in golden.node_arrays(node["name"]).items():
+                    if not kind.startswith("output"):
+                        continue
+                    path = dump / f"{node['name']}{kind[len('output'):]}.bin"
+                    if not path.exists():
+                        continue
+                    raw = np.fromfile(path, dtype=exact.dtype.newbyteorder("<"))
+                    if raw.size != exact[0].size:
+                        raise QexactError(f"model_main wrote {raw.size} values for "
+                                          f"{path.name!r}; the golden array has {exact[0].size}")
+                    outputs.setdefault(f"{node['name']}.{kind}", []).append(
+                        raw.astype(exact.dtype).reshape(exact.shape[1:]))
     return {key: np.stack(arrays) for key, arrays in outputs.items()
             if len(arrays) == len(cases)}
 
