@@ -369,8 +369,10 @@ def command_export_c(arguments) -> int:
     from .export.c import export_c
 
     net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    integer_only = ("affine" if arguments.integer_form == "affine" else True) \
+        if arguments.integer_only else False
     written = export_c(net, arguments.out, _example_inputs(arguments, net),
-                       integer_only=arguments.integer_only)
+                       integer_only=integer_only)
     print(json.dumps(written.to_json()) if arguments.json else written.summary())
     return 0
 
@@ -389,7 +391,10 @@ def command_certify(arguments) -> int:
     from .export.integer import certify, render_certificates
 
     net = _load_model(arguments.model, arguments.engine, arguments.isa)
-    certificates = certify(net)
+    values = None
+    if arguments.input:
+        values = net.run_values(*_load_inputs(arguments.input))
+    certificates = certify(net, values)
     print(json.dumps([item.to_json() for item in certificates]) if arguments.json else
           render_certificates(certificates))
     return 0
@@ -502,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--inputs hold calls along their first axis (as for golden)")
     c_code.add_argument("--integer-only", action="store_true",
                         help="integer requantization (certified per layer) instead of float")
+    c_code.add_argument("--integer-form", choices=["auto", "affine"], default="auto",
+                        help="integer-only: 'auto' uses the exact threshold table where no "
+                        "multiplier and shift is certified; 'affine' uses the closest "
+                        "multiplier and shift there (smaller, not exact)")
 
     check = commands.add_parser("check", help="re-run a golden directory: with qexact, the C "
                                 "build (--c) or your dumped layers (--theirs); names the first "
@@ -516,8 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(handler=command_check)
 
-    model_command("certify", "integer-only requantization per GEMM layer: certified exact "
-                  "over the reachable accumulator range, or its worst case", command_certify)
+    certify = model_command("certify", "integer-only requantization per GEMM layer: certified "
+                            "exact over the reachable accumulator range, or its worst case",
+                            command_certify)
+    certify.add_argument("--input", action="append", help="float32 .npy: also list the other "
+                         "layers' exhaustively checked tables")
 
     conformance = commands.add_parser(
         "conformance", help="randomized differential sweep of every op x engine vs torch; "

@@ -459,12 +459,12 @@ def test_models_avx2(built, name, engine):
 def _synthetic_integer(net, name):
     """An arbitrary integer requantization of Interface B's form (not the engine's): the C must
     compute exactly ``clamp(floor((acc * M + B) / 2**s), low, high)`` with it."""
-    from types import SimpleNamespace
+    from qexact.export.integer import IntegerRequantization
     params = net.layers[name]
     channels = params.weight.shape[0]
     rng = np.random.default_rng(abs(hash(name)) % 2 ** 32)
     dtype = params.output_qparams.dtype
-    return SimpleNamespace(
+    return IntegerRequantization(
         multiplier=rng.integers(1, 2 ** 24, channels).astype(np.int64),
         offset=rng.integers(-2 ** 40, 2 ** 40, channels).astype(np.int64),
         shift=rng.integers(20, 40, channels).astype(np.int64),
@@ -583,12 +583,14 @@ def _check_until_uncertified(net, binary: Path, x: np.ndarray, uncertified) -> i
 @pytest.mark.torch
 @pytest.mark.parametrize("name, engine", [
     ("resnet", "qnnpack"),
+    ("resnet", "onednn"),        # 1 of 7 layers affine, 6 by the threshold table
     pytest.param("mobilenet_v2", "fbgemm", marks=pytest.mark.slow),
     pytest.param("detector", "qnnpack", marks=pytest.mark.slow),
     pytest.param("shufflenet_v2", "onednn", marks=pytest.mark.slow)])
 def test_integer_only_model(tmp_path, name, engine):
-    """Integer-only C (H-int's certificates): a model whose GEMM layers are all certified equals
-    PyTorch and qexact; otherwise every layer up to the first uncertified one equals qexact."""
+    """Integer-only C: every GEMM layer exact (a certified multiplier and shift, or the threshold
+    table), so the model equals PyTorch and qexact on every layer; where a layer is not exact
+    (none of these), every layer up to it equals qexact."""
     model, net, inputs = _torch_model(name, engine)
     result = export_c(net, tmp_path / "c", (inputs[0],), integer_only=True)
     binary = make(tmp_path / "c", STRICT)
@@ -667,3 +669,18 @@ def test_random_gemm_layers_on_avx2_and_host(case):
         with tempfile.TemporaryDirectory() as directory:
             binary = build(net, x, Path(directory))
             check_layers(net, binary, x)
+
+
+@needs_gcc
+@pytest.mark.torch
+def test_integer_only_affine_form_lists_what_is_not_exact(tmp_path):
+    """``integer_only="affine"``: a multiplier and shift everywhere; the layers where none is
+    certified are listed (README, ``uncertified``) and are the ones the threshold form makes
+    exact; the layers before the first of them equal qexact."""
+    model, net, inputs = _torch_model("resnet", "onednn")
+    result = export_c(net, tmp_path / "c", (inputs[0],), integer_only="affine")
+    assert result.uncertified and "_thr" not in result.model_c.read_text()
+    binary = make(tmp_path / "c", STRICT)
+    assert _check_until_uncertified(net, binary, inputs[0], result.uncertified) > 0
+    exact = export_c(net, tmp_path / "t", (inputs[0],), integer_only=True)
+    assert not exact.uncertified and "_thr" in exact.model_c.read_text()

@@ -55,8 +55,13 @@ class CExport:
         return "\n".join(lines)
 
 
-def export_c(net, out_dir, example_inputs, *, integer_only: bool = False) -> CExport:
+def export_c(net, out_dir, example_inputs, *, integer_only: bool | str = False) -> CExport:
     """Write the C library of ``net`` for inputs shaped as ``example_inputs`` into ``out_dir``.
+
+    ``integer_only``: False (the engine's float requantization), True (integer requantization:
+    a certified multiplier, offset and shift per channel where one exists, else the exact
+    threshold table, else the closest multiplier) or ``"affine"`` (a multiplier, offset and
+    shift everywhere: the closest where none is certified).
 
     Raises ``UnsupportedError`` naming every node the C export cannot compute (all at once)."""
     if not isinstance(example_inputs, (tuple, list)):
@@ -72,7 +77,7 @@ def export_c(net, out_dir, example_inputs, *, integer_only: bool = False) -> CEx
     return CExport(directory, directory / "model.c", directory / "model.h", directory / "main.c",
                    directory / "Makefile", directory / "README.md",
                    os.path.getsize(directory / "model.c"), os.path.getsize(directory / "model.h"),
-                   model.notes, integer_only, model.uncertified)
+                   model.notes, bool(integer_only), model.uncertified)
 
 
 __all__ = ["CExport", "export_c"]

@@ -31,6 +31,18 @@ def _zero_point_expr(zero_point, prefix: str, channel: str, decls: list[str]) ->
 def _epilogue(params, prefix: str, where: str, channels: int, out_dtype, integer) -> tuple[
         list[str], list[str], str]:
     """(const declarations, statements, result expression) turning ``acc`` into the output."""
+    if integer is not None and integer.form == "thresholds":
+        # out = low + #{k : t_k <= acc}: a binary search of the channel's sorted thresholds
+        levels = integer.thresholds.shape[1]
+        decls = [const_array(f"{prefix}_thr", np.asarray(integer.thresholds, np.int32).reshape(-1))]
+        lines = [f"const int32_t *thr = {prefix}_thr + (size_t)oc * {levels};",
+                 f"int below = 0, above = {levels};",
+                 "while (below < above) {",
+                 "    const int middle = (below + above) / 2;",
+                 "    if (thr[middle] <= acc) below = middle + 1; else above = middle;",
+                 "}",
+                 f"const int64_t t2 = {int_literal(integer.low)} + below;"]
+        return decls, lines, f"({C_TYPES[np.dtype(out_dtype)]})t2"
     if integer is not None:
         decls = [const_array(f"{prefix}_mul", np.asarray(integer.multiplier, np.int64)),
                  const_array(f"{prefix}_off", np.asarray(integer.offset, np.int64)),

@@ -2,11 +2,13 @@
  *   model_main IN.bin OUT.bin             raw little-endian float32 in, the model's output out
  *   model_main --golden GOLDEN_DIR        check every layer against GOLDEN_DIR/golden.safetensors
  *   model_main --dump-layers IN.bin DIR   write DIR/<layer>.bin for every layer
+ *   model_main --time N IN.bin            run N times; print the processor seconds per run
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
+#include <time.h>
 #include "model.h"
 
 static const size_t dtype_bytes[4] = {4, 1, 1, 4};
@@ -221,15 +223,31 @@ static int dump_layers(const char *in_path, const char *dir) {
     return 0;
 }
 
+/* Processor time (clock(): standard C99, no POSIX) over n runs after one warm-up run. */
+static int time_runs(const char *count, const char *path) {
+    long n = strtol(count, NULL, 10), i;
+    clock_t start;
+    if (n < 1) { fprintf(stderr, "--time takes a positive count, got %s\n", count); return 2; }
+    if (!read_exact(path, input, sizeof input)) return 2;
+    model_run(input, output);
+    start = clock();
+    for (i = 0; i < n; ++i) model_run(input, output);
+    printf("%.9f seconds per run (%ld runs)\n",
+           (double)(clock() - start) / CLOCKS_PER_SEC / (double)n, n);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--golden") == 0) return run_golden(argv[2]);
     if (argc == 4 && strcmp(argv[1], "--dump-layers") == 0) return dump_layers(argv[2], argv[3]);
+    if (argc == 4 && strcmp(argv[1], "--time") == 0) return time_runs(argv[2], argv[3]);
     if (argc == 3 && argv[1][0] != '-') {
         const model_layer *out = &model_layers[model_output_layer];
         if (!read_exact(argv[1], input, sizeof input)) return 2;
         model_run(input, output);
         return write_all(argv[2], out->data, (size_t)out->size * dtype_bytes[out->dtype]) ? 0 : 2;
     }
-    fprintf(stderr, "usage: %s IN.bin OUT.bin | --golden GOLDEN_DIR | --dump-layers IN.bin OUTDIR\n", argv[0]);
+    fprintf(stderr, "usage: %s IN.bin OUT.bin | --golden GOLDEN_DIR | --dump-layers IN.bin OUTDIR"
+            " | --time N IN.bin\n", argv[0]);
     return 2;
 }
