@@ -138,7 +138,7 @@ def _run_case(net: Net, case: tuple) -> dict[str, np.ndarray]:
     values = net.run_values(*case)
     for item in net._prepared:
         name = item.node.name
-        for suffix, array in _tensors(values[name]):
+        for suffix, array in tensors_of(values[name]):
             arrays[f"{name}.output{suffix}"] = array
         if hasattr(item.params, "requantization"):
             arguments = [values[ref.name] if isinstance(ref, Ref) else ref
@@ -157,16 +157,17 @@ def _plain(value) -> np.ndarray:
     return value.values if isinstance(value, QuantizedArray) else np.asarray(value)
 
 
-def _tensors(value, suffix: str = ""):
-    """``(key suffix, array)`` for each tensor in a node's value (a tuple's items numbered);
-    nothing for values that are not tensors (shapes, Python numbers, None)."""
+def tensors_of(value, suffix: str = ""):
+    """``(key suffix, array)`` for each tensor in a node's value (a tuple's items numbered:
+    ``.0``, ``.1``; the C export names its buffers so too); nothing for values that are not
+    tensors (shapes, Python numbers, None)."""
     if isinstance(value, QuantizedArray):
         yield suffix, np.ascontiguousarray(value.values)
     elif isinstance(value, np.ndarray) and value.dtype.kind in "fiub" and value.ndim:
         yield suffix, np.ascontiguousarray(value)
     elif isinstance(value, (tuple, list)):
         for position, item in enumerate(value):
-            yield from _tensors(item, f"{suffix}.{position}")
+            yield from tensors_of(item, f"{suffix}.{position}")
 
 
 def _parameters(net: Net) -> dict[str, np.ndarray]:

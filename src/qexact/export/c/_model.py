@@ -13,6 +13,7 @@ from ..._version import __version__
 from ...errors import UnsupportedError
 from ...graph import Ref
 from ...qparams import QuantizedArray
+from ..golden import tensors_of
 from ._cwriter import C_TYPES, DTYPE_CODES, identifier
 from .gemm import emit_conv, emit_linear
 from .nodes import emit_binary, emit_conversion, emit_gather, emit_unary, emit_window
@@ -38,17 +39,6 @@ class Model:
     readme: str
     notes: dict[str, str] = field(default_factory=dict)
     uncertified: dict[str, str] = field(default_factory=dict)
-
-
-def _tensors(value, suffix: str = ""):
-    """``(suffix, array)`` for each tensor of a node's value (as ``export.golden`` keys them)."""
-    if isinstance(value, QuantizedArray):
-        yield suffix, np.ascontiguousarray(value.values)
-    elif isinstance(value, np.ndarray) and value.dtype.kind in "fiub" and value.ndim:
-        yield suffix, np.ascontiguousarray(value)
-    elif isinstance(value, (tuple, list)):
-        for position, item in enumerate(value):
-            yield from _tensors(item, f"{suffix}.{position}")
 
 
 def _is_tensor(value) -> bool:
@@ -139,7 +129,7 @@ def build_model(net, example_inputs: tuple, *, integer_only: bool | str = False)
         node = item.node
         name, op = node.name, node.op
         where = f"node {name!r} [{op}]"
-        pieces = list(_tensors(values[name]))
+        pieces = list(tensors_of(values[name]))
         if not pieces:
             notes[name] = "no tensor value (shapes, Python numbers): constant-folded, no C"
             continue
