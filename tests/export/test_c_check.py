@@ -85,3 +85,23 @@ def test_a_c_build_of_another_engine_is_caught(tmp_path):
     assert not report.equal and first is not None and first.op in ("conv", "linear")
     assert report.diagnosis is not None
     assert "wrong_engine" in [finding.id for finding in report.diagnosis.findings]
+
+
+@pytest.mark.parametrize("name", ["gated_scalar", "squeeze_excite_mul"])
+def test_fx_models_in_c(tmp_path, name, torch1):
+    """FX-converted models beyond the eager test models (add_scalar/mul_scalar as tables, a
+    broadcast mul): the C build equals PyTorch."""
+    from support.fx_models import as_args, build_fx_model, random_input
+
+    model, shape, kind = build_fx_model(name, "x86")
+    (x,) = [np.asarray(a) for a in as_args(random_input(shape, kind))]
+    net = qexact.from_torch(model, example_inputs=(torch.from_numpy(x),), engine="x86")
+    qexact.export.c.export_c(net, tmp_path / "c", (x,))
+    subprocess.run(["make", "-s", "-C", str(tmp_path / "c")], check=True, capture_output=True)
+    np.ascontiguousarray(x, dtype="<f4").tofile(tmp_path / "in.bin")
+    subprocess.run([str(tmp_path / "c" / "model_main"), str(tmp_path / "in.bin"),
+                    str(tmp_path / "out.bin")], check=True)
+    with torch.no_grad():
+        expected = np.ascontiguousarray(model(torch.from_numpy(x)).numpy())
+    got = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(expected.shape)
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))

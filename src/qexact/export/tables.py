@@ -45,7 +45,7 @@ from ..qparams import QuantizedArray
 __all__ = ["BinaryTable", "Gather", "UnaryTable", "WindowReduce", "binary_table", "describe",
            "describe_or_why", "gather", "unary_table", "why_not", "window_reduce"]
 
-UNARY_OPS = frozenset({"relu", "activation", "clamp"})
+UNARY_OPS = frozenset({"relu", "activation", "clamp", "add_scalar", "mul_scalar"})
 BINARY_OPS = frozenset({"add", "add_relu", "mul", "mul_relu"})
 GATHER_OPS = frozenset({"flatten", "reshape", "transpose", "permute", "contiguous", "identity",
                         "getitem", "cat", "stack", "upsample", "squeeze", "unsqueeze",
