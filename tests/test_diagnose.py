@@ -252,3 +252,35 @@ def test_equal_counts_fall_back_to_catalog_order():
     bias = diagnosis_of("bias_float_vs_int32").findings
     assert bias[0].id == "bias_float_vs_int32"
     assert bias[0].explained_count == max(f.explained_count for f in bias)
+
+
+def test_an_uncalibrated_model_is_named_first(torch1):
+    """The forum code as pasted: the calibration loop never calls the prepared model, so every
+    observer keeps its defaults (scale 1.0, zero point 0) and PyTorch outputs almost all zeros.
+    Diagnose says the model was not calibrated, naming the layers, before any mistake."""
+    from torch.ao.quantization import convert, get_default_qconfig, prepare
+
+    torch1.backends.quantized.engine = "x86"
+    torch.manual_seed(0)
+    model = mistakes.OneLinear(10, 5).eval()
+    model.qconfig = get_default_qconfig("x86")
+    prepared = prepare(model)
+    batches = [torch.rand(1, 10) for _ in range(5)]   # ... and never prepared(batch)
+    assert batches
+    converted = convert(prepared)
+    net = qexact.from_torch(converted, example_inputs=(torch.rand(1, 10),), engine="x86")
+    x = np.random.default_rng(0).random((8, 10), dtype=np.float32)
+    fc = net.layers["fc"]
+    theirs = (x.astype(np.float64) @ (fc.weight.astype(np.float64).T
+                                      * np.asarray(fc.weight_scale, np.float64).reshape(1, -1))
+              + fc.float_bias.astype(np.float64))
+    diagnosis = qexact.diagnose(net, x, theirs)
+    ids = [item.id for item in diagnosis.qparams_findings]
+    assert ids[0] == "uncalibrated_qparams" and "fc" in diagnosis.qparams_findings[0].layers
+    assert diagnosis.summary.startswith("First, the model itself: the model was not calibrated")
+    text = diagnosis.render("text")
+    assert "not calibrated" in text and "never ran the prepared model" in text.replace("\n", " ")
+    assert json.loads(diagnosis.render("json"))["qparams_findings"][0]["id"] == ids[0]
+    calibrated = case("bias_float_vs_int32")
+    assert qexact.diagnose(calibrated.net, calibrated.x, calibrated.theirs,
+                           layer="fc").qparams_findings == ()

@@ -358,6 +358,9 @@ class Diagnosis:
     exact: np.ndarray = field(repr=False, default=None)
     theirs: np.ndarray = field(repr=False, default=None)
     op: str = ""                              # the layer's graph op ("linear", "conv", ...)
+    qparams_findings: tuple["QParamsFinding", ...] = ()
+    """Quantization parameters on the way to the layer that no calibration would give (the
+    observers' defaults, a degenerate scale): found from the model alone, before any mistake."""
 
     @property
     def explained_all(self) -> bool:
@@ -365,6 +368,14 @@ class Diagnosis:
 
     @property
     def summary(self) -> str:
+        first = ""
+        if self.qparams_findings:
+            item = self.qparams_findings[0]
+            first = f"First, the model itself: {item.title} ({', '.join(item.layers)}). "
+        return first + self._mistakes_summary
+
+    @property
+    def _mistakes_summary(self) -> str:
         if self.differing == 0:
             return "Your numbers equal the exact ones: nothing to diagnose."
         if not self.findings:
@@ -392,7 +403,10 @@ class Diagnosis:
                 "step_differences": {str(k): v for k, v in self.step_differences.items()},
                 "summary": self.summary, "findings": [finding(f) for f in self.findings],
                 "combination": finding(self.combination),
-                "residual": [list(index) for index in self.residual]}
+                "residual": [list(index) for index in self.residual],
+                "qparams_findings": [{"id": item.id, "title": item.title,
+                                      "message": item.message, "layers": list(item.layers)}
+                                     for item in self.qparams_findings]}
 
     def render(self, format: str = "text") -> str:
         from .report import render_diagnosis_markdown, render_diagnosis_text
@@ -538,8 +552,58 @@ def diagnose(net: Net, x, theirs, layer: str | None = None, *, rtol: float = 1e-
         elements=int(theirs.size), differing=int(differs.sum()), step_differences=histogram,
         findings=tuple(item[0] for item in singles), combination=combination,
         residual=tuple(tuple(int(i) for i in index) for index in np.argwhere(residual_mask)),
-        exact=exact, theirs=theirs_cmp, op=op,
+        exact=exact, theirs=theirs_cmp, op=op, qparams_findings=qparams_findings(net, target),
     )
+
+
+@dataclass(frozen=True)
+class QParamsFinding:
+    """Quantization parameters no calibration would give, on nodes that reach the layer."""
+
+    id: str
+    title: str
+    message: str
+    layers: tuple[str, ...]
+
+
+QPARAMS_CHECKS = (
+    ("uncalibrated_qparams", "the model was not calibrated",
+     "These layers' output scale is 1.0 with zero point 0: the value an observer returns when no "
+     "data went through it (MinMaxObserver/HistogramObserver before any forward call). The "
+     "calibration loop never ran the prepared model (a loop that builds batches but never calls "
+     "prepared(x) does this), so PyTorch rounds every output to the integers of a grid of step "
+     "1.0 and clamps it to the 0..255 range of that grid: almost every output is 0 or saturates. "
+     "Run representative inputs through the prepared model before convert.",
+     lambda q: q.scale == 1.0 and q.zero_point == 0),
+    ("degenerate_scale", "a scale is zero, subnormal or not finite",
+     "An output scale below the smallest normal float32 (1.2e-38) or not finite makes the "
+     "requantization divide by (almost) zero: calibration saw a constant tensor, or a scale was "
+     "set by hand.",
+     lambda q: not (np.isfinite(q.scale) and q.scale >= np.finfo(np.float32).tiny)),
+    ("zero_point_at_top", "the calibrated range has no positive values",
+     "The zero point is at the top of the integer range: the observer never saw a positive "
+     "value, so every positive output saturates at 0.0. Calibrate with data that reaches this "
+     "layer's normal range.",
+     lambda q: q.zero_point == q.dtype.qmax),
+)
+
+
+def qparams_findings(net: Net, target: str) -> tuple[QParamsFinding, ...]:
+    """The ``QPARAMS_CHECKS`` that per-tensor output qparams of ``target`` or the nodes
+    reaching it fail, each with the nodes that fail it (execution order)."""
+    reaching = {target}
+    for item in reversed(net._prepared):
+        if item.node.name in reaching:
+            reaching.update(ref.name for ref in item.node.inputs if isinstance(ref, Ref))
+    found = []
+    for identifier, title, message, fails in QPARAMS_CHECKS:
+        layers = tuple(item.node.name for item in net._prepared
+                       if item.node.name in reaching and item.output_qparams is not None
+                       and not item.output_qparams.is_per_channel
+                       and fails(item.output_qparams))
+        if layers:
+            found.append(QParamsFinding(identifier, title, message, layers))
+    return tuple(found)
 
 
 def _breadth(identifier: str) -> float:

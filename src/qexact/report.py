@@ -43,6 +43,9 @@ def render_diagnosis_text(diagnosis) -> str:
             f"{label}: {count}" for label, count in bucket_steps(diagnosis.step_differences)),
             WIDTH, initial_indent="  ", subsequent_indent="  ")
     lines += [""] + textwrap.wrap(diagnosis.summary, WIDTH) + [""]
+    for item in getattr(diagnosis, "qparams_findings", ()):
+        lines += textwrap.wrap(f"* {item.id} ({', '.join(item.layers)}): {item.message}", WIDTH,
+                               subsequent_indent="  ") + [""]
     for rank, finding in enumerate(diagnosis.findings, 1):
         together = (f", with {', '.join(finding.combined_with)}" if finding.combined_with else "")
         lines.append(f"{rank}. {finding.id}: {finding.explained_count} element(s) "
@@ -62,6 +65,10 @@ def render_diagnosis_markdown(diagnosis) -> str:
     lines = [f"## Diagnosis of `{diagnosis.layer}`{op}", "",
              f"Engine `{diagnosis.engine}`, ISA `{diagnosis.isa}`; {diagnosis.differing} of "
              f"{diagnosis.elements} elements differ.", "", diagnosis.summary, ""]
+    lines += [f"- **`{item.id}`** ({', '.join(f'`{layer}`' for layer in item.layers)}): "
+              f"{item.message}" for item in getattr(diagnosis, "qparams_findings", ())]
+    if getattr(diagnosis, "qparams_findings", ()):
+        lines.append("")
     if diagnosis.findings:
         lines += ["| rank | id | explains | share | with | what it means |",
                   "|---|---|---|---|---|---|"]

@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -607,10 +607,5 @@ def _diagnose(golden: Golden, first: LayerCheck, provided: dict[str, np.ndarray]
         return None
 
 
-def input_shapes(golden: Golden) -> list[tuple[int, ...]]:
-    """The shape of each model input of one call."""
-    return [tuple(golden.arrays[entry["key"]].shape[1:]) for entry in golden.manifest["inputs"]]
-
-
-__all__: Sequence[str] = ("export_golden", "read_golden", "check_golden", "Golden",
-                          "GoldenExport", "CheckReport", "LayerCheck", "as_cases", "input_shapes")
+__all__ = ["export_golden", "read_golden", "check_golden", "tensors_of", "Golden", "GoldenExport",
+           "CheckReport", "LayerCheck", "as_cases"]
