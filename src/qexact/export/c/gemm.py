@@ -32,16 +32,34 @@ def _epilogue(params, prefix: str, where: str, channels: int, out_dtype, integer
         list[str], list[str], str]:
     """(const declarations, statements, result expression) turning ``acc`` into the output."""
     if integer is not None and integer.form == "thresholds":
-        # out = low + #{k : t_k <= acc}: a binary search of the channel's sorted thresholds
+        # Per channel: the certified multiplier where there is one; elsewhere out = low +
+        # #{k : t_k <= acc}, a binary search of the channel's sorted thresholds (only those
+        # channels' thresholds are stored; slot -1: affine).
         levels = integer.thresholds.shape[1]
-        decls = [const_array(f"{prefix}_thr", np.asarray(integer.thresholds, np.int32).reshape(-1))]
-        lines = [f"const int32_t *thr = {prefix}_thr + (size_t)oc * {levels};",
-                 f"int below = 0, above = {levels};",
-                 "while (below < above) {",
-                 "    const int middle = (below + above) / 2;",
-                 "    if (thr[middle] <= acc) below = middle + 1; else above = middle;",
-                 "}",
-                 f"const int64_t t2 = {int_literal(integer.low)} + below;"]
+        table = np.flatnonzero(~np.asarray(integer.certified))
+        slot = np.full(channels, -1, np.int32)
+        slot[table] = np.arange(table.size, dtype=np.int32)
+        low, high = int_literal(integer.low), int_literal(integer.high)
+        decls = [const_array(f"{prefix}_mul", np.asarray(integer.multiplier, np.int64)),
+                 const_array(f"{prefix}_off", np.asarray(integer.offset, np.int64)),
+                 const_array(f"{prefix}_shift", np.asarray(integer.shift, np.int32)),
+                 const_array(f"{prefix}_slot", slot),
+                 const_array(f"{prefix}_thr",
+                             np.asarray(integer.thresholds, np.int32)[table].reshape(-1))]
+        lines = ["int64_t t2;",
+                 f"if ({prefix}_slot[oc] < 0) {{",
+                 f"    const int64_t t1 = qx_asr(acc * {prefix}_mul[oc] + {prefix}_off[oc], "
+                 f"{prefix}_shift[oc]);",
+                 f"    t2 = t1 < {low} ? {low} : (t1 > {high} ? {high} : t1);",
+                 "} else {",
+                 f"    const int32_t *thr = {prefix}_thr + (size_t){prefix}_slot[oc] * {levels};",
+                 f"    int below = 0, above = {levels};",
+                 "    while (below < above) {",
+                 "        const int middle = (below + above) / 2;",
+                 "        if (thr[middle] <= acc) below = middle + 1; else above = middle;",
+                 "    }",
+                 f"    t2 = {low} + below;",
+                 "}"]
         return decls, lines, f"({C_TYPES[np.dtype(out_dtype)]})t2"
     if integer is not None:
         decls = [const_array(f"{prefix}_mul", np.asarray(integer.multiplier, np.int64)),
