@@ -31,48 +31,47 @@ def _zero_point_expr(zero_point, prefix: str, channel: str, decls: list[str]) ->
 def _epilogue(params, prefix: str, where: str, channels: int, out_dtype, integer) -> tuple[
         list[str], list[str], str]:
     """(const declarations, statements, result expression) turning ``acc`` into the output."""
-    if integer is not None and integer.form == "thresholds":
-        # Per channel: the certified multiplier where there is one; elsewhere out = low +
-        # #{k : t_k <= acc}, a binary search of the channel's sorted thresholds (only those
-        # channels' thresholds are stored; slot -1: affine).
-        levels = integer.thresholds.shape[1]
-        table = np.flatnonzero(~np.asarray(integer.certified))
-        slot = np.full(channels, -1, np.int32)
-        slot[table] = np.arange(table.size, dtype=np.int32)
-        low, high = int_literal(integer.low), int_literal(integer.high)
-        decls = [const_array(f"{prefix}_mul", np.asarray(integer.multiplier, np.int64)),
-                 const_array(f"{prefix}_off", np.asarray(integer.offset, np.int64)),
-                 const_array(f"{prefix}_shift", np.asarray(integer.shift, np.int32)),
-                 const_array(f"{prefix}_slot", slot),
-                 const_array(f"{prefix}_thr",
-                             np.asarray(integer.thresholds, np.int32)[table].reshape(-1))]
-        lines = ["int64_t t2;",
-                 f"if ({prefix}_slot[oc] < 0) {{",
-                 f"    const int64_t t1 = qx_asr(acc * {prefix}_mul[oc] + {prefix}_off[oc], "
-                 f"{prefix}_shift[oc]);",
-                 f"    t2 = t1 < {low} ? {low} : (t1 > {high} ? {high} : t1);",
-                 "} else {",
-                 f"    const int32_t *thr = {prefix}_thr + (size_t){prefix}_slot[oc] * {levels};",
-                 f"    int below = 0, above = {levels};",
-                 "    while (below < above) {",
-                 "        const int middle = (below + above) / 2;",
-                 "        if (thr[middle] <= acc) below = middle + 1; else above = middle;",
-                 "    }",
-                 f"    t2 = {low} + below;",
-                 "}"]
-        return decls, lines, f"({C_TYPES[np.dtype(out_dtype)]})t2"
     if integer is not None:
-        decls = [const_array(f"{prefix}_mul", np.asarray(integer.multiplier, np.int64)),
-                 const_array(f"{prefix}_off", np.asarray(integer.offset, np.int64)),
-                 const_array(f"{prefix}_shift", np.asarray(integer.shift, np.int32))]
-        low, high = int_literal(integer.low), int_literal(integer.high)
-        lines = [f"const int64_t t1 = qx_asr(acc * {prefix}_mul[oc] + {prefix}_off[oc], "
-                 f"{prefix}_shift[oc]);",
-                 f"const int64_t t2 = t1 < {low} ? {low} : (t1 > {high} ? {high} : t1);"]
-        return decls, lines, f"({C_TYPES[np.dtype(out_dtype)]})t2"
+        return _integer_epilogue(integer, prefix, channels, out_dtype)
     pipeline = Pipeline(prefix, "oc", channels, where)
     result = emit_pipeline(params.requantization, "acc", "i", out_dtype, pipeline)
     return pipeline.constants, pipeline.lines, result
+
+
+def _integer_epilogue(integer, prefix: str, channels: int, out_dtype) -> tuple[
+        list[str], list[str], str]:
+    """Integer-only: ``t2 = clamp((acc * M + B) >> s, low, high)`` per channel; where
+    ``integer.form`` is "thresholds", the channels without a certified multiplier instead take
+    ``low + #{k : t_k <= acc}``, a binary search of their sorted thresholds (only theirs are
+    stored; ``slot`` -1: the multiplier)."""
+    low, high = int_literal(integer.low), int_literal(integer.high)
+    decls = [const_array(f"{prefix}_mul", np.asarray(integer.multiplier, np.int64)),
+             const_array(f"{prefix}_off", np.asarray(integer.offset, np.int64)),
+             const_array(f"{prefix}_shift", np.asarray(integer.shift, np.int32))]
+    affine = [f"const int64_t t1 = qx_asr(acc * {prefix}_mul[oc] + {prefix}_off[oc], "
+              f"{prefix}_shift[oc]);",
+              f"t2 = t1 < {low} ? {low} : (t1 > {high} ? {high} : t1);"]
+    if integer.form != "thresholds":
+        return decls, ["int64_t t2;", "{"] + [f"    {line}" for line in affine] + ["}"], \
+            f"({C_TYPES[np.dtype(out_dtype)]})t2"
+    levels = integer.thresholds.shape[1]
+    table = np.flatnonzero(~np.asarray(integer.certified))
+    slot = np.full(channels, -1, np.int32)
+    slot[table] = np.arange(table.size, dtype=np.int32)
+    decls += [const_array(f"{prefix}_slot", slot),
+              const_array(f"{prefix}_thr",
+                          np.asarray(integer.thresholds, np.int32)[table].reshape(-1))]
+    lines = (["int64_t t2;", f"if ({prefix}_slot[oc] < 0) {{"] + [f"    {line}" for line in affine]
+             + ["} else {",
+                f"    const int32_t *thr = {prefix}_thr + (size_t){prefix}_slot[oc] * {levels};",
+                f"    int below = 0, above = {levels};",
+                "    while (below < above) {",
+                "        const int middle = (below + above) / 2;",
+                "        if (thr[middle] <= acc) below = middle + 1; else above = middle;",
+                "    }",
+                f"    t2 = {low} + below;",
+                "}"])
+    return decls, lines, f"({C_TYPES[np.dtype(out_dtype)]})t2"
 
 
 def _pairs_decl(params, prefix: str) -> tuple[list[str], int]:
