@@ -6,8 +6,9 @@ of one run (``values = net.run_values(*example_inputs)``, which fixes every shap
 layout), by running the node's own op (``prepared.definition.run(prepared.params, inputs)``) on
 probe inputs of the node's own shapes, strides and qparams -- never by re-deriving a formula:
 
-- ``UnaryTable`` (relu, activation, clamp): the op on its input shape filled with each value of
-  the dtype; every position must give the same integer (SIMD body and scalar tail alike).
+- ``UnaryTable`` (relu, activation, clamp, add_scalar, mul_scalar): the op on its input shape
+  filled with each value of the dtype; every position must give the same integer (SIMD body and
+  scalar tail alike).
 - ``BinaryTable`` (add, add_relu, mul, mul_relu): every one of the 65,536 pairs at a position of
   every code path the engine states for the call (its kernel's ``split``), every observation at
   every position checked against the table.
