@@ -105,3 +105,13 @@ def test_fx_models_in_c(tmp_path, name, torch1):
         expected = np.ascontiguousarray(model(torch.from_numpy(x)).numpy())
     got = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(expected.shape)
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+def test_cli_certify(tmp_path):
+    model, shape = saved_model("resnet", "onednn", tmp_path)
+    text = qexact_cli("certify", model)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.rstrip().endswith("more exact with the threshold table")
+    listing = json.loads(qexact_cli("certify", model, "--json").stdout)
+    assert len(listing) == 7 and all(item["exact"] or item["exact_by_thresholds"]
+                                     for item in listing)
