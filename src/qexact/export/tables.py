@@ -43,8 +43,8 @@ import numpy as np
 
 from ..qparams import QuantizedArray
 
-__all__ = ["BinaryTable", "Gather", "UnaryTable", "WindowReduce", "binary_table", "describe",
-           "describe_or_why", "gather", "unary_table", "why_not", "window_reduce"]
+__all__ = ["BinaryTable", "Gather", "UnaryTable", "WindowReduce", "apply", "binary_table",
+           "describe", "describe_or_why", "gather", "unary_table", "why_not", "window_reduce"]
 
 UNARY_OPS = frozenset({"relu", "activation", "clamp", "add_scalar", "mul_scalar"})
 BINARY_OPS = frozenset({"add", "add_relu", "mul", "mul_relu"})
@@ -273,8 +273,11 @@ def _unary(net, name, values) -> UnaryTable:
         f"positions agree; applied to the example run and {checked - 1} random inputs: equal"))
 
 
-def _apply(description, arrays: list[np.ndarray], out_shape) -> np.ndarray:
-    """A description applied in NumPy to logical input integers (for the checks here)."""
+def apply(description, arrays: list[np.ndarray], out_shape) -> np.ndarray:
+    """A description applied in NumPy to logical input integers (int64, ``out_shape``): what
+    the checks here compare with the op, and what an exporter checks its reading against.
+    For a ``Gather``, ``arrays[k]`` is the value its source ``k`` reads
+    (``description.inputs``)."""
     if isinstance(description, UnaryTable):
         return description.table[arrays[0].astype(np.int64) - description.in_min].reshape(
             out_shape)
@@ -322,7 +325,7 @@ def _verify(probe: _Probe, description, name: str, random_inputs: int,
         expected = probe.out if number == 0 else probe(case)
         if isinstance(description, Gather):  # a source per (input, value map)
             case = [case[probe.names.index(n)] for n in description.inputs]
-        got = _apply(description, case, expected.shape)
+        got = apply(description, case, expected.shape)
         if not np.array_equal(got, expected.astype(np.int64)):
             raise _Refused(f"node {name!r} [{probe.op}]: the {type(description).__name__} "
                            f"differs from the op at {_where(got != expected, expected.shape)} "

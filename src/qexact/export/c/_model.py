@@ -50,47 +50,12 @@ def _plain(value) -> np.ndarray:
     return np.ascontiguousarray(value.values if isinstance(value, QuantizedArray) else value)
 
 
-def _broadcast(array: np.ndarray, shape) -> np.ndarray:
-    return np.broadcast_to(array, shape).reshape(-1)
-
-
 def _check(description, node, arrays: list[np.ndarray], out: np.ndarray) -> None:
     """The table/gather/window applied in NumPy to the example run must give the node's value."""
-    kind = type(description).__name__
-    flat_out = out.reshape(-1)
-    if kind == "UnaryTable":
-        x = _broadcast(arrays[0], out.shape).astype(np.int64)
-        got = description.table[x - description.in_min]
-    elif kind == "BinaryTable":
-        a = _broadcast(arrays[0], out.shape).astype(np.int64)
-        b = _broadcast(arrays[1], out.shape).astype(np.int64)
-        got = description.table[a - description.a_min, b - description.b_min]
-    elif kind == "Gather":
-        got = np.empty_like(flat_out)
-        source = np.asarray(description.source).reshape(-1)
-        index = np.asarray(description.index).reshape(-1)
-        tables = getattr(description, "tables", None) or (None,) * len(arrays)
-        for position, (array, table) in enumerate(zip(arrays, tables)):
-            chosen = source == position
-            read = array.reshape(-1)[index[chosen]]
-            got[chosen] = read if table is None else \
-                table.table[read.astype(np.int64) - table.in_min]
-    elif kind == "WindowReduce":
-        x = arrays[0].reshape(-1).astype(np.int64)
-        windows = np.asarray(description.windows)
-        valid = np.arange(windows.shape[1])[None, :] < np.asarray(description.counts)[:, None]
-        taken = x[np.where(valid, windows, 0)]
-        if description.kind == "max":
-            got = np.where(valid, taken, np.iinfo(np.int64).min).max(axis=1)
-        else:
-            sums = np.where(valid, taken, 0).sum(axis=1)
-            keys = np.asarray(description.divisor_key).reshape(-1)
-            got = np.array([description.tables[int(k)][int(s) - description.sum_min]
-                            for k, s in zip(keys, sums)])
-    else:
-        raise UnsupportedError(f"{node}: describe gave {type(description).__name__}")
-    if got.shape != flat_out.shape or not np.array_equal(
-            np.asarray(got).astype(flat_out.dtype), flat_out):
+    from ..tables import apply
+
+    got = apply(description, arrays, out.shape)
+    if not np.array_equal(got, out.astype(np.int64)):
         raise UnsupportedError(f"{node}: its {type(description).__name__} does not reproduce "
                                "the example run (not exported)")
 
