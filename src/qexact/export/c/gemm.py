@@ -74,6 +74,29 @@ def _integer_epilogue(integer, prefix: str, channels: int, out_dtype) -> tuple[
     return decls, lines, f"({C_TYPES[np.dtype(out_dtype)]})t2"
 
 
+def _output_channel(prefix: str, depth: int, zw: str, zx: int, source: str,
+                    pair_lines: list[str], epilogue: list[str], store: str) -> list[str]:
+    """The body of one output channel ``oc`` (indented for the loop over it): the exact sum of
+    (source[k] - z_x)(w[k] - z_w), the pair saturation's corrections, the epilogue, the store."""
+    lines = [f"const int8_t *wr = {prefix}_w + (size_t)oc * {depth};",
+             f"const int64_t zw = {zw};",
+             "int64_t acc = 0;",
+             f"for (k = 0; k < {depth}; ++k) acc += ((int64_t){source}[k] - {zx}) * "
+             "((int64_t)wr[k] - zw);",
+             *pair_lines, "{", *("    " + line for line in epilogue), f"    {store}", "}"]
+    return ["        " + line for line in lines]
+
+
+def _pair_saturation(params, prefix: str, raw: str, decls: list[str]) -> list[str]:
+    """Where the kernel sums raw u8 x s8 pairs in int16 (``params.pair_saturation``): the pair
+    positions' declaration (appended to ``decls``) and the correction lines over ``raw``."""
+    if not params.pair_saturation:
+        return []
+    pair_decls, count = _pairs_decl(params, prefix)
+    decls += pair_decls
+    return _pair_lines(prefix, count, raw, "wr")
+
+
 def _pairs_decl(params, prefix: str) -> tuple[list[str], int]:
     positions = np.asarray(params.pair_positions, dtype=np.int32)
     return [const_array(f"{prefix}_pairs", positions.reshape(-1))], len(positions)
@@ -113,24 +136,15 @@ def emit_linear(params, prefix: str, where: str, x: str, x_shape, y: str, y_dtyp
     zx = int(params.input_qparams.zero_point)
     more, lines, result = _epilogue(params, prefix, where, n_out, y_dtype, integer)
     decls += more
-    pair_lines: list[str] = []
-    if params.pair_saturation:
-        pair_decls, count = _pairs_decl(params, prefix)
-        decls += pair_decls
-        pair_lines = _pair_lines(prefix, count, "xr", "wr")
+    pair_lines = _pair_saturation(params, prefix, "xr", decls)
     body = [f"int m, oc, k{', t' if pair_lines else ''};",
             f"for (m = 0; m < {rows}; ++m) {{",
             f"    const {C_TYPES[np.dtype(params.input_qparams.dtype.numpy_dtype)]} *xr = {x} + "
             f"(size_t)m * {depth};",
-            f"    for (oc = 0; oc < {n_out}; ++oc) {{",
-            f"        const int8_t *wr = {prefix}_w + (size_t)oc * {depth};",
-            f"        const int64_t zw = {zw};",
-            "        int64_t acc = 0;",
-            f"        for (k = 0; k < {depth}; ++k) acc += ((int64_t)xr[k] - {zx}) * "
-            "((int64_t)wr[k] - zw);"]
-    body += ["        " + line for line in pair_lines]
-    body += ["        {"] + ["            " + line for line in lines]
-    body += [f"            {y}[(size_t)m * {n_out} + oc] = {result};", "        }", "    }", "}"]
+            f"    for (oc = 0; oc < {n_out}; ++oc) {{"]
+    body += _output_channel(prefix, depth, zw, zx, "xr", pair_lines, lines,
+                            f"{y}[(size_t)m * {n_out} + oc] = {result};")
+    body += ["    }", "}"]
     note = (f"linear {depth}->{n_out} x{rows} rows, kernel {params.kernel}"
             + (", int16 pair saturation" if params.pair_saturation else ""))
     return "".join(decls), "\n".join(body), note
@@ -168,13 +182,8 @@ def emit_conv(params, prefix: str, where: str, x: str, x_shape, y: str, y_shape,
     in_type = C_TYPES[np.dtype(params.input_qparams.dtype.numpy_dtype)]
     more, lines, result = _epilogue(params, prefix, where, out_channels, y_dtype, integer)
     decls += more
-    pair_lines: list[str] = []
-    raw_pad = zx
-    if params.pair_saturation:
-        pair_decls, count = _pairs_decl(params, prefix)
-        decls += pair_decls
-        raw_pad = 0 if params.padded_tap == PAD_ZERO else zx
-        pair_lines = _pair_lines(prefix, count, "raw", "wr")
+    pair_lines = _pair_saturation(params, prefix, "raw", decls)
+    raw_pad = 0 if params.padded_tap == PAD_ZERO else zx
     body = [f"static {in_type} col[{depth}];"]
     if pair_lines:
         body.append(f"static {in_type} raw[{depth}];")
@@ -197,16 +206,11 @@ def emit_conv(params, prefix: str, where: str, x: str, x_shape, y: str, y_shape,
     if pair_lines:
         body.append(f"            raw[kk] = inside ? v : ({in_type}){raw_pad};")
     body += ["        }", "    }",
-             f"    for (oc = g * {per_group_out}; oc < (g + 1) * {per_group_out}; ++oc) {{",
-             f"        const int8_t *wr = {prefix}_w + (size_t)oc * {depth};",
-             f"        const int64_t zw = {zw};",
-             "        int64_t acc = 0;",
-             f"        for (k = 0; k < {depth}; ++k) acc += ((int64_t)col[k] - {zx}) * "
-             "((int64_t)wr[k] - zw);"]
-    body += ["        " + line for line in pair_lines]
-    body += ["        {"] + ["            " + line for line in lines]
-    body += [f"            {y}[(((size_t)n * {out_channels} + oc) * {oh} + oy) * {ow} + ox] = "
-             f"{result};", "        }", "    }", "}"]
+             f"    for (oc = g * {per_group_out}; oc < (g + 1) * {per_group_out}; ++oc) {{"]
+    body += _output_channel(prefix, depth, zw, zx, "col", pair_lines, lines,
+                            f"{y}[(((size_t)n * {out_channels} + oc) * {oh} + oy) * {ow} + ox] "
+                            f"= {result};")
+    body += ["    }", "}"]
     kind = ("depthwise" if groups == channels and per_group_in == 1 else
             f"groups={groups}" if groups > 1 else "dense")
     note = (f"conv {channels}->{out_channels} k{kh}x{kw} s{sh}x{sw} p{ph}x{pw} {kind}, kernel "
