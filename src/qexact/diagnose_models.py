@@ -15,15 +15,14 @@ from typing import Callable
 import numpy as np
 
 from .engines import LayerQuantization
-from .engines.aten_quantize import quantize_kernel
 from .engines.base import BiasMode
-from .engines.qnnpack import quantize_bias
+from .engines.qnnpack import bias_quantization, quantize_bias
 from .errors import ShapeError
 from .graph import PreparedNode
-from .dtypes import QINT32, QUINT8
+from .dtypes import QUINT8
 from .ops.quantize import ZeroPointEntry, dequantize, quantize_values, reciprocal_float32
 from .qparams import QParams, QuantizedArray
-from .requantize import AddFloat32, AddInt32, ClampInt, Step, ToFloat32
+from .requantize import AddFloat32, AddInt32, ClampInt, Step, ToFloat32, requantize
 from .rounding import f32, round_half_away, round_half_even, round_toward_zero
 
 
@@ -199,18 +198,12 @@ def _rerounded_int32_bias(steps: list[Step], layer: LayerQuantization, rule: str
     rounding: round(bias / (s_x * s_w)) taken half away from zero or truncated."""
     if layer.bias is None:
         return steps
-    bias_scale = np.asarray(layer.weight_qparams.scale, dtype=np.float64) * float(
-        layer.input_scale)
-    if bias_scale.ndim:
-        qparams = QParams.per_channel(bias_scale, np.zeros(bias_scale.shape, np.int64), 0, QINT32)
-    else:
-        qparams = QParams.per_tensor(float(bias_scale), 0, QINT32)
-    term = np.asarray(f32(layer.bias))
+    rounding = swap_rounding(bias_quantization(layer.input_scale, layer.weight_qparams.scale),
+                             rule)
     with np.errstate(over="ignore", invalid="ignore"):
-        for step in swap_rounding(quantize_kernel(qparams, term.ndim).steps, rule):
-            term = step.apply(term)
-    return [replace(step, term=np.asarray(term, np.int64))
-            if isinstance(step, AddInt32) and step.role == "bias" else step for step in steps]
+        term = requantize(f32(layer.bias), tuple(rounding), np.int64)
+    return [replace(step, term=term) if isinstance(step, AddInt32) and step.role == "bias"
+            else step for step in steps]
 
 
 def candidate_of(value) -> Candidate:

@@ -37,13 +37,18 @@ def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale) -> np.ndar
     """The int32 bias QNNPACK adds: ``quantize(bias, s_w * s_x, 0, qint32)`` (QuantizeBias:
     ``at::quantize_per_tensor``/``_per_channel`` to qint32, i.e. ``quantize_val`` per element,
     ``engines.aten_quantize.quantize_kernel``)."""
-    bias = f32(bias)
+    return requantize(f32(bias), bias_quantization(input_scale, weight_scale), np.int32)
+
+
+def bias_quantization(input_scale: float, weight_scale) -> tuple:
+    """The steps of ``quantize_bias`` (per channel for 1-D ``weight_scale``)."""
     bias_scale = np.asarray(weight_scale, dtype=np.float64) * float(input_scale)
     if bias_scale.ndim:
-        qparams = QParams.per_channel(bias_scale, np.zeros(bias.shape, np.int64), 0, QINT32)
+        qparams = QParams.per_channel(bias_scale, np.zeros(bias_scale.shape, np.int64), 0,
+                                      QINT32)
     else:
         qparams = QParams.per_tensor(float(bias_scale), 0, QINT32)
-    return requantize(bias, quantize_kernel(qparams, bias.ndim).steps, np.int32)
+    return quantize_kernel(qparams, 1).steps
 
 
 def requantization(layer: LayerQuantization) -> Requantization:
