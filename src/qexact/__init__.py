@@ -25,12 +25,13 @@ from .diagnose import CATALOG_IDS, Diagnosis, Finding, diagnose
 from .explain import Explanation, Stage, explain
 
 
-def from_torch(model, example_inputs=None, engine=None, isa=None, allow_inexact=()) -> Net:
+def from_torch(model, example_inputs=None, engine=None, isa=None, allow_inexact=(),
+               backend=None) -> Net:
     """Import a quantized PyTorch model (see ``qexact.importers.torch.from_torch``)."""
     from .importers.torch import from_torch as _from_torch
 
     return _from_torch(model, example_inputs=example_inputs, engine=engine, isa=isa,
-                       allow_inexact=allow_inexact)
+                       allow_inexact=allow_inexact, backend=backend)
 
 
 __all__ = [

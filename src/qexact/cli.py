@@ -18,11 +18,12 @@ import numpy as np
 from ._version import __version__
 from .engines import ATEN_CAPABILITIES, ENGINES, ISAS, detect_isa, engine_names
 from .errors import QexactError
+from .kernels import BACKENDS, fast_unavailable, resolve_backend
 
 WIDTH = 80
 
 
-def _load_model(path: str, engine: str | None, isa: str | None):
+def _load_model(path: str, engine: str | None, isa: str | None, backend: str | None = None):
     """A qexact model file, a TorchScript or ``.pt2`` file (zip archives; need torch), an
     ExecuTorch ``.pte`` (XNNPACK delegates; read without torch), or ``FILE.py:FACTORY``: a Python
     file whose function FACTORY returns a quantized PyTorch model, or ``(model,
@@ -30,7 +31,7 @@ def _load_model(path: str, engine: str | None, isa: str | None):
     from .serialization import load
 
     if ".py:" in path:
-        return _model_from_factory(path, engine, isa)
+        return _model_from_factory(path, engine, isa, backend)
     try:
         with open(path, "rb") as file:
             is_zip = file.read(4) == b"PK\x03\x04"
@@ -39,11 +40,12 @@ def _load_model(path: str, engine: str | None, isa: str | None):
     if is_zip or path.endswith(".pte"):
         from .importers.torch import from_torch
 
-        return from_torch(path, engine=engine, isa=isa)
-    return load(path, engine=engine, isa=isa)
+        return from_torch(path, engine=engine, isa=isa, backend=backend)
+    return load(path, engine=engine, isa=isa, backend=backend)
 
 
-def _model_from_factory(spec: str, engine: str | None, isa: str | None):
+def _model_from_factory(spec: str, engine: str | None, isa: str | None,
+                        backend: str | None = None):
     import importlib.util
 
     from .importers.torch import from_torch
@@ -65,7 +67,7 @@ def _model_from_factory(spec: str, engine: str | None, isa: str | None):
         raise QexactError(f"{path!r} has no function {factory!r}; it has {names}")
     made = build()
     model, example = made if isinstance(made, tuple) else (made, None)
-    return from_torch(model, example_inputs=example, engine=engine, isa=isa)
+    return from_torch(model, example_inputs=example, engine=engine, isa=isa, backend=backend)
 
 
 # --- demo ----------------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ def command_demo(arguments) -> int:
 
 
 def command_run(arguments) -> int:
-    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    net = _load_model(arguments.model, arguments.engine, arguments.isa, arguments.backend)
     inputs = _load_inputs(arguments.input)
     if arguments.quantized:
         result = net.run_quantized(*inputs)
@@ -159,7 +161,7 @@ def command_run(arguments) -> int:
 def command_inspect(arguments) -> int:
     from .summary import inspect_net
 
-    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    net = _load_model(arguments.model, arguments.engine, arguments.isa, arguments.backend)
     inputs = tuple(_load_inputs(arguments.input)) if getattr(arguments, "input", None) else None
     reports = inspect_net(net, inputs)
     if arguments.json:
@@ -240,7 +242,7 @@ def command_compare(arguments) -> int:
     engines = tuple(name.strip() for name in arguments.engines.split(","))
     if len(engines) != 2:
         raise QexactError(f"--engines takes two engines, comma-separated; got {arguments.engines!r}")
-    net = _load_model(arguments.model, engines[0], arguments.isa)
+    net = _load_model(arguments.model, engines[0], arguments.isa, arguments.backend)
     comparison = compare_engines(net.graph, engines, tuple(_load_inputs(arguments.input)),
                                  arguments.isa)
     print(json.dumps(comparison.to_json()) if arguments.json else render_comparison(comparison))
@@ -248,7 +250,7 @@ def command_compare(arguments) -> int:
 
 
 def command_explain(arguments) -> int:
-    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    net = _load_model(arguments.model, arguments.engine, arguments.isa, arguments.backend)
     explanation = net.explain(_load_inputs(arguments.input), layer=arguments.layer,
                               index=_parse_index(arguments.index))
     print(explanation.render("json" if arguments.json else arguments.format))
@@ -259,7 +261,7 @@ def command_diagnose(arguments) -> int:
     from .diagnose import diagnose
     from .report import render_diagnosis_html
 
-    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    net = _load_model(arguments.model, arguments.engine, arguments.isa, arguments.backend)
     inputs = _load_inputs(arguments.input)
     (theirs,) = _load_inputs([arguments.theirs])
     diagnosis = diagnose(net, inputs, theirs, layer=arguments.layer, rtol=arguments.rtol,
@@ -331,7 +333,7 @@ def progress_bar(quiet: bool, unit: str = "case"):
 def command_export_golden(arguments) -> int:
     from .export.golden import export_golden
 
-    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    net = _load_model(arguments.model, arguments.engine, arguments.isa, arguments.backend)
     inputs = tuple(_load_inputs(arguments.inputs))
     with progress_bar(arguments.quiet, unit="call") as progress:
         written = export_golden(net, inputs, arguments.out, progress=progress)
@@ -368,7 +370,7 @@ def _example_inputs(arguments, net) -> tuple:
 def command_export_c(arguments) -> int:
     from .export.c import export_c
 
-    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    net = _load_model(arguments.model, arguments.engine, arguments.isa, arguments.backend)
     integer_only = ("affine" if arguments.integer_form == "affine" else True) \
         if arguments.integer_only else False
     written = export_c(net, arguments.out, _example_inputs(arguments, net),
@@ -390,7 +392,7 @@ def command_check(arguments) -> int:
 def command_certify(arguments) -> int:
     from .export.integer import certify, render_certificates
 
-    net = _load_model(arguments.model, arguments.engine, arguments.isa)
+    net = _load_model(arguments.model, arguments.engine, arguments.isa, arguments.backend)
     values = None
     if arguments.input:
         values = net.run_values(*_load_inputs(arguments.input))
@@ -402,7 +404,9 @@ def command_certify(arguments) -> int:
 
 def command_info(arguments) -> int:
     info = {"qexact": __version__, "engines": sorted(ENGINES), "isas": list(ISAS),
-            "this_cpu_isa": detect_isa()}
+            "this_cpu_isa": detect_isa(), "backends": list(BACKENDS),
+            "default_backend": resolve_backend(),
+            "fast_backend": fast_unavailable() or "available"}
     print(json.dumps(info) if arguments.json else
           "\n".join(f"{key}: {value}" for key, value in info.items()))
     return 0
@@ -445,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "torch)")
         command.add_argument("--engine", help="override the saved engine")
         command.add_argument("--isa", choices=ISAS, help="override the saved ISA")
+        command.add_argument("--backend", choices=BACKENDS,
+                             help="numpy (the definition) or fast (compiled, equal to it; "
+                             "default where numba is installed)")
         command.add_argument("--json", action="store_true", help="machine-readable output")
         command.set_defaults(handler=handler)
         return command

@@ -20,6 +20,7 @@ import numpy as np
 from .engines import Engine, get_engine
 from .errors import QexactError, ShapeError, UnsupportedError
 from .explain import Explanation, normalize_index
+from .kernels import resolve_backend, using
 from .ops import load_all_ops
 from .ops._registry import OP_REGISTRY, OpDefinition
 from .qparams import QParams, QuantizedArray
@@ -77,11 +78,15 @@ class Net:
 
     ``allow_inexact``: names of float kernels whose order qexact does not reproduce, which it
     then runs in NumPy's order and marks inexact (``Engine.inexact_kernel``); default none.
+    ``backend``: ``"numpy"`` (the definition) or ``"fast"`` (compiled kernels, equal to it bit
+    for bit; ``qexact.kernels``); default: ``"fast"`` where numba is installed.
     """
 
     def __init__(self, graph: Graph, engine: Engine | str, isa: str | None = None,
-                 aten_capability: str | None = None, allow_inexact: Iterable[str] = ()):
+                 aten_capability: str | None = None, allow_inexact: Iterable[str] = (),
+                 backend: str | None = None):
         self.graph = graph
+        self.backend = resolve_backend(backend)
         self.engine = get_engine(engine, isa, aten_capability)
         if isinstance(allow_inexact, str):
             allow_inexact = (allow_inexact,)
@@ -219,12 +224,13 @@ class Net:
         values: dict[str, Any] = {
             name: _as_numpy(value) for name, value in zip(self.graph.inputs, inputs)
         }
-        for item in self._prepared:
-            try:
-                values[item.node.name] = item.definition.run(item.params,
-                                                             _arguments(item.node, values))
-            except QexactError as error:
-                raise type(error)(f"{_where(item.node)}: {error}") from None
+        with using(self.backend):
+            for item in self._prepared:
+                try:
+                    values[item.node.name] = item.definition.run(item.params,
+                                                                 _arguments(item.node, values))
+                except QexactError as error:
+                    raise type(error)(f"{_where(item.node)}: {error}") from None
         return values
 
     def __call__(self, *inputs):
@@ -258,7 +264,8 @@ class Net:
 
     def __repr__(self) -> str:
         ops = ", ".join(f"{item.node.name}:{item.node.op}" for item in self._prepared)
-        return f"Net(engine={self.engine.name!r}, isa={self.engine.isa!r}, nodes=[{ops}])"
+        return (f"Net(engine={self.engine.name!r}, isa={self.engine.isa!r}, "
+                f"backend={self.backend!r}, nodes=[{ops}])")
 
 
 def _where(node: Node) -> str:

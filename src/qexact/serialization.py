@@ -186,9 +186,9 @@ def _exact_int(value) -> int:
 
 
 def load(path: str | os.PathLike, engine: str | None = None, isa: str | None = None,
-         allow_inexact=()) -> Net:
+         allow_inexact=(), backend: str | None = None) -> Net:
     """Read a model written by ``save``. ``engine``/``isa`` default to the saved ones;
-    ``allow_inexact`` as for ``Net``."""
+    ``allow_inexact`` and ``backend`` as for ``Net``."""
     metadata, arrays = read_safetensors(path)
     try:
         document = json.loads(metadata["qexact"])
@@ -203,7 +203,7 @@ def load(path: str | os.PathLike, engine: str | None = None, isa: str | None = N
         raise FormatError(f"engine {engine!r}, isa {isa!r} and aten_capability "
                           f"{aten_capability!r} must be strings")
     try:
-        return Net(graph, engine, isa, aten_capability, allow_inexact)
+        return Net(graph, engine, isa, aten_capability, allow_inexact, backend)
     except (UnsupportedError, FormatError):
         raise
     except QexactError as error:

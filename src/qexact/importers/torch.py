@@ -442,7 +442,7 @@ def _unsupported_module(qualified_name: str, module, fx: bool = False) -> Unsupp
 
 
 def from_pte(path, example_inputs: tuple | None = None, engine: str | None = None,
-             isa: str | None = None) -> Net:
+             isa: str | None = None, backend: str | None = None) -> Net:
     """An ExecuTorch ``.pte`` file with XNNPACK delegates, as the device runs it (engine
     ``xnnpack``): its weights, int32 biases and quantization parameters as the file stores them.
     Needs neither torch nor executorch."""
@@ -451,7 +451,7 @@ def from_pte(path, example_inputs: tuple | None = None, engine: str | None = Non
     if engine not in (None, "xnnpack"):
         raise UnsupportedError(f"a .pte with XNNPACK delegates runs on engine 'xnnpack', not "
                                f"{engine!r}: it holds the int32 biases fixed at lowering")
-    net = Net(capture_pte(path), "xnnpack", isa)
+    net = Net(capture_pte(path), "xnnpack", isa, backend=backend)
     if example_inputs is not None:
         net(*(example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)))
     return net
@@ -474,7 +474,7 @@ def _refuse_torchao_subclass(model) -> None:
 
 
 def from_torch(model, example_inputs: tuple | None = None, engine: str | None = None,
-               isa: str | None = None, allow_inexact=()) -> Net:
+               isa: str | None = None, allow_inexact=(), backend: str | None = None) -> Net:
     """Import a quantized PyTorch model; returns a ``Net`` that computes what ``model`` does.
 
     ``model``: an eager-mode model converted with ``torch.ao.quantization`` (``prepare``/``convert``),
@@ -493,9 +493,10 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
     ``example_inputs``, if given, are run once through the imported net to check it.
     ``allow_inexact``: float kernels qexact may run in NumPy's order where it cannot reproduce
     PyTorch's (``("matmul",)``: MKL's sgemm); refused by default, marked inexact when allowed.
+    ``backend``: ``"numpy"`` or ``"fast"`` (``qexact.kernels``; default: fast where it can run).
     """
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".pte"):
-        return from_pte(model, example_inputs, engine, isa)
+        return from_pte(model, example_inputs, engine, isa, backend)
     torch = _import_torch()
     if isinstance(model, (str, os.PathLike)):
         model = load_pt2(model) if os.fspath(model).endswith(".pt2") else load_script(model)
@@ -508,7 +509,7 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
         graph = alias_overwritten_residuals(graph)  # oneDNN's conv2d_add writes its residual
         engine = engine or torch.backends.quantized.engine
     graph.metadata.update({"torch_version": torch.__version__, "engine": engine})
-    net = Net(graph, engine, isa, allow_inexact=allow_inexact)
+    net = Net(graph, engine, isa, allow_inexact=allow_inexact, backend=backend)
     if example_inputs is not None:
         if not isinstance(example_inputs, (tuple, list)):
             example_inputs = (example_inputs,)

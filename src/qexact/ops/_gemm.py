@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..engines.base import BiasMode
+from ..kernels import active_backend, fast
+from ..requantize import requantize
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
 
@@ -50,3 +52,14 @@ def check_quantized_bias(quantized_bias, numerics, channels: int) -> np.ndarray 
         raise ShapeError(f"the int32 bias must be int32 of shape ({channels},), got "
                          f"{quantized_bias.dtype} {quantized_bias.shape}")
     return quantized_bias
+
+
+def gemm_requantize(params, acc: np.ndarray, steps, arrange) -> np.ndarray:
+    """The layer's epilogue ``steps`` (its requantization, operands bound) on ``acc``, laid
+    out by ``arrange``: compiled on the fast backend where it can be, else ``requantize``."""
+    if active_backend() == "fast":
+        result = fast.epilogue(params, acc, steps)
+        if result is not None:
+            return arrange(result)
+    return requantize(np.asarray(acc, dtype=np.int64), steps, output_dtype(params.output_qparams),
+                      arrange=arrange)

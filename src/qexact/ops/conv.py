@@ -37,7 +37,9 @@ from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, bind_operand, requantize
-from ._gemm import check_activations, check_quantized_bias, output_dtype, quantized_or_float
+from ..kernels import active_backend, fast
+from ._gemm import (check_activations, check_quantized_bias, gemm_requantize, output_dtype,
+                    quantized_or_float)
 from ._conv_explain import explain_conv, receptive_field_index
 from ._registry import graph_op
 from ._window import im2col, output_shape
@@ -255,7 +257,12 @@ def conv_columns(values: np.ndarray, params: ConvParams, pad_value: int) -> np.n
 
 
 def conv_accumulator(values: np.ndarray, params: ConvParams) -> np.ndarray:
-    """The int32 accumulator (as int64), (N * out_positions, OC), as the kernel forms it."""
+    """The int32 accumulator (as int64; int32 from the fast backend), (N * out_positions, OC),
+    as the kernel forms it."""
+    if active_backend() == "fast":
+        acc = fast.conv_accumulator(values, params)
+        if acc is not None:
+            return acc
     z_x = int(params.input_qparams.zero_point)
     cols = conv_columns(values, params, z_x)
     per_group = params.out_channels // params.groups
@@ -306,8 +313,8 @@ def conv(x: QuantizedArray, params: ConvParams, residual=None) -> QuantizedArray
         operand = residual_operand(residual, params, (values.shape[0], params.out_channels) + out,
                                    unbatched)
         steps = bind_operand(steps, "sum", np.moveaxis(operand, 1, -1).reshape(acc.shape))
-    result = requantize(acc, steps, output_dtype(params.output_qparams),
-                        arrange=channels_last_output((values.shape[0],) + out, unbatched))
+    result = gemm_requantize(params, acc, steps,
+                             channels_last_output((values.shape[0],) + out, unbatched))
     return quantized_or_float(result, params.output_qparams)
 
 

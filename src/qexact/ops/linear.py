@@ -32,7 +32,9 @@ from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
 from ..requantize import Step, bind_operand, requantize
 from ..stages import Stage
-from ._gemm import check_activations, check_quantized_bias, output_dtype, quantized_or_float
+from ..kernels import active_backend, fast
+from ._gemm import (check_activations, check_quantized_bias, gemm_requantize, output_dtype,
+                    quantized_or_float)
 from ._gemm_explain import pair_saturation_stage, per_channel, requantization_stages
 from ._registry import graph_op
 from .quantize import output_qparams_of, require_quantized
@@ -187,7 +189,12 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
 
 
 def linear_accumulator(x_values: np.ndarray, params: LinearParams) -> np.ndarray:
-    """The int32 accumulator (as int64) for (M, K) uint8 activations, as the kernel forms it."""
+    """The int32 accumulator (as int64; int32 from the fast backend) for (M, K) activations, as
+    the kernel forms it."""
+    if active_backend() == "fast":
+        acc = fast.linear_accumulator(x_values, params)
+        if acc is not None:
+            return acc
     x_centered = x_values.astype(np.float32) - np.float32(params.input_qparams.zero_point)
     acc = exact_matmul(x_centered, params.weight_centered_t)
     if params.pair_saturation:
@@ -221,8 +228,7 @@ def linear(x: QuantizedArray, params: LinearParams, residual=None) -> QuantizedA
         steps = bind_operand(steps, "sum", _residual_rows(residual, values.shape[:-1] + (
             params.out_features,)))
     shape = values.shape[:-1] + (params.out_features,)
-    out = requantize(acc, steps, output_dtype(params.output_qparams),
-                     arrange=lambda rows: rows.reshape(shape))
+    out = gemm_requantize(params, acc, steps, lambda rows: rows.reshape(shape))
     return quantized_or_float(out, params.output_qparams)
 
 

@@ -1,0 +1,76 @@
+"""Kernel backends: the NumPy definition, and an exact compiled fast path (``qexact[fast]``).
+
+- ``"numpy"``: every op in NumPy, as written in ``qexact.ops``: the definition.
+- ``"fast"``: the accumulate-then-requantize layers (Linear, Conv) and their epilogues through
+  numba-compiled integer kernels (``qexact.kernels.fast``): u8 x s8 dot products with the
+  instruction that is exact on this CPU (``vpdpbusd`` on AVX512-VNNI, ``vpmaddwd`` on AVX2), or
+  with the engine's own ``vpmaddubsw`` where the modelled engine saturates int16 pairs; a fused
+  epilogue running the engine's ``Step``s in the same precision and order. Each kernel states
+  why it is exact in its module docstring, and ``tests/kernels`` holds it equal to the NumPy
+  path. Where a kernel does not apply (a layer it does not cover, an observed run, a CPU
+  without AVX2) the NumPy path runs.
+
+A ``Net`` runs its nodes under its ``backend`` (``Net(..., backend=)``, ``qexact.from_torch``,
+``qexact.load``); the default is ``"fast"`` when numba is installed and the CPU has AVX2, else
+``"numpy"``; the ``QEXACT_BACKEND`` environment variable sets another default.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
+from ..errors import UnsupportedError
+
+BACKENDS = ("numpy", "fast")
+_ACTIVE: ContextVar[str] = ContextVar("qexact_backend", default="numpy")
+
+
+@functools.cache
+def fast_unavailable() -> str:
+    """Why the fast backend cannot run here ("" when it can)."""
+    from ..engines.base import cpu_flags
+
+    if not {"avx2", "fma"} <= cpu_flags():
+        return "the fast backend needs a CPU with AVX2 and FMA (this one has none)"
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return "numba is not installed (pip install 'qexact[fast]')"
+    return ""
+
+
+def fast_available() -> bool:
+    return not fast_unavailable()
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """The backend a ``Net`` runs: ``backend``, else ``$QEXACT_BACKEND``, else ``"fast"`` where it
+    can run, else ``"numpy"``. Asking for ``"fast"`` where it cannot run is an error."""
+    requested = backend or os.environ.get("QEXACT_BACKEND", "").strip().lower() or None
+    if requested is None:
+        return "numpy"  # TEMPORARY until the kernels land: "fast" if fast_available() else "numpy"
+    if requested not in BACKENDS:
+        raise UnsupportedError(f"backend {requested!r} is not one of {list(BACKENDS)}")
+    if requested == "fast" and fast_unavailable():
+        raise UnsupportedError(f"backend 'fast': {fast_unavailable()}; backend 'numpy' runs "
+                               "everywhere")
+    return requested
+
+
+def active_backend() -> str:
+    """The backend of the run in progress (``"numpy"`` outside ``using``)."""
+    return _ACTIVE.get()
+
+
+@contextmanager
+def using(backend: str) -> Iterator[None]:
+    """Run the ops called inside on ``backend`` (a value of ``resolve_backend``)."""
+    token = _ACTIVE.set(backend)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)

@@ -1,0 +1,124 @@
+"""The backend choice (``qexact.kernels``), and the fast backend equal to the NumPy path on
+whole models: every value of every node, by bit pattern, on every engine and both ISAs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import qexact
+from qexact import kernels
+from qexact.errors import UnsupportedError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_resolve_backend_names_and_environment(monkeypatch):
+    monkeypatch.delenv("QEXACT_BACKEND", raising=False)
+    assert kernels.resolve_backend("numpy") == "numpy"
+    assert kernels.resolve_backend() == ("fast" if kernels.fast_available() else "numpy")
+    monkeypatch.setenv("QEXACT_BACKEND", "numpy")
+    assert kernels.resolve_backend() == "numpy"
+    with pytest.raises(UnsupportedError, match="'gpu' is not one of"):
+        kernels.resolve_backend("gpu")
+
+
+def test_fast_backend_refused_with_the_reason_where_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(kernels, "fast_unavailable", lambda: "numba is not installed (pip ...)")
+    with pytest.raises(UnsupportedError, match="backend 'fast': numba is not installed"):
+        kernels.resolve_backend("fast")
+
+
+def test_without_numba_qexact_runs_on_numpy():
+    """A process where ``import numba`` fails (the extra not installed): the default backend is
+    numpy, a model runs, and asking for the fast one says how to get it."""
+    script = """
+import sys
+sys.modules["numba"] = None
+import numpy as np
+import qexact
+from qexact import QParams, prepare_linear, QUINT8, QINT8
+from qexact.graph import Graph, Net
+assert qexact.kernels.resolve_backend() == "numpy", qexact.kernels.resolve_backend()
+try:
+    qexact.kernels.resolve_backend("fast")
+except qexact.UnsupportedError as error:
+    assert "pip install 'qexact[fast]'" in str(error), error
+else:
+    raise SystemExit("fast accepted without numba")
+print("ok")
+"""
+    environment = dict(os.environ)
+    environment.pop("QEXACT_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=environment, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def _node_values(net, x, backend):
+    net.backend = backend
+    values = net.run_values(x)
+    out = {}
+    for name, value in values.items():
+        array = getattr(value, "values", value)
+        if isinstance(array, np.ndarray):
+            out[name] = array
+    return out
+
+
+def assert_backends_equal(net, x):
+    """Every node's value on the fast backend equals the NumPy path's, bit for bit."""
+    reference = _node_values(net, x, "numpy")
+    fast = _node_values(net, x, "fast")
+    assert reference.keys() == fast.keys()
+    for name, expected in reference.items():
+        got = fast[name]
+        assert got.dtype == expected.dtype and got.shape == expected.shape, name
+        assert np.array_equal(np.ascontiguousarray(got).view(np.uint8),
+                              np.ascontiguousarray(expected).view(np.uint8)), name
+    return sum(array.size for array in reference.values())
+
+
+needs_fast = pytest.mark.skipif(not kernels.fast_available(), reason=kernels.fast_unavailable())
+CNN_ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
+
+
+@needs_fast
+@pytest.mark.torch
+@pytest.mark.parametrize("engine_name", CNN_ENGINES)
+@pytest.mark.parametrize("model_name", ["resnet", "mobilenet_v2", "mobilenet_v3",
+                                        "shufflenet_v2", "detector"])
+def test_fast_equals_numpy_on_cnn_models(model_name, engine_name, torch1):
+    from support.cnn_models import build_cnn
+
+    torch1.backends.quantized.engine = engine_name
+    model, shape = build_cnn(model_name, engine_name)
+    x = torch1.randn(shape, generator=torch1.Generator().manual_seed(3)).numpy() * 2
+    for isa in qexact.ISAS:
+        net = qexact.from_torch(model, engine=engine_name, isa=isa, backend="fast")
+        assert assert_backends_equal(net, x) > 0
+    with torch1.no_grad():
+        expected = model(torch1.from_numpy(x)).numpy()
+    net = qexact.from_torch(model, engine=engine_name, backend="fast")
+    assert np.array_equal(net(x).view(np.uint32), expected.view(np.uint32))
+
+
+@needs_fast
+@pytest.mark.torch
+@pytest.mark.parametrize("engine_name", CNN_ENGINES)
+@pytest.mark.parametrize("builder", ["forum_model", "multilayer_model", "no_bias_model",
+                                     "per_tensor_model"])
+def test_fast_equals_numpy_on_linear_models(builder, engine_name, torch1):
+    from support import models
+
+    torch1.backends.quantized.engine = engine_name
+    model, shape = models.build(getattr(models, builder), engine_name)
+    x = np.random.default_rng(5).normal(0, 2, (7,) + tuple(shape)[1:]).astype(np.float32)
+    for isa in qexact.ISAS:
+        net = qexact.from_torch(model, engine=engine_name, isa=isa, backend="fast")
+        assert assert_backends_equal(net, x) > 0
