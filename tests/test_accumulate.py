@@ -139,3 +139,118 @@ def test_saturating_weight_pairs_is_exact(w0, w1):
 def test_pair_positions_layout():
     assert pair_positions(5).tolist() == [[0, 1], [2, 3], [4, -1]]
     assert pair_positions(6, (0, 3)).tolist() == [[0, 1], [2, -1], [3, 4], [5, -1]]
+
+
+# --- the NumPy path's fast forms (issue 13) ------------------------------------------------------
+
+from qexact.accumulate import (depthwise_pair_saturation_correction,  # noqa: E402
+                               exact_block_starts, exact_depthwise, exact_grouped_matmul)
+from qexact.ops._window import (im2col, im2col_centered, output_shape,  # noqa: E402
+                                padded_channels_last)
+
+
+@pytest.mark.parametrize("groups, rows, depth, width, z_x", [
+    (1, 50, 4608, 9, 0), (1, 7, 300, 3, 255), (4, 33, 700, 5, 128), (1, 1, 1, 1, 0),
+    (2, 9, 2000, 8, 17), (3, 1, 513, 1, 200), (1, 64, 257, 2, 0)])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_exact_grouped_matmul_equals_int64(groups, rows, depth, width, z_x, extreme):
+    rng = np.random.default_rng(depth + rows)
+    x = rng.integers(0, 256, (groups, rows, depth))
+    w = rng.integers(-128, 128, (groups, width, depth))
+    if extreme:  # every term at its largest magnitude, all of one sign
+        x[:] = 255 if z_x < 128 else 0
+        w[:] = -128
+    columns = (x - z_x).astype(np.float32)
+    weights = np.ascontiguousarray(np.swapaxes(w, 1, 2)).astype(np.float32)
+    actual = exact_grouped_matmul(columns, weights, max(z_x, 255 - z_x))
+    expected = np.concatenate([(x[g] - z_x) @ w[g].T for g in range(groups)], axis=1)
+    assert actual.dtype == np.int32
+    assert_bitexact(actual.astype(np.int64), expected, f"G={groups} M={rows} K={depth}")
+
+
+def test_exact_block_starts_bound_each_block():
+    rng = np.random.default_rng(3)
+    weights = rng.integers(-255, 256, (3, 5000, 4)).astype(np.float32)
+    starts = exact_block_starts(weights, 255)
+    bounds = list(starts) + [5000]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        assert 255 * np.abs(weights[:, start:stop]).sum(axis=1).max() < 2 ** 24
+        assert stop == 5000 or 255 * np.abs(weights[:, start:stop + 1]).sum(axis=1).max() >= 2 ** 24
+    huge = np.full((40_000, 1), 255, np.float32)          # 255 * 255 * 40000 > 2**31
+    assert exact_block_starts(huge, 255) is None
+    columns = np.full((1, 2, 40_000), 255, np.float32)
+    total = exact_grouped_matmul(columns, huge[None], 255)
+    assert total.dtype == np.int64 and total.tolist() == [[255 * 255 * 40_000]] * 2
+
+
+GEOMETRIES = [  # (N, C, *spatial), kernel, stride, padding, dilation
+    ((2, 16, 11, 9), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((1, 8, 7, 7), (5, 5), (1, 1), (2, 2), (1, 1)),
+    ((1, 3, 5, 6), (3, 3), (1, 2), (1, 0), (2, 1)),
+    ((1, 4, 1, 9), (1, 3), (1, 1), (0, 1), (1, 1)),
+    ((1, 2, 4, 4, 4), (3, 3, 3), (1, 2, 1), (1, 1, 0), (1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, dilation", GEOMETRIES)
+@pytest.mark.parametrize("extreme", [False, True])
+def test_exact_depthwise_and_its_pair_saturation(shape, kernel, stride, padding, dilation,
+                                                 extreme):
+    rng = np.random.default_rng(sum(shape))
+    channels = shape[1]
+    values = rng.integers(0, 256, shape).astype(np.uint8)
+    weight = rng.integers(-128, 128, (channels, 1) + kernel).astype(np.int8)
+    if extreme:
+        values[:] = 255
+        weight[:] = -128
+        weight[::2] = 127
+    z_x = 3
+    out = output_shape(shape[2:], kernel, stride, padding, dilation)
+    rows = weight.reshape(channels, -1)                                     # (C, taps)
+    centered = padded_channels_last(values, padding, z_x, np.float32, z_x)
+    actual = exact_depthwise(centered, rows.T.astype(np.float32), kernel, stride, dilation, out)
+    columns = im2col(values, kernel, stride, padding, dilation, z_x).astype(np.int64) - z_x
+    expected = np.einsum("...tc,tc->...c", columns, rows.T.astype(np.int64)).reshape(-1, channels)
+    assert actual.dtype == np.int32
+    assert_bitexact(actual.astype(np.int64), expected, "depthwise")
+    for pairs_per_tap in (False, True):
+        starts = tuple(range(rows.shape[1])) if pairs_per_tap else (0,)
+        positions = pair_positions(rows.shape[1], starts)
+        pairs = weight_pairs_of(rows, positions)
+        risky = saturating_weight_pairs(pairs)
+        for raw_pad in (0, z_x):
+            raw = padded_channels_last(values, padding, raw_pad)
+            correction = depthwise_pair_saturation_correction(raw, pairs, risky, positions,
+                                                              kernel, stride, dilation, out)
+            raw_columns = im2col(values, kernel, stride, padding, dilation, raw_pad)
+            raw_columns = raw_columns.reshape(-1, rows.shape[1], channels)
+            reference = np.stack([
+                pair_saturation_correction(raw_columns[:, :, c], pairs[c:c + 1], risky[c:c + 1],
+                                           positions)[:, 0] for c in range(channels)], axis=1)
+            assert_bitexact(correction.astype(np.int64), reference,
+                            f"pairs per tap {pairs_per_tap}")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_im2col_centered_equals_im2col(seed):
+    rng = np.random.default_rng(seed)
+    checked = 0
+    while checked < 60:
+        dims = int(rng.integers(1, 4))
+        groups = int(rng.integers(1, 4))
+        channels = groups * int(rng.integers(1, 4))
+        spatial = tuple(int(s) for s in rng.integers(1, 8, dims))
+        kernel, stride = (tuple(int(s) for s in rng.integers(1, 4, dims)) for _ in range(2))
+        padding = tuple(int(s) for s in rng.integers(0, 3, dims))
+        dilation = tuple(int(s) for s in rng.integers(1, 3, dims))
+        values = rng.integers(0, 256, (int(rng.integers(1, 3)), channels) + spatial).astype(np.uint8)
+        try:
+            columns = im2col(values, kernel, stride, padding, dilation, 7)
+        except Exception:  # the window does not fit
+            continue
+        positions, taps = int(np.prod(columns.shape[:-2])), columns.shape[-2]
+        expected = np.ascontiguousarray(columns.reshape(positions, taps, groups, -1)
+                                        .transpose(2, 0, 1, 3)).reshape(groups, positions, -1)
+        actual = im2col_centered(values, kernel, stride, padding, dilation, 7, 3, groups)
+        assert_bitexact(actual, expected.astype(np.float32) - np.float32(3), "im2col")
+        checked += 1

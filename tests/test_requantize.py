@@ -168,3 +168,152 @@ def test_qnnpack_int32_bias_saturates_then_sum_wraps():
     acc = np.array([[0], [1], [-1]], np.int64)
     # 0 -> INT32_MAX * 1e-4 -> 2.1e5 -> 255; 1 -> INT32_MIN -> very negative -> 0
     assert_bitexact(requantize(acc, steps, np.uint8), np.array([[255], [0], [255]], np.uint8))
+
+
+# --- the fast forms (issue 13): chunked, in place, fused tail, tables -----------------------------
+
+from qexact.requantize import (DivideFloat32, MinFloat32, MultiplyAddFloat32,  # noqa: E402
+                               chunked_float32_requantize)
+from qexact.rounding import fma_float32_round_to_odd  # noqa: E402
+
+
+def _f32(value):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(value, np.float64).astype(np.float32)
+
+
+def _definition(step, value):
+    """Each step as first written: float32 results of double arithmetic, rounded once."""
+    wide = lambda v: np.asarray(v, np.float64)  # noqa: E731
+    kind = type(step)
+    if kind is ToFloat32:
+        return _f32(value)
+    if kind is MultiplyFloat32:
+        return _f32(wide(value) * wide(step.factor))
+    if kind is AddFloat32:
+        return _f32(wide(value) + wide(step.term))
+    if kind is DivideFloat32:
+        return _f32(wide(value) / wide(step.divisor))
+    if kind is ClampFloat32:
+        return np.minimum(np.maximum(value, F(step.low)), F(step.high))
+    if kind is MinFloat32:
+        return np.where(np.isnan(value) | (value > F(step.high)), F(step.high), value).astype(F)
+    if kind is MultiplyAddFloat32:
+        if step.fused:
+            return fma_float32_round_to_odd(value, step.factor, step.term)
+        return _f32(wide(_f32(wide(value) * wide(step.factor))) + wide(step.term))
+    if kind is FusedMultiplyAdd:
+        return fma_float32_round_to_odd(step.a, step.b, value)
+    if kind is RoundHalfEvenToInt32:
+        rounded = np.rint(wide(value))
+        fits = (rounded >= I32_MIN) & (rounded <= I32_MAX)
+        return np.where(fits, rounded, I32_MIN).astype(np.int64)
+    if kind is AddInt:
+        return np.asarray(value, np.int64) + step.term
+    if kind is ClampInt:
+        return np.clip(value, step.low, step.high)
+    raise AssertionError(kind)
+
+
+def _random_pipeline(rng, width):
+    def constant(scale=1.0):
+        if rng.random() < 0.5:
+            return F(rng.standard_normal() * scale)
+        return (rng.standard_normal(width) * scale).astype(F)
+    steps = [ToFloat32("f")]
+    for _ in range(int(rng.integers(1, 6))):
+        choice = int(rng.integers(0, 7))
+        if choice == 0:
+            steps.append(MultiplyFloat32("m", factor=np.asarray(constant(2.0 ** -8), F)))
+        elif choice == 1:
+            steps.append(AddFloat32("a", term=np.asarray(constant(100.0), F)))
+        elif choice == 2:
+            steps.append(DivideFloat32("d", divisor=np.asarray(constant(3.0), F)))
+        elif choice == 3:
+            steps.append(ClampFloat32("c", low=float(F(-rng.random() * 300)),
+                                      high=float(F(rng.random() * 300))))
+        elif choice == 4:
+            steps.append(MinFloat32("min", high=float(F(rng.random() * 1e6))))
+        elif choice == 5:
+            steps.append(MultiplyAddFloat32("fma", factor=np.asarray(constant(2.0 ** -6), F),
+                                            term=np.asarray(constant(10.0), F),
+                                            fused=bool(rng.integers(0, 2))))
+        else:
+            steps.append(FusedMultiplyAdd("bias", a=np.asarray(constant(50.0), F),
+                                          b=np.asarray(constant(1.0), F)))
+    zero_point = int(rng.integers(-128, 256))
+    if rng.random() < 0.7:
+        low, high = (0, 255) if rng.random() < 0.5 else (-128, 127)
+        steps += [RoundHalfEvenToInt32("r"), AddInt("z", term=zero_point),
+                  ClampInt("c", low=low, high=high)]
+        out_dtype = np.uint8 if low == 0 else np.int8
+    else:
+        steps.append(RoundHalfEvenToInt32("r"))
+        out_dtype = np.int32
+    return tuple(steps), out_dtype
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_requantize_fast_forms_equal_the_step_definitions(seed):
+    """``requantize`` (chunked, in place, fused tail) equals the steps as first written, on
+    random pipelines and accumulators with extremes (int32 limits, 0, values giving NaN/inf)."""
+    rng = np.random.default_rng(seed)
+    width = int(rng.integers(1, 70))
+    rows = int(rng.integers(1, 1200))
+    acc = rng.integers(-(2 ** 24), 2 ** 24, (rows, width))
+    acc.flat[:: max(1, acc.size // 7)] = rng.choice([I32_MIN, I32_MAX, 0, 2 ** 24 + 1, -1],
+                                                    acc.flat[:: max(1, acc.size // 7)].size)
+    steps, out_dtype = _random_pipeline(rng, width)
+    with np.errstate(all="ignore"):
+        expected = acc
+        for step in steps:
+            expected = _definition(step, expected)
+        expected = expected.astype(out_dtype)
+        for accumulator in (acc, acc.astype(np.int32)):
+            actual = requantize(accumulator, steps, out_dtype)
+            assert_bitexact(actual, expected, f"seed {seed}: {[s.label for s in steps]}")
+            traced = trace_requantize(accumulator, steps)[-1][1].astype(out_dtype)
+            assert_bitexact(traced, expected, "trace")
+
+
+def test_requantize_chunking_covers_chunk_edges():
+    rng = np.random.default_rng(5)
+    width = 3
+    steps = (ToFloat32("f"), MultiplyFloat32("m", factor=F([0.01, 0.5, 3.0])),
+             RoundHalfEvenToInt32("r"), AddInt("z", term=7), ClampInt("c", low=0, high=255))
+    for rows in (1, 10922, 10923, 10924, 30000):
+        acc = rng.integers(-(2 ** 20), 2 ** 20, (rows, width)).astype(np.int32)
+        expected = acc
+        for step in steps:
+            expected = _definition(step, expected)
+        assert chunked_float32_requantize(acc, steps, np.uint8) is not None
+        assert_bitexact(requantize(acc, steps, np.uint8), expected.astype(np.uint8), f"{rows}")
+
+
+def test_requantize_takes_a_float_value_as_given():
+    """A float input (QNNPACK's bias quantization runs the steps on float32 biases) is not
+    converted to integers."""
+    steps = (MultiplyFloat32("m", factor=F(4.0)), RoundHalfEvenToInt32("r"))
+    assert requantize(F([0.375, -1.125]), steps, np.int32).tolist() == [2, -4]
+
+
+@pytest.mark.parametrize("engine", ["x86", "fbgemm", "qnnpack", "onednn"])
+@pytest.mark.parametrize("op", ["add", "mul"])
+def test_binary_tables_equal_the_steps(engine, op, monkeypatch):
+    """An 8-bit add/mul of many elements runs as a table of its 65,536 results: equal to the
+    steps run on every element (``TABLE_MIN_ELEMENTS`` raised past the size)."""
+    from qexact.ops import elementwise
+
+    rng = np.random.default_rng(len(engine) + len(op))
+    for relu in (False, True):
+        qa = QParams(float(F(rng.random() * 0.2 + 0.01)), int(rng.integers(0, 256)), QUINT8)
+        qb = QParams(float(F(rng.random() * 0.2 + 0.01)), int(rng.integers(0, 256)), QUINT8)
+        qo = QParams(float(F(rng.random() * 0.3 + 0.01)), int(rng.integers(0, 256)), QUINT8)
+        params = elementwise.prepare_binary(op, qa, qb, qo, relu, engine=engine)
+        a = qexact.QuantizedArray(rng.integers(0, 256, (2, 16, 33, 35)).astype(np.uint8), qa)
+        b = qexact.QuantizedArray(rng.integers(0, 256, (2, 16, 33, 35)).astype(np.uint8), qb)
+        tabled = elementwise.binary(a, b, params)
+        monkeypatch.setattr(elementwise, "TABLE_MIN_ELEMENTS", 1 << 40)
+        direct = elementwise.binary(a, b, params)
+        monkeypatch.undo()
+        assert_bitexact(tabled.values, direct.values, f"{engine} {op} relu={relu}")

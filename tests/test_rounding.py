@@ -323,3 +323,49 @@ def test_f32_rounds_to_nearest_even():
                   3 * 2.0 ** -151], dtype=np.float64)
     assert_bitexact(f32(x), np.float32([1.0, 1 + 2.0 ** -22, np.inf, -np.inf, 0.0, 2.0 ** -149]),
                     "f32")
+
+
+# --- the fast forms equal the definitions they replace (issue 13) ---------------------------------
+
+from qexact.rounding import fma_float32_round_to_odd  # noqa: E402
+
+
+def _random_float32(rng, count):
+    return np.concatenate([
+        rng.integers(0, 2 ** 32, count, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        rng.standard_normal(count).astype(np.float32),
+        (rng.integers(-300, 300, count) * 0.5).astype(np.float32),
+        (rng.standard_normal(count) * 2.0 ** -130).astype(np.float32),   # subnormal results
+    ])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fma_fast_equals_round_to_odd(seed):
+    """The midpoint-screened fma equals rounding to odd on every element, including the
+    cancelling and midpoint-making addends and subnormal results."""
+    rng = np.random.default_rng(seed)
+    a, b = _random_float32(rng, 50_000), _random_float32(rng, 50_000)
+    product = a.astype(np.float64) * b.astype(np.float64)
+    with np.errstate(all="ignore"):
+        addends = [_random_float32(rng, 50_000), (-product).astype(np.float32),
+                   (product * 2.0 ** -25).astype(np.float32), np.float32(0.5),
+                   (-product + np.ldexp(1.0, np.frexp(product)[1] - 25)).astype(np.float32)]
+        for c in addends:
+            assert_bitexact(fma_float32(a, b, c), fma_float32_round_to_odd(a, b, c), "fma")
+
+
+def test_fma_fast_midpoints_by_construction():
+    """(1 + 2^-12)^2 = 1 + 2^-11 + 2^-24: exactly a float32 midpoint, nudged by tiny addends."""
+    a = np.full(6, 1 + 2.0 ** -12, np.float32)
+    c = np.array([0, 2.0 ** -60, -2.0 ** -60, 2.0 ** -30, -2.0 ** -24, 2.0 ** -149], np.float32)
+    assert_bitexact(fma_float32(a, a, c), fma_float32_round_to_odd(a, a, c), "midpoints")
+
+
+def test_round_half_even_to_int32_float32_extremes():
+    values = np.array([2.0 ** 31, -2.0 ** 31, 2147483520.0, -2147483904.0, np.nan, np.inf,
+                       -np.inf, 8388607.5, -8388608.5, 0.5, -0.5, 1.5, -0.0], np.float32)
+    expected = [INT32_MIN, INT32_MIN, 2147483520, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN,
+                8388608, -8388608, 0, 0, 2, 0]
+    actual = round_half_even_to_int32(values)
+    assert actual.dtype == np.int64
+    assert actual.tolist() == expected

@@ -20,6 +20,23 @@ import numpy as np
 from .rounding import f32, fma_float32, round_half_even_to_int32, wrap_int32
 from .trace import report, tapping
 
+# Float32 steps compute in float32 where NumPy does: an IEEE float32 +, -, *, / of two float32
+# values is the exact result rounded once to float32, which is what ``f32(a op b)`` gave (NumPy
+# computes ``a op b`` in float32 already for two float32 operands, and ``f32`` of a float32
+# result is the identity: float32 -> double -> float32 is exact; arithmetic never yields a
+# signalling NaN, the one value the round trip would change). Where NumPy promotes (an integer
+# or float64 operand), ``_float32_result`` rounds the wider result once, as ``f32`` did.
+
+
+def _float32_result(result) -> np.ndarray:
+    """``f32(result)`` without the round trip when ``result`` is float32 already."""
+    result = np.asarray(result)
+    return result if result.dtype == np.float32 else f32(result)
+
+
+_EXACT_INT64_TO_FLOAT = 2 ** 53
+"""Below this magnitude int64 -> double is exact, so ``f32(v)`` rounds once, as a direct cast."""
+
 
 @dataclass(frozen=True, eq=False)
 class Step:
@@ -71,6 +88,12 @@ class ToFloat32(Step):
     formula = "f32(v)"
 
     def apply(self, value):
+        value = np.asarray(value)
+        if value.dtype in (np.int32, np.int16, np.int8, np.uint8, np.uint16, np.float32):
+            return value.astype(np.float32)      # exact in double, so one rounding either way
+        if value.dtype == np.int64 and value.size and \
+                -_EXACT_INT64_TO_FLOAT <= value.min() and value.max() <= _EXACT_INT64_TO_FLOAT:
+            return value.astype(np.float32)      # int64 -> float32 rounds once (cvtsi2ss)
         return f32(value)
 
 
@@ -97,7 +120,7 @@ class AddFloat32(Step):
     formula = "f32(v + {term})"
 
     def apply(self, value):
-        return f32(value + self.term)
+        return _float32_result(value + self.term)
 
     def constants(self):
         return {"term": self.term}
@@ -144,7 +167,7 @@ class AddOperandFloat32(Step):
     def apply(self, value):
         if self.operand is None:
             raise ValueError(f"step {self.label!r} has no operand bound (bind_operand)")
-        return f32(value + self.operand)
+        return _float32_result(value + self.operand)
 
     def shown(self):
         return {"operand": self.operand}
@@ -161,7 +184,7 @@ class MultiplyOperandFloat32(Step):
     def apply(self, value):
         if self.operand is None:
             raise ValueError(f"step {self.label!r} has no operand bound (bind_operand)")
-        return f32(value * self.operand)
+        return _float32_result(value * self.operand)
 
     def shown(self):
         return {"operand": self.operand}
@@ -183,7 +206,7 @@ class MultiplyFloat32(Step):
     formula = "f32(v * {factor})"
 
     def apply(self, value):
-        return f32(value * self.factor)
+        return _float32_result(value * self.factor)
 
     def constants(self):
         return {"factor": self.factor}
@@ -197,7 +220,7 @@ class DivideFloat32(Step):
     formula = "f32(v / {divisor})"
 
     def apply(self, value):
-        return f32(value / self.divisor)
+        return _float32_result(value / self.divisor)
 
     def constants(self):
         return {"divisor": self.divisor}
@@ -212,7 +235,8 @@ class ClampFloat32(Step):
     formula = "min(max(v, {low}), {high})"
 
     def apply(self, value):
-        return np.minimum(np.maximum(value, np.float32(self.low)), np.float32(self.high))
+        clamped = np.asarray(np.maximum(value, np.float32(self.low)))
+        return np.minimum(clamped, np.float32(self.high), out=clamped)
 
 
 @dataclass(frozen=True, eq=False)
@@ -230,7 +254,7 @@ class MultiplyAddFloat32(Step):
     def apply(self, value):
         if self.fused:
             return fma_float32(value, self.factor, self.term)
-        return f32(f32(value * self.factor) + self.term)
+        return _float32_result(_float32_result(value * self.factor) + self.term)
 
     def constants(self):
         return {"factor": self.factor, "term": self.term}
@@ -246,7 +270,8 @@ class MinFloat32(Step):
 
     def apply(self, value):
         high = np.float32(self.high)
-        return np.where(np.isnan(value) | (value > high), high, value).astype(np.float32)
+        # value <= high is False exactly for NaN and value > high: those give high.
+        return np.where(value <= high, value, high).astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -397,12 +422,24 @@ def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype,
     range. ``arrange`` (optional) lays a value of ``acc``'s layout out as the op's output (a
     conv's (positions, channels) as (N, C, *spatial)); it is applied to the result, and to the
     accumulator before and after the bias step that a ``qexact.trace.tap`` block collects (as
-    ``"accumulator"`` and ``"biased"``: int32, or float32 where the bias is a float step)."""
+    ``"accumulator"`` and ``"biased"``: int32, or float32 where the bias is a float step).
+
+    An integer ``acc`` may also be int32 (the accumulator's own type): a first step other
+    than ``ToFloat32`` sees it as int64 (other values, e.g. a float bias, pass as given). The usual tail ``cvtps2dq, + z, clamp`` runs fused
+    (``round_offset_clamp``, the same integers)."""
     arrange = arrange or (lambda value: value)
     taps = tapping()
     if taps:
         report("accumulator", arrange(np.asarray(acc, dtype=np.int32)))
-    value = acc
+    value = np.asarray(acc)
+    if not taps:
+        result = chunked_float32_requantize(value, steps, out_dtype)
+        if result is not None:
+            return arrange(result)
+    if value.dtype.kind in "iu" and value.dtype != np.int64 and \
+            not (steps and isinstance(steps[0], ToFloat32)):
+        value = value.astype(np.int64)
+    steps, tail = _fused_tail(steps, out_dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # float overflow is modelled, not an error
         for step in steps:
             value = step.apply(value)
@@ -410,13 +447,170 @@ def requantize(acc: np.ndarray, steps: tuple[Step, ...], out_dtype: np.dtype,
                 biased = np.asarray(value)
                 report("biased", arrange(biased.astype(np.int32) if biased.dtype.kind in "iu"
                                          else biased))
+        if tail is not None and np.asarray(value).dtype == np.float32 and np.ndim(value):
+            return arrange(round_offset_clamp(value, *tail, out_dtype))
+        for step in _tail_steps(tail):
+            value = step.apply(value)
     return arrange(value.astype(out_dtype))
+
+
+def _fused_tail(steps: tuple[Step, ...], out_dtype) -> tuple[tuple[Step, ...], tuple | None]:
+    """``steps`` without a final ``RoundHalfEvenToInt32, AddInt, ClampInt`` that
+    ``round_offset_clamp`` can compute, and that tail as ``(zero_point, low, high, steps)``."""
+    if len(steps) < 3:
+        return steps, None
+    rounding, offset, clamp = steps[-3:]
+    if not (type(rounding) is RoundHalfEvenToInt32 and type(offset) is AddInt
+            and type(clamp) is ClampInt):
+        return steps, None
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype.kind not in "iu":
+        return steps, None
+    limits = np.iinfo(out_dtype)
+    low, high, zero_point = int(clamp.low), int(clamp.high), int(offset.term)
+    if not (limits.min <= low <= high <= limits.max
+            and max(abs(low - zero_point), abs(high - zero_point), abs(zero_point)) < 2 ** 23):
+        return steps, None
+    return steps[:-3], (zero_point, low, high, steps[-3:])
+
+
+def _tail_steps(tail) -> tuple[Step, ...]:
+    return () if tail is None else tail[3]
+
+
+def round_offset_clamp(value: np.ndarray, zero_point: int, low: int, high: int, tail_steps,
+                       out_dtype) -> np.ndarray:
+    """``clamp(cvtps2dq(v) + zero_point, low, high)`` as ``out_dtype``, in float32.
+
+    Equal to the three steps: for ``r = rint(v)`` with ``-2**31 <= r < 2**31`` (an integer
+    float32, as ``round_half_even_to_int32``), ``clamp(r + z, low, high) == clamp(r, low - z,
+    high - z) + z``, and the right side is exact in float32 (bounds and ``z`` below 2**23 in
+    magnitude, so every value it forms is an integer float32); NaN and out-of-range ``r`` give
+    ``INT32_MIN``, hence ``clamp(INT32_MIN + z, low, high)``, set apart. ``low..high`` lies in
+    ``out_dtype``, so the final cast is exact. ``tail_steps`` are unused (kept for reference).
+    """
+    rounded = np.rint(value)
+    fits = rounded >= np.float32(-2.0 ** 31)
+    fits &= rounded < np.float32(2.0 ** 31)                   # False for NaN
+    result = np.clip(rounded, np.float32(low - zero_point), np.float32(high - zero_point),
+                     out=rounded)
+    result += np.float32(zero_point)
+    if not fits.all():
+        result[~fits] = min(max(-2 ** 31 + zero_point, low), high)
+    return result.astype(out_dtype)
+
+
+CHUNK_ELEMENTS = 1 << 15
+"""Rows of the accumulator are requantized in chunks of about this many elements, so that
+every pass of the steps runs on values held in the L2 cache."""
+
+
+def _float32_constant(constant, width: int):
+    """``constant`` as used by a float32 step on (rows, ``width``) float32 values in place, or
+    None where NumPy would compute ``value op constant`` in another type or shape."""
+    array = np.asarray(constant)
+    if np.result_type(np.float32, array) != np.float32 or array.ndim > 1 or \
+            (array.ndim == 1 and array.shape[0] not in (1, width)):
+        return None
+    return array
+
+
+def _chunk_program(steps: tuple[Step, ...], width: int):
+    """The float32 steps after a leading ``ToFloat32`` as in-place operations on a chunk of
+    (rows, ``width``) float32 values, or None where a step is not one of those below."""
+    program = []
+    for step in steps:
+        kind = type(step)
+        if kind in (MultiplyFloat32, AddFloat32, DivideFloat32):
+            name = {MultiplyFloat32: "factor", AddFloat32: "term", DivideFloat32: "divisor"}[kind]
+            constant = _float32_constant(getattr(step, name), width)
+            if constant is None:
+                return None
+            operation = {MultiplyFloat32: np.multiply, AddFloat32: np.add,
+                         DivideFloat32: np.divide}[kind]
+            program.append(lambda v, rows, op=operation, c=constant: op(v, c, out=v))
+        elif kind is ClampFloat32:
+            low, high = np.float32(step.low), np.float32(step.high)
+            program.append(lambda v, rows, low=low, high=high: np.minimum(
+                np.maximum(v, low, out=v), high, out=v))
+        elif kind is MinFloat32:
+            high = np.float32(step.high)
+            program.append(lambda v, rows, high=high: np.copyto(v, high, where=~(v <= high)))
+        elif kind is MultiplyAddFloat32:
+            factor = _float32_constant(step.factor, width)
+            term = _float32_constant(step.term, width)
+            if factor is None or term is None:
+                return None
+            if step.fused:
+                program.append(lambda v, rows, f=factor, t=term: np.copyto(
+                    v, fma_float32(v, f, t)))
+            else:
+                program.append(lambda v, rows, f=factor, t=term: np.add(
+                    np.multiply(v, f, out=v), t, out=v))
+        elif kind is FusedMultiplyAdd:
+            a, b = _float32_constant(step.a, width), _float32_constant(step.b, width)
+            if a is None or b is None:
+                return None
+            program.append(lambda v, rows, a=a, b=b: np.copyto(v, fma_float32(a, b, v)))
+        else:
+            return None
+    return program
+
+
+def chunked_float32_requantize(acc: np.ndarray, steps: tuple[Step, ...],
+                               out_dtype) -> np.ndarray | None:
+    """``requantize`` of a 2-D integer accumulator whose steps are ``ToFloat32``, float32
+    steps with per-tensor or per-channel (last axis) constants, and a final
+    ``RoundHalfEvenToInt32`` (alone, or with ``AddInt, ClampInt``): the same values, computed
+    in chunks of rows, in place. None where the steps are of another form.
+
+    Equal to the steps one by one: every step is elementwise with constants along the last
+    axis, so rows may be taken in any grouping; each in-place operation is the float32
+    operation ``_float32_result`` computes (NumPy's float32 loop for two float32 operands,
+    ``_float32_constant`` checks that the constant keeps it float32); the fused FMAs call
+    ``fma_float32``; the integer tail is ``round_offset_clamp`` or ``round_half_even_to_int32``
+    then the cast to ``out_dtype`` (as ``requantize`` does: C's conversion of the int32 value).
+    """
+    out_dtype = np.dtype(out_dtype)
+    if acc.ndim != 2 or acc.dtype.kind not in "iu" or out_dtype.kind not in "iu" or \
+            len(steps) < 2 or type(steps[0]) is not ToFloat32:
+        return None
+    middle, tail = _fused_tail(tuple(steps[1:]), out_dtype)
+    if tail is None:
+        if type(middle[-1]) is not RoundHalfEvenToInt32:
+            return None
+        middle = middle[:-1]
+    rows, width = acc.shape
+    program = _chunk_program(middle, width)
+    if program is None:
+        return None
+    if acc.dtype.itemsize > 4 and acc.size and not (
+            -_EXACT_INT64_TO_FLOAT <= acc.min() and acc.max() <= _EXACT_INT64_TO_FLOAT):
+        return None
+    result = np.empty((rows, width), out_dtype)
+    step_rows = max(1, CHUNK_ELEMENTS // max(width, 1))
+    chunk = np.empty((min(step_rows, rows), width), np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, rows, step_rows):
+            stop = min(start + step_rows, rows)
+            value = chunk[:stop - start]
+            value[...] = acc[start:stop]      # int -> float32, one rounding (as ToFloat32)
+            for operation in program:
+                operation(value, (start, stop))
+            if tail is not None:
+                result[start:stop] = round_offset_clamp(value, *tail, out_dtype)
+            else:
+                result[start:stop] = round_half_even_to_int32(value).astype(out_dtype)
+    return result
 
 
 def trace_requantize(acc: np.ndarray, steps: tuple[Step, ...]) -> list[tuple[Step, np.ndarray]]:
     """Every intermediate value of ``requantize``: ``[(step, value after it), ...]``."""
     trace = []
-    value = acc
+    value = np.asarray(acc)
+    if value.dtype.kind in "iu" and value.dtype != np.int64 and \
+            not (steps and isinstance(steps[0], ToFloat32)):
+        value = value.astype(np.int64)
     with np.errstate(over="ignore", invalid="ignore"):
         for step in steps:
             value = step.apply(value)

@@ -34,8 +34,51 @@ def fma_float32(a, b, c) -> np.ndarray:
     """``fmaf(a, b, c)``: the float32 nearest to the exact ``a*b + c``, one rounding.
 
     Emulated exactly in float64: ``a*b`` of two float32 values needs 48 bits, so the float64
-    product is exact; the sum's rounding error is recovered with TwoSum and folded in by rounding
-    the float64 sum to odd, which makes the final float32 rounding correct (53 >= 24 + 2 bits).
+    product ``p`` is exact, and ``t = RN64(p + c)`` is one rounding of the exact sum ``s``.
+    ``RN32(t) == RN32(s)`` unless ``t`` is a float32 midpoint: rounding to nearest is monotone
+    and every float32 midpoint ``m`` of the normal range (and the overflow threshold
+    ``2**128 - 2**103``) is a double, so ``s < m`` gives ``t <= m``, and ``t != m`` then gives
+    ``t < m`` (likewise above); ``s`` and ``t`` lie between the same two midpoints, and round to
+    the same float32. A midpoint has its 29 low mantissa bits equal to ``1 << 28``. Those
+    elements, and the rare ``|t| < 2**-126`` (float32 subnormal results, whose midpoints have
+    another bit pattern), take ``fma_float32_round_to_odd``; NaN and infinities pass through
+    ``RN32(t)`` as there.
+    """
+    a64 = np.asarray(a, dtype=np.float32).astype(np.float64)
+    b64 = np.asarray(b, dtype=np.float32).astype(np.float64)
+    c64 = np.asarray(c, dtype=np.float32).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # infinities and NaN pass through
+        total = np.asarray(a64 * b64)
+        if total.shape == np.broadcast_shapes(total.shape, c64.shape):
+            total += c64                                       # the product is a temporary
+        else:
+            total = np.asarray(total + c64)
+        result = total.astype(np.float32)
+        bits = total.view(np.int64)
+        low = bits & _LOW_29_BITS
+        suspect = low == _FLOAT32_MIDPOINT_BITS
+        suspect |= (bits & _DOUBLE_EXPONENT_BITS) < _DOUBLE_EXPONENT_OF_2_TO_MINUS_126
+        if suspect.any():
+            shape = result.shape
+            where = suspect
+            result[where] = fma_float32_round_to_odd(
+                np.broadcast_to(np.asarray(a, np.float32), shape)[where],
+                np.broadcast_to(np.asarray(b, np.float32), shape)[where],
+                np.broadcast_to(np.asarray(c, np.float32), shape)[where])
+        return result
+
+
+_LOW_29_BITS = (1 << 29) - 1
+_FLOAT32_MIDPOINT_BITS = 1 << 28
+_DOUBLE_EXPONENT_BITS = 0x7FF << 52
+_DOUBLE_EXPONENT_OF_2_TO_MINUS_126 = (1023 - 126) << 52
+
+
+def fma_float32_round_to_odd(a, b, c) -> np.ndarray:
+    """``fmaf(a, b, c)`` by rounding the float64 sum to odd (the definition ``fma_float32``
+    falls back to): ``a*b`` of two float32 values needs 48 bits, so the float64 product is
+    exact; the sum's rounding error is recovered with TwoSum and folded in by rounding the
+    float64 sum to odd, which makes the final float32 rounding correct (53 >= 24 + 2 bits).
     """
     a64 = np.asarray(a, dtype=np.float32).astype(np.float64)
     b64 = np.asarray(b, dtype=np.float32).astype(np.float64)
@@ -82,17 +125,28 @@ def round_half_even_to_int32(value) -> np.ndarray:
 
     The "integer indefinite" result ``0x80000000`` is what every SIMD requantization in FBGEMM
     and QNNPACK gets for a float whose rounded value does not fit in int32. Returns int64.
+    Computed in float32: the integer nearest a float32 is a float32 (below 2**23 every integer
+    is one; above, the value is an integer already), so ``rint`` in float32 equals ``rint`` in
+    double; ``-2**31`` and ``2**31`` are float32s, and an integer ``r`` fits iff
+    ``-2**31 <= r < 2**31``.
     """
     value = np.asarray(value, dtype=np.float32)
-    rounded = np.rint(value.astype(np.float64))
-    fits = (rounded >= INT32_MIN) & (rounded <= INT32_MAX)  # False for NaN
-    return np.where(fits, rounded, INT32_MIN).astype(np.int64)
+    rounded = np.rint(value)
+    fits = rounded >= np.float32(INT32_MIN)
+    fits &= rounded < np.float32(2.0 ** 31)                  # False for NaN
+    with np.errstate(invalid="ignore"):                       # NaN/inf cast, replaced below
+        result = rounded.astype(np.int64)
+    if not fits.all():
+        result[~fits] = INT32_MIN
+    return result
 
 
 def wrap_int32(value) -> np.ndarray:
-    """Two's-complement wrap of int64 values to int32 (what a 32-bit ``add`` does), as int64."""
-    value = np.asarray(value, dtype=np.int64)
-    return ((value - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN
+    """Two's-complement wrap of int64 values to int32 (what a 32-bit ``add`` does), as int64.
+
+    NumPy's int64 -> int32 cast is C's conversion, which GCC, Clang and MSVC define as
+    reduction modulo 2**32 (GCC manual, "Integers implementation"): the wrap itself."""
+    return np.asarray(value, dtype=np.int64).astype(np.int32).astype(np.int64)
 
 
 def saturate(value, low: int, high: int) -> np.ndarray:

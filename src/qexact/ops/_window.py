@@ -110,3 +110,69 @@ def outer_product(vectors) -> np.ndarray:
     for vector in vectors:
         result = np.multiply.outer(result, np.asarray(vector, np.int64))
     return result
+
+
+# --- the NumPy path's fast forms: views and one copy ---------------------------------------------
+
+
+def padded_channels_last(values: np.ndarray, padding, pad_value, dtype=None,
+                         offset: int = 0) -> np.ndarray:
+    """(N, C, *spatial) -> (N, *padded_spatial, C) of ``dtype`` holding ``values - offset``,
+    ``pad_value - offset`` in the padding (one pass; exact: integers below 2**24 in float32)."""
+    dtype = np.dtype(dtype or values.dtype)
+    batch, channels = values.shape[:2]
+    spatial = values.shape[2:]
+    padded = np.empty((batch,) + tuple(s + 2 * p for s, p in zip(spatial, padding)) + (channels,),
+                      dtype=dtype)
+    if any(padding):
+        padded.fill(pad_value - offset)
+    inside = padded[(slice(None),) + tuple(slice(p, p + s) for s, p in zip(spatial, padding))]
+    source = np.moveaxis(values, 1, -1)
+    if offset:  # a 0-d array of ``dtype``, not a Python int: uint8 - int would stay uint8
+        np.subtract(source, np.array(offset, dtype=dtype), out=inside, casting="unsafe")
+    else:
+        inside[...] = source
+    return padded
+
+
+def tap_windows(padded: np.ndarray, kernel, stride, dilation, out) -> list[np.ndarray]:
+    """Per tap (``tap_offsets`` order), the strided view (N, *out, C) of ``padded`` (N,
+    *padded_spatial, C) it reads: ``window[n, o..., c] = padded[n, o * stride + tap *
+    dilation, ..., c]``. No copy."""
+    windows = []
+    for tap in tap_offsets(kernel):
+        index = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                      for t, d, o, s in zip(tap, dilation, out, stride))
+        windows.append(padded[(slice(None),) + index])
+    return windows
+
+
+def im2col_centered(values: np.ndarray, kernel, stride, padding, dilation, pad_value: int,
+                    offset: int, groups: int = 1) -> np.ndarray:
+    """``im2col`` minus ``offset`` as float32, laid out per group: (G, N * out_positions,
+    taps * C/G), each row in the group's im2col order (taps..., channel), channel fastest.
+
+    Equal to ``conv_columns(...).astype(float32) - offset`` (integers below 2**24 are float32s:
+    exact), built with one copy of the padded input and one of the columns (two for G > 1):
+    ``sliding_window_view`` gives every window as a view, strided by ``stride`` and
+    ``dilation``; a transpose puts the taps before the channel."""
+    batch, channels = values.shape[:2]
+    dims = len(kernel)
+    out = output_shape(values.shape[2:], kernel, stride, padding, dilation)
+    padded = padded_channels_last(values, padding, pad_value, np.float32, offset)
+    spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, spans, axis=tuple(range(1, dims + 1)))
+    # windows: (N, *positions, C, *spans); keep every stride-th position, every dilation-th tap
+    windows = windows[(slice(None),)
+                      + tuple(slice(0, (o - 1) * st + 1, st) for o, st in zip(out, stride))
+                      + (slice(None),)
+                      + tuple(slice(None, None, d) for d in dilation)]
+    order = (0,) + tuple(range(1, dims + 1)) + tuple(range(dims + 2, 2 * dims + 2)) + (dims + 1,)
+    columns = np.ascontiguousarray(windows.transpose(order))     # (N, *out, *kernel, C)
+    positions = batch * int(np.prod(out))
+    taps = int(np.prod(kernel))
+    if groups == 1:
+        return columns.reshape(1, positions, taps * channels)
+    per_group = channels // groups
+    columns = columns.reshape(positions, taps, groups, per_group).transpose(2, 0, 1, 3)
+    return np.ascontiguousarray(columns).reshape(groups, positions, taps * per_group)

@@ -16,6 +16,7 @@ format the kernel allocates (``a.suggest_memory_format()`` for ATen's, ``binary_
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from ..engines.aten import default_num_threads
 from ..engines.base import Engine
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
-from ..trace import apply_steps, record
+from ..trace import apply_steps, observing, record
 from ._registry import graph_op, observed_stages
 from .quantize import require_quantized
 
@@ -97,8 +98,12 @@ def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedAr
     qa = np.broadcast_to(a.values, out_shape)
     qb = np.broadcast_to(b.values, out_shape)
     out = np.empty(out_shape, np.int64)
+    tables = not observing() and _tabulable(qa, qb)
     for path, where in zip(kernel.paths, masks):
         if not where.any():
+            continue
+        if tables and _value_functions(path):
+            out[where] = _path_table(path, qa.dtype, qb.dtype)[_pair_index(qa[where], qb[where])]
             continue
         record(f"{p.op}: path", "which code path of the kernel computes this element", None,
                where=where, kernel=kernel.name, path=path.name)
@@ -111,6 +116,89 @@ def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedAr
         out[where] = apply_steps(combined, path.output_steps, where=where, prefix=f"{p.op}: ")
     dtype = p.output_qparams.dtype
     return QuantizedArray(output(out.astype(dtype.numpy_dtype)), p.output_qparams)
+
+
+TABLE_MIN_ELEMENTS = 1 << 15
+"""From this many elements, a path of an 8-bit add/mul runs as a table of its 65,536 results."""
+
+
+def _tabulable(qa: np.ndarray, qb: np.ndarray) -> bool:
+    return (qa.dtype in (np.uint8, np.int8) and qb.dtype in (np.uint8, np.int8)
+            and qa.size >= TABLE_MIN_ELEMENTS)
+
+
+def _value_functions(path) -> bool:
+    """Whether every step of ``path`` is a function of the value alone: no array field with
+    more than one element (per-channel constants, bound operands) that would tie a result to
+    its position."""
+    steps = tuple(path.a_steps) + tuple(path.b_steps) + tuple(path.output_steps) + (path.combine,)
+    for step in steps:
+        if not dataclasses.is_dataclass(step):
+            return False
+        for item in dataclasses.fields(step):
+            value = getattr(step, item.name)
+            if isinstance(value, np.ndarray) and value.size > 1:
+                return False
+    return True
+
+
+def _all_codes(dtype) -> np.ndarray:
+    limits = np.iinfo(dtype)
+    return np.arange(limits.min, limits.max + 1, dtype=np.int64)
+
+
+def _path_table(path, a_dtype, b_dtype) -> np.ndarray:
+    """The path's output for every pair of codes, flat over ``_pair_index``: the same steps on
+    the same values (every step is elementwise and a function of the value, ``_value_functions``;
+    NumPy's float32 operations and ``fma_float32`` give each element the same result wherever
+    it sits), so ``table[index(q_a, q_b)]`` is what the steps give for ``(q_a, q_b)``."""
+    # A kernel (and its paths) is built per call: the key is what the path computes.
+    key = (_fingerprint((path.a_steps, path.b_steps, path.combine, path.output_steps)),
+           np.dtype(a_dtype).str, np.dtype(b_dtype).str)
+    cached = _TABLES.get(key)
+    if cached is not None:
+        return cached
+    a_codes, b_codes = _all_codes(a_dtype), _all_codes(b_dtype)
+    qa = np.repeat(a_codes, b_codes.size)
+    qb = np.tile(b_codes, a_codes.size)
+    da = apply_steps(qa, path.a_steps)
+    db = apply_steps(qb, path.b_steps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        combined = path.combine.apply(da, db)
+    table = np.asarray(apply_steps(combined, path.output_steps), dtype=np.int64)
+    if len(_TABLES) > 64:
+        _TABLES.clear()
+    _TABLES[key] = table
+    return table
+
+
+_TABLES: dict = {}
+
+
+def _fingerprint(value):
+    """A hashable value equal for equal steps: each dataclass's type and fields, arrays by
+    dtype, shape and bytes (not by their printed form, which print options change)."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_fingerprint(item) for item in value)
+    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+        array = np.asarray(value)
+        return ("array", array.dtype.str, array.shape, array.tobytes())
+    if dataclasses.is_dataclass(value):
+        return (type(value).__qualname__,) + tuple(
+            (item.name, _fingerprint(getattr(value, item.name)))
+            for item in dataclasses.fields(value))
+    return value
+
+
+def _pair_index(qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
+    """``(q_a - min_a) * 256 + (q_b - min_b)`` for 8-bit codes (uint8 or int8: the byte with its
+    top bit flipped for int8, which is ``q + 128``)."""
+    index = qa.view(np.uint8).astype(np.uint16) << 8
+    low = qb.view(np.uint8)
+    if qa.dtype == np.int8:
+        index ^= np.uint16(0x8000)
+    index |= (low ^ np.uint8(0x80)) if qb.dtype == np.int8 else low
+    return index
 
 
 @dataclass(frozen=True)
