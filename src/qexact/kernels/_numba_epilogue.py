@@ -132,6 +132,15 @@ STORE_F64 = 62        # out = double(fval)
 STORE_INT_F32 = 63    # out = float32(ival)
 STORE_INT_F64 = 64    # out = float64(ival)
 ROUND_ADD_CLAMP_STORE8 = 70  # ROUND_I32, ADD_INT a, CLAMP_INT b c, STORE_INT 1 in one loop
+# Pairs of the above in one loop (``_fuse_pairs``): the same operations per element in the
+# same order, one pass over the block instead of two (each pass is L1 loads and stores).
+LOAD_MUL_F32 = 80     # LOAD_FLOAT; MUL_F32 a
+MUL_MUL_F32 = 81      # MUL_F32 a; MUL_F32 b
+MUL_ADD_F32 = 82      # MUL_F32 a; ADD_F32 b   (two roundings: no contraction without fastmath)
+ADD_MUL_F32 = 83      # ADD_F32 a; MUL_F32 b
+CLAMP_F32 = 84        # MAX_F32 a; MIN_F32 b
+ROUND_STORE8 = 85     # ROUND_I32; STORE_INT 1
+CLAMP_ROUND_STORE8 = 86  # MAX_F32 a; MIN_F32 b; ROUND_I32; STORE_INT 1
 
 _NATIVE_OPERANDS = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int32),
                     np.dtype(np.float32), np.dtype(np.float64))
@@ -241,183 +250,240 @@ def _run_program(acc, out_bytes, program, c32, c64, i64, s32, block_rows,
     ival = np.empty(block, np.int64)
     for first_row in range(0, total_rows, block_rows):
         rows = min(block_rows, total_rows - first_row)
-        n = rows * channels
         start = first_row * channels
-        acc_block = acc[start:start + n]  # views: indices provably >= 0 (no wraparound code)
-        for step in range(program.shape[0]):
-            op = program[step]
-            code = op[0]
-            if code == LOAD_INT:
-                for i in range(n):
-                    ival[i] = np.int64(acc_block[i])
-            elif code == LOAD_FLOAT:
-                for i in range(n):
-                    fval[i] = np.float32(np.float64(acc_block[i]))
-            elif code == TO_FLOAT:
-                for i in range(n):
-                    fval[i] = np.float32(np.float64(ival[i]))
-            elif code == INT_SCALE_F64:
-                k = c64[op[1]]
-                for i in range(n):
-                    fval[i] = np.float32(np.float64(ival[i]) * k[i])
-            elif code == ADD_F32:
-                k32 = c32[op[1]]
-                for i in range(n):
-                    fval[i] = fval[i] + k32[i]
-            elif code == MUL_F32:
-                k32 = c32[op[1]]
-                for i in range(n):
-                    fval[i] = fval[i] * k32[i]
-            elif code == DIV_F32:
-                k32 = c32[op[1]]
-                for i in range(n):
-                    fval[i] = fval[i] / k32[i]
-            elif code == ADD_F64:
-                k = c64[op[1]]
-                for i in range(n):
-                    fval[i] = np.float32(np.float64(fval[i]) + k[i])
-            elif code == MUL_F64:
-                k = c64[op[1]]
-                for i in range(n):
-                    fval[i] = np.float32(np.float64(fval[i]) * k[i])
-            elif code == DIV_F64:
-                k = c64[op[1]]
-                for i in range(n):
-                    fval[i] = np.float32(np.float64(fval[i]) / k[i])
-            elif code == FMA_VALUE_ADDEND:
-                ka = c32[op[1]]
-                kb = c32[op[2]]
-                for i in range(n):
-                    fval[i] = _fmaf(ka[i], kb[i], fval[i])
-            elif code == FMA_VALUE_FACTOR:
-                ka = c32[op[1]]
-                kb = c32[op[2]]
-                for i in range(n):
-                    fval[i] = _fmaf(fval[i], ka[i], kb[i])
-            elif code == MAX_F32:
-                bound = s32[op[1]]
-                for i in range(n):
-                    v = fval[i]
-                    fval[i] = v if (v > bound or v != v) else bound
-            elif code == MIN_F32:
-                bound = s32[op[1]]
-                for i in range(n):
-                    v = fval[i]
-                    fval[i] = v if (v < bound or v != v) else bound
-            elif code == MIN_NAN_HIGH:
-                bound = s32[op[1]]
-                for i in range(n):
-                    v = fval[i]
-                    fval[i] = v if v <= bound else bound
-            elif code == LEAKY:
-                slope = s32[op[1]]
-                for i in range(n):
-                    v = fval[i]
-                    fval[i] = v if v > np.float32(0.0) else v * slope
-            elif code == ROUND_I32:
-                for i in range(n):
-                    r = _rintf(fval[i])
-                    fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
-                    ival[i] = np.int64(r if fits else np.float32(-2147483648.0))
-            elif code == ROUND_I64:
-                nan_value = op[1]
-                for i in range(n):
-                    v = fval[i]
-                    r = _rint(np.float64(v))
-                    r = min(max(r, -4611686018427387904.0), 4611686018427387904.0)
-                    ival[i] = nan_value if v != v else np.int64(r)
-            elif code == LRINT:
-                for i in range(n):
-                    w = np.float64(fval[i])
-                    fits = (w >= -9223372036854775808.0) & (w < 9223372036854775808.0)
-                    r = np.int64(_rint(w if fits else 0.0))
-                    ival[i] = r if fits else INT64_MIN
-            elif code == ADD_WRAP32:
-                k64 = i64[op[1]]
-                for i in range(n):
-                    ival[i] = (((ival[i] + k64[i]) - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN
-            elif code == ADD_INT:
-                term = op[1]
-                for i in range(n):
-                    ival[i] = ival[i] + term
-            elif code == CLAMP_INT:
-                low = op[1]
-                high = op[2]
-                for i in range(n):
-                    ival[i] = min(max(ival[i], low), high)
-            elif code == MUL_INT:
-                factor = op[1]
-                for i in range(n):
-                    ival[i] = ival[i] * factor
-            elif code == SHIFT_ROUND:
-                shift = op[1]
-                mask = (np.int64(1) << (shift & 31)) - 1
-                half = mask >> 1
-                for i in range(n):
-                    v = ival[i]
-                    remainder = (v & mask) - (1 if v < 0 else 0)
-                    if shift < 32:
-                        shifted = v >> shift
-                    elif op[2]:
-                        shifted = v >> (shift & 31)
-                    else:
-                        shifted = np.int64(-1) if v < 0 else np.int64(0)
-                    ival[i] = shifted + (1 if remainder > half else 0)
-            elif code >= OPERAND_ADD and code <= SCALED_MULADD:
-                slot = op[1]
-                if slot == 0:
-                    _operand_step(op, fval, rows, channels, first_row, operand0,
-                                  strides0[0], strides0[1], c32, c64, s32)
-                elif slot == 1:
-                    _operand_step(op, fval, rows, channels, first_row, operand1,
-                                  strides1[0], strides1[1], c32, c64, s32)
+        run_block(acc[start:start + rows * channels], rows, first_row, channels, out_bytes,
+                  program, c32, c64, i64, s32, fval, ival,
+                  operand0, strides0, operand1, strides1, operand2, strides2)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def run_block(acc_block, rows, first_row, channels, out_bytes, program, c32, c64, i64, s32,
+              fval, ival, operand0, strides0, operand1, strides1, operand2, strides2):
+    """Every opcode of ``program`` over one block: ``rows`` (<= the tiling's ``block_rows``)
+    accumulator rows ``acc_block`` (flat, rows * channels) of output rows ``first_row...``,
+    stored into ``out_bytes`` (the whole output's bytes). ``fval``/``ival``: scratch of at least
+    rows * channels values. Callable from other njit functions (the fused GEMM driver)."""
+    n = rows * channels
+    start = first_row * channels
+    for step in range(program.shape[0]):
+        op = program[step]
+        code = op[0]
+        if code == LOAD_INT:
+            for i in range(n):
+                ival[i] = np.int64(acc_block[i])
+        elif code == LOAD_FLOAT:
+            for i in range(n):
+                fval[i] = np.float32(np.float64(acc_block[i]))
+        elif code == TO_FLOAT:
+            for i in range(n):
+                fval[i] = np.float32(np.float64(ival[i]))
+        elif code == INT_SCALE_F64:
+            k = c64[op[1]]
+            for i in range(n):
+                fval[i] = np.float32(np.float64(ival[i]) * k[i])
+        elif code == ADD_F32:
+            k32 = c32[op[1]]
+            for i in range(n):
+                fval[i] = fval[i] + k32[i]
+        elif code == MUL_F32:
+            k32 = c32[op[1]]
+            for i in range(n):
+                fval[i] = fval[i] * k32[i]
+        elif code == DIV_F32:
+            k32 = c32[op[1]]
+            for i in range(n):
+                fval[i] = fval[i] / k32[i]
+        elif code == ADD_F64:
+            k = c64[op[1]]
+            for i in range(n):
+                fval[i] = np.float32(np.float64(fval[i]) + k[i])
+        elif code == MUL_F64:
+            k = c64[op[1]]
+            for i in range(n):
+                fval[i] = np.float32(np.float64(fval[i]) * k[i])
+        elif code == DIV_F64:
+            k = c64[op[1]]
+            for i in range(n):
+                fval[i] = np.float32(np.float64(fval[i]) / k[i])
+        elif code == FMA_VALUE_ADDEND:
+            ka = c32[op[1]]
+            kb = c32[op[2]]
+            for i in range(n):
+                fval[i] = _fmaf(ka[i], kb[i], fval[i])
+        elif code == FMA_VALUE_FACTOR:
+            ka = c32[op[1]]
+            kb = c32[op[2]]
+            for i in range(n):
+                fval[i] = _fmaf(fval[i], ka[i], kb[i])
+        elif code == MAX_F32:
+            bound = s32[op[1]]
+            for i in range(n):
+                v = fval[i]
+                fval[i] = v if (v > bound or v != v) else bound
+        elif code == MIN_F32:
+            bound = s32[op[1]]
+            for i in range(n):
+                v = fval[i]
+                fval[i] = v if (v < bound or v != v) else bound
+        elif code == MIN_NAN_HIGH:
+            bound = s32[op[1]]
+            for i in range(n):
+                v = fval[i]
+                fval[i] = v if v <= bound else bound
+        elif code == LEAKY:
+            slope = s32[op[1]]
+            for i in range(n):
+                v = fval[i]
+                fval[i] = v if v > np.float32(0.0) else v * slope
+        elif code == ROUND_I32:
+            for i in range(n):
+                r = _rintf(fval[i])
+                fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
+                ival[i] = np.int64(r if fits else np.float32(-2147483648.0))
+        elif code == ROUND_I64:
+            nan_value = op[1]
+            for i in range(n):
+                v = fval[i]
+                r = _rint(np.float64(v))
+                r = min(max(r, -4611686018427387904.0), 4611686018427387904.0)
+                ival[i] = nan_value if v != v else np.int64(r)
+        elif code == LRINT:
+            for i in range(n):
+                w = np.float64(fval[i])
+                fits = (w >= -9223372036854775808.0) & (w < 9223372036854775808.0)
+                r = np.int64(_rint(w if fits else 0.0))
+                ival[i] = r if fits else INT64_MIN
+        elif code == ADD_WRAP32:
+            k64 = i64[op[1]]
+            for i in range(n):
+                ival[i] = (((ival[i] + k64[i]) - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN
+        elif code == ADD_INT:
+            term = op[1]
+            for i in range(n):
+                ival[i] = ival[i] + term
+        elif code == CLAMP_INT:
+            low = op[1]
+            high = op[2]
+            for i in range(n):
+                ival[i] = min(max(ival[i], low), high)
+        elif code == MUL_INT:
+            factor = op[1]
+            for i in range(n):
+                ival[i] = ival[i] * factor
+        elif code == SHIFT_ROUND:
+            shift = op[1]
+            mask = (np.int64(1) << (shift & 31)) - 1
+            half = mask >> 1
+            for i in range(n):
+                v = ival[i]
+                remainder = (v & mask) - (1 if v < 0 else 0)
+                if shift < 32:
+                    shifted = v >> shift
+                elif op[2]:
+                    shifted = v >> (shift & 31)
                 else:
-                    _operand_step(op, fval, rows, channels, first_row, operand2,
-                                  strides2[0], strides2[1], c32, c64, s32)
-            elif code == ROUND_ADD_CLAMP_STORE8:
-                term = op[1]
-                low = op[2]
-                high = op[3]
-                dest_bytes = out_bytes[start:start + n]
+                    shifted = np.int64(-1) if v < 0 else np.int64(0)
+                ival[i] = shifted + (1 if remainder > half else 0)
+        elif code >= OPERAND_ADD and code <= SCALED_MULADD:
+            slot = op[1]
+            if slot == 0:
+                _operand_step(op, fval, rows, channels, first_row, operand0,
+                              strides0[0], strides0[1], c32, c64, s32)
+            elif slot == 1:
+                _operand_step(op, fval, rows, channels, first_row, operand1,
+                              strides1[0], strides1[1], c32, c64, s32)
+            else:
+                _operand_step(op, fval, rows, channels, first_row, operand2,
+                              strides2[0], strides2[1], c32, c64, s32)
+        elif code == LOAD_MUL_F32:
+            k32 = c32[op[1]]
+            for i in range(n):
+                fval[i] = np.float32(np.float64(acc_block[i])) * k32[i]
+        elif code == MUL_MUL_F32:
+            ka = c32[op[1]]
+            kb = c32[op[2]]
+            for i in range(n):
+                fval[i] = (fval[i] * ka[i]) * kb[i]
+        elif code == MUL_ADD_F32:
+            ka = c32[op[1]]
+            kb = c32[op[2]]
+            for i in range(n):
+                fval[i] = (fval[i] * ka[i]) + kb[i]
+        elif code == ADD_MUL_F32:
+            ka = c32[op[1]]
+            kb = c32[op[2]]
+            for i in range(n):
+                fval[i] = (fval[i] + ka[i]) * kb[i]
+        elif code == CLAMP_F32:
+            low = s32[op[1]]
+            high = s32[op[2]]
+            for i in range(n):
+                v = fval[i]
+                v = v if (v > low or v != v) else low
+                fval[i] = v if (v < high or v != v) else high
+        elif code == ROUND_STORE8:
+            dest_bytes = out_bytes[start:start + n]
+            for i in range(n):
+                r = _rintf(fval[i])
+                fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
+                dest_bytes[i] = np.uint8(np.int64(r if fits else np.float32(-2147483648.0))
+                                         & 0xFF)
+        elif code == CLAMP_ROUND_STORE8:
+            low = s32[op[1]]
+            high = s32[op[2]]
+            dest_bytes = out_bytes[start:start + n]
+            for i in range(n):
+                v = fval[i]
+                v = v if (v > low or v != v) else low
+                v = v if (v < high or v != v) else high
+                r = _rintf(v)
+                fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
+                dest_bytes[i] = np.uint8(np.int64(r if fits else np.float32(-2147483648.0))
+                                         & 0xFF)
+        elif code == ROUND_ADD_CLAMP_STORE8:
+            term = op[1]
+            low = op[2]
+            high = op[3]
+            dest_bytes = out_bytes[start:start + n]
+            for i in range(n):
+                r = _rintf(fval[i])
+                fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
+                q = np.int64(r if fits else np.float32(-2147483648.0)) + term
+                dest_bytes[i] = np.uint8(min(max(q, low), high) & 0xFF)
+        elif code == STORE_INT:
+            width = op[1]
+            if width == 1:
+                dest_out_bytes = out_bytes[start:start + n]
                 for i in range(n):
-                    r = _rintf(fval[i])
-                    fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
-                    q = np.int64(r if fits else np.float32(-2147483648.0)) + term
-                    dest_bytes[i] = np.uint8(min(max(q, low), high) & 0xFF)
-            elif code == STORE_INT:
-                width = op[1]
-                if width == 1:
-                    dest_out_bytes = out_bytes[start:start + n]
-                    for i in range(n):
-                        dest_out_bytes[i] = np.uint8(ival[i] & 0xFF)
-                elif width == 2:
-                    dest_out_i16 = out_bytes.view(np.int16)[start:start + n]
-                    for i in range(n):
-                        dest_out_i16[i] = np.int16(ival[i])
-                elif width == 4:
-                    dest_out_i32 = out_bytes.view(np.int32)[start:start + n]
-                    for i in range(n):
-                        dest_out_i32[i] = np.int32(ival[i])
-                else:
-                    dest_out_i64 = out_bytes.view(np.int64)[start:start + n]
-                    for i in range(n):
-                        dest_out_i64[i] = ival[i]
-            elif code == STORE_F32:
-                dest_out_f32 = out_bytes.view(np.float32)[start:start + n]
+                    dest_out_bytes[i] = np.uint8(ival[i] & 0xFF)
+            elif width == 2:
+                dest_out_i16 = out_bytes.view(np.int16)[start:start + n]
                 for i in range(n):
-                    dest_out_f32[i] = fval[i]
-            elif code == STORE_F64:
-                dest_out_f64 = out_bytes.view(np.float64)[start:start + n]
+                    dest_out_i16[i] = np.int16(ival[i])
+            elif width == 4:
+                dest_out_i32 = out_bytes.view(np.int32)[start:start + n]
                 for i in range(n):
-                    dest_out_f64[i] = np.float64(fval[i])
-            elif code == STORE_INT_F32:
-                dest_out_f32 = out_bytes.view(np.float32)[start:start + n]
+                    dest_out_i32[i] = np.int32(ival[i])
+            else:
+                dest_out_i64 = out_bytes.view(np.int64)[start:start + n]
                 for i in range(n):
-                    dest_out_f32[i] = np.float32(ival[i])
-            elif code == STORE_INT_F64:
-                dest_out_f64 = out_bytes.view(np.float64)[start:start + n]
-                for i in range(n):
-                    dest_out_f64[i] = np.float64(ival[i])
+                    dest_out_i64[i] = ival[i]
+        elif code == STORE_F32:
+            dest_out_f32 = out_bytes.view(np.float32)[start:start + n]
+            for i in range(n):
+                dest_out_f32[i] = fval[i]
+        elif code == STORE_F64:
+            dest_out_f64 = out_bytes.view(np.float64)[start:start + n]
+            for i in range(n):
+                dest_out_f64[i] = np.float64(fval[i])
+        elif code == STORE_INT_F32:
+            dest_out_f32 = out_bytes.view(np.float32)[start:start + n]
+            for i in range(n):
+                dest_out_f32[i] = np.float32(ival[i])
+        elif code == STORE_INT_F64:
+            dest_out_f64 = out_bytes.view(np.float64)[start:start + n]
+            for i in range(n):
+                dest_out_f64[i] = np.float64(ival[i])
 
 
 def _step_classes():
@@ -736,6 +802,8 @@ def compile_epilogue(steps, channels: int, out_dtype) -> Epilogue | None:
     except _Unsupported:
         return None
     _fuse_tail(builder.program)
+    new_index = _fuse_pairs(builder.program)
+    builder.operand_steps = [(new_index[row], step) for row, step in builder.operand_steps]
     block_rows = max(1, BLOCK_ELEMENTS // channels)
 
     def tiled(rows_of_constants, dtype):
@@ -759,6 +827,44 @@ def _fuse_tail(program: list[list[int]]):
             ROUND_I32, ADD_INT, CLAMP_INT, STORE_INT] and program[-1][1] == 1:
         add, clamp = program[-3], program[-2]
         program[-4:] = [[ROUND_ADD_CLAMP_STORE8, add[1], clamp[1], clamp[2], 0, 0]]
+
+
+_PAIRS = {(LOAD_FLOAT, MUL_F32): LOAD_MUL_F32, (MUL_F32, MUL_F32): MUL_MUL_F32,
+          (MUL_F32, ADD_F32): MUL_ADD_F32, (ADD_F32, MUL_F32): ADD_MUL_F32,
+          (MAX_F32, MIN_F32): CLAMP_F32}
+
+
+def _fuse_pairs(program: list[list[int]]) -> list[int]:
+    """Adjacent float32 opcodes as one loop (``LOAD_MUL_F32`` ...), and a clamp, round and byte
+    store as one: per element the same operations in the same order; fewer passes. Returns the
+    new index of each old row (operand rows are never merged)."""
+    fused: list[list[int]] = []
+    merged: list[bool] = []  # a row already made of two
+    new_index: list[int] = []
+    for row in program:
+        new_index.append(len(fused) - 1)  # where it merges; corrected below if appended
+        if fused and fused[-1][0] == ROUND_I32 and row[0] == STORE_INT and row[1] == 1:
+            if len(fused) >= 2 and fused[-2][0] == CLAMP_F32:
+                clamp = fused[-2]
+                fused[-2:] = [[CLAMP_ROUND_STORE8, clamp[1], clamp[2], 0, 0, 0]]
+                merged[-2:] = [True]
+            else:
+                fused[-1] = [ROUND_STORE8, 0, 0, 0, 0, 0]
+                merged[-1] = True
+            continue
+        code = _PAIRS.get((fused[-1][0], row[0])) if fused and not merged[-1] else None
+        if code is None:
+            fused.append(list(row))
+            merged.append(False)
+            new_index[-1] = len(fused) - 1
+        elif fused[-1][0] == LOAD_FLOAT:
+            fused[-1] = [code, row[1], 0, 0, 0, 0]
+            merged[-1] = True
+        else:
+            fused[-1] = [code, fused[-1][1], row[1], 0, 0, 0]
+            merged[-1] = True
+    program[:] = fused
+    return new_index
 
 
 def _store(state: str, out_dtype: np.dtype) -> tuple[int, ...]:
