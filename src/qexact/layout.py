@@ -101,3 +101,10 @@ def nhwc_kernel_result(result: np.ndarray, source: np.ndarray) -> np.ndarray:
         return to_channels_last(result)
     order = (0,) + tuple(range(2, result.ndim)) + (1,)
     return to_contiguous(to_contiguous(result.transpose(order)).reshape(result.shape))
+
+
+def grouped_rows(weight: np.ndarray, groups: int) -> np.ndarray:
+    """(OC, C/G, *k) weights as (G, OC/G, taps * C/G): rows in im2col order, channel fastest."""
+    out_channels, per_group = weight.shape[:2]
+    taps_last = np.moveaxis(weight, 1, -1).reshape(out_channels, -1)
+    return taps_last.reshape(groups, out_channels // groups, -1)

@@ -226,7 +226,8 @@ def test_avx512_vnni_accumulator_is_exact(engine, seed, depth, per_channel):
     zw = np.asarray(w_qp.zero_point, np.int64)
     reference = reference_matmul(case["x"].astype(np.int64) - x_qp.zero_point,
                                  (case["w"].astype(np.int64) - (zw[:, None] if zw.ndim else zw)).T)
-    assert_bitexact(linear_accumulator(case["x"], params), reference, f"{engine} K={depth}")
+    assert_bitexact(linear_accumulator(case["x"], params).astype(np.int64), reference,
+                    f"{engine} K={depth}")
 
 
 @pytest.mark.parametrize("engine", ["fbgemm", "x86", "onednn"])
@@ -250,7 +251,7 @@ def test_avx2_accumulator_saturates_pairs(engine):
             # exact zero-point corrections: - z_x*col_off - row_off*z_w (+ K*z_x*z_w folded in)
             expected[m, n] = (raw - x_qp.zero_point * (w[n].sum() - zw * depth)
                               - x[m].sum() * zw)
-    actual = linear_accumulator(case["x"], params)
+    actual = linear_accumulator(case["x"], params).astype(np.int64)
     assert_bitexact(actual, expected, engine)
     exact = reference_matmul(x - x_qp.zero_point, (w - zw).T)
     assert (actual != exact).all()  # every element saturates here
@@ -270,7 +271,7 @@ def test_isas_agree_on_reduced_range(engine, seed, depth, per_channel, bias, rel
     for isa in ("avx2", "avx512_vnni"):
         params = qexact.prepare_linear(case["w"], w_qp, case["bias"], x_qp, out_qp,
                                        relu=relu, engine=engine, isa=isa)
-        accs.append(linear_accumulator(case["x"], params))
+        accs.append(linear_accumulator(case["x"], params).astype(np.int64))
     assert_bitexact(accs[0], accs[1], f"{engine} accumulators")
     assert_bitexact(qexact_output(case, "avx2"), qexact_output(case, "avx512_vnni"), engine)
 

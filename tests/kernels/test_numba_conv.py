@@ -53,7 +53,7 @@ def make_params(weight, engine, isa, z_x, z_w, stride, padding, dilation, groups
 
 def check_depthwise(x, params, context):
     """accumulator_for and a direct depthwise_accumulator call equal conv_accumulator."""
-    expected = conv_accumulator(x, params)
+    expected = conv_accumulator(x, params).astype(np.int64)
     packed = depthwise_weights(params.weight, params.weight_qparams.zero_point)
     for name, values in layouts(x).items():
         actual = accumulator_for(values, params)
@@ -224,7 +224,7 @@ def test_pad_raw_zero_pairs():
     x = rng.integers(180, 256, (2, 8, 5, 5)).astype(np.uint8)
     w = np.where(rng.random((8, 1, 3, 3)) < 0.5, -128, 127).astype(np.int8)
     params = make_params(w, "qnnpack", "avx2", 20, 0, 1, 1, 1, 8)
-    exact = conv_accumulator(x, params)
+    exact = conv_accumulator(x, params).astype(np.int64)
     raw = conv_columns(x, params, 0)
     rows = grouped_rows(w, 8)
     positions = pair_positions(9)

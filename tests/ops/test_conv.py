@@ -188,7 +188,7 @@ def test_exact_accumulator_matches_direct_loop(seed, groups, stride, padding, di
                           QParams.per_tensor(0.1, z_x, QUINT8), QParams.per_tensor(1.0, 0, QUINT8),
                           stride=stride, padding=padding, dilation=dilation, groups=groups,
                           engine="qnnpack")
-    acc = conv_accumulator(x, params)
+    acc = conv_accumulator(x, params).astype(np.int64)
     expected = _reference_accumulator(x, w, z_x, z_w, stride, padding, dilation, groups)
     assert_bitexact(np.moveaxis(acc.reshape(expected.shape[0], expected.shape[2],
                                             expected.shape[3], -1), -1, 1), expected)

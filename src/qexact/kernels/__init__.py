@@ -52,7 +52,7 @@ def resolve_backend(backend: str | None = None) -> str:
     can run, else ``"numpy"``. Asking for ``"fast"`` where it cannot run is an error."""
     requested = backend or os.environ.get("QEXACT_BACKEND", "").strip().lower() or None
     if requested is None:
-        return "numpy"  # TEMPORARY until the kernels land: "fast" if fast_available() else "numpy"
+        return "fast" if fast_available() else "numpy"
     if requested not in BACKENDS:
         raise UnsupportedError(f"backend {requested!r} is not one of {list(BACKENDS)}")
     if requested == "fast" and fast_unavailable():

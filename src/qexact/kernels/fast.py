@@ -18,6 +18,7 @@ the instruction follows the host's: an AVX2 engine is computed exactly on a VNNI
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..engines.base import PAD_ZERO
 from ..errors import UnsupportedError
+from ..layout import grouped_rows
 from ..trace import tapping
 
 _PLANS: "weakref.WeakKeyDictionary[Any, GemmPlan | None]" = weakref.WeakKeyDictionary()
@@ -103,8 +105,6 @@ def _channels(params) -> int:
 def _weight_rows(params) -> np.ndarray:
     if params.weight.ndim == 2:
         return params.weight[None]
-    from ..ops.conv import grouped_rows
-
     return grouped_rows(params.weight, params.groups)
 
 
@@ -121,6 +121,19 @@ def _zero_points(params) -> tuple[int, np.ndarray]:
     return int(params.input_qparams.zero_point), weight_zero_point
 
 
+def _or_numpy_path(entry):
+    """An entry point giving None (the op's NumPy path) where a kernel refuses a size it cannot
+    hold exactly in int32 (``UnsupportedError``: depth past 33,025, 16,384 depthwise taps)."""
+    @functools.wraps(entry)
+    def guarded(*arguments):
+        try:
+            return entry(*arguments)
+        except UnsupportedError:
+            return None
+    return guarded
+
+
+@_or_numpy_path
 def linear_accumulator(rows: np.ndarray, params) -> np.ndarray | None:
     """(M, K) activations -> int32 (M, N) accumulator, or None (NumPy path)."""
     from ._numba_gemm import accumulate_u8s8
@@ -128,15 +141,41 @@ def linear_accumulator(rows: np.ndarray, params) -> np.ndarray | None:
     plan = plan_of(params)
     if plan is None:
         return None
+    x, x_zero_point, weight_zero_point = _gemm_input(rows, params, plan)
+    return accumulate_u8s8(x, plan.packed[0], x_zero_point, weight_zero_point, plan.method)
+
+
+@_or_numpy_path
+def linear_output(rows: np.ndarray, params, steps: tuple) -> np.ndarray | None:
+    """(M, K) activations -> the (M, N) output of the layer's ``steps`` (operands bound): the
+    GEMM and the compiled epilogue fused per block of rows; None: the op runs its accumulator
+    and ``requantize`` (no compiled epilogue, or a ``tap`` observing the accumulator)."""
+    from ._numba_fused import gemm_requantize_fast
+
+    plan = plan_of(params)
+    if plan is None or plan.epilogue is None or tapping():
+        return None
+    x, x_zero_point, weight_zero_point = _gemm_input(rows, params, plan)
+    return gemm_requantize_fast(x, plan.packed[0], x_zero_point, weight_zero_point, plan.method,
+                                plan.epilogue, operands=_operands(steps))
+
+
+def _gemm_input(rows: np.ndarray, params, plan: GemmPlan):
+    """The activations as the packed kernel reads them, and the zero points it corrects by."""
     x, shift = _as_u8(rows)
     x_zero_point, weight_zero_point = _zero_points(params)
-    packed = plan.packed[0]
-    x = _laid_out(x, packed, plan.columns)
-    return accumulate_u8s8(x, packed, x_zero_point + shift, weight_zero_point, plan.method)
+    return _laid_out(x, plan.packed[0], plan.columns), x_zero_point + shift, weight_zero_point
+
+
+def _operands(steps: tuple) -> list | None:
+    """The run-time operands bound to ``steps`` (a residual), in step order, or None."""
+    return [step.operand for step in steps if hasattr(step, "operand")] or None
 
 
 def _laid_out(x: np.ndarray, packed, columns: np.ndarray | None) -> np.ndarray:
     """(M, K) -> (M, padded_depth) uint8 in the packed depth layout, zeros past it."""
+    if columns is None and x.shape[1] == packed.padded_depth and x.flags.c_contiguous:
+        return x
     padded = np.zeros((x.shape[0], packed.padded_depth), dtype=np.uint8)
     if columns is None:
         padded[:, :x.shape[1]] = x
@@ -146,16 +185,11 @@ def _laid_out(x: np.ndarray, packed, columns: np.ndarray | None) -> np.ndarray:
     return padded
 
 
-def conv_accumulator(values: np.ndarray, params) -> np.ndarray | None:
-    """(N, C, *spatial) activations -> int32 (N * positions, OC), or None (NumPy path)."""
-    from ._numba_conv import accumulator_for, im2col_u8
-    from ._numba_gemm import accumulate_u8s8
+def _conv_columns(values: np.ndarray, params, plan: GemmPlan):
+    """im2col of the activations into the packed depth layout: ``(columns (G, M, Kp), z_x,
+    z_w)``, or None where the fast kernels do not form this layer's pairs."""
+    from ._numba_conv import im2col_u8
 
-    plan = plan_of(params)
-    if plan is None or len(params.kernel_size) > 2:
-        return None
-    if plan.depthwise:
-        return accumulator_for(values, params) if values.dtype == np.uint8 else None
     values, shift = _as_u8(values)
     x_zero_point, weight_zero_point = _zero_points(params)
     values, padding = params.padded(values)
@@ -163,73 +197,56 @@ def conv_accumulator(values: np.ndarray, params) -> np.ndarray | None:
         return None         # oneDNN's AVX2 pairs read padded taps as raw 0: NumPy path
     if plan.columns is not None:
         return None         # pairs restart at every tap inside the row: NumPy path
-    packed = plan.packed
     cols = im2col_u8(values, params.kernel_size, params.stride, padding, params.dilation,
-                     params.groups, x_zero_point + shift, row_stride=packed[0].padded_depth)
-    if cols is None:
+                     params.groups, x_zero_point + shift, row_stride=plan.packed[0].padded_depth)
+    return None if cols is None else (cols, x_zero_point + shift, weight_zero_point)
+
+
+@_or_numpy_path
+def conv_accumulator(values: np.ndarray, params) -> np.ndarray | None:
+    """(N, C, *spatial) activations -> int32 (N * positions, OC), or None (NumPy path)."""
+    from ._numba_conv import accumulator_for
+    from ._numba_gemm import accumulate_u8s8
+
+    plan = plan_of(params)
+    if plan is None or len(params.kernel_size) > 2:
         return None
+    if plan.depthwise:
+        return accumulator_for(values, params) if values.dtype == np.uint8 else None
+    prepared = _conv_columns(values, params, plan)
+    if prepared is None:
+        return None
+    cols, x_zero_point, weight_zero_point = prepared
     if params.groups == 1:
-        return accumulate_u8s8(cols[0], packed[0], x_zero_point + shift,
-                               weight_zero_point, plan.method)
+        return accumulate_u8s8(cols[0], plan.packed[0], x_zero_point, weight_zero_point,
+                               plan.method)
     per_group = params.out_channels // params.groups
     acc = np.empty((cols.shape[1], params.out_channels), dtype=np.int32)
     grouped_zero_point = weight_zero_point.reshape(params.groups, -1) \
         if weight_zero_point.ndim else [weight_zero_point] * params.groups
     for group in range(params.groups):
         acc[:, group * per_group:(group + 1) * per_group] = accumulate_u8s8(
-            cols[group], packed[group], x_zero_point + shift, grouped_zero_point[group],
+            cols[group], plan.packed[group], x_zero_point, grouped_zero_point[group],
             plan.method)
     return acc
 
 
-def epilogue(params, acc: np.ndarray, steps: tuple) -> np.ndarray | None:
-    """The requantized (M, N) result of ``steps`` (the layer's own, operands bound) on the
-    accumulator, or None (NumPy ``requantize``: no compiled epilogue, or a ``tap`` observing)."""
+@_or_numpy_path
+def conv_output(values: np.ndarray, params, steps: tuple) -> np.ndarray | None:
+    """(N, C, *spatial) activations -> the (N * positions, OC) output of ``steps``: im2col, then
+    the GEMM and epilogue fused (one group), or the fast accumulator and the compiled epilogue
+    (depthwise, grouped); None as for ``linear_output``."""
+    from ._numba_fused import gemm_requantize_fast
+
     plan = plan_of(params)
-    if plan is None or plan.epilogue is None or tapping() or acc.dtype != np.int32:
+    if plan is None or plan.epilogue is None or tapping() or len(params.kernel_size) > 2:
         return None
-    operands = [step.operand for step in steps if hasattr(step, "operand")]
-    return plan.epilogue.run(np.ascontiguousarray(acc), operands=operands or None)
-
-
-# --- Quantized add / mul: a 256 x 256 table per code path ------------------------------------
-
-_BINARY_TABLES: dict = {}
-_BINARY_TABLES_KEPT = 256
-
-
-def binary_tables(params, kernel, path_values) -> list[np.ndarray] | None:
-    """One table per code path of ``kernel`` for 8-bit inputs: ``table[qa - lo, qb - lo]`` is
-    what the path computes for the pair (``path_values(path, qa, qb)``, the op's own code on
-    all 65,536 pairs). A path's arithmetic is elementwise with per-tensor constants, so the
-    table gives every element what the path would: exact by construction. None: not 8-bit."""
-    dtype = params.output_qparams.dtype
-    if dtype.bits != 8 or params.a_qparams.dtype.bits != 8:
+    if plan.depthwise or params.groups > 1:
+        acc = conv_accumulator(values, params)
+        return None if acc is None else plan.epilogue.run(acc, operands=_operands(steps))
+    prepared = _conv_columns(values, params, plan)
+    if prepared is None:
         return None
-    key = (params.op, params.relu, params.a_qparams, params.b_qparams, params.output_qparams,
-           params.engine.name, params.engine.isa, params.engine.aten_capability, kernel.name,
-           tuple(path.name for path in kernel.paths))
-    tables = _BINARY_TABLES.get(key)
-    if tables is None:
-        low = params.a_qparams.dtype.qmin
-        codes = np.arange(low, low + 256, dtype=np.int64)
-        qa = np.repeat(codes, 256)
-        qb = np.tile(codes, 256)
-        tables = [path_values(path, qa, qb).astype(dtype.numpy_dtype) for path in kernel.paths]
-        if len(_BINARY_TABLES) >= _BINARY_TABLES_KEPT:
-            _BINARY_TABLES.pop(next(iter(_BINARY_TABLES)))
-        _BINARY_TABLES[key] = tables
-    return tables
-
-
-def binary_lookup(tables: list[np.ndarray], masks, qa: np.ndarray, qb: np.ndarray,
-                  low: int) -> np.ndarray:
-    """The op's integers: each element's pair looked up in the table of its code path."""
-    pair = (qa.astype(np.intp) - low) << 8
-    pair += np.asarray(qb, dtype=np.intp) - low
-    if len(tables) == 1 or all(np.array_equal(tables[0], table) for table in tables[1:]):
-        return tables[0][pair]
-    out = np.empty(pair.shape, tables[0].dtype)
-    for table, where in zip(tables, masks):
-        out[where] = table[pair[where]]
-    return out
+    cols, x_zero_point, weight_zero_point = prepared
+    return gemm_requantize_fast(cols[0], plan.packed[0], x_zero_point, weight_zero_point,
+                                plan.method, plan.epilogue, operands=_operands(steps))

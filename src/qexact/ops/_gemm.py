@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engines.base import BiasMode
-from ..kernels import active_backend, fast
+from ..kernels import active_backend
 from ..requantize import requantize
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QParams, QuantizedArray
@@ -54,12 +54,12 @@ def check_quantized_bias(quantized_bias, numerics, channels: int) -> np.ndarray 
     return quantized_bias
 
 
-def gemm_requantize(params, acc: np.ndarray, steps, arrange) -> np.ndarray:
-    """The layer's epilogue ``steps`` (its requantization, operands bound) on ``acc``, laid
-    out by ``arrange``: compiled on the fast backend where it can be, else ``requantize``."""
+def gemm_output(params, steps, arrange, fast_output, accumulator) -> np.ndarray:
+    """A GEMM layer's result laid out by ``arrange``: on the fast backend ``fast_output()``
+    (compiled kernels; None where they do not apply), else the engine's ``steps`` (operands
+    bound) on ``accumulator()`` through ``requantize``, the definition."""
     if active_backend() == "fast":
-        result = fast.epilogue(params, acc, steps)
+        result = fast_output()
         if result is not None:
             return arrange(result)
-    return requantize(np.asarray(acc, dtype=np.int64), steps, output_dtype(params.output_qparams),
-                      arrange=arrange)
+    return requantize(accumulator(), steps, output_dtype(params.output_qparams), arrange=arrange)

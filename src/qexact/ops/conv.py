@@ -29,20 +29,22 @@ from typing import Callable
 
 import numpy as np
 
-from ..accumulate import (exact_matmul, pair_positions, pair_saturation_correction,
-                          saturating_weight_pairs, weight_pairs_of)
+from ..accumulate import (as_int32_if_it_fits, depthwise_pair_saturation_correction,
+                          exact_depthwise, exact_grouped_matmul, pair_positions,
+                          pair_saturation_correction, saturating_weight_pairs, weight_pairs_of)
 from ..dtypes import QINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
-from ..requantize import Step, bind_operand, requantize
+from ..requantize import Step, bind_operand
 from ..kernels import active_backend, fast
-from ._gemm import (check_activations, check_quantized_bias, gemm_requantize, output_dtype,
+from ..layout import grouped_rows
+from ._gemm import (check_activations, check_quantized_bias, gemm_output,
                     quantized_or_float)
 from ._conv_explain import explain_conv, receptive_field_index
 from ._registry import graph_op
-from ._window import im2col, output_shape
+from ._window import im2col, im2col_centered, output_shape, padded_channels_last
 from .quantize import output_qparams_of, require_quantized
 
 PADDING_MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -132,13 +134,6 @@ def _tuple(value, dims: int, name: str) -> tuple[int, ...]:
     if len(values) != dims:
         raise ShapeError(f"{name} must have {dims} values, got {value!r}")
     return values
-
-
-def grouped_rows(weight: np.ndarray, groups: int) -> np.ndarray:
-    """(OC, C/G, *k) weights as (G, OC/G, taps * C/G): rows in im2col order, channel fastest."""
-    out_channels, per_group = weight.shape[:2]
-    taps_last = np.moveaxis(weight, 1, -1).reshape(out_channels, -1)
-    return taps_last.reshape(groups, out_channels // groups, -1)
 
 
 def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
@@ -257,27 +252,50 @@ def conv_columns(values: np.ndarray, params: ConvParams, pad_value: int) -> np.n
 
 
 def conv_accumulator(values: np.ndarray, params: ConvParams) -> np.ndarray:
-    """The int32 accumulator (as int64; int32 from the fast backend), (N * out_positions, OC),
-    as the kernel forms it."""
+    """The int32 accumulator, (N * out_positions, OC), as the kernel forms it (int32; int64
+    where its int32 bound is not proved, see ``exact_grouped_matmul``)."""
     if active_backend() == "fast":
         acc = fast.conv_accumulator(values, params)
         if acc is not None:
             return acc
     z_x = int(params.input_qparams.zero_point)
-    cols = conv_columns(values, params, z_x)
+    limits = np.iinfo(values.dtype)
+    input_bound = max(z_x - int(limits.min), int(limits.max) - z_x)      # |x - z_x|
+    padded_values, padding = params.padded(values)
+    out = output_shape(padded_values.shape[2:], params.kernel_size, params.stride, padding,
+                       params.dilation)
     per_group = params.out_channels // params.groups
-    acc = np.empty((cols.shape[1], params.out_channels), dtype=np.int64)
-    raw = cols
-    if params.pair_saturation and params.padded_tap == PAD_ZERO and any(params.padding):
-        raw = conv_columns(values, params, 0)
-    for group in range(params.groups):
-        centered = cols[group].astype(np.float32) - np.float32(z_x)
-        group_acc = exact_matmul(centered, params.weight_centered_t[group])
+    raw_pad = 0 if params.padded_tap == PAD_ZERO else z_x
+    if params.weight.shape[1] == 1 and params.groups > 1:                 # depthwise: no im2col
+        channel_of = np.arange(params.out_channels) // per_group   # its input channel, per output
+        centered = padded_channels_last(padded_values, padding, z_x, np.float32, z_x)
+        if per_group > 1:
+            centered = centered[..., channel_of]
+        taps = params.weight_centered_t.shape[1]
+        weights = params.weight_centered_t.transpose(1, 0, 2).reshape(taps, params.out_channels)
+        acc = exact_depthwise(centered, weights, params.kernel_size, params.stride,
+                              params.dilation, out)
         if params.pair_saturation:
-            group_acc += pair_saturation_correction(raw[group], params.weight_pairs[group],
-                                                    params.risky_pairs[group],
-                                                    params.pair_positions)
-        acc[:, group * per_group:(group + 1) * per_group] = group_acc
+            raw = padded_channels_last(padded_values, padding, raw_pad)
+            if per_group > 1:
+                raw = raw[..., channel_of]
+            pairs = params.weight_pairs.shape[2]
+            acc += depthwise_pair_saturation_correction(
+                raw, params.weight_pairs.reshape(params.out_channels, pairs, 2),
+                params.risky_pairs.reshape(params.out_channels, pairs), params.pair_positions,
+                params.kernel_size, params.stride, params.dilation, out)
+        return acc
+    columns = im2col_centered(padded_values, params.kernel_size, params.stride, padding,
+                              params.dilation, z_x, z_x, params.groups)    # (G, M, K) float32
+    acc = exact_grouped_matmul(columns, params.weight_centered_t, input_bound)
+    if params.pair_saturation:
+        acc = acc.astype(np.int64)
+        raw = conv_columns(values, params, raw_pad)
+        for group in range(params.groups):
+            acc[:, group * per_group:(group + 1) * per_group] += pair_saturation_correction(
+                raw[group], params.weight_pairs[group], params.risky_pairs[group],
+                params.pair_positions)
+        acc = as_int32_if_it_fits(acc)
     return acc
 
 
@@ -307,14 +325,15 @@ def conv(x: QuantizedArray, params: ConvParams, residual=None) -> QuantizedArray
     else:
         padded = tuple(s + 2 * p for s, p in zip(spatial, params.padding))
         out = output_shape(padded, params.kernel_size, params.stride, (0,) * dims, params.dilation)
-    acc = conv_accumulator(values, params)
     steps = params.requantization
     if params.residual_qparams is not None:
         operand = residual_operand(residual, params, (values.shape[0], params.out_channels) + out,
                                    unbatched)
-        steps = bind_operand(steps, "sum", np.moveaxis(operand, 1, -1).reshape(acc.shape))
-    result = gemm_requantize(params, acc, steps,
-                             channels_last_output((values.shape[0],) + out, unbatched))
+        steps = bind_operand(steps, "sum",
+                             np.moveaxis(operand, 1, -1).reshape(-1, params.out_channels))
+    result = gemm_output(params, steps, channels_last_output((values.shape[0],) + out, unbatched),
+                         fast_output=lambda: fast.conv_output(values, params, steps),
+                         accumulator=lambda: conv_accumulator(values, params))
     return quantized_or_float(result, params.output_qparams)
 
 

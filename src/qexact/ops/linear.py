@@ -23,17 +23,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..accumulate import (exact_matmul, pair_positions, pair_saturation_correction,
-                          saturating_weight_pairs, weight_pairs_of)
+from ..accumulate import (as_int32_if_it_fits, cached_block_starts, exact_grouped_matmul,
+                          pair_positions, pair_saturation_correction, saturating_weight_pairs,
+                          weight_pairs_of)
 from ..dtypes import QINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import BiasMode
 from ..errors import QuantParamError, ShapeError, UnsupportedError
 from ..qparams import QuantizedLayerAccessors, QParams, QuantizedArray, qparams_from_fields
-from ..requantize import Step, bind_operand, requantize
+from ..requantize import Step, bind_operand
 from ..stages import Stage
 from ..kernels import active_backend, fast
-from ._gemm import (check_activations, check_quantized_bias, gemm_requantize, output_dtype,
+from ._gemm import (check_activations, check_quantized_bias, gemm_output,
                     quantized_or_float)
 from ._gemm_explain import pair_saturation_stage, per_channel, requantization_stages
 from ._registry import graph_op
@@ -189,17 +190,23 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
 
 
 def linear_accumulator(x_values: np.ndarray, params: LinearParams) -> np.ndarray:
-    """The int32 accumulator (as int64; int32 from the fast backend) for (M, K) activations, as
-    the kernel forms it."""
+    """The int32 accumulator for (M, K) activations, as the kernel forms it (int32; int64 where
+    its int32 bound is not proved, see ``exact_grouped_matmul``)."""
     if active_backend() == "fast":
         acc = fast.linear_accumulator(x_values, params)
         if acc is not None:
             return acc
-    x_centered = x_values.astype(np.float32) - np.float32(params.input_qparams.zero_point)
-    acc = exact_matmul(x_centered, params.weight_centered_t)
+    z_x = int(params.input_qparams.zero_point)
+    limits = np.iinfo(x_values.dtype)
+    input_bound = max(z_x - int(limits.min), int(limits.max) - z_x)      # |x - z_x|
+    x_centered = np.subtract(x_values, np.float32(z_x), dtype=np.float32)
+    acc = exact_grouped_matmul(x_centered[None], params.weight_centered_t[None], input_bound,
+                               cached_block_starts(params.weight_centered_t, input_bound))
     if params.pair_saturation:
+        acc = acc.astype(np.int64)
         acc += pair_saturation_correction(x_values, params.weight_pairs, params.risky_pairs,
                                           params.pair_positions)
+        acc = as_int32_if_it_fits(acc)
     return acc
 
 
@@ -222,13 +229,13 @@ def linear(x: QuantizedArray, params: LinearParams, residual=None) -> QuantizedA
     reason = params.not_run_for(values.shape, params.out_features) if params.not_run_for else ""
     if reason:
         raise UnsupportedError(f"Linear on engine {params.engine!r}: {reason}")
-    acc = linear_accumulator(rows, params)
     steps = params.requantization
-    if params.float_residual:
-        steps = bind_operand(steps, "sum", _residual_rows(residual, values.shape[:-1] + (
-            params.out_features,)))
     shape = values.shape[:-1] + (params.out_features,)
-    out = gemm_requantize(params, acc, steps, lambda rows: rows.reshape(shape))
+    if params.float_residual:
+        steps = bind_operand(steps, "sum", _residual_rows(residual, shape))
+    out = gemm_output(params, steps, lambda result: result.reshape(shape),
+                      fast_output=lambda: fast.linear_output(rows, params, steps),
+                      accumulator=lambda: linear_accumulator(rows, params))
     return quantized_or_float(out, params.output_qparams)
 
 
