@@ -1,5 +1,7 @@
 # `make test` and `make demo` create .venv when it is missing (or pyproject.toml changed),
-# installing qexact editable with its torch, pt2e and test extras, then run.
+# installing qexact editable with its torch, pt2e, test and fast extras, then run. `make test`
+# runs the suite on the default (fast) backend, then the kernels' differential tests again as an
+# install without the fast extra (numba hidden: the NumPy backend).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,11 +12,15 @@ STAMP := $(VENV)/.qexact-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[torch,pt2e,test]'
+	$(BIN)/python -m pip install --quiet -e '.[torch,pt2e,test,fast]'
 	touch $(STAMP)
+
+WITHOUT_FAST_EXTRA := tests/ops/test_linear.py tests/ops/test_conv.py tests/test_models.py \
+	tests/kernels tests/test_accumulate.py tests/test_requantize.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+	QEXACT_HIDE_NUMBA=1 $(BIN)/python -m pytest -m "not slow" $(WITHOUT_FAST_EXTRA)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest
