@@ -32,6 +32,7 @@ import numpy as np
 from ..engines.aten_pooling import Windows
 from ..engines.base import Engine
 from ..errors import ShapeError, UnsupportedError
+from ..kernels import active_backend
 from ..layout import suggests_channels_last, to_channels_last
 from ..qparams import QParams, QuantizedArray
 from ..trace import observing, record
@@ -222,6 +223,12 @@ def max_pool(x, p: PoolParams):
     kernel = p.choose_kernel(x, values)
     _record_kernel("max_pool", kernel)
     explaining = observing()
+    if quantized and not explaining and active_backend() == "fast":
+        from ..kernels._numba_pool import max_pool_fast
+
+        fast = max_pool_fast(values, kernel, p)
+        if fast is not None:
+            return QuantizedArray(fast, x.qparams)
     lowest = np.iinfo(values.dtype).min if quantized else -np.inf
     result = values
     chosen = []  # explain: per pooled dim so far, the input position of each element's maximum

@@ -29,8 +29,8 @@ and measurements are in engines/aten_quantize.py):
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,9 +38,10 @@ import numpy as np
 from ..dtypes import QINT32, QDType
 from ..engines.aten_quantize import dequantize_kernel, quantize_kernel
 from ..errors import DTypeError, QuantParamError, ShapeError
+from ..kernels import active_backend
 from ..qparams import QParams, QuantizedArray, qparams_from_fields
 from ..rounding import f32, fma_float32, round_half_even
-from ..trace import apply_steps, record
+from ..trace import apply_steps, observing, record
 from ._registry import graph_op, observed_block_stages, observed_stages
 
 
@@ -123,6 +124,10 @@ def _quantize(x: np.ndarray, qparams: QParams, kernel=None) -> QuantizedArray:
     """Apply ``kernel`` (default: what ``torch.quantize_per_*`` runs,
     ``engines.aten_quantize.quantize_kernel``) to every element, reporting its steps."""
     kernel = kernel or quantize_kernel(qparams, x.ndim)
+    if active_backend() == "fast" and not observing():
+        q = _fast_kernels().quantize_fast(x, kernel.steps, qparams.dtype.numpy_dtype)
+        if q is not None:
+            return QuantizedArray(q, qparams)
     record("quantize: kernel", "the kernel that quantizes every element", None,
            kernel=kernel.name)
     inv = kernel.inverse_scale
@@ -131,6 +136,15 @@ def _quantize(x: np.ndarray, qparams: QParams, kernel=None) -> QuantizedArray:
            s=_per_element(scale, x.shape))
     q = apply_steps(x, kernel.steps, prefix="quantize: ")
     return QuantizedArray(q.astype(qparams.dtype.numpy_dtype), qparams)
+
+
+@functools.cache
+def _fast_kernels():
+    """``kernels._numba_quantize``, imported on first use (it imports numba; the fast backend
+    is active only where it can run)."""
+    from ..kernels import _numba_quantize
+
+    return _numba_quantize
 
 
 def _per_element(value, shape):
@@ -151,6 +165,10 @@ def dequantize(q: QuantizedArray, kernel=None) -> np.ndarray:
     """Float32 values of a quantized array by ``kernel`` (default: ``Tensor.dequantize``'s,
     ``engines.aten_quantize.dequantize_kernel``)."""
     kernel = kernel or dequantize_kernel(q.qparams, q.values.ndim)
+    if active_backend() == "fast" and not observing():
+        result = _fast_kernels().dequantize_fast(np.asarray(q.values), kernel.steps)
+        if result is not None:
+            return result
     record("dequantize: kernel", "the kernel that dequantizes every element", None,
            kernel=kernel.name)
     return apply_steps(np.asarray(q.values).astype(np.int64), kernel.steps,
@@ -164,9 +182,22 @@ class QuantizeParams(QParams):
 
     engine: Any = None
 
-    @property
+    @functools.cached_property
     def qparams(self) -> QParams:
         return QParams(self.scale, self.zero_point, self.dtype, self.axis)
+
+    @functools.cached_property
+    def _kernel_by_rank(self) -> dict:
+        return {}
+
+    def kernel_for_rank(self, ndim: int):
+        """The engine's quantize kernel for a float32 input of ``ndim`` dims, chosen once per rank
+        (``Engine.kernel("quantize", qparams, ndim)`` depends on nothing else)."""
+        kernel = self._kernel_by_rank.get(ndim)
+        if kernel is None:
+            kernel = self._kernel_by_rank[ndim] = self.engine.kernel("quantize", self.qparams,
+                                                                     ndim)
+        return kernel
 
 
 @graph_op("quantize", "float32 -> quantized, per tensor (QuantStub / nnq.Quantize)")
@@ -183,7 +214,7 @@ class QuantizeOp:
         output = params.qparams
         if output.is_per_channel:
             _check_channels(x, output.axis, np.size(output.scale))
-        return _quantize(x, output, params.engine.kernel("quantize", output, x.ndim))
+        return _quantize(x, output, params.kernel_for_rank(x.ndim))
 
     @staticmethod
     def explain(params, inputs, result, index):
@@ -192,13 +223,30 @@ class QuantizeOp:
         return observed_block_stages(QuantizeOp.run, params, inputs, result, index), []
 
 
+class DequantizeChooser:
+    """``engine.kernel("dequantize", qparams, ndim)``, kept for the last ``(qparams, ndim)``: a
+    node's input carries the same (immutable) ``QParams`` object run after run."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._last = None
+
+    def __call__(self, qparams: QParams, ndim: int):
+        last = self._last
+        if last is not None and last[0] is qparams and last[1] == ndim:
+            return last[2]
+        kernel = self.engine.kernel("dequantize", qparams, ndim)
+        self._last = (qparams, ndim, kernel)
+        return kernel
+
+
 @graph_op("dequantize", "quantized -> float32 (DeQuantStub / nnq.DeQuantize)")
 class DequantizeOp:
     @staticmethod
     def prepare(node, input_qparams, engine):
         """Params: the engine's ``dequantize`` chooser (the kernel depends on the input's rank)."""
         require_quantized(node, input_qparams)
-        return partial(engine.kernel, "dequantize"), None
+        return DequantizeChooser(engine), None
 
     @staticmethod
     def run(choose, inputs):
