@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ class QDType:
     def qmax(self) -> int:
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
-    @property
+    @functools.cached_property
     def numpy_dtype(self) -> np.dtype:
         return np.dtype(f"{'int' if self.signed else 'uint'}{self.bits}")
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
-from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
 
 from ..errors import UnsupportedError
 
@@ -66,11 +64,17 @@ def active_backend() -> str:
     return _ACTIVE.get()
 
 
-@contextmanager
-def using(backend: str) -> Iterator[None]:
-    """Run the ops called inside on ``backend`` (a value of ``resolve_backend``)."""
-    token = _ACTIVE.set(backend)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
+class using:
+    """Run the ops called inside on ``backend`` (a value of ``resolve_backend``): a context
+    manager (a class: ``Net.run_values`` enters it on every call, ~0.3 us instead of ~1 us)."""
+
+    __slots__ = ("backend", "_token")
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def __enter__(self) -> None:
+        self._token = _ACTIVE.set(self.backend)
+
+    def __exit__(self, *exc_info) -> None:
+        _ACTIVE.reset(self._token)

@@ -5,9 +5,13 @@ with its ``LinearParams``/``ConvParams`` (a weak-keyed cache): the int8 weights 
 kernel, the dot-product method, and the compiled epilogue of its requantization steps. Each
 entry point returns None where its kernels do not apply, and the op runs its NumPy path:
 
-- ``linear_accumulator``/``conv_accumulator``: the int32 accumulator, equal to the NumPy
-  path's ``sum (x - z_x)(w - z_w)`` (pair saturation included where the engine has it);
-- ``epilogue``: the engine's requantization ``Step``s fused in one compiled pass.
+- ``linear_output``/``conv_output``: the layer's output integers (or float32), the GEMM and the
+  compiled epilogue fused per block of rows (``_numba_fused``); a depthwise or grouped conv
+  runs its accumulator, then the epilogue;
+- ``linear_accumulator``/``conv_accumulator``: the int32 accumulator alone, equal to the NumPy
+  path's ``sum (x - z_x)(w - z_w)`` (pair saturation included where the engine has it), for a
+  run whose accumulator is observed (``qexact.trace.tap``) or whose epilogue has no compiled
+  form: ``requantize`` then runs the steps.
 
 Which dot product runs (``gemm_method``): where the modelled engine sums raw u8 x s8 pairs in
 int16 with saturation (``params.pair_saturation``) the same ``vpmaddubsw`` + ``vpmaddwd``
