@@ -310,10 +310,21 @@ def test_binary_tables_equal_the_steps(engine, op, monkeypatch):
         qb = QParams(float(F(rng.random() * 0.2 + 0.01)), int(rng.integers(0, 256)), QUINT8)
         qo = QParams(float(F(rng.random() * 0.3 + 0.01)), int(rng.integers(0, 256)), QUINT8)
         params = elementwise.prepare_binary(op, qa, qb, qo, relu, engine=engine)
-        a = qexact.QuantizedArray(rng.integers(0, 256, (2, 16, 33, 35)).astype(np.uint8), qa)
-        b = qexact.QuantizedArray(rng.integers(0, 256, (2, 16, 33, 35)).astype(np.uint8), qb)
-        tabled = elementwise.binary(a, b, params)
-        monkeypatch.setattr(elementwise, "TABLE_MIN_ELEMENTS", 1 << 40)
-        direct = elementwise.binary(a, b, params)
-        monkeypatch.undo()
-        assert_bitexact(tabled.values, direct.values, f"{engine} {op} relu={relu}")
+        a_values = rng.integers(0, 256, (2, 16, 33, 35)).astype(np.uint8)
+        b_values = rng.integers(0, 256, (2, 16, 33, 35)).astype(np.uint8)
+        channels_last = (lambda v: np.moveaxis(np.ascontiguousarray(np.moveaxis(v, 1, -1)),
+                                               -1, 1))
+        layouts = {"contiguous": (a_values, b_values),
+                   "channels_last": (channels_last(a_values), channels_last(b_values)),
+                   "mixed": (a_values, channels_last(b_values)),
+                   "broadcast": (channels_last(a_values), b_values[:1, :, :1, :1])}
+        for layout, (a_array, b_array) in layouts.items():
+            a = qexact.QuantizedArray(a_array, qa)
+            b = qexact.QuantizedArray(b_array, qb)
+            tabled = elementwise.binary(a, b, params)
+            monkeypatch.setattr(elementwise, "TABLE_MIN_ELEMENTS", 1 << 40)
+            direct = elementwise.binary(a, b, params)
+            monkeypatch.undo()
+            context = f"{engine} {op} relu={relu} {layout}"
+            assert_bitexact(tabled.values, direct.values, context)
+            assert tabled.values.strides == direct.values.strides, context

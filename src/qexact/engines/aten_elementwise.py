@@ -106,6 +106,12 @@ class BinaryKernel:
     def split(self, out_shape, a: np.ndarray, b: np.ndarray):
         return self.placement.split(tuple(out_shape), a, b)
 
+    def layout(self, out_shape, a: np.ndarray, b: np.ndarray):
+        """``split``'s second half alone (the output's memory format), for a caller that needs
+        no masks; None where the placement does not say it apart."""
+        layout = getattr(self.placement, "layout", None)
+        return None if layout is None else layout(tuple(out_shape), a, b)
+
 
 def binary_walk(op: str, out_shape, a: np.ndarray, b: np.ndarray) -> IteratorWalk:
     """``qadd_kernel``/``qmul_kernel``'s walk (``iterator_walk``). The output is allocated in
@@ -145,6 +151,9 @@ class IteratorPlacement:
         walk = binary_walk(self.op, out_shape, a, b)
         simd = walk.simd_mask(self.numerics, self.num_threads)
         return (simd, ~simd), walk.output
+
+    def layout(self, out_shape, a, b):
+        return binary_walk(self.op, out_shape, a, b).output
 
 
 def _relu_float(relu: bool) -> tuple[Step, ...]:

@@ -140,7 +140,10 @@ class TilePlacement:
 
     def split(self, out_shape, a, b):
         simd = simd_mask_like(a)
-        return (simd, ~simd), lambda values: like_memory_format(values, a)
+        return (simd, ~simd), self.layout(out_shape, a, b)
+
+    def layout(self, out_shape, a, b):
+        return lambda values: like_memory_format(values, a)
 
 
 def add_kernel(p: QnnpackAddParams) -> BinaryKernel:
