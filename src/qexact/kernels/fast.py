@@ -201,9 +201,25 @@ def _conv_columns(values: np.ndarray, params, plan: GemmPlan):
         return None         # oneDNN's AVX2 pairs read padded taps as raw 0: NumPy path
     if plan.columns is not None:
         return None         # pairs restart at every tap inside the row: NumPy path
+    rows = _pointwise_rows(values, params, plan)
+    if rows is not None:
+        return rows, x_zero_point + shift, weight_zero_point
     cols = im2col_u8(values, params.kernel_size, params.stride, padding, params.dilation,
                      params.groups, x_zero_point + shift, row_stride=plan.packed[0].padded_depth)
     return None if cols is None else (cols, x_zero_point + shift, weight_zero_point)
+
+
+def _pointwise_rows(values: np.ndarray, params, plan: GemmPlan) -> np.ndarray | None:
+    """A 1x1 convolution with stride 1 and no padding reads each position's channels: on
+    channels-last memory whose channel count is the packed depth, the (1, N * H * W, C) im2col
+    matrix is the activations themselves, viewed without a copy. None: im2col it."""
+    if (params.kernel_size != (1, 1) or params.stride != (1, 1) or any(params.padding)
+            or params.groups != 1 or values.ndim != 4):
+        return None
+    positions = np.moveaxis(values, 1, -1)
+    if not positions.flags.c_contiguous or positions.shape[-1] != plan.packed[0].padded_depth:
+        return None
+    return positions.reshape(1, -1, positions.shape[-1])
 
 
 @_or_numpy_path
