@@ -288,3 +288,9 @@ def as_int32_if_it_fits(acc: np.ndarray) -> np.ndarray:
     if acc.dtype == np.int32 or (acc.size and (acc.min() < -INT32_LIMIT or acc.max() >= INT32_LIMIT)):
         return acc
     return acc.astype(np.int32)
+
+
+def centered_bound(dtype, zero_point: int) -> int:
+    """The largest ``|x - z_x|`` over the values of the activations' integer ``dtype``."""
+    limits = np.iinfo(dtype)
+    return max(zero_point - int(limits.min), int(limits.max) - zero_point)

@@ -29,9 +29,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..accumulate import (as_int32_if_it_fits, depthwise_pair_saturation_correction,
-                          exact_depthwise, exact_grouped_matmul, pair_positions,
-                          pair_saturation_correction, saturating_weight_pairs, weight_pairs_of)
+from ..accumulate import (as_int32_if_it_fits, centered_bound,
+                          depthwise_pair_saturation_correction, exact_depthwise,
+                          exact_grouped_matmul, pair_positions, pair_saturation_correction,
+                          saturating_weight_pairs, weight_pairs_of)
 from ..dtypes import QINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import PAD_ZERO, BiasMode, ConvGeometry
@@ -259,8 +260,7 @@ def conv_accumulator(values: np.ndarray, params: ConvParams) -> np.ndarray:
         if acc is not None:
             return acc
     z_x = int(params.input_qparams.zero_point)
-    limits = np.iinfo(values.dtype)
-    input_bound = max(z_x - int(limits.min), int(limits.max) - z_x)      # |x - z_x|
+    input_bound = centered_bound(values.dtype, z_x)
     padded_values, padding = params.padded(values)
     out = output_shape(padded_values.shape[2:], params.kernel_size, params.stride, padding,
                        params.dilation)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..accumulate import (as_int32_if_it_fits, cached_block_starts, exact_grouped_matmul,
-                          pair_positions, pair_saturation_correction, saturating_weight_pairs,
-                          weight_pairs_of)
+from ..accumulate import (as_int32_if_it_fits, cached_block_starts, centered_bound,
+                          exact_grouped_matmul, pair_positions, pair_saturation_correction,
+                          saturating_weight_pairs, weight_pairs_of)
 from ..dtypes import QINT8
 from ..engines import Engine, LayerQuantization, get_engine
 from ..engines.base import BiasMode
@@ -197,8 +197,7 @@ def linear_accumulator(x_values: np.ndarray, params: LinearParams) -> np.ndarray
         if acc is not None:
             return acc
     z_x = int(params.input_qparams.zero_point)
-    limits = np.iinfo(x_values.dtype)
-    input_bound = max(z_x - int(limits.min), int(limits.max) - z_x)      # |x - z_x|
+    input_bound = centered_bound(x_values.dtype, z_x)
     x_centered = np.subtract(x_values, np.float32(z_x), dtype=np.float32)
     acc = exact_grouped_matmul(x_centered[None], params.weight_centered_t[None], input_bound,
                                cached_block_starts(params.weight_centered_t, input_bound))
