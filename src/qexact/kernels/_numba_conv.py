@@ -48,6 +48,16 @@ taps * (3 * 32,640 + 16,384) < 2**31 for taps <= 18,800. ``MAX_DEPTHWISE_TAPS`` 
 128x128 kernel) is refused above. With ``pairs_per_tap`` (oneDNN's AVX2 pairing) and one channel
 per group every pair is a single product, |x * w| <= 255 * 128 < 32,768: nothing saturates, so
 such params take the exact path (``accumulator_for``).
+
+``depthwise_requantize`` (multiplier 1) forms the same accumulator block by block of
+``epilogue.block_rows`` output rows and runs ``_numba_epilogue.run_block`` on each block (the
+function ``Epilogue.run`` calls; per element, with the block-local row, so the same bits). A 3x3
+window inside the input: pairs mode ``interior + sum_pairs sat16(x0*w0 + x1*w1)`` with the
+products in int16 (|x*w| <= 255*128 = 32,640: the wrapping int16 product is exact) and
+``llvm.sadd.sat.i16`` (= clamp(a + b) to int16, = sat16(p)), tap 8 alone (its partner's weight
+row is 0); exact mode ``interior + sum_tap x * (w - z_w)`` in int32. Other windows: the formulas
+of ``_depthwise_exact`` / ``_depthwise_pairs`` per position. Same terms, integer sums within the
+bounds above: the same int32 values.
 """
 
 from __future__ import annotations
@@ -57,10 +67,14 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from ..engines.base import PAD_ZERO
 from ..errors import ShapeError, UnsupportedError
 from ..ops._window import output_shape
+from ._numba_epilogue import run_block
 
 MAX_DEPTHWISE_TAPS = 16384
 """Largest window (taps) ``depthwise_accumulator`` forms in int32 (the bound above: 26,420)."""
@@ -539,3 +553,271 @@ def accumulator_for(values: np.ndarray, params) -> np.ndarray | None:
                                  params.stride, padding, params.dilation,
                                  saturate_pairs=saturate,
                                  pad_raw_zero=params.padded_tap == PAD_ZERO)
+
+
+# --- fused: 3x3 depthwise accumulator and requantization epilogue per block of rows -----------
+
+
+@intrinsic
+def _add_saturate16(typingctx, first, second):
+    """``sat16(a + b)`` of two int16 (``llvm.sadd.sat.i16``; vectorized as ``vpaddsw``)."""
+    if first != types.int16 or second != types.int16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        short = ir.IntType(16)
+        add = builder.module.declare_intrinsic(
+            "llvm.sadd.sat", [short], ir.FunctionType(short, [short, short]))
+        return builder.call(add, args)
+
+    return types.int16(types.int16, types.int16), codegen
+
+
+@numba.njit(**_JIT)
+def _product16(value, weight):
+    """x * w of a byte and an int8-range weight as int16: |x * w| <= 255 * 128 = 32,640, so the
+    wrapping int16 product is the exact one (``vpmullw``; ``vpmaddubsw``'s per-byte product)."""
+    return np.int16(np.int32(value) * np.int32(weight))
+
+
+@numba.njit(**_JIT)
+def _pairs_3x3(flat, base, offsets, weights, interior, total, channels):
+    """Window inside the input, 3x3, multiplier 1: total = interior + sum_pairs sat16(p), pairs
+    (0,1) (2,3) (4,5) (6,7) and tap 8 alone (its partner a zero weight row: sat16(q + 0) = q)."""
+    s0 = flat[base + offsets[0]:base + offsets[0] + channels]
+    w0 = weights[0]
+    s1 = flat[base + offsets[1]:base + offsets[1] + channels]
+    w1 = weights[1]
+    s2 = flat[base + offsets[2]:base + offsets[2] + channels]
+    w2 = weights[2]
+    s3 = flat[base + offsets[3]:base + offsets[3] + channels]
+    w3 = weights[3]
+    s4 = flat[base + offsets[4]:base + offsets[4] + channels]
+    w4 = weights[4]
+    s5 = flat[base + offsets[5]:base + offsets[5] + channels]
+    w5 = weights[5]
+    s6 = flat[base + offsets[6]:base + offsets[6] + channels]
+    w6 = weights[6]
+    s7 = flat[base + offsets[7]:base + offsets[7] + channels]
+    w7 = weights[7]
+    s8 = flat[base + offsets[8]:base + offsets[8] + channels]
+    w8 = weights[8]
+    for c in range(channels):
+        pair0 = _add_saturate16(_product16(s0[c], w0[c]),
+                                _product16(s1[c], w1[c]))
+        pair1 = _add_saturate16(_product16(s2[c], w2[c]),
+                                _product16(s3[c], w3[c]))
+        pair2 = _add_saturate16(_product16(s4[c], w4[c]),
+                                _product16(s5[c], w5[c]))
+        pair3 = _add_saturate16(_product16(s6[c], w6[c]),
+                                _product16(s7[c], w7[c]))
+        last = _product16(s8[c], w8[c])
+        total[c] = (interior[c] + np.int32(pair0) + np.int32(pair1) + np.int32(pair2)
+                    + np.int32(pair3) + np.int32(last))
+
+
+@numba.njit(**_JIT)
+def _exact_3x3(flat, base, offsets, weights, interior, total, channels):
+    """Window inside the input, 3x3, multiplier 1: total = interior + sum_tap x * (w - z_w)."""
+    s0 = flat[base + offsets[0]:base + offsets[0] + channels]
+    w0 = weights[0]
+    s1 = flat[base + offsets[1]:base + offsets[1] + channels]
+    w1 = weights[1]
+    s2 = flat[base + offsets[2]:base + offsets[2] + channels]
+    w2 = weights[2]
+    s3 = flat[base + offsets[3]:base + offsets[3] + channels]
+    w3 = weights[3]
+    s4 = flat[base + offsets[4]:base + offsets[4] + channels]
+    w4 = weights[4]
+    s5 = flat[base + offsets[5]:base + offsets[5] + channels]
+    w5 = weights[5]
+    s6 = flat[base + offsets[6]:base + offsets[6] + channels]
+    w6 = weights[6]
+    s7 = flat[base + offsets[7]:base + offsets[7] + channels]
+    w7 = weights[7]
+    s8 = flat[base + offsets[8]:base + offsets[8] + channels]
+    w8 = weights[8]
+    for c in range(channels):
+        total[c] = (interior[c]
+                    + np.int32(s0[c]) * np.int32(w0[c])
+                    + np.int32(s1[c]) * np.int32(w1[c])
+                    + np.int32(s2[c]) * np.int32(w2[c])
+                    + np.int32(s3[c]) * np.int32(w3[c])
+                    + np.int32(s4[c]) * np.int32(w4[c])
+                    + np.int32(s5[c]) * np.int32(w5[c])
+                    + np.int32(s6[c]) * np.int32(w6[c])
+                    + np.int32(s7[c]) * np.int32(w7[c])
+                    + np.int32(s8[c]) * np.int32(w8[c]))
+
+
+@numba.njit(**_JIT)
+def _edge_position(flat, n, in_y_origin, in_x_origin, height, width, channels, kernel_h,
+                   kernel_w, dilation_h, dilation_w, saturate, x_zero_point, centered, raw,
+                   raw16, zero_point, pad_raw, pad_row, total):
+    """One output position whose window leaves the input, multiplier 1: the same sums as
+    ``_depthwise_exact`` (padded taps add 0) or ``_depthwise_pairs`` (padded taps raw
+    ``pad_raw`` in the pairs, the exact part corrected as there)."""
+    taps = kernel_h * kernel_w
+    for c in range(channels):
+        total[c] = 0
+    if not saturate:
+        for tap in range(taps):
+            in_y = in_y_origin + (tap // kernel_w) * dilation_h
+            in_x = in_x_origin + (tap % kernel_w) * dilation_w
+            if 0 <= in_y < height and 0 <= in_x < width:
+                start = ((n * height + in_y) * width + in_x) * channels
+                source = flat[start:start + channels]
+                weights = centered[tap]
+                for c in range(channels):
+                    total[c] += (np.int32(source[c]) - x_zero_point) * weights[c]
+        return
+    for tap in range(taps):
+        in_y = in_y_origin + (tap // kernel_w) * dilation_h
+        in_x = in_x_origin + (tap % kernel_w) * dilation_w
+        weights = raw[tap]
+        if 0 <= in_y < height and 0 <= in_x < width:
+            start = ((n * height + in_y) * width + in_x) * channels
+            source = flat[start:start + channels]
+            for c in range(channels):
+                total[c] += (x_zero_point * (zero_point[c] - weights[c])
+                             - zero_point[c] * np.int32(source[c]))
+        else:
+            for c in range(channels):
+                total[c] -= pad_raw * weights[c]
+    for pair in range((taps + 1) // 2):
+        first_tap = 2 * pair
+        second_tap = min(first_tap + 1, taps - 1)  # odd tail: weight row taps is zeros
+        in_y0 = in_y_origin + (first_tap // kernel_w) * dilation_h
+        in_x0 = in_x_origin + (first_tap % kernel_w) * dilation_w
+        in_y1 = in_y_origin + (second_tap // kernel_w) * dilation_h
+        in_x1 = in_x_origin + (second_tap % kernel_w) * dilation_w
+        inside0 = 0 <= in_y0 < height and 0 <= in_x0 < width
+        inside1 = 0 <= in_y1 < height and 0 <= in_x1 < width
+        start0 = ((n * height + in_y0) * width + in_x0) * channels if inside0 else 0
+        start1 = ((n * height + in_y1) * width + in_x1) * channels if inside1 else 0
+        source0 = flat[start0:start0 + channels] if inside0 else pad_row
+        source1 = flat[start1:start1 + channels] if inside1 else pad_row
+        raw0 = raw16[first_tap]
+        raw1 = raw16[first_tap + 1]
+        for c in range(channels):
+            total[c] += np.int32(_add_saturate16(_product16(source0[c], raw0[c]),
+                                                 _product16(source1[c], raw1[c])))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _depthwise_fused(flat, batch, height, width, channels, kernel_h, kernel_w, stride_h,
+                     stride_w, pad_h, pad_w, dilation_h, dilation_w, out_h, out_w, saturate,
+                     x_zero_point, weights16, centered, raw, raw16, interior, zero_point,
+                     asymmetric, pad_raw, pad_row, out_bytes, program, c32, c64, i64, s32, block_rows,
+                     operand0, strides0, operand1, strides1, operand2, strides2, row_begin,
+                     row_end):
+    """Output rows row_begin..row_end (row = (n, out_y, out_x)), ``block_rows`` at a time: the
+    int32 accumulator of the block (3x3 interior windows by ``_pairs_3x3`` / ``_exact_3x3``,
+    the others by ``_edge_position``), then the epilogue ``run_block`` on it."""
+    acc = np.empty(block_rows * channels, np.int32)
+    fval = np.empty(block_rows * channels, np.float32)
+    ival = np.empty(block_rows * channels, np.int64)
+    plane = out_h * out_w
+    offsets = np.zeros(kernel_h * kernel_w, np.int64)
+    for tap in range(kernel_h * kernel_w):
+        offsets[tap] = ((tap // kernel_w) * dilation_h * width
+                        + (tap % kernel_w) * dilation_w) * channels
+    fast_window = kernel_h == 3 and kernel_w == 3
+    for first in range(row_begin, row_end, block_rows):
+        rows = min(block_rows, row_end - first)
+        for r in range(rows):
+            row = first + r
+            n = row // plane
+            position = row - n * plane
+            out_y = position // out_w
+            out_x = position - out_y * out_w
+            in_y_origin = out_y * stride_h - pad_h
+            in_x_origin = out_x * stride_w - pad_w
+            total = acc[r * channels:(r + 1) * channels]
+            inside = (in_y_origin >= 0 and in_y_origin + (kernel_h - 1) * dilation_h < height
+                      and in_x_origin >= 0
+                      and in_x_origin + (kernel_w - 1) * dilation_w < width)
+            if fast_window and inside:
+                base = ((n * height + in_y_origin) * width + in_x_origin) * channels
+                if saturate:
+                    _pairs_3x3(flat, base, offsets, weights16, interior, total, channels)
+                    if asymmetric:  # - z_w sum_taps x
+                        for tap in range(9):
+                            start = base + offsets[tap]
+                            for c in range(channels):
+                                total[c] -= zero_point[c] * np.int32(flat[start + c])
+                else:
+                    _exact_3x3(flat, base, offsets, weights16, interior, total, channels)
+            else:
+                _edge_position(flat, n, in_y_origin, in_x_origin, height, width, channels,
+                               kernel_h, kernel_w, dilation_h, dilation_w, saturate,
+                               x_zero_point, centered, raw, raw16, zero_point, pad_raw, pad_row,
+                               total)
+        run_block(acc[:rows * channels], rows, first, channels, out_bytes, program, c32, c64,
+                  i64, s32, fval, ival, operand0, strides0, operand1, strides1, operand2,
+                  strides2)
+
+
+def depthwise_requantize(values: np.ndarray, params, epilogue, operands=None,
+                         out: np.ndarray | None = None) -> np.ndarray | None:
+    """``epilogue.run(accumulator_for(values, params), operands=operands)``, the (N * P, OC)
+    ``epilogue.out_dtype`` output, with the accumulator formed and requantized block by block
+    (it never leaves L1/L2); None where ``accumulator_for`` gives None (not depthwise, not
+    uint8). Multiplier 1 fuses; other depthwise layers run ``accumulator_for`` then the epilogue.
+    ``operands``: as ``Epilogue.run``; ``out``: a C-contiguous array of the result's shape."""
+    if not is_depthwise_params(params) or np.asarray(values).dtype != np.uint8:
+        return None
+    if values.ndim == 5 or params.weight.shape[0] != np.shape(values)[1]:
+        acc = accumulator_for(values, params)
+        return None if acc is None else epilogue.run(acc, out=out, operands=operands)
+    packed = _packed_for(params)
+    padded, padding = params.padded(values)
+    dims = padded.ndim - 2
+    if dims == 1:
+        padded = padded[:, :, None, :]
+    stride2, padding2, dilation2 = (_pair2(params.stride, dims, 1, "stride"),
+                                    _pair2(padding, dims, 0, "padding"),
+                                    _pair2(params.dilation, dims, 1, "dilation"))
+    batch, channels, height, width = padded.shape
+    out_h, out_w = output_shape((height, width), packed.kernel, stride2, padding2, dilation2)
+    rows = batch * out_h * out_w
+    if epilogue.channels != channels:
+        raise ShapeError(f"the epilogue is for {epilogue.channels} channels, the layer has "
+                         f"{channels}")
+    if out is None:
+        out = np.empty((rows, channels), epilogue.out_dtype)
+    elif (out.shape != (rows, channels) or out.dtype != epilogue.out_dtype
+          or not out.flags.c_contiguous):
+        raise ShapeError(f"out must be C-contiguous {epilogue.out_dtype} {(rows, channels)}")
+    program, slots = epilogue._operands(operands, rows)
+    if rows == 0:
+        return out
+    x_zero_point = int(params.input_qparams.zero_point)
+    saturate = bool(params.pair_saturation) and not params.pairs_per_tap
+    pad_raw = 0 if (saturate and params.padded_tap == PAD_ZERO) else x_zero_point
+    taps = packed.kernel[0] * packed.kernel[1]
+    if saturate:
+        weights16 = packed.raw16
+        interior = (-x_zero_point * packed.raw_sum
+                    + taps * x_zero_point * packed.zero_point).astype(np.int32)
+    else:
+        weights16 = packed.centered16
+        interior = (-x_zero_point * packed.centered_sum).astype(np.int32)
+    flat = _channels_last(padded).reshape(-1)
+    _depthwise_fused(flat, batch, height, width, channels, packed.kernel[0], packed.kernel[1],
+                     stride2[0], stride2[1], padding2[0], padding2[1], dilation2[0],
+                     dilation2[1], out_h, out_w, saturate, np.int32(x_zero_point), weights16,
+                     packed.centered, packed.raw, packed.raw16, interior, packed.zero_point,
+                     bool(packed.zero_point.any()), np.int32(pad_raw),
+                     np.full(channels, pad_raw, np.uint8),
+                     out.reshape(-1).view(np.uint8), program, epilogue.c32, epilogue.c64,
+                     epilogue.i64, epilogue.s32, epilogue.block_rows, *slots, 0, rows)
+    return out
+
+
+def _packed_for(params) -> DepthwiseWeights:
+    packed = _PACKED.get(params)
+    if packed is None:
+        packed = depthwise_weights(params.weight, params.weight_qparams.zero_point)
+        _PACKED[params] = packed
+    return packed

@@ -5,9 +5,10 @@ with its ``LinearParams``/``ConvParams`` (a weak-keyed cache): the int8 weights 
 kernel, the dot-product method, and the compiled epilogue of its requantization steps. Each
 entry point returns None where its kernels do not apply, and the op runs its NumPy path:
 
-- ``linear_output``/``conv_output``: the layer's output integers (or float32), the GEMM and the
-  compiled epilogue fused per block of rows (``_numba_fused``); a depthwise or grouped conv
-  runs its accumulator, then the epilogue;
+- ``linear_output``/``conv_output``: the layer's output integers (or float32), the GEMM (or a
+  depthwise conv's direct sum) and the compiled epilogue fused per block of rows
+  (``_numba_fused``, ``_numba_conv.depthwise_requantize``); a grouped conv runs its
+  accumulator, then the epilogue;
 - ``linear_accumulator``/``conv_accumulator``: the int32 accumulator alone, equal to the NumPy
   path's ``sum (x - z_x)(w - z_w)`` (pair saturation included where the engine has it), for a
   run whose accumulator is observed (``qexact.trace.tap``) or whose epilogue has no compiled
@@ -261,7 +262,13 @@ def conv_output(values: np.ndarray, params, steps: tuple) -> np.ndarray | None:
     plan = plan_of(params)
     if plan is None or plan.epilogue is None or tapping() or len(params.kernel_size) > 2:
         return None
-    if plan.depthwise or params.groups > 1:
+    if plan.depthwise:
+        from ._numba_conv import depthwise_requantize
+
+        if values.dtype != np.uint8:
+            return None
+        return depthwise_requantize(values, params, plan.epilogue, _operands(steps))
+    if params.groups > 1:
         acc = conv_accumulator(values, params)
         return None if acc is None else plan.epilogue.run(acc, operands=_operands(steps))
     prepared = _conv_columns(values, params, plan)
