@@ -162,7 +162,17 @@ def linear_output(rows: np.ndarray, params, steps: tuple) -> np.ndarray | None:
         return None
     x, x_zero_point, weight_zero_point = _gemm_input(rows, params, plan)
     return gemm_requantize_fast(x, plan.packed[0], x_zero_point, weight_zero_point, plan.method,
-                                plan.epilogue, operands=_operands(steps))
+                                plan.epilogue, operands=_operands(steps),
+                                parallel=_parallel(x, plan.packed[0]))
+
+
+PARALLEL_MIN_MACS = 1 << 22
+"""From this many multiply-adds a GEMM is split over numba's threads (``numba.set_num_threads``;
+one thread by default in the benchmarks' single-thread rows). Same result on any count."""
+
+
+def _parallel(x: np.ndarray, packed) -> bool:
+    return x.shape[0] * x.shape[1] * packed.output_channels >= PARALLEL_MIN_MACS
 
 
 def _gemm_input(rows: np.ndarray, params, plan: GemmPlan):
@@ -276,4 +286,5 @@ def conv_output(values: np.ndarray, params, steps: tuple) -> np.ndarray | None:
         return None
     cols, x_zero_point, weight_zero_point = prepared
     return gemm_requantize_fast(cols[0], plan.packed[0], x_zero_point, weight_zero_point,
-                                plan.method, plan.epilogue, operands=_operands(steps))
+                                plan.method, plan.epilogue, operands=_operands(steps),
+                                parallel=_parallel(cols[0], plan.packed[0]))
