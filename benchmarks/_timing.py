@@ -16,8 +16,9 @@ from typing import Callable, Iterator
 
 
 def single_thread_environment() -> None:
-    """Pin BLAS and OpenMP to one thread; call before NumPy or torch is imported."""
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    """Pin BLAS, OpenMP and numba to one thread; call before NumPy or torch is imported."""
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                     "NUMBA_NUM_THREADS"):
         os.environ[variable] = "1"
 
 

@@ -296,7 +296,6 @@ def save_for_memory(directory: str, model, workload: str, engine: str, batches):
 def memory_child(spec: dict) -> None:
     """Run in a fresh process: load one side, warm it up, print the peak extra KiB of one call."""
     single_thread_environment()
-    os.environ["NUMBA_NUM_THREADS"] = "1"
     warnings.simplefilter("ignore")
     import numpy as np
 
