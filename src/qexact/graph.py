@@ -94,6 +94,7 @@ class Net:
             self.engine = replace(self.engine, allowed_inexact=frozenset(allow_inexact))
         load_all_ops()
         self._prepared = self._prepare()
+        self._releases: list[set[str]] | None = None
 
     def _prepare(self) -> list[PreparedNode]:
         """Prepare every node. A node that cannot be prepared does not stop the others: every
@@ -217,30 +218,54 @@ class Net:
     def isa(self) -> str:
         return self.engine.isa
 
-    def run_values(self, *inputs) -> dict[str, Any]:
-        """Every value the graph computes, by name (inputs included)."""
+    def run_values(self, *inputs, keep: Iterable[str] | None = None) -> dict[str, Any]:
+        """Every value the graph computes, by name (inputs included); with ``keep``, only those
+        names: a value is let go once the last node reading it has run, as PyTorch frees a
+        tensor no one holds (a forward's peak memory is then the live values', not all)."""
         if len(inputs) != len(self.graph.inputs):
             raise ShapeError(f"the model takes {len(self.graph.inputs)} input(s), got {len(inputs)}")
         values: dict[str, Any] = {
             name: _as_numpy(value) for name, value in zip(self.graph.inputs, inputs)
         }
+        released = self._released_after() if keep is not None else None
+        keep = set(keep or ())
         with using(self.backend):
-            for item in self._prepared:
+            for position, item in enumerate(self._prepared):
                 try:
                     values[item.node.name] = item.definition.run(item.params,
                                                                  _arguments(item.node, values))
                 except QexactError as error:
                     raise type(error)(f"{_where(item.node)}: {error}") from None
+                if released is not None:
+                    for name in released[position] - keep:
+                        del values[name]
         return values
 
+    def _released_after(self) -> list[set[str]]:
+        """Per prepared node, the values no later node reads (its own, if no one reads it)."""
+        if self._releases is None:
+            last_reader = {}
+            for position, item in enumerate(self._prepared):
+                last_reader[item.node.name] = position
+                for ref in item.node.inputs:
+                    if isinstance(ref, Ref):
+                        last_reader[ref.name] = position
+            self._releases = [set() for _ in self._prepared]
+            for name, position in last_reader.items():
+                self._releases[position].add(name)
+        return self._releases
+
     def __call__(self, *inputs):
-        values = self.run_values(*inputs)
+        values = self.run_values(*inputs, keep=[ref.name for ref in self.graph.outputs])
         return self._select_outputs(values)
 
     def run_quantized(self, *inputs):
         """The outputs as ``QuantizedArray``s, taken before a final ``dequantize``."""
-        values = self.run_values(*inputs)
         by_name = {item.node.name: item.node for item in self._prepared}
+        kept = [ref.name for ref in self.graph.outputs]
+        kept += [by_name[name].inputs[0].name for name in kept
+                 if name in by_name and by_name[name].op == "dequantize"]
+        values = self.run_values(*inputs, keep=kept)
         results = []
         for ref in self.graph.outputs:
             node = by_name.get(ref.name)
