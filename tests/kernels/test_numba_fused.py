@@ -198,6 +198,27 @@ def test_edge_shapes(method, rows, depth, channels):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_narrow_panels_symmetric_weights(method):
+    """zw = 0 (no row sums) and nonzero, narrow panels (vnni wide tiles 12 x 1 and 8 x 2 zmm), N =
+    1..16 and around the panel edges, K = 1..20, M not a multiple of 8 or 12 and across chunks."""
+    rng = np.random.default_rng(1314)
+    engine_case = ("x86", "avx512_vnni")
+    all_columns = list(range(1, 17)) + [24, 32, 33, 96]
+    for case, channels in enumerate(all_columns):
+        steps_list = layers(*engine_case, channels, rng, True, bool(case % 2))
+        label, steps, out_dtype, _, _ = steps_list[0]
+        for depth in range(1, 21, 3 if channels > 4 else 1):
+            rows = (1, 7, 13, 23, 37, 97, 3001)[(case + depth) % 7]
+            x = rng.integers(0, 256, (rows, depth)).astype(np.uint8)
+            weight = rng.integers(-128, 128, (channels, depth)).astype(np.int8)
+            kind = (case + depth) % 3
+            weight_zero_point = (0 if kind == 0 else np.zeros(channels, np.int64) if kind == 1
+                                 else rng.integers(-128, 128, channels))
+            check(method, x, weight, int(rng.integers(0, 256)), weight_zero_point, steps,
+                  out_dtype, None, False, f"{label} M,K,N={rows},{depth},{channels} zw {kind}")
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_threads_equal_one_thread(method):
     rng = np.random.default_rng(3)
     run_layers(method, rng, 203, 40, 70, True, False, ("fbgemm", "avx2"), parallel=3)
@@ -221,6 +242,7 @@ def test_refusals():
 
 def test_chunk_rows():
     assert fused.chunk_rows(16, 24, 4) % 4 == 0
+    assert fused.chunk_rows(16, 24, 24) % 24 == 0  # vnni: whole 4-, 8- and 12-row tiles
     assert fused.chunk_rows(64, 1280, 4) >= 4
     assert fused.chunk_rows(100000, 16, 6) == 6
 

@@ -165,6 +165,28 @@ def test_edge_shapes(method, rows, depth, columns):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_narrow_panels(method):
+    """Wide tiles of narrow panels (vnni: 12 rows x 1 zmm for N <= 16, 8 x 2 for N <= 32, also
+    as the last panel after full ones) and the paths without row sums (zw = 0): N = 1..16 and
+    around the panel edges, K = 1..20, M not a multiple of 8 or 12 (with and without a full wide
+    tile), weight zero points 0 (per tensor and per channel) and not 0."""
+    rng = np.random.default_rng(1313)
+    all_columns = list(range(1, 17)) + [23, 32, 33, 48, 65, 80, 96, 129]
+    for case, columns in enumerate(all_columns):
+        for depth in range(1, 21):
+            rows = (1, 7, 11, 13, 23, 37, 97)[(case + depth) % 7]
+            x = rng.integers(0, 256, (rows, depth)).astype(np.uint8)
+            x[rng.random((rows, depth)) < 0.2] = 255
+            weight = rng.integers(-128, 128, (columns, depth)).astype(np.int8)
+            weight[rng.random((columns, depth)) < 0.2] = -128
+            kind = (case + depth) % 3
+            weight_zero_point = (0 if kind == 0 else np.zeros(columns, np.int64) if kind == 1
+                                 else rng.integers(-128, 128, columns))
+            check(x, weight, int(rng.integers(0, 256)), weight_zero_point, method, None,
+                  f"zw kind {kind}")
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_depth_limit(method):
     """K = 33025, the largest accepted: |acc| reaches 33025 * 65025 = 2**31 - 33023 exactly."""
     depth = gemm.MAX_CENTERED_DEPTH

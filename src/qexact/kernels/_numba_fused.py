@@ -15,9 +15,11 @@ Why it is exact: nothing per element changes, only the schedule.
   and stored once, with ``out = raw + bias[n] - zw[n] * rowsum[m]`` in wrapping int32, exactly as
   in ``accumulate_u8s8`` (same tile intrinsic, same packed panels, same ``bias``/``zero_points``
   from ``PackedWeights.corrections``, the same row sums: ``_row_sums`` or summed in the vnni tile
-  under the same condition ``depth <= _TILE_SUM_DEPTH``). Which rows share a tile, or where a
-  chunk ends, does not enter any element's value (``_numba_gemm``'s argument holds for any tile
-  and block split: each lane sums its own products, wrapping int32 addition is associative).
+  under the same condition ``depth <= _TILE_SUM_DEPTH``, none when every zw[n] = 0,
+  the tile then adding ``bias[n]`` alone, as ``accumulate_u8s8`` does; the same wide tiles).
+  Which rows share a tile, or where a chunk ends, does not enter any element's value
+  (``_numba_gemm``'s argument holds for any tile and block split: each lane sums its own
+  products, wrapping int32 addition is associative).
 - Epilogue: ``run_block`` applies the program to each element independently (per-channel
   constants ``c32[k][r * channels + c]`` depend only on the channel, the tiling repeats them for
   every row of a block; operands are read at their global row ``first_row + r``); given the same
@@ -36,9 +38,8 @@ import numpy as np
 
 from ..errors import ShapeError, UnsupportedError
 from ._numba_epilogue import run_block
-from ._numba_gemm import (_GEOMETRY, _TILE_SUM_DEPTH, MAX_CENTERED_DEPTH, _check, _chunks, _flat,
-                          _row_sums, _thread_pool, _tile_avx2_exact, _tile_avx2_saturate,
-                          _tile_vnni)
+from ._numba_gemm import (_GEOMETRY, _TILE_SUM_DEPTH, _VNNI_ROW_QUANTUM, MAX_CENTERED_DEPTH, _check, _chunks, _flat, _row_sums, _thread_pool,
+                          _tile_avx2_exact, _tile_avx2_saturate, _tile_vnni, _vnni_wide_rows)
 
 CHUNK_ACC_BYTES = 1 << 18
 """The int32 accumulator of one chunk of rows: 256 KiB at most, in L2 while the epilogue reads it
@@ -61,8 +62,8 @@ def _epilogue_chunk(acc, chunk_begin, chunk_end, channels, out_bytes, program, c
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _fused_vnni(x, x_stride, depth, panels, channels, bias, zero_points, row_sums, chunk_rows,
-                out_bytes, program, c32, c64, i64, s32, block_rows,
+def _fused_vnni(x, x_stride, depth, panels, channels, bias, zero_points, row_sums, sum_rows,
+                chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
                 operand0, strides0, operand1, strides1, operand2, strides2, row_begin, row_end):
     tile_rows, lanes, panel_width = 4, 16, 64
     steps = depth // 4
@@ -71,16 +72,19 @@ def _fused_vnni(x, x_stride, depth, panels, channels, bias, zero_points, row_sum
     acc = np.empty(chunk_rows * channels, np.int32)
     fval = np.empty(block_rows * channels, np.float32)
     ival = np.empty(block_rows * channels, np.int64)
-    sums_in_tile = depth <= _TILE_SUM_DEPTH  # as _drive_vnni
+    correction = 2 if sum_rows else 1  # the tile's store: 1 = bias only (every zw = 0)
+    # as _drive_vnni
+    sums_in_tile = sum_rows and depth <= _TILE_SUM_DEPTH
     for chunk_begin in range(row_begin, row_end, chunk_rows):
         chunk_end = min(chunk_begin + chunk_rows, row_end)
-        if not sums_in_tile:
+        if sum_rows and not sums_in_tile:
             _row_sums(x, x_stride, depth, row_sums, chunk_begin, chunk_end)
         for panel in range(panel_count):
             column = panel * panel_width
             valid = min(panel_width, channels - column)
             vectors = (valid + lanes - 1) // lanes
             panel_address = panels.ctypes.data + panel * panel_bytes
+            wide_rows = _vnni_wide_rows(vectors)
             row = chunk_begin
             while row < chunk_end:
                 rows = min(tile_rows, chunk_end - row)
@@ -88,10 +92,13 @@ def _fused_vnni(x, x_stride, depth, panels, channels, bias, zero_points, row_sum
                 if tile_sums and rows < tile_rows:
                     _row_sums(x, x_stride, depth, row_sums, row, row + rows)
                     tile_sums = False
+                if not tile_sums and chunk_end - row >= wide_rows:
+                    rows = wide_rows
                 _tile_vnni(rows, vectors, tile_sums, x.ctypes.data + row * x_stride, x_stride,
                            panel_address, steps,
                            acc.ctypes.data + ((row - chunk_begin) * channels + column) * 4,
-                           channels * 4, valid, True, bias.ctypes.data + column * 4,
+                           channels * 4, valid, correction,
+                           bias.ctypes.data + column * 4,
                            zero_points.ctypes.data + column * 4, row_sums.ctypes.data + row * 4)
                 row += rows
         _epilogue_chunk(acc, chunk_begin, chunk_end, channels, out_bytes, program, c32, c64,
@@ -100,7 +107,7 @@ def _fused_vnni(x, x_stride, depth, panels, channels, bias, zero_points, row_sum
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _fused_avx2_saturate(x, x_stride, depth, panels, channels, bias, zero_points, row_sums,
+def _fused_avx2_saturate(x, x_stride, depth, panels, channels, bias, zero_points, row_sums, sum_rows,
                          chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
                          operand0, strides0, operand1, strides1, operand2, strides2,
                          row_begin, row_end):
@@ -111,9 +118,11 @@ def _fused_avx2_saturate(x, x_stride, depth, panels, channels, bias, zero_points
     acc = np.empty(chunk_rows * channels, np.int32)
     fval = np.empty(block_rows * channels, np.float32)
     ival = np.empty(block_rows * channels, np.int64)
+    correction = 2 if sum_rows else 1  # the tile's store: 1 = bias only (every zw = 0)
     for chunk_begin in range(row_begin, row_end, chunk_rows):
         chunk_end = min(chunk_begin + chunk_rows, row_end)
-        _row_sums(x, x_stride, depth, row_sums, chunk_begin, chunk_end)
+        if sum_rows:
+            _row_sums(x, x_stride, depth, row_sums, chunk_begin, chunk_end)
         for panel in range(panel_count):
             column = panel * panel_width
             valid = min(panel_width, channels - column)
@@ -126,7 +135,8 @@ def _fused_avx2_saturate(x, x_stride, depth, panels, channels, bias, zero_points
                                     x_stride, panel_address, steps,
                                     acc.ctypes.data + ((row - chunk_begin) * channels
                                                        + column) * 4,
-                                    channels * 4, valid, True, bias.ctypes.data + column * 4,
+                                    channels * 4, valid, correction,
+                           bias.ctypes.data + column * 4,
                                     zero_points.ctypes.data + column * 4,
                                     row_sums.ctypes.data + row * 4)
                 row += rows
@@ -136,7 +146,7 @@ def _fused_avx2_saturate(x, x_stride, depth, panels, channels, bias, zero_points
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _fused_avx2_exact(x, x_stride, depth, panels, channels, bias, zero_points, row_sums,
+def _fused_avx2_exact(x, x_stride, depth, panels, channels, bias, zero_points, row_sums, sum_rows,
                       chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
                       operand0, strides0, operand1, strides1, operand2, strides2,
                       row_begin, row_end):
@@ -147,9 +157,11 @@ def _fused_avx2_exact(x, x_stride, depth, panels, channels, bias, zero_points, r
     acc = np.empty(chunk_rows * channels, np.int32)
     fval = np.empty(block_rows * channels, np.float32)
     ival = np.empty(block_rows * channels, np.int64)
+    correction = 2 if sum_rows else 1  # the tile's store: 1 = bias only (every zw = 0)
     for chunk_begin in range(row_begin, row_end, chunk_rows):
         chunk_end = min(chunk_begin + chunk_rows, row_end)
-        _row_sums(x, x_stride, depth, row_sums, chunk_begin, chunk_end)
+        if sum_rows:
+            _row_sums(x, x_stride, depth, row_sums, chunk_begin, chunk_end)
         for panel in range(panel_count):
             column = panel * panel_width
             valid = min(panel_width, channels - column)
@@ -162,7 +174,8 @@ def _fused_avx2_exact(x, x_stride, depth, panels, channels, bias, zero_points, r
                                  x_stride, panel_address, steps,
                                  acc.ctypes.data + ((row - chunk_begin) * channels
                                                     + column) * 4,
-                                 channels * 4, valid, True, bias.ctypes.data + column * 4,
+                                 channels * 4, valid, correction,
+                           bias.ctypes.data + column * 4,
                                  zero_points.ctypes.data + column * 4,
                                  row_sums.ctypes.data + row * 4)
                 row += rows
@@ -220,9 +233,12 @@ def gemm_requantize_fast(x: np.ndarray, packed, x_zero_point: int, weight_zero_p
     geometry = _GEOMETRY[method]
     x_stride = x.strides[0]
     x_flat = _flat(x, (rows - 1) * x_stride + x.shape[1])
+    # zw = 0 everywhere (symmetric weights): the row-sum term zw * rowsum is 0, no sums needed
+    sum_rows = bool(zero_points.any())
     row_sums = np.empty(rows + 8, np.int32)
+    quantum = _VNNI_ROW_QUANTUM if method == "vnni" else geometry.rows
     arguments = (x_flat, x_stride, x.shape[1], packed.panels(method), channels, bias,
-                 zero_points, row_sums, chunk_rows(x.shape[1], channels, geometry.rows),
+                 zero_points, row_sums, sum_rows, chunk_rows(x.shape[1], channels, quantum),
                  out.reshape(-1).view(np.uint8), program, epilogue.c32, epilogue.c64,
                  epilogue.i64, epilogue.s32, epilogue.block_rows, *slots)
     driver = _FUSED[method]

@@ -36,7 +36,10 @@ columns=...)`` lays the depth axis out so that they are the engine's pairs:
 odd block pairs its last element with 0).
 
 Zero points (``accumulate_u8s8``): ``sum_k (x - zx)(w - zw[n]) = raw - zx * colsum_n - zw[n] *
-rowsum_m + K * zx * zw[n]`` is an identity of integers, so it holds mod 2**32 too; computed in
+rowsum_m + K * zx * zw[n]`` is an identity of integers, so it holds mod 2**32 too (when every
+``zw[n]`` is 0, symmetric weights as PyTorch's x86/fbgemm observers make them, the row term
+``zw[n] * rowsum_m`` is 0 for every row: the row sums are then neither computed nor read, the
+tile adds ``bias[n]`` alone, the same int32 value); computed in
 wrapping int32 it is exact whenever the true value fits int32, which ``|x - zx|, |w - zw| <= 255``
 guarantees (zx in [0, 255], zw in [-128, 127]) for ``K * 255 * 255 <= 2**31 - 1``, i.e.
 ``K <= 33025``; larger K, or zero points outside those ranges, are refused (``UnsupportedError``:
@@ -60,14 +63,22 @@ layout, zero at -1 columns and past K'. Output channels are cut into panels of `
 Execution
 ---------
 A register tile of R rows x W columns is accumulated over the whole depth (vnni: 4 x 64 = 16 zmm
-accumulators; avx2: 6 x 16 = 12 ymm, which fits AVX2's 16 registers with the weights, the broadcast
-activation and a temporary), then stored with the zero-point corrections applied in int32 vectors
+accumulators, or a wide tile where no row sums ride in it: 6 x 4, 8 x 3, 8 x 2 and 12 x 1 zmm,
+chosen per panel by its vector count, so that narrow panels (N <= 32, the last panel of N = 96)
+keep enough independent ``vpdpbusd`` chains and amortize the weight loads; a block's rows that
+do not fill a wide tile take 4-row tiles; avx2: 6 x 16 = 12 ymm, which fits AVX2's 16 registers
+with the weights, the broadcast activation and a temporary), then stored with the zero-point corrections applied in int32 vectors
 (``out = acc + bias[n] - zw[n] * rowsum[m]``, ``bias = K zx zw - zx colsum``; the partial last
 vector of a panel is stored lane by lane). The tile is LLVM IR emitted by a numba ``intrinsic``
 (LLVM does not form ``vpdpbusd`` from loops by itself), one specialization per (rows, vectors),
 chosen by a switch; a tile of 1 or 2 rows splits the depth over 4 or 2 accumulator chains (summed
-at the end, int32 addition is associative mod 2**32) so that a GEMV is not latency-bound. Drivers
-walk blocks of rows (~256 KB of x, summed into ``rowsum`` as they come into cache), panels, tiles.
+at the end, int32 addition is associative mod 2**32) so that a GEMV is not latency-bound. Which
+tile shape covers an element does not enter its value: every lane accumulates the products of its
+own (row, column) over the same depth steps, in the same wrapping int32, and gets the same
+correction. Row sums, where needed, ride in the 4-row vnni tiles of the first panel (one more
+``vpdpbusd`` with ones per row and step) where padded depth <= 128, else ``_row_sums`` sums the
+block's rows first (the same uint32 sum); the other panels run wide tiles. Drivers walk blocks
+of rows (~256 KB of x, summed into ``rowsum`` as they come into cache), panels, tiles.
 ``parallel`` runs the same driver on chunks of rows (or of panels, for few rows) in threads: the
 drivers release the GIL, chunks write disjoint parts of ``out``; the result is the same.
 Numba compiles each method on its first call (``cache=True``, never ``fastmath``).
@@ -273,6 +284,10 @@ class _Vnni:
     """acc += vpdpbusd(x4 broadcast, w[64 bytes]): 16 lanes, 4 depth bytes per lane."""
     geometry = _GEOMETRY["vnni"]
     sums_in_tile = True  # 4 more accumulators fit the 32 zmm registers
+    # More rows per tile where the registers allow (no row sums in these): enough independent
+    # vpdpbusd chains to hide its latency (4 x 1 zmm waits on it) and fewer weight loads and
+    # stores per product: 12 x 1, 8 x 2, 8 x 3, 6 x 4 zmm accumulators (of 32 zmm).
+    wide_tiles = {1: 12, 2: 8, 3: 8, 4: 6}
 
     @staticmethod
     def load_x(builder, row_address, step):
@@ -305,6 +320,7 @@ class _Avx2Saturate:
     """acc += vpmaddwd(vpmaddubsw(x4 broadcast, w[32 bytes]), ones): FBGEMM's AVX2 sequence."""
     geometry = _GEOMETRY["avx2_saturate"]
     sums_in_tile = False  # AVX2's 16 registers are taken
+    wide_tiles = {}
 
     @staticmethod
     def load_x(builder, row_address, step):
@@ -336,6 +352,7 @@ class _Avx2Exact:
     """acc += vpmaddwd((x0, x1) int16 broadcast, w[16 int16]): exact int16 products."""
     geometry = _GEOMETRY["avx2_exact"]
     sums_in_tile = False
+    wide_tiles = {}
 
     @staticmethod
     def load_x(builder, row_address, step):
@@ -409,21 +426,34 @@ def _emit_tile(builder, method, rows, vectors, with_sums, args):
         builder.store(row_sum, _address(builder, row_sums_address, ir.Constant(_I64, 4 * r), _I32),
                       align=4)
 
-    # out = acc + bias[n] - zw[n] * rowsum[m]   (int32, wrapping; bias = K zx zw - zx colsum)
-    with builder.if_then(centered):
-        for v in range(vectors):
-            column_offset = ir.Constant(_I64, v * lanes * 4)
-            bias = builder.load(_address(builder, bias_address, column_offset, vector_type),
-                                align=4)
-            zero_point = builder.load(_address(builder, zero_point_address, column_offset,
-                                               vector_type), align=4)
-            for r in range(rows):
-                row_sum = builder.load(_address(builder, row_sums_address,
-                                                ir.Constant(_I64, 4 * r), _I32), align=4)
-                row_sum = _splat(builder, row_sum, lanes)
-                correction = builder.sub(bias, builder.mul(zero_point, row_sum))
-                acc = builder.load(accumulators[r][v])
-                builder.store(builder.add(acc, correction), accumulators[r][v])
+    # centered 2: out = acc + bias[n] - zw[n] * rowsum[m]   (int32, wrapping; bias = K zx zw -
+    # zx colsum); centered 1 (every zw[n] = 0, so zw[n] * rowsum[m] = 0): out = acc + bias[n]
+    row_term = builder.icmp_signed(">=", centered, ir.Constant(_I64, 2))
+    bias_only = builder.icmp_signed("==", centered, ir.Constant(_I64, 1))
+    with builder.if_else(row_term) as (with_rows, without_rows):
+        with with_rows:
+            for v in range(vectors):
+                column_offset = ir.Constant(_I64, v * lanes * 4)
+                bias = builder.load(_address(builder, bias_address, column_offset, vector_type),
+                                    align=4)
+                zero_point = builder.load(_address(builder, zero_point_address, column_offset,
+                                                   vector_type), align=4)
+                for r in range(rows):
+                    row_sum = builder.load(_address(builder, row_sums_address,
+                                                    ir.Constant(_I64, 4 * r), _I32), align=4)
+                    row_sum = _splat(builder, row_sum, lanes)
+                    correction = builder.sub(bias, builder.mul(zero_point, row_sum))
+                    acc = builder.load(accumulators[r][v])
+                    builder.store(builder.add(acc, correction), accumulators[r][v])
+        with without_rows:
+            with builder.if_then(bias_only):
+                for v in range(vectors):
+                    column_offset = ir.Constant(_I64, v * lanes * 4)
+                    bias = builder.load(_address(builder, bias_address, column_offset,
+                                                 vector_type), align=4)
+                    for r in range(rows):
+                        acc = builder.load(accumulators[r][v])
+                        builder.store(builder.add(acc, bias), accumulators[r][v])
 
     for v in range(vectors):
         column_offset = ir.Constant(_I64, v * lanes * 4)
@@ -488,6 +518,8 @@ def _make_tile(method):
             if method.sums_in_tile:
                 cases += [(geometry.rows, tile_vectors, True)
                           for tile_vectors in range(1, geometry.max_vectors + 1)]
+            cases += [(wide_rows, tile_vectors, False)
+                      for tile_vectors, wide_rows in method.wide_tiles.items()]
             for tile_rows, tile_vectors, with_sums in cases:
                 block = builder.append_basic_block(f"tile.{tile_rows}x{tile_vectors}.{with_sums}")
                 key = tile_rows * 16 + tile_vectors + 256 * with_sums
@@ -515,6 +547,17 @@ _tile_avx2_exact = _make_tile(_Avx2Exact)
 
 _ROW_BLOCK_BYTES = 1 << 18  # x rows of one block stay in L2 while every panel passes over them
 _TILE_SUM_DEPTH = 128  # up to this padded depth the vnni tile sums x's rows itself
+_VNNI_ROW_QUANTUM = 24  # row blocks / chunks: whole 4-, 8- and 12-row vnni tiles
+
+
+@numba.njit(cache=True, nogil=True)
+def _vnni_wide_rows(vectors):
+    """Rows of the wide vnni tile for a panel of ``vectors`` zmm (``_Vnni.wide_tiles``)."""
+    if vectors == 1:
+        return 12
+    if vectors <= 3:
+        return 8
+    return 6
 
 
 @numba.njit(cache=True, nogil=True)
@@ -541,8 +584,9 @@ def _drive_vnni(x, x_stride, depth, panels, out, out_stride, output_channels,
     tile_rows, lanes, panel_width = 4, 16, 64
     steps = depth // 4
     panel_bytes = panel_width * depth
-    block = _row_block(depth, tile_rows)
-    # short rows: one more vpdpbusd per row and step beats a pass of ~4 ns per row
+    block = _row_block(depth, _VNNI_ROW_QUANTUM)
+    # short rows: one more vpdpbusd per row and step beats a pass of ~3-4 ns per row (measured
+    # also for N = 16, where it doubles the vpdpbusd count)
     sums_in_tile = sum_rows and depth <= _TILE_SUM_DEPTH
     for block_begin in range(row_begin, row_end, block):
         block_end = min(block_begin + block, row_end)
@@ -553,6 +597,7 @@ def _drive_vnni(x, x_stride, depth, panels, out, out_stride, output_channels,
             valid = min(panel_width, output_channels - column)
             vectors = (valid + lanes - 1) // lanes
             panel_address = panels.ctypes.data + panel * panel_bytes
+            wide_rows = _vnni_wide_rows(vectors)
             row = block_begin
             while row < block_end:
                 rows = min(tile_rows, block_end - row)
@@ -560,6 +605,8 @@ def _drive_vnni(x, x_stride, depth, panels, out, out_stride, output_channels,
                 if tile_sums and rows < tile_rows:
                     _row_sums(x, x_stride, depth, row_sums, row, row + rows)
                     tile_sums = False
+                if not tile_sums and block_end - row >= wide_rows:
+                    rows = wide_rows
                 _tile_vnni(rows, vectors, tile_sums, x.ctypes.data + row * x_stride, x_stride,
                            panel_address, steps,
                            out.ctypes.data + (row * out_stride + column) * 4, out_stride * 4,
@@ -732,7 +779,7 @@ def gemm_u8s8(x: np.ndarray, packed: PackedWeights, method: str, out: np.ndarray
     x, out = _check(x, packed, method, out)
     unused = np.zeros(packed.output_channels + 64, np.int32)
     row_sums = np.zeros(8, np.int32)  # not read
-    return _run(x, packed, method, out, parallel, False, unused, unused, row_sums, False)
+    return _run(x, packed, method, out, parallel, 0, unused, unused, row_sums, False)
 
 
 def accumulate_u8s8(x: np.ndarray, packed: PackedWeights, x_zero_point: int,
@@ -751,8 +798,11 @@ def accumulate_u8s8(x: np.ndarray, packed: PackedWeights, x_zero_point: int,
                                "accumulator may not fit int32; use the NumPy path")
     bias, zero_points = packed.corrections(int(x_zero_point), weight_zero_point)
     x, out = _check(x, packed, method, out)
+    if not zero_points.any():  # zw = 0 (symmetric weights): the row-sum term is 0 * rowsum = 0
+        row_sums = np.zeros(x.shape[0] + 8, np.int32)  # not read
+        return _run(x, packed, method, out, parallel, 1, bias, zero_points, row_sums, False)
     row_sums = np.empty(x.shape[0] + 8, np.int32)
     if x_row_sums is not None:
         row_sums[:x.shape[0]] = x_row_sums
-    return _run(x, packed, method, out, parallel, True, bias, zero_points, row_sums,
+    return _run(x, packed, method, out, parallel, 2, bias, zero_points, row_sums,
                 x_row_sums is None)
