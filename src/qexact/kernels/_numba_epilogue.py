@@ -52,7 +52,8 @@ Exactness, per step (every statement below is about the arithmetic in ``Step.app
   nearest to the same value; in range iff ``-2**31 <= r < 2**31`` (NaN compares false), else
   INT32_MIN. ``RoundHalfEvenToInt64``: NaN gives ``nan``, else ``rint(double(v))`` clipped to
   ``[-2**62, 2**62]``; ``RoundHalfEvenLrint``: in range iff ``-2**63 <= double(v) < 2**63``, else
-  INT64_MIN. The float-to-int conversion is only taken on in-range values.
+  INT64_MIN. The float-to-int conversion is only taken on in-range values (to int32 where the
+  range is int32's).
 - Integer steps run on int64 with two's-complement wrapping, as NumPy's int64 arithmetic does
   (numba's ``+ - * & >>`` on int64 wrap, ``>>`` is arithmetic): ``AddInt32`` is literally
   ``((v + t) - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN``; ``AddInt``, ``MultiplyInt``, ``ClampInt``
@@ -339,7 +340,7 @@ def run_block(acc_block, rows, first_row, channels, out_bytes, program, c32, c64
             for i in range(n):
                 r = _rintf(fval[i])
                 fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
-                ival[i] = np.int64(r if fits else np.float32(-2147483648.0))
+                ival[i] = np.int32(r if fits else np.float32(-2147483648.0))
         elif code == ROUND_I64:
             nan_value = op[1]
             for i in range(n):
@@ -426,7 +427,7 @@ def run_block(acc_block, rows, first_row, channels, out_bytes, program, c32, c64
             for i in range(n):
                 r = _rintf(fval[i])
                 fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
-                dest_bytes[i] = np.uint8(np.int64(r if fits else np.float32(-2147483648.0))
+                dest_bytes[i] = np.uint8(np.int32(r if fits else np.float32(-2147483648.0))
                                          & 0xFF)
         elif code == CLAMP_ROUND_STORE8:
             low = s32[op[1]]
@@ -438,7 +439,7 @@ def run_block(acc_block, rows, first_row, channels, out_bytes, program, c32, c64
                 v = v if (v < high or v != v) else high
                 r = _rintf(v)
                 fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
-                dest_bytes[i] = np.uint8(np.int64(r if fits else np.float32(-2147483648.0))
+                dest_bytes[i] = np.uint8(np.int32(r if fits else np.float32(-2147483648.0))
                                          & 0xFF)
         elif code == ROUND_ADD_CLAMP_STORE8:
             term = op[1]
@@ -448,7 +449,7 @@ def run_block(acc_block, rows, first_row, channels, out_bytes, program, c32, c64
             for i in range(n):
                 r = _rintf(fval[i])
                 fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
-                q = np.int64(r if fits else np.float32(-2147483648.0)) + term
+                q = np.int64(np.int32(r if fits else np.float32(-2147483648.0))) + term
                 dest_bytes[i] = np.uint8(min(max(q, low), high) & 0xFF)
         elif code == STORE_INT:
             width = op[1]
