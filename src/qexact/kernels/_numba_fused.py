@@ -38,8 +38,9 @@ import numpy as np
 
 from ..errors import ShapeError, UnsupportedError
 from ._numba_epilogue import run_block
-from ._numba_gemm import (_GEOMETRY, _TILE_SUM_DEPTH, _VNNI_ROW_QUANTUM, MAX_CENTERED_DEPTH, _check, _chunks, _flat, _row_sums, _thread_pool,
-                          _tile_avx2_exact, _tile_avx2_saturate, _tile_vnni, _vnni_wide_rows)
+from ._numba_gemm import (_GEOMETRY, _TILE_SUM_DEPTH, _VNNI_ROW_QUANTUM, MAX_CENTERED_DEPTH,
+                          _check, _chunks, _flat, _row_sums, _thread_pool, _tile_avx2_exact,
+                          _tile_avx2_saturate, _tile_vnni, _vnni_wide_rows)
 
 CHUNK_ACC_BYTES = 1 << 18
 """The int32 accumulator of one chunk of rows: 256 KiB at most, in L2 while the epilogue reads it
@@ -107,8 +108,8 @@ def _fused_vnni(x, x_stride, depth, panels, channels, bias, zero_points, row_sum
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _fused_avx2_saturate(x, x_stride, depth, panels, channels, bias, zero_points, row_sums, sum_rows,
-                         chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
+def _fused_avx2_saturate(x, x_stride, depth, panels, channels, bias, zero_points, row_sums,
+                         sum_rows, chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
                          operand0, strides0, operand1, strides1, operand2, strides2,
                          row_begin, row_end):
     tile_rows, lanes, panel_width = 6, 8, 16

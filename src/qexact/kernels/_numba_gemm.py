@@ -67,8 +67,8 @@ accumulators, or a wide tile where no row sums ride in it: 6 x 4, 8 x 3, 8 x 2 a
 chosen per panel by its vector count, so that narrow panels (N <= 32, the last panel of N = 96)
 keep enough independent ``vpdpbusd`` chains and amortize the weight loads; a block's rows that
 do not fill a wide tile take 4-row tiles; avx2: 6 x 16 = 12 ymm, which fits AVX2's 16 registers
-with the weights, the broadcast activation and a temporary), then stored with the zero-point corrections applied in int32 vectors
-(``out = acc + bias[n] - zw[n] * rowsum[m]``, ``bias = K zx zw - zx colsum``; the partial last
+with the weights, the broadcast activation and a temporary), then stored with the zero-point
+corrections applied in int32 vectors (``out = acc + bias[n] - zw[n] * rowsum[m]``, ``bias = K zx zw - zx colsum``; the partial last
 vector of a panel is stored lane by lane). The tile is LLVM IR emitted by a numba ``intrinsic``
 (LLVM does not form ``vpdpbusd`` from loops by itself), one specialization per (rows, vectors),
 chosen by a switch; a tile of 1 or 2 rows splits the depth over 4 or 2 accumulator chains (summed
