@@ -784,12 +784,7 @@ def depthwise_requantize(values: np.ndarray, params, epilogue, operands=None,
     if epilogue.channels != channels:
         raise ShapeError(f"the epilogue is for {epilogue.channels} channels, the layer has "
                          f"{channels}")
-    if out is None:
-        out = np.empty((rows, channels), epilogue.out_dtype)
-    elif (out.shape != (rows, channels) or out.dtype != epilogue.out_dtype
-          or not out.flags.c_contiguous):
-        raise ShapeError(f"out must be C-contiguous {epilogue.out_dtype} {(rows, channels)}")
-    program, slots = epilogue._operands(operands, rows)
+    out, program, slots = epilogue.output_for(rows, out, operands)
     if rows == 0:
         return out
     x_zero_point = int(params.input_qparams.zero_point)

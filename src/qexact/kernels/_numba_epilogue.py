@@ -699,17 +699,21 @@ class Epilogue:
                                                                                 np.int64):
             raise ValueError(f"the accumulator must be (M, {self.channels}) int32 or int64, got "
                              f"{acc.dtype} {acc.shape}")
-        rows = acc.shape[0]
-        if out is None:
-            out = np.empty((rows, self.channels), self.out_dtype)
-        elif (out.shape != acc.shape or out.dtype != self.out_dtype
-              or not out.flags.c_contiguous):
-            raise ValueError(f"out must be C-contiguous {self.out_dtype} {acc.shape}")
-        program, slots = self._operands(operands, rows)
+        out, program, slots = self.output_for(acc.shape[0], out, operands)
         if out.size:
             _run_program(acc.reshape(-1), out.reshape(-1).view(np.uint8), program, self.c32,
                          self.c64, self.i64, self.s32, self.block_rows, *slots)
         return out
+
+    def output_for(self, rows: int, out: np.ndarray | None = None, operands=None):
+        """``(out, program, slots)`` for a run over ``rows`` rows: ``out`` checked (a
+        C-contiguous (rows, channels) ``out_dtype`` array) or allocated, and ``_operands``."""
+        shape = (rows, self.channels)
+        if out is None:
+            out = np.empty(shape, self.out_dtype)
+        elif out.shape != shape or out.dtype != self.out_dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous {self.out_dtype} {shape}")
+        return (out,) + self._operands(operands, rows)
 
     def _operands(self, operands, rows: int) -> tuple[np.ndarray, list]:
         """The program (with each operand step's precision, which depends on the operand's

@@ -107,6 +107,8 @@ def _fused_vnni(x, x_stride, depth, panels, channels, bias, zero_points, row_sum
                         strides1, operand2, strides2)
 
 
+# One driver per instruction sequence, written out (see _numba_gemm: numba's cache is keyed by
+# source location, a factory's drivers would share an entry).
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _fused_avx2_saturate(x, x_stride, depth, panels, channels, bias, zero_points, row_sums,
                          sum_rows, chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
@@ -223,12 +225,7 @@ def gemm_requantize_fast(x: np.ndarray, packed, x_zero_point: int, weight_zero_p
     if x.strides[0] < x.shape[1]:
         raise ShapeError(f"x's rows overlap (row stride {x.strides[0]})")
     rows = x.shape[0]
-    if out is None:
-        out = np.empty((rows, channels), epilogue.out_dtype)
-    elif (out.shape != (rows, channels) or out.dtype != epilogue.out_dtype
-          or not out.flags.c_contiguous):
-        raise ShapeError(f"out must be C-contiguous {epilogue.out_dtype} {(rows, channels)}")
-    program, slots = epilogue._operands(operands, rows)
+    out, program, slots = epilogue.output_for(rows, out, operands)
     if rows == 0:
         return out
     geometry = _GEOMETRY[method]

@@ -615,6 +615,9 @@ def _drive_vnni(x, x_stride, depth, panels, out, out_stride, output_channels,
                 row += rows
 
 
+# The drivers are written out once per instruction sequence on purpose: numba's on-disk cache
+# keys a function by its source location, so drivers made by one factory from one definition
+# would share one cache entry and load each other's machine code.
 @numba.njit(cache=True, nogil=True)
 def _drive_avx2_saturate(x, x_stride, depth, panels, out, out_stride, output_channels,
                          centered, bias, zero_points, row_sums, sum_rows, row_begin, row_end,
