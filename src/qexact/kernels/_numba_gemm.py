@@ -112,10 +112,15 @@ _AVX2_FLAGS = frozenset({"avx2"})
 @functools.cache
 def available_methods() -> tuple[str, ...]:
     """The methods this CPU can execute (``cpu_flags()``, read once); no other method is ever
-    compiled."""
+    compiled. Where numba compiles for another CPU (``NUMBA_CPU_NAME``, e.g. ``haswell`` to run
+    as an AVX2 machine would), ``vnni`` needs that target to have it (``NUMBA_CPU_FEATURES``
+    with ``+avx512vnni``)."""
     flags = cpu_flags()
     methods = []
-    if _VNNI_FLAGS <= flags:
+    target = numba.core.config.CPU_NAME
+    target_has_vnni = (target in (None, "host")
+                       or "+avx512vnni" in (numba.core.config.CPU_FEATURES or ""))
+    if _VNNI_FLAGS <= flags and target_has_vnni:
         methods.append("vnni")
     if _AVX2_FLAGS <= flags:
         methods += ["avx2_exact", "avx2_saturate"]
