@@ -122,3 +122,16 @@ def test_fast_equals_numpy_on_linear_models(builder, engine_name, torch1):
     for isa in qexact.ISAS:
         net = qexact.from_torch(model, engine=engine_name, isa=isa, backend="fast")
         assert assert_backends_equal(net, x) > 0
+
+
+@needs_fast
+def test_numba_compiling_for_an_avx2_target_leaves_vnni_out():
+    """``NUMBA_CPU_NAME=haswell`` (an AVX2 machine, as the benchmarks emulate one): the GEMM
+    methods are the AVX2 ones, whatever the host has, so no ``vpdpbusd`` is ever compiled."""
+    script = ("from qexact.kernels._numba_gemm import available_methods; "
+              "print(','.join(available_methods()))")
+    environment = dict(os.environ, NUMBA_CPU_NAME="haswell")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=environment, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "avx2_exact,avx2_saturate"
