@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[torch,pt2e,test,fast]'
 	touch $(STAMP)
 
-WITHOUT_FAST_EXTRA := tests/ops/test_linear.py tests/ops/test_conv.py tests/test_models.py \
-	tests/kernels tests/test_accumulate.py tests/test_requantize.py
+WITHOUT_FAST_EXTRA := tests/ops/test_conv.py tests/test_models.py tests/kernels \
+	tests/test_accumulate.py tests/test_requantize.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
