@@ -74,6 +74,7 @@ def plan_of(params) -> GemmPlan | None:
 
 
 def _build_plan(params) -> GemmPlan | None:
+    from ._numba_conv import is_depthwise_params
     from ._numba_epilogue import compile_epilogue
     from ._numba_gemm import pack_weights
 
@@ -83,8 +84,6 @@ def _build_plan(params) -> GemmPlan | None:
     output = params.output_qparams
     out_dtype = np.dtype(np.float32) if output is None else output.dtype.numpy_dtype
     epilogue = compile_epilogue(params.requantization, _channels(params), out_dtype)
-    from ._numba_conv import is_depthwise_params
-
     depthwise = params.weight.ndim > 2 and is_depthwise_params(params)
     if depthwise:
         return GemmPlan(method, (), None, True, epilogue)
