@@ -361,3 +361,34 @@ def test_model_from_a_python_factory(tmp_path):
     assert json.loads(result.stdout)["shape"] == [2, 3]
     missing = qexact_cli("layers", f"{tmp_path / 'mymodel.py'}:nothing")
     assert missing.returncode == 2 and "no function 'nothing'" in missing.stderr
+
+
+# --- Exit codes: 0 the same, 1 a difference, 2 an error, for every command ----------------------
+
+
+MODEL_COMMANDS = [["run", "--input", "x.npy"], ["inspect"], ["layers"], ["explain", "--input",
+                  "x.npy"], ["diagnose", "--input", "x.npy", "--theirs", "x.npy"],
+                  ["compare", "--engines", "x86,qnnpack", "--input", "x.npy"], ["certify"],
+                  ["export", "golden", "--inputs", "x.npy", "--out", "g"],
+                  ["export", "c", "--out", "c"]]
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS, ids=lambda command: " ".join(command[:2]))
+def test_every_model_command_exits_2_on_a_missing_model(command, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 10), np.float32))
+    where = 2 if command[0] == "export" else 1
+    arguments = command[:where] + [tmp_path / "missing.qexact"] + command[where:]
+    assert_usage_error(qexact_cli(*arguments, cwd=tmp_path))
+
+
+@pytest.mark.torch
+def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(saved, tmp_path):
+    directory, _, _ = saved
+    result = qexact_cli("run", directory / "m.qexact", "--input", directory / "x.npy", "--out",
+                        tmp_path / "no" / "such" / "dir" / "y.npy")
+    assert_usage_error(result)
+    assert "cannot access" in result.stderr and "y.npy" in result.stderr
+
+
+def test_exit_codes_of_check_on_a_missing_directory(tmp_path):
+    assert_usage_error(qexact_cli("check", tmp_path / "missing"))

@@ -1,6 +1,7 @@
 """The ``qexact`` command line: parses arguments, calls one public function, renders the result.
 
-Exit codes: 0 OK, 1 a bit-exactness mismatch, 2 a usage error or a ``QexactError``.
+Exit codes: 0 OK, 1 a bit-exactness mismatch, 2 a usage error, a ``QexactError`` or a file that
+cannot be read or written (never a traceback without ``--debug``), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -581,11 +582,21 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stdout = open(os.devnull, "w")
         return 0
-    except QexactError as error:
+    except (QexactError, OSError) as error:  # OSError: a file qexact was told to read or write
         if getattr(arguments, "debug", False):
             raise
-        print(f"qexact: error: {error}", file=sys.stderr)
+        print(f"qexact: error: {_error_text(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("qexact: interrupted", file=sys.stderr)
+        return 130
+
+
+def _error_text(error: Exception) -> str:
+    """The message of a qexact error; an OSError's with the file it concerns."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"cannot access {error.filename!r}: {error.strerror or error}"
+    return str(error)
 
 
 if __name__ == "__main__":  # pragma: no cover
