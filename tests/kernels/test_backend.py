@@ -135,3 +135,28 @@ def test_numba_compiling_for_an_avx2_target_leaves_vnni_out():
                           env=environment, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "avx2_exact,avx2_saturate"
+
+
+def test_compiled_cache_is_dropped_when_a_kernel_source_changes(tmp_path):
+    """numba checks a cached function against its own file only; the kernels' stamp covers
+    every kernel file, so editing one drops the cached code of all (a fused kernel compiles
+    another file's function in)."""
+    (tmp_path / "_numba_a.py").write_text("a = 1\n")
+    (tmp_path / "_numba_b.py").write_text("b = 1\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    compiled = [cache / "_numba_a.f-1.py311.nbi", cache / "_numba_b.g-1.py311.1.nbc"]
+
+    def refresh():
+        kernels.refresh_compiled_cache.cache_clear()
+        kernels.refresh_compiled_cache(tmp_path)
+
+    refresh()                                   # first stamp
+    for path in compiled:
+        path.write_bytes(b"machine code")
+    refresh()                                   # sources unchanged: kept
+    assert all(path.exists() for path in compiled)
+    (tmp_path / "_numba_b.py").write_text("b = 22\n")
+    refresh()                                   # one source changed: every kernel's cache goes
+    assert not any(path.exists() for path in compiled)
+    assert (cache / "numba-sources.stamp").is_file()

@@ -31,7 +31,8 @@ from qexact.rounding import fma_float32  # noqa: E402
 if not fast_available():
     pytest.skip("the fast backend is not available here", allow_module_level=True)
 
-from qexact.kernels._numba_epilogue import compile_epilogue, fmaf  # noqa: E402
+from qexact.kernels._numba_epilogue import (  # noqa: E402
+    INT_TAIL_U8, X86_U8, compile_epilogue, fmaf)
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 ISAS = ("avx512_vnni", "avx2")
@@ -495,6 +496,123 @@ def test_empty_and_out_argument():
     acc = np.arange(15, dtype=np.int32).reshape(3, 5) * 50
     assert epilogue.run(acc, out=out) is out
     assert np.array_equal(out, rq.requantize(acc.astype(np.int64), steps, np.uint8))
+
+
+# --- (c) the whole-program kernels (X86_U8, INT_TAIL_U8) -------------------------------------
+
+def whole_kind(steps, channels: int, out_dtype=np.uint8) -> int:
+    return int(compile_epilogue(steps, channels, out_dtype).program[0, 0])
+
+
+@pytest.mark.parametrize("channels,rows", [(1, 300), (3, 97), (16, 300), (24, 41), (70, 33),
+                                           (130, 20), (300, 9)])
+@pytest.mark.parametrize("name,kind", [("x86", X86_U8), ("onednn", X86_U8),
+                                       ("fbgemm", INT_TAIL_U8), ("qnnpack", INT_TAIL_U8)])
+def test_engine_conv_epilogues_take_the_whole_program_kernels(name, kind, channels, rows):
+    """The engines' conv epilogues (per-tensor and per-channel, bias or not, relu or not) run
+    as one whole-program kernel, equal to ``requantize`` on random, extreme and tie
+    accumulators; ``rows`` not a multiple of the kernels' row groups."""
+    rng = np.random.default_rng(channels * 7 + rows)
+    engine = get_engine(name, "avx512_vnni")
+    weight = rng.integers(-128, 128, (channels, 2, 1, 1)).astype(np.int8)
+    for per_channel in (False, True):
+        for has_bias in (False, True):
+            for relu in (False, True):
+                x_q, w_q, out_q = layer_qparams(engine, channels, per_channel,
+                                                bool(rng.integers(2)), rng, False)
+                bias = rng.normal(0, 3, channels).astype(np.float32) if has_bias else None
+                try:
+                    params = prepare_conv(weight, w_q, bias, x_q, out_q, relu=relu,
+                                          engine=engine)
+                except QexactError:
+                    continue
+                steps = params.requantization
+                out_dtype = out_q.dtype.numpy_dtype
+                assert whole_kind(steps, channels, out_dtype) == kind, \
+                    [type(step).__name__ for step in steps]
+                acc = np.concatenate([accumulators(steps, channels, rng),
+                                      rng.integers(-(1 << 16), 1 << 16, (rows, channels))])
+                assert_same(steps, acc.astype(np.int32), out_dtype)
+
+
+def x86_steps(m1, m2, bias, relu, m3, zp, low=0.0, high=255.0):
+    steps = [rq.ToFloat32(""), rq.MultiplyFloat32("", factor=m1),
+             rq.MultiplyFloat32("", factor=m2)]
+    if bias is not None:
+        steps.append(rq.AddFloat32("", term=bias))
+    if relu is not None:
+        steps.append(rq.ClampFloat32("", low=relu))
+    return steps + [rq.MultiplyFloat32("", factor=m3), rq.AddFloat32("", term=zp),
+                    rq.ClampFloat32("", low=low, high=high), rq.RoundHalfEvenToInt32("")]
+
+
+def int_tail_steps(head, pre, m, term=3, low=0, high=255):
+    steps = [rq.ToFloat32("")] if head is None else [rq.AddInt32("", term=head),
+                                                      rq.ToFloat32("")]
+    if pre is not None:
+        steps.append(pre)
+    return steps + [rq.MultiplyFloat32("", factor=m), rq.RoundHalfEvenToInt32(""),
+                    rq.AddInt("", term=term), rq.ClampInt("", low=low, high=high)]
+
+
+def test_whole_program_kernels_on_nan_inf_and_signed_zero_constants():
+    """Constants giving NaN (0 * inf), infinities, signed zeros, subnormals and ties (0.5
+    factors on odd accumulators), per channel and per tensor, fed int32 extremes."""
+    acc = edge_acc(48, seed=5)
+    c = [channel_constants(seed) for seed in range(20, 30)]
+    half = np.float32(0.5)
+    cases = [
+        (x86_steps(c[0], c[1], c[2], 0.0, c[3], c[4]), X86_U8),
+        (x86_steps(c[0], half, None, -0.0, c[3], np.float32(0.5)), X86_U8),
+        (x86_steps(FEED_FACTORS, c[1], c[2], None, half, c[4], -0.0, 0.0), X86_U8),
+        (x86_steps(c[5], c[6], None, None, c[7], c[8], -128.0, 127.0), X86_U8),
+        (x86_steps(half, half, np.float32(-0.5), 3.5, half, np.float32(0.0), 5.0, 2.0), X86_U8),
+        (x86_steps(c[0], c[1], c[2], float("nan"), c[3], c[4]), None),  # NaN bound: generic
+        (int_tail_steps(None, None, c[0]), INT_TAIL_U8),
+        (int_tail_steps(None, None, half, term=-7, low=-128, high=127), INT_TAIL_U8),
+        (int_tail_steps(None, rq.FusedMultiplyAdd("", a=c[1], b=c[2]), c[3]), INT_TAIL_U8),
+        (int_tail_steps(None, rq.FusedMultiplyAdd("", a=half, b=c[9]), half, term=255,
+                        low=300, high=-5), INT_TAIL_U8),  # low > high: clip gives high
+        (int_tail_steps(None, rq.AddFloat32("", term=c[4]), c[5]), INT_TAIL_U8),
+        (int_tail_steps(np.full(CHANNELS, INT32_MAX, np.int32), None, c[6]), INT_TAIL_U8),
+        (int_tail_steps((np.arange(CHANNELS) * 997_000_003 % (1 << 32) - (1 << 31)).astype(
+            np.int64), rq.AddFloat32("", term=c[7]), c[8], term=INT32_MAX, low=INT32_MIN,
+            high=INT32_MAX), None),  # low - term outside int32: the generic program
+        (int_tail_steps(np.arange(CHANNELS, dtype=np.int64) * 65_537 - (1 << 31),
+                        rq.AddFloat32("", term=c[7]), c[8], term=-100, low=-128, high=127),
+         INT_TAIL_U8),
+        (int_tail_steps(None, None, c[0], term=-(1 << 31), low=0, high=255), None),
+        (int_tail_steps(None, None, c[0], term=1 << 40, low=0, high=255), None),
+    ]
+    for steps, kind in cases:
+        got_kind = whole_kind(steps, CHANNELS)
+        if kind is not None:
+            assert got_kind == kind, [type(step).__name__ for step in steps]
+        else:
+            assert got_kind not in (X86_U8, INT_TAIL_U8)
+        assert_same(steps, acc, np.uint8)
+        assert_same(steps, acc, np.int8)
+
+
+def test_whole_program_kernels_on_int64_accumulators():
+    """An int64 accumulator (``Epilogue.run`` takes one): f32 of any int64, and the int32
+    bias wrapping modulo 2**32 of the int64 sum."""
+    rng = np.random.default_rng(11)
+    channels = 9
+    acc = np.concatenate([rng.integers(-(1 << 62), 1 << 62, (40, channels)),
+                          rng.integers(-(1 << 33), 1 << 33, (40, channels)),
+                          np.full((2, channels), (1 << 63) - 1),
+                          np.full((2, channels), -(1 << 63))])
+    m = rng.uniform(-1e-8, 1e-8, channels).astype(np.float32)
+    for steps in (x86_steps(m, np.float32(3.0), m, 0.0, np.float32(2.0), np.float32(9.0)),
+                  int_tail_steps(None, rq.FusedMultiplyAdd("", a=m, b=m), m),
+                  int_tail_steps(rng.integers(INT32_MIN, INT32_MAX, channels), None,
+                                 np.float32(1e-3))):
+        epilogue = compile_epilogue(steps, channels, np.uint8)
+        assert epilogue.program[0, 0] in (X86_U8, INT_TAIL_U8)
+        expected = rq.requantize(acc, steps, np.uint8)
+        assert np.array_equal(epilogue.run(acc), expected)
+        COMPARED["elements"] += expected.size
 
 
 def test_coverage_of_the_sweep():

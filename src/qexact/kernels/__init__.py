@@ -18,8 +18,10 @@ A ``Net`` runs its nodes under its ``backend`` (``Net(..., backend=)``, ``qexact
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from contextvars import ContextVar
+from pathlib import Path
 
 from ..errors import UnsupportedError
 
@@ -78,3 +80,29 @@ class using:
 
     def __exit__(self, *exc_info) -> None:
         _ACTIVE.reset(self._token)
+
+
+@functools.cache
+def refresh_compiled_cache(directory: Path | None = None) -> None:
+    """Drop numba's cached machine code of the kernels if any kernel source changed since it was
+    compiled. numba keys a cached function by its own file alone, and the kernels call each
+    other across files (the fused GEMM compiles the epilogue's ``run_block`` in): an edited
+    ``_numba_epilogue.py`` under an unchanged ``_numba_fused.py`` would otherwise run stale code.
+    The sources' sizes and times are stamped beside the cache; a cache that cannot be written
+    (an installed, read-only package) is left to numba. Called by every ``_numba_*`` module;
+    ``directory``: the kernels' (default: this package's)."""
+    directory = directory or Path(__file__).parent
+    cache = directory / "__pycache__"
+    try:
+        stamp = hashlib.sha256("".join(
+            f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns};"
+            for path in sorted(directory.glob("_numba_*.py"))).encode()).hexdigest()
+        stamp_file = cache / "numba-sources.stamp"
+        if stamp_file.is_file() and stamp_file.read_text(encoding="ascii") == stamp:
+            return
+        for path in cache.glob("_numba_*.nb[ic]"):
+            path.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        stamp_file.write_text(stamp, encoding="ascii")
+    except OSError:
+        pass

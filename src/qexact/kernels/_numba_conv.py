@@ -74,7 +74,10 @@ from numba.extending import intrinsic
 from ..engines.base import PAD_ZERO
 from ..errors import ShapeError, UnsupportedError
 from ..ops._window import output_shape
+from . import refresh_compiled_cache
 from ._numba_epilogue import run_block
+
+refresh_compiled_cache()  # before any cached kernel loads (see its docstring)
 
 MAX_DEPTHWISE_TAPS = 16384
 """Largest window (taps) ``depthwise_accumulator`` forms in int32 (the bound above: 26,420)."""

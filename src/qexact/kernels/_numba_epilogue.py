@@ -70,6 +70,24 @@ Exactness, per step (every statement below is about the arithmetic in ``Step.app
   ``apply`` computes (uint8, int8, int32, float32, float64); other dtypes are converted first by
   NumPy with the cast ``apply`` makes. ``AddOperandFloat32``/``MultiplyOperandFloat32`` compute
   in ``np.result_type(float32, operand)`` as above.
+- Whole-program kernels (``_recognise``; the generic program runs everything else). The
+  common conv/linear epilogues with a uint8/int8 output run as one loop per group of rows
+  (``_x86_rows``: x86/oneDNN/inductor ``f32(acc)*m1*m2 [+bias] [max relu] *m3 +zp``, clamp,
+  ``cvtps2dq``, low byte; ``_int_tail_rows``: fbgemm/QNNPACK ``[wrap_int32(acc + bias)]``,
+  ``f32``, ``[fmaf(a, b, v) | v + a]``, ``* m``, ``cvtps2dq``, ``+ zp``, clip, low byte),
+  channels innermost, per-channel constants read from a prefix of the tiled rows (columns
+  repeat every ``channels``), the value in a float32 register. Per element these are the
+  opcodes' operations above in the same order, with three rewrites, each exact:
+  (1) NumPy's ``maximum(v, b)`` for a bound ``b`` that is not NaN (checked at compile time) is
+  ``b >= v ? b : v``: a NaN ``v`` compares false and stays ``v``, a tie (``-0.0`` and
+  ``+0.0``) gives ``b``, otherwise the larger; ``minimum`` likewise with ``<=``.
+  (2) The integer tail in int32 instead of int64: ``q`` (cvtps2dq) is an int32; for int32
+  ``t``, ``low``, ``high``, ``low - t``, ``high - t`` (checked), ``min(max(q + t, low), high)
+  = min(max(q, low - t), high - t) + t`` in exact integers (if ``low > high`` both sides are
+  ``high``), and its value lies in ``[low, high]``, so no int32 operation overflows.
+  (3) ``wrap_int32(acc + k)`` is the int64 sum truncated to its low 32 bits (``np.int32`` of an
+  int64 is LLVM's ``trunc``), which is what the two's-complement formula computes.
+  Stores keep the low byte of the int32, as ``STORE_INT`` does of the int64 (same low bits).
 - NaN payloads: where a single NaN meets a number, x86 returns that NaN quieted in NumPy's loops
   and in LLVM's; two NaNs meeting in one add/multiply (only with a NaN constant) may give either
   payload (LLVM treats those ops as commutative), so such steps' float outputs are compared as
@@ -87,6 +105,9 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from .. import requantize as rq
+from . import refresh_compiled_cache
+
+refresh_compiled_cache()  # before any cached kernel loads (see its docstring)
 
 BLOCK_ELEMENTS = 2048
 """Values per block: a float32 and an int64 buffer of this size (24 KiB) stay in L1 (measured on
@@ -142,6 +163,11 @@ ADD_MUL_F32 = 83      # ADD_F32 a; MUL_F32 b
 CLAMP_F32 = 84        # MAX_F32 a; MIN_F32 b
 ROUND_STORE8 = 85     # ROUND_I32; STORE_INT 1
 CLAMP_ROUND_STORE8 = 86  # MAX_F32 a; MIN_F32 b; ROUND_I32; STORE_INT 1
+# Whole programs recognised by ``_recognise`` (the common conv/linear epilogues), run row by row
+# with the per-channel constants read directly (channels innermost), one loop, float32
+# values in registers; their constant rows are c32 0, 1, ... and s32 0, 1, ... in step order.
+X86_U8 = 90           # see _x86_rows: a = has bias, b = has relu
+INT_TAIL_U8 = 91      # see _int_tail_rows: a = head * 3 + pre, b = term, c/d = low/high - term
 
 _NATIVE_OPERANDS = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int32),
                     np.dtype(np.float32), np.dtype(np.float64))
@@ -238,6 +264,131 @@ def _operand_step(op, fval, rows, channels, first_row, operand, row_stride, col_
                     fval[i] = fval[i] * multiplier + c32[op[5], c]
 
 
+@numba.njit(cache=True, nogil=True)
+def _round_i32(value):
+    """``cvtps2dq``: rint of a float32, INT32_MIN for NaN and out of range (as ROUND_I32)."""
+    r = _rintf(value)
+    fits = (r >= np.float32(-2147483648.0)) & (r < np.float32(2147483648.0))
+    return np.int32(r if fits else np.float32(-2147483648.0))
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_f32(value, bound):
+    """NumPy's ``maximum(value, bound)`` for a bound that is not NaN (``_recognise`` checks):
+    ``(value > bound or value != value) ? value : bound`` is ``bound >= value ? bound : value``
+    (a NaN value compares false: value; a tie: bound), one compare and one select."""
+    return bound if bound >= value else value
+
+
+@numba.njit(cache=True, nogil=True)
+def _min_f32(value, bound):
+    """NumPy's ``minimum(value, bound)`` for a bound that is not NaN, as ``_max_f32``."""
+    return bound if bound <= value else value
+
+
+GROUP_ELEMENTS = 256
+"""Values per inner loop of the whole-program kernels: ``GROUP_ELEMENTS // channels`` rows at
+once (one loop over a prefix of the tiled constants, whose columns repeat every ``channels``),
+so that few channels do not pay the loop's setup (alias checks) per row."""
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_rows(channels, tiled):
+    """Rows per inner loop: about ``GROUP_ELEMENTS`` values, within the tiling's ``tiled``."""
+    return max(1, min(GROUP_ELEMENTS // channels, tiled // channels))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _x86_rows(acc_block, rows, channels, dest, c32, s32, has_bias, has_relu):
+    """``X86_U8`` (x86/oneDNN/inductor conv and linear, quantized output): per element, in the
+    order of the steps, ``v = f32(acc) * m1 * m2 [+ bias] [max(v, relu)] * m3 + zp``, clamp to
+    ``[low, high]`` (NumPy's maximum then minimum), ``cvtps2dq``, low byte. Constants: c32 rows
+    m1, m2, [bias,] m3, zp; s32 [relu,] low, high."""
+    m1 = c32[0]
+    m2 = c32[1]
+    bias = c32[2]
+    m3 = c32[2 + has_bias]
+    zp = c32[3 + has_bias]
+    relu = s32[0]
+    low = s32[has_relu]
+    high = s32[has_relu + 1]
+    group = _group_rows(channels, c32.shape[1])
+    for first in range(0, rows, group):
+        count = min(group, rows - first) * channels
+        acc_rows = acc_block[first * channels:first * channels + count]
+        out_rows = dest[first * channels:first * channels + count]
+        if has_bias and has_relu:
+            for i in range(count):
+                v = ((np.float32(np.float64(acc_rows[i])) * m1[i]) * m2[i]) + bias[i]
+                v = _max_f32(v, relu) * m3[i] + zp[i]
+                q = _round_i32(_min_f32(_max_f32(v, low), high))
+                out_rows[i] = np.uint8(q & 0xFF)
+        elif has_bias:
+            for i in range(count):
+                v = ((np.float32(np.float64(acc_rows[i])) * m1[i]) * m2[i]) + bias[i]
+                v = v * m3[i] + zp[i]
+                q = _round_i32(_min_f32(_max_f32(v, low), high))
+                out_rows[i] = np.uint8(q & 0xFF)
+        elif has_relu:
+            for i in range(count):
+                v = (np.float32(np.float64(acc_rows[i])) * m1[i]) * m2[i]
+                v = _max_f32(v, relu) * m3[i] + zp[i]
+                q = _round_i32(_min_f32(_max_f32(v, low), high))
+                out_rows[i] = np.uint8(q & 0xFF)
+        else:
+            for i in range(count):
+                v = (np.float32(np.float64(acc_rows[i])) * m1[i]) * m2[i]
+                v = v * m3[i] + zp[i]
+                q = _round_i32(_min_f32(_max_f32(v, low), high))
+                out_rows[i] = np.uint8(q & 0xFF)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _int_tail_rows(acc_block, rows, channels, dest, c32, i64, kind, term, low_shifted,
+                   high_shifted):
+    """``INT_TAIL_U8`` (fbgemm, qnnpack, ...): ``v = head(acc)``, ``v = pre(v) * m``,
+    ``q = cvtps2dq(v)``, ``clip(q + term, low, high)``, low byte. head (kind // 3): 0
+    ``f32(acc)``, 1 ``f32(wrap_int32(acc + k))`` (i64 row 0, qnnpack's int32 bias); pre
+    (kind % 3): 0 none, 1 ``fmaf(a, b, v)``, 2 ``v + a``. c32 rows: [a, [b,]] m. The integer
+    tail in int32: ``min(max(q + t, low), high) = min(max(q, low - t), high - t) + t`` (also
+    when low > high: both give high), every term an int32 (checked by ``_recognise``)."""
+    head = kind // 3
+    pre = kind % 3
+    a = c32[0]
+    b = c32[min(1, c32.shape[0] - 1)]  # used only when pre is 1
+    m = c32[0 if pre == 0 else (2 if pre == 1 else 1)]
+    wrap = i64[0]
+    low = np.int32(low_shifted)
+    high = np.int32(high_shifted)
+    shift = np.int32(term)
+    group = _group_rows(channels, c32.shape[1])
+    for first in range(0, rows, group):
+        count = min(group, rows - first) * channels
+        acc_rows = acc_block[first * channels:first * channels + count]
+        out_rows = dest[first * channels:first * channels + count]
+        if head == 1:
+            for i in range(count):
+                v = np.float32(np.float64(np.int32(np.int64(acc_rows[i]) + wrap[i])))
+                if pre == 2:
+                    v = v + a[i]
+                q = min(max(_round_i32(v * m[i]), low), high)
+                out_rows[i] = np.uint8(np.int32(q + shift) & 0xFF)
+        elif pre == 0:
+            for i in range(count):
+                q = min(max(_round_i32(np.float32(np.float64(acc_rows[i])) * m[i]), low), high)
+                out_rows[i] = np.uint8(np.int32(q + shift) & 0xFF)
+        elif pre == 1:
+            for i in range(count):
+                v = _fmaf(a[i], b[i], np.float32(np.float64(acc_rows[i])))
+                q = min(max(_round_i32(v * m[i]), low), high)
+                out_rows[i] = np.uint8(np.int32(q + shift) & 0xFF)
+        else:
+            for i in range(count):
+                v = np.float32(np.float64(acc_rows[i])) + a[i]
+                q = min(max(_round_i32(v * m[i]), low), high)
+                out_rows[i] = np.uint8(np.int32(q + shift) & 0xFF)
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _run_program(acc, out_bytes, program, c32, c64, i64, s32, block_rows,
                  operand0, strides0, operand1, strides1, operand2, strides2):
@@ -266,6 +417,15 @@ def run_block(acc_block, rows, first_row, channels, out_bytes, program, c32, c64
     rows * channels values. Callable from other njit functions (the fused GEMM driver)."""
     n = rows * channels
     start = first_row * channels
+    first = program[0]
+    if first[0] == X86_U8:
+        _x86_rows(acc_block, rows, channels, out_bytes[start:start + n], c32, s32, first[1],
+                  first[2])
+        return
+    if first[0] == INT_TAIL_U8:
+        _int_tail_rows(acc_block, rows, channels, out_bytes[start:start + n], c32, i64,
+                       first[1], first[2], first[3], first[4])
+        return
     for step in range(program.shape[0]):
         op = program[step]
         code = op[0]
@@ -806,6 +966,9 @@ def compile_epilogue(steps, channels: int, out_dtype) -> Epilogue | None:
         builder.emit(*_store(state, out_dtype))
     except _Unsupported:
         return None
+    whole = _recognise(builder.program, builder.s32)
+    if whole is not None:
+        builder.program[:] = [whole]
     _fuse_tail(builder.program)
     new_index = _fuse_pairs(builder.program)
     builder.operand_steps = [(new_index[row], step) for row, step in builder.operand_steps]
@@ -823,6 +986,62 @@ def compile_epilogue(steps, channels: int, out_dtype) -> Epilogue | None:
         i64=tiled(builder.i64, np.int64),
         s32=np.array(builder.s32 or [0.0], dtype=np.float32), block_rows=block_rows,
         operand_steps=tuple(builder.operand_steps))
+
+
+def _fits_int32(*values: int) -> bool:
+    return all(INT32_MIN <= value < (1 << 31) for value in values)
+
+
+def _recognise(program: list[list[int]], scalars: list) -> list[int] | None:
+    """The single ``X86_U8`` or ``INT_TAIL_U8`` row doing what the whole (unfused) ``program``
+    does, or None. Their kernels read constant rows 0, 1, ... in step order, and their clamps
+    take bounds that are not NaN (``scalars``, the s32 values): checked here."""
+    codes = [row[0] for row in program]
+    if any(np.isnan(value) for value in scalars):
+        return None
+    if codes[-1:] != [STORE_INT] or program[-1][1] != 1:
+        return None
+
+    def rows_in_order(ops, field_counts):
+        """The constant indices of ``ops`` (fields 1..count) are 0, 1, 2, ..."""
+        indices = [op[1 + k] for op, count in zip(ops, field_counts) for k in range(count)]
+        return indices == list(range(len(indices)))
+
+    # x86: ToFloat32, Multiply, Multiply, [Add bias], [Clamp(relu, inf)], Multiply, Add,
+    # Clamp(low, high), RoundHalfEvenToInt32 (float32 constants only: no MUL_F64 ...).
+    for has_bias in (1, 0):
+        for has_relu in (1, 0):
+            shape = ([LOAD_FLOAT, MUL_F32, MUL_F32] + [ADD_F32] * has_bias +
+                     [MAX_F32] * has_relu + [MUL_F32, ADD_F32, MAX_F32, MIN_F32, ROUND_I32,
+                                             STORE_INT])
+            if codes != shape:
+                continue
+            floats = [row for row in program if row[0] in (MUL_F32, ADD_F32)]
+            scalars = [row for row in program if row[0] in (MAX_F32, MIN_F32)]
+            if rows_in_order(floats, [1] * len(floats)) and \
+                    rows_in_order(scalars, [1] * len(scalars)):
+                return [X86_U8, has_bias, has_relu, 0, 0, 0]
+            return None
+    # fbgemm, qnnpack: head, [fma | add], Multiply, RoundHalfEvenToInt32, AddInt, ClampInt.
+    if codes[-5:-1] != [MUL_F32, ROUND_I32, ADD_INT, CLAMP_INT]:
+        return None
+    heads = {(LOAD_FLOAT,): 0, (LOAD_INT, ADD_WRAP32, TO_FLOAT): 1}
+    pres = {(): (0, []), (FMA_VALUE_ADDEND,): (1, [2]), (ADD_F32,): (2, [1])}
+    body = codes[:-5]
+    for head_codes, head in heads.items():
+        for pre_codes, (pre, counts) in pres.items():
+            if tuple(body) != head_codes + pre_codes:
+                continue
+            if head == 1 and (pre == 1 or program[1][1] != 0):
+                return None  # only the shapes _int_tail_rows has (and i64 row 0)
+            floats = program[len(head_codes):-4]
+            term = program[-3][1]
+            low, high = program[-2][1], program[-2][2]
+            if not rows_in_order(floats, counts + [1]) or \
+                    not _fits_int32(term, low, high, low - term, high - term):
+                return None
+            return [INT_TAIL_U8, head * 3 + pre, term, low - term, high - term, 0]
+    return None
 
 
 def _fuse_tail(program: list[list[int]]):

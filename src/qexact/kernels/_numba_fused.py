@@ -37,10 +37,13 @@ import numba
 import numpy as np
 
 from ..errors import ShapeError, UnsupportedError
+from . import refresh_compiled_cache
 from ._numba_epilogue import run_block
 from ._numba_gemm import (_GEOMETRY, _TILE_SUM_DEPTH, _VNNI_ROW_QUANTUM, MAX_CENTERED_DEPTH,
                           _check, _chunks, _flat, _row_sums, _thread_pool, _tile_avx2_exact,
                           _tile_avx2_saturate, _tile_vnni, _vnni_wide_rows)
+
+refresh_compiled_cache()  # before any cached kernel loads (see its docstring)
 
 CHUNK_ACC_BYTES = 1 << 18
 """The int32 accumulator of one chunk of rows: 256 KiB at most, in L2 while the epilogue reads it

@@ -99,6 +99,9 @@ from numba.extending import intrinsic
 
 from ..engines.base import cpu_flags
 from ..errors import ShapeError, UnsupportedError
+from . import refresh_compiled_cache
+
+refresh_compiled_cache()  # before any cached kernel loads (see its docstring)
 
 METHODS = ("vnni", "avx2_exact", "avx2_saturate")
 

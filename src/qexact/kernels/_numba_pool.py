@@ -49,6 +49,9 @@ import numpy as np
 
 from ..layout import suggests_channels_last
 from ..ops._window import pooling_output_size
+from . import refresh_compiled_cache
+
+refresh_compiled_cache()  # before any cached kernel loads (see its docstring)
 
 _JIT = dict(cache=True, nogil=True)
 _DTYPES = (np.dtype(np.uint8), np.dtype(np.int8))

@@ -48,7 +48,10 @@ import numpy as np
 
 from ..requantize import (AddInt32, ClampInt, MinFloat32, MultiplyAddFloat32, MultiplyFloat32,
                           RoundHalfEvenToInt32, ToFloat32)
+from . import refresh_compiled_cache
 from ._numba_epilogue import _fmaf, _rintf
+
+refresh_compiled_cache()  # before any cached kernel loads (see its docstring)
 
 _JIT = dict(cache=True, nogil=True)
 _OUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8))
