@@ -30,7 +30,8 @@ from typing import Callable
 import numpy as np
 
 from ..accumulate import (as_int32_if_it_fits, centered_bound,
-                          depthwise_pair_saturation_correction, exact_depthwise,
+                          depthwise_pair_saturation_correction, exact_block_starts,
+                          exact_depthwise,
                           exact_grouped_matmul, pair_positions, pair_saturation_correction,
                           saturating_weight_pairs, weight_pairs_of)
 from ..dtypes import QINT8
@@ -91,6 +92,9 @@ class ConvParams(QuantizedLayerAccessors):
     pair_positions: np.ndarray | None
     weight_pairs: np.ndarray | None
     risky_pairs: np.ndarray | None
+    exact_blocks: tuple[int, ...] | None
+    """Where the NumPy path cuts K so that each float32 BLAS product is exact (as
+    ``LinearParams.exact_blocks``, over every group's weights)."""
     undefined_input: Callable[[tuple[int, ...]], str] | None = None
     """Why PyTorch's output is undefined for an input of a spatial size (``ConvKernel``)."""
     inexact: str = ""
@@ -226,6 +230,7 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
         positions = pair_positions(depth, starts)
         weight_pairs = np.stack([weight_pairs_of(rows[g], positions) for g in range(groups)])
         risky = np.stack([saturating_weight_pairs(pairs) for pairs in weight_pairs])
+    weight_centered_t = np.ascontiguousarray(np.swapaxes(centered, 1, 2).astype(np.float32))
     return ConvParams(
         weight=weight, weight_qparams=weight_qparams, float_bias=bias, input_qparams=input_qparams,
         output_qparams=output_qparams, stride=stride, padding=padding, dilation=dilation,
@@ -233,8 +238,10 @@ def prepare_conv(weight, weight_qparams: QParams, bias, input_qparams: QParams,
         kernel=conv_kernel.name, bias=epilogue.bias, bias_mode=epilogue.bias_mode,
         multiplier=epilogue.multiplier, requantization=epilogue.steps, pair_saturation=saturates,
         pairs_per_tap=conv_kernel.pairs_per_tap, padded_tap=conv_kernel.padded_tap,
-        weight_centered_t=np.ascontiguousarray(np.swapaxes(centered, 1, 2).astype(np.float32)),
+        weight_centered_t=weight_centered_t,
         pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
+        exact_blocks=exact_block_starts(weight_centered_t, centered_bound(
+            input_qparams.dtype.numpy_dtype, int(input_qparams.zero_point))),
         inexact=numerics.inexact, residual_qparams=residual_qparams,
         undefined_input=None if conv_kernel.undefined_input is None else
         (lambda spatial: conv_kernel.undefined_input(geometry, as_2d(tuple(spatial), 1))),
@@ -287,7 +294,8 @@ def conv_accumulator(values: np.ndarray, params: ConvParams) -> np.ndarray:
         return acc
     columns = im2col_centered(padded_values, params.kernel_size, params.stride, padding,
                               params.dilation, z_x, z_x, params.groups)    # (G, M, K) float32
-    acc = exact_grouped_matmul(columns, params.weight_centered_t, input_bound)
+    acc = exact_grouped_matmul(columns, params.weight_centered_t, input_bound,
+                               params.exact_blocks)
     if params.pair_saturation:
         acc = acc.astype(np.int64)
         raw = conv_columns(values, params, raw_pad)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..accumulate import (as_int32_if_it_fits, cached_block_starts, centered_bound,
+from ..accumulate import (as_int32_if_it_fits, centered_bound, exact_block_starts,
                           exact_grouped_matmul, pair_positions, pair_saturation_correction,
                           saturating_weight_pairs, weight_pairs_of)
 from ..dtypes import QINT8
@@ -76,6 +76,10 @@ class LinearParams(QuantizedLayerAccessors):
     pair_positions: np.ndarray | None
     weight_pairs: np.ndarray | None
     risky_pairs: np.ndarray | None
+    exact_blocks: tuple[int, ...] | None
+    """Where the NumPy path cuts K so that each float32 BLAS product is exact
+    (``accumulate.exact_block_starts`` for these weights and the input's range; None: the
+    int32 bound does not hold and ``exact_matmul``'s int64 sum runs)."""
     inexact: str = ""
     """Why this layer's outputs are not bit-exact on its engine (empty: they are)."""
     float_residual: bool = False
@@ -176,14 +180,17 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
         positions = pair_positions(weight.shape[1], numerics.pair_block_starts(weight.shape[1]))
         weight_pairs = weight_pairs_of(weight, positions)
         risky = saturating_weight_pairs(weight_pairs)
+    weight_centered_t = np.ascontiguousarray(centered.T.astype(np.float32))
     return LinearParams(
         weight=weight, weight_qparams=weight_qparams, float_bias=bias,
         input_qparams=input_qparams, output_qparams=output_qparams, relu=relu,
         engine=engine.name, isa=engine.isa, kernel=numerics.name,
         bias=epilogue.bias, bias_mode=epilogue.bias_mode, multiplier=epilogue.multiplier,
         requantization=steps, pair_saturation=saturates,
-        weight_centered_t=np.ascontiguousarray(centered.T.astype(np.float32)),
+        weight_centered_t=weight_centered_t,
         pair_positions=positions, weight_pairs=weight_pairs, risky_pairs=risky,
+        exact_blocks=exact_block_starts(weight_centered_t, centered_bound(
+            input_qparams.dtype.numpy_dtype, int(input_qparams.zero_point))),
         inexact=inexact, float_residual=bool(float_residual), eltwise=eltwise,
         not_run_for=numerics.not_run_for,
     )
@@ -200,7 +207,7 @@ def linear_accumulator(x_values: np.ndarray, params: LinearParams) -> np.ndarray
     input_bound = centered_bound(x_values.dtype, z_x)
     x_centered = np.subtract(x_values, np.float32(z_x), dtype=np.float32)
     acc = exact_grouped_matmul(x_centered[None], params.weight_centered_t[None], input_bound,
-                               cached_block_starts(params.weight_centered_t, input_bound))
+                               params.exact_blocks)
     if params.pair_saturation:
         acc = acc.astype(np.int64)
         acc += pair_saturation_correction(x_values, params.weight_pairs, params.risky_pairs,
