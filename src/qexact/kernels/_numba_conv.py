@@ -545,10 +545,7 @@ def accumulator_for(values: np.ndarray, params) -> np.ndarray | None:
     per ``params``; applies a non-zeros ``padding_mode`` as ``ConvParams.padded`` does."""
     if not is_depthwise_params(params):
         return None
-    packed = _PACKED.get(params)
-    if packed is None:
-        packed = depthwise_weights(params.weight, params.weight_qparams.zero_point)
-        _PACKED[params] = packed
+    packed = _packed_for(params)
     values, padding = params.padded(values)
     # pairs_per_tap with one channel per group: single-product pairs, which never saturate
     saturate = bool(params.pair_saturation) and not params.pairs_per_tap
@@ -814,6 +811,7 @@ def depthwise_requantize(values: np.ndarray, params, epilogue, operands=None,
 
 
 def _packed_for(params) -> DepthwiseWeights:
+    """The layer's weights packed for the depthwise kernels, once per ``params``."""
     packed = _PACKED.get(params)
     if packed is None:
         packed = depthwise_weights(params.weight, params.weight_qparams.zero_point)

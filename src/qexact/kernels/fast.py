@@ -274,8 +274,6 @@ def conv_output(values: np.ndarray, params, steps: tuple) -> np.ndarray | None:
     if plan.depthwise:
         from ._numba_conv import depthwise_requantize
 
-        if values.dtype != np.uint8:
-            return None
         return depthwise_requantize(values, params, plan.epilogue, _operands(steps))
     if params.groups > 1:
         acc = conv_accumulator(values, params)
