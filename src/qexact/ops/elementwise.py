@@ -98,21 +98,21 @@ def binary(a: QuantizedArray, b: QuantizedArray, p: BinaryParams) -> QuantizedAr
     qb = np.broadcast_to(b.values, out_shape)
     tables = not observing() and _tabulable(qa, qb)
     dtype = p.output_qparams.dtype
-    if tables and all(_value_functions(path) for path in kernel.paths):
+    path_tables = [_path_table(path, qa.dtype, qb.dtype, dtype.numpy_dtype)
+                   if tables and _value_functions(path) else None for path in kernel.paths]
+    if all(table is not None for table in path_tables):
         # every path gives the same table: which path computes an element does not matter
-        path_tables = [_path_table(path, qa.dtype, qb.dtype) for path in kernel.paths]
         output = kernel.layout(out_shape, a.values, b.values)
         if output is not None and all(np.array_equal(path_tables[0], table)
                                       for table in path_tables[1:]):
-            table = path_tables[0].astype(dtype.numpy_dtype)
-            return QuantizedArray(output(table[_pair_index(qa, qb)]), p.output_qparams)
+            return QuantizedArray(output(path_tables[0][_pair_index(qa, qb)]), p.output_qparams)
     masks, output = kernel.split(out_shape, a.values, b.values)
     out = np.empty(out_shape, np.int64)
-    for path, where in zip(kernel.paths, masks):
+    for path, where, table in zip(kernel.paths, masks, path_tables):
         if not where.any():
             continue
-        if tables and _value_functions(path):
-            out[where] = _path_table(path, qa.dtype, qb.dtype)[_pair_index(qa[where], qb[where])]
+        if table is not None:
+            out[where] = table[_pair_index(qa[where], qb[where])]
             continue
         record(f"{p.op}: path", "which code path of the kernel computes this element", None,
                where=where, kernel=kernel.name, path=path.name)
@@ -155,14 +155,14 @@ def _all_codes(dtype) -> np.ndarray:
     return np.arange(limits.min, limits.max + 1, dtype=np.int64)
 
 
-def _path_table(path, a_dtype, b_dtype) -> np.ndarray:
+def _path_table(path, a_dtype, b_dtype, out_dtype) -> np.ndarray:
     """The path's output for every pair of codes, flat over ``_pair_index``: the same steps on
     the same values (every step is elementwise and a function of the value, ``_value_functions``;
     NumPy's float32 operations and ``fma_float32`` give each element the same result wherever
     it sits), so ``table[index(q_a, q_b)]`` is what the steps give for ``(q_a, q_b)``."""
     # A kernel (and its paths) is built per call: the key is what the path computes.
     key = (_fingerprint((path.a_steps, path.b_steps, path.combine, path.output_steps)),
-           np.dtype(a_dtype).str, np.dtype(b_dtype).str)
+           np.dtype(a_dtype).str, np.dtype(b_dtype).str, np.dtype(out_dtype).str)
     cached = _TABLES.get(key)
     if cached is not None:
         return cached
@@ -173,7 +173,7 @@ def _path_table(path, a_dtype, b_dtype) -> np.ndarray:
     db = apply_steps(qb, path.b_steps)
     with np.errstate(over="ignore", invalid="ignore"):
         combined = path.combine.apply(da, db)
-    table = np.asarray(apply_steps(combined, path.output_steps), dtype=np.int64)
+    table = np.asarray(apply_steps(combined, path.output_steps)).astype(out_dtype)  # in range
     if len(_TABLES) > 64:
         _TABLES.clear()
     _TABLES[key] = table
