@@ -363,6 +363,49 @@ def test_model_from_a_python_factory(tmp_path):
     assert missing.returncode == 2 and "no function 'nothing'" in missing.stderr
 
 
+@pytest.mark.torch
+def test_to_json_is_text_and_to_dict_its_document(saved, tmp_path):
+    """Every result that reports: ``to_json()`` is JSON text (what ``--json`` prints),
+    ``to_dict()`` the same document as Python values."""
+    from qexact.compare import compare_engines
+    from qexact.export.c import export_c
+    from qexact.export.golden import check_golden, export_golden
+    from qexact.export.integer import certify
+    from qexact.summary import inspect_net
+
+    directory, net, x = saved
+    golden = tmp_path / "golden"
+    export_golden(net, x[None, :2], golden)
+    results = [qexact.diagnose(net, x, forum_formula(net, x)), net.explain(x),
+               *inspect_net(net, (x,)), net.run_quantized(x).qparams,
+               compare_engines(net.graph, ("qnnpack", "x86"), (x,)), *certify(net),
+               check_golden(golden), export_c(net, tmp_path / "c", (x[:1],))]
+    for item in results:
+        text = item.to_json()
+        assert isinstance(text, str) and json.loads(text) == item.to_dict(), type(item)
+        assert json.loads(item.to_json(indent=1)) == item.to_dict()
+
+
+@pytest.mark.torch
+def test_conformance_keeps_torch_prints_off_the_terminal_and_says_why_it_refused():
+    """QNNPACK refuses a 1x1 pooling window and prints "Error in QNNPACK: ..." on stderr: the
+    sweep's terminal stays clean (torch runs in a child whose stderr goes to a file), and the
+    refusal in the report carries what QNNPACK printed."""
+    result = qexact_cli("conformance", "--ops", "pool2d", "--engines", "qnnpack", "--cases",
+                        "60", "--report", "", "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "QNNPACK" not in result.stderr
+    refused = [item for row in json.loads(result.stdout)["results"]
+               for item in row["torch_refused"]]
+    assert refused and all("1x1 pooling is meaningless" in item["message"] for item in refused)
+
+
+def test_layers_is_an_alias_of_inspect():
+    listing = qexact_cli("--help").stdout
+    assert "inspect (layers)" in listing and "\n    layers " not in listing
+    assert qexact_cli("layers", "--help").stdout == qexact_cli("inspect", "--help").stdout
+
+
 # --- Exit codes: 0 the same, 1 a difference, 2 an error, for every command ----------------------
 
 

@@ -215,7 +215,7 @@ def test_forum_scenario(engine):
     assert outside.any()
     assert {tuple(index) for index in np.argwhere(outside)} <= set(saturation.explained)
 
-    document = diagnosis.to_json()
+    document = diagnosis.to_dict()
     assert document["schema"] == "qexact-diagnosis" and document["schema_version"] == 1
     assert json.loads(diagnosis.render("json")) == json.loads(json.dumps(document))
     assert document["findings"][0]["id"] == "missing_output_requantization"

@@ -3,7 +3,7 @@
 - For the test models (forum, multilayer with 3-D input, ReLU, flatten/view, no-bias, per-tensor)
   and every engine, random elements of every node: the last stage's ``result`` is the node's
   output element; for Linear stages the dot product equals an int64 recomputation and every
-  requantization step, applied to the previous stage's result, gives the next; ``to_json()``
+  requantization step, applied to the previous stage's result, gives the next; ``to_dict()``
   validates against ``EXPLAIN_SCHEMA``.
 - A hand-made Linear (2x3) graph: the text rendering's key lines, 80 columns; markdown is a table.
 - Errors: a bad index is a ``ShapeError``; an unknown layer a ``QexactError`` naming the nodes.
@@ -138,7 +138,7 @@ def explain_and_check(net: Net, x, name: str, index) -> None:
         check_linear_chain(net, values, reached[0], explanation.stages, reached[1])
     for stage in explanation.stages:
         assert stage.node in values and stage.op == net.prepared_node(stage.node).node.op
-    document = explanation.to_json()
+    document = explanation.to_dict()
     jsonschema.validate(document, EXPLAIN_SCHEMA)
     assert json.loads(json.dumps(document, allow_nan=False)) == document
     assert json.loads(explanation.render("json")) == document
@@ -320,7 +320,7 @@ def test_tiny_linear_markdown_is_a_table(engine):
 def test_tiny_linear_json_and_formats():
     net = Net(tiny_graph(bias=False), "qnnpack")
     explanation = net.explain(TINY_X, layer="fc", index=(1, 0))
-    document = explanation.to_json()
+    document = explanation.to_dict()
     jsonschema.validate(document, EXPLAIN_SCHEMA)
     assert document["schema"] == "qexact-explain" and document["schema_version"] == 1
     assert document["layer"] == "fc" and document["op"] == "linear"
@@ -338,7 +338,7 @@ def test_non_finite_floats_are_strings_in_json():
     net = Net(tiny_graph(), "fbgemm", "avx2")
     x = np.float32([[np.nan, np.inf, -np.inf]])
     explanation = net.explain(x, layer="fc", index=(0, 0))      # quantize stages of a whole row
-    document = explanation.to_json()
+    document = explanation.to_dict()
     jsonschema.validate(document, EXPLAIN_SCHEMA)
     json.dumps(document, allow_nan=False)
     stages = {stage["name"]: stage for stage in document["stages"]}
@@ -352,7 +352,7 @@ def test_json_of_a_quantize_element(engine):
     net = Net(tiny_graph(), engine, "avx2")
     explanation = net.explain(TINY_X, layer="quant", index=(0, 2))
     assert explanation.stages[-1].result == 17
-    document = explanation.to_json()
+    document = explanation.to_dict()
     jsonschema.validate(document, EXPLAIN_SCHEMA)
     stages = {stage["name"]: stage for stage in document["stages"]}
     assert stages[QUANTIZE_STAGES[2]]["result"] == 17.0                 # fmaf(3.5, 2, 10)
@@ -407,13 +407,13 @@ def test_outputs_an_allowed_inexact_kernel_reaches_are_marked():
     marked = net.explain(inputs, layer=first)
     assert list(marked.inexact) == ["rnn"] and "vsTanh" in marked.inexact["rnn"]
     assert "NOT BIT-EXACT: depends on 'rnn'" in marked.render("text")
-    document = marked.to_json()
+    document = marked.to_dict()
     jsonschema.validate(document, EXPLAIN_SCHEMA)
     assert document["exact"] is False
-    assert net.explain(inputs, layer=second).to_json()["exact"] is True
+    assert net.explain(inputs, layer=second).to_dict()["exact"] is True
     reports = {report.name: report for report in inspect_net(net, inputs)}
     assert reports["rnn"].inexact and reports[first].reached_by == ("rnn",)
-    assert reports[second].reached_by == () and reports[second].to_json()["exact"]
+    assert reports[second].reached_by == () and reports[second].to_dict()["exact"]
 
 
 @pytest.mark.torch

@@ -119,7 +119,7 @@ def test_fields_round_trip(scale, data, dtype):
     q = QParams.per_tensor(scale, zp, dtype)
     attrs, arrays = qparams_to_fields(q, "out")
     assert arrays == {} and qparams_from_fields(attrs, arrays, "out") == q
-    assert q.to_json() == {"dtype": dtype.name, "scale": scale, "zero_point": zp}
+    assert q.to_dict() == {"dtype": dtype.name, "scale": scale, "zero_point": zp}
     channels = data.draw(st.integers(1, 8))
     scales = data.draw(st.lists(st.floats(1e-30, 1e30), min_size=channels, max_size=channels))
     zps = data.draw(st.lists(st.integers(dtype.qmin, dtype.qmax), min_size=channels,
@@ -127,7 +127,7 @@ def test_fields_round_trip(scale, data, dtype):
     pc = QParams.per_channel(scales, zps, 2, dtype)
     attrs, arrays = qparams_to_fields(pc, "w")
     assert qparams_from_fields(attrs, arrays, "w") == pc
-    assert pc.to_json()["scale"] == scales and pc.to_json()["zero_point"] == zps
+    assert pc.to_dict()["scale"] == scales and pc.to_dict()["zero_point"] == zps
 
 
 def test_describe():

@@ -167,7 +167,7 @@ def command_inspect(arguments) -> int:
     reports = inspect_net(net, inputs)
     if arguments.json:
         print(json.dumps({"engine": net.engine.name, "isa": net.engine.isa,
-                          "layers": [report.to_json() for report in reports]}))
+                          "layers": [report.to_dict() for report in reports]}))
         return 0
     print(f"engine {net.engine.name}, isa {net.engine.isa}, aten {net.engine.aten_capability}")
     inexact = [report for report in reports if report.inexact]
@@ -246,7 +246,7 @@ def command_compare(arguments) -> int:
     net = _load_model(arguments.model, engines[0], arguments.isa, arguments.backend)
     comparison = compare_engines(net.graph, engines, tuple(_load_inputs(arguments.input)),
                                  arguments.isa)
-    print(json.dumps(comparison.to_json()) if arguments.json else render_comparison(comparison))
+    print(comparison.to_json() if arguments.json else render_comparison(comparison))
     return 0 if comparison.identical else 1
 
 
@@ -376,7 +376,7 @@ def command_export_c(arguments) -> int:
         if arguments.integer_only else False
     written = export_c(net, arguments.out, _example_inputs(arguments, net),
                        integer_only=integer_only)
-    print(json.dumps(written.to_json()) if arguments.json else written.summary())
+    print(written.to_json() if arguments.json else written.summary())
     return 0
 
 
@@ -398,7 +398,7 @@ def command_certify(arguments) -> int:
     if arguments.input:
         values = net.run_values(*_load_inputs(arguments.input))
     certificates = certify(net, values)
-    print(json.dumps([item.to_json() for item in certificates]) if arguments.json else
+    print(json.dumps([item.to_dict() for item in certificates]) if arguments.json else
           render_certificates(certificates))
     return 0
 
@@ -442,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(handler=command_demo)
 
-    def model_command(name, help_text, handler, parent=commands):
-        command = parent.add_parser(name, help=help_text)
+    def model_command(name, help_text, handler, parent=commands, aliases=()):
+        command = parent.add_parser(name, help=help_text, aliases=list(aliases))
         command.add_argument("model", help="a model saved with qexact.save, a TorchScript file "
                              "(torch.jit.save; needs torch), or FILE.py:FACTORY (a function "
                              "returning a quantized model, or (model, example_inputs); needs "
@@ -461,13 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", action="append", required=True, help="float32 .npy (repeatable)")
     run.add_argument("--out", help="write the output to this .npy file")
     run.add_argument("--quantized", action="store_true", help="output the integers")
-    for name in ("inspect", "layers"):
-        inspect = model_command(name, "per-layer table: op, kernel PyTorch uses, shapes, "
-                                "qparams, multipliers, int16 saturation" + (
-                                    " (the same as inspect)" if name == "layers" else ""),
-                                command_inspect)
-        inspect.add_argument("--input", action="append",
-                             help="float32 .npy inputs: adds shapes and observed saturation")
+    inspect = model_command("inspect", "per-layer table: op, kernel PyTorch uses, shapes, "
+                            "qparams, multipliers, int16 saturation", command_inspect,
+                            aliases=["layers"])
+    inspect.add_argument("--input", action="append",
+                         help="float32 .npy inputs: adds shapes and observed saturation")
 
     compare = model_command("compare", "where two engines (deployments) of one model differ, "
                             "element by element, and why", command_compare)
@@ -566,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     conformance.set_defaults(handler=command_conformance)
 
     info = commands.add_parser("info", help="engines, ISAs, and what this CPU runs")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(handler=command_info)
     return parser
 

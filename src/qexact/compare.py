@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .graph import Graph, Net, Ref
+from .jsonable import JsonDocument
 from .qparams import QuantizedArray
 from .stages import Stage
 
 
 @dataclass(frozen=True)
-class NodeDifference:
+class NodeDifference(JsonDocument):
     """How one node's output differs between the two engines."""
 
     name: str
@@ -45,7 +46,7 @@ class NodeDifference:
     """Why, in one sentence: the bias handling where it differs, and each engine's value just
     before its rounding step for the first differing element."""
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"name": self.name, "op": self.op, "elements": self.elements,
                 "differing": self.differing, "max_steps": self.max_steps, "cause": self.cause,
                 "first_index": None if self.first_index is None else list(self.first_index),
@@ -56,7 +57,7 @@ class NodeDifference:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(JsonDocument):
     engines: tuple[str, str]
     isa: str
     outputs_differing: int
@@ -72,11 +73,11 @@ class Comparison:
     def diverging(self) -> list[NodeDifference]:
         return [node for node in self.nodes if node.cause == "diverges"]
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"engines": list(self.engines), "isa": self.isa, "identical": self.identical,
                 "outputs_differing": self.outputs_differing,
                 "outputs_elements": self.outputs_elements,
-                "nodes": [node.to_json() for node in self.nodes]}
+                "nodes": [node.to_dict() for node in self.nodes]}
 
 
 def compare_engines(graph: Graph, engines: tuple[str, str], inputs: tuple,

@@ -29,7 +29,6 @@ then catalog order.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -39,6 +38,7 @@ from .accumulate import saturating_weight_pairs, weight_pairs_of
 from .engines import AVX2, AVX512_VNNI, ENGINES, LayerQuantization, engine_names, get_engine
 from .errors import QexactError, ShapeError
 from .graph import Net, PreparedNode, Ref
+from .jsonable import JsonDocument
 from .ops.linear import LinearParams, linear, prepare_linear
 from .qparams import QParams, QuantizedArray
 from . import diagnose_activation, diagnose_conv, diagnose_elementwise  # noqa: F401
@@ -344,7 +344,7 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class Diagnosis:
+class Diagnosis(JsonDocument):
     layer: str
     engine: str
     isa: str
@@ -387,7 +387,7 @@ class Diagnosis:
                 + (" (all of them)." if not self.residual else
                    f"; {len(self.residual)} remain unexplained."))
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         def finding(item: Finding | None):
             if item is None:
                 return None
@@ -412,7 +412,7 @@ class Diagnosis:
         from .report import render_diagnosis_markdown, render_diagnosis_text
 
         if format == "json":
-            return json.dumps(self.to_json(), indent=1)
+            return self.to_json(indent=1)
         if format == "markdown":
             return render_diagnosis_markdown(self)
         return render_diagnosis_text(self)

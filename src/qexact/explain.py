@@ -12,7 +12,6 @@ JSON schema: ``EXPLAIN_SCHEMA`` (``docs/explain.md``), versioned by ``"schema_ve
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import QexactError, ShapeError
+from .jsonable import JsonDocument
 from .stages import Stage
 
 SCHEMA_NAME = "qexact-explain"
@@ -30,7 +30,7 @@ SHOWN_TERMS = 8
 
 
 @dataclass(frozen=True)
-class Explanation:
+class Explanation(JsonDocument):
     layer: str
     op: str
     engine: str
@@ -42,7 +42,7 @@ class Explanation:
     """The layers run with a float kernel qexact does not reproduce (``allow_inexact``) whose
     outputs reach this value: name -> why. Empty: the value is PyTorch's, bit for bit."""
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "layer": self.layer,
                 "op": self.op, "engine": self.engine, "isa": self.isa, "index": list(self.index),
                 "output": _jsonable(self.output),
@@ -57,7 +57,7 @@ class Explanation:
         if format == "markdown":
             return render_markdown(self)
         if format == "json":
-            return json.dumps(self.to_json(), indent=1)
+            return self.to_json(indent=1)
         raise QexactError(f"unknown format {format!r}; formats: text, markdown, json")
 
     def __str__(self) -> str:

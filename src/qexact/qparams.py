@@ -14,10 +14,11 @@ import numpy as np
 
 from .dtypes import QDType
 from .errors import QuantParamError, ShapeError
+from .jsonable import JsonDocument
 
 
 @dataclass(frozen=True, eq=False)
-class QParams:
+class QParams(JsonDocument):
     """Per-tensor (``axis is None``) or per-channel quantization parameters.
 
     Per-tensor: ``scale`` is a float, ``zero_point`` an int. Per-channel: both are 1-D arrays
@@ -70,7 +71,7 @@ class QParams:
             return f"{self.dtype.name} per-channel(axis={self.axis}, {len(self.scale)} channels)"
         return f"{self.dtype.name} scale={self.scale!r} zero_point={self.zero_point}"
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         if self.is_per_channel:
             return {"dtype": self.dtype.name, "axis": self.axis,
                     "scale": [float(s) for s in self.scale],

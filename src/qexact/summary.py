@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .graph import Net, Ref
+from .jsonable import JsonDocument
 from .qparams import QParams, QuantizedArray
 
 
 @dataclass(frozen=True)
-class LayerReport:
+class LayerReport(JsonDocument):
     name: str
     op: str
     kernel: str = ""
@@ -32,7 +33,7 @@ class LayerReport:
     details: dict = field(default_factory=dict)
     reached_by: tuple[str, ...] = ()  # earlier inexact layers whose outputs reach this one
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"name": self.name, "op": self.op, "kernel": self.kernel,
                 "input_shape": None if self.input_shape is None else list(self.input_shape),
                 "output_shape": None if self.output_shape is None else list(self.output_shape),

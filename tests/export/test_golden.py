@@ -205,7 +205,7 @@ def test_theirs_names_the_first_differing_layer_and_element(golden_dirs, tmp_pat
     assert first.first[:3] == ("output", 1, (1, 3, 2, 5)) and first.differing["output"] == 1
     text = report.render()
     assert f"first difference: layer {layer!r}" in text and "element [1, 3, 2, 5]" in text
-    assert report.to_json()["first_difference"]["layer"] == layer
+    assert report.to_dict()["first_difference"]["layer"] == layer
 
 
 def test_theirs_equal_and_floats(golden_dirs, tmp_path):

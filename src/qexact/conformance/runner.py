@@ -24,6 +24,7 @@ import numpy as np
 
 from ..engines import detect_aten_capability, detect_isa, engine_names, get_engine
 from ..errors import QexactError, UnsupportedError
+from ..jsonable import JsonDocument
 from . import recording
 from .family import FAMILIES, Case, Family, compare_outputs, load_families
 
@@ -64,7 +65,7 @@ class CellResult:
 
 
 @dataclass
-class ConformanceReport:
+class ConformanceReport(JsonDocument):
     mode: str
     """``live``, ``record`` or ``replay``."""
     torch_version: str
@@ -158,8 +159,11 @@ class ConformanceReport:
         lines += ["", f"Total mismatches: {self.mismatches}."]
         return "\n".join(lines) + "\n"
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self) | {"mismatches": self.mismatches}, indent=1,
+    def to_dict(self) -> dict:
+        return json.loads(self.to_json())
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(asdict(self) | {"mismatches": self.mismatches}, indent=indent,
                           default=recording._json_default)
 
 

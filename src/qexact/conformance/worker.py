@@ -123,6 +123,7 @@ class TorchWorker:
             self.start()
         module = sys.modules.get(family.run_torch.__module__)
         source = (family.run_torch.__module__, getattr(module, "__file__", None))
+        printed_from = self.stderr.seek(0, os.SEEK_END)
         try:
             self._send(("run", family.name, source, TORCH_ENGINE_OF.get(engine, engine),
                         case.params, case.arrays))
@@ -135,7 +136,9 @@ class TorchWorker:
         kind, payload = reply
         if kind == "ok" or kind == "nondeterministic":
             return TorchOutcome(kind, outputs=payload)
-        return TorchOutcome(kind, message=payload)
+        printed = self._errors_printed_since(printed_from)
+        return TorchOutcome(kind, message=f"{payload} (torch printed: {printed})" if printed
+                            else payload)
 
     def close(self) -> None:
         if self.process is None:
@@ -177,6 +180,13 @@ class TorchWorker:
             chunks.append(chunk)
             size -= len(chunk)
         return b"".join(chunks)
+
+    def _errors_printed_since(self, position: int) -> str:
+        """The error lines the child wrote to its stderr since ``position`` (QNNPACK logs why it
+        refuses an operator there, e.g. "1x1 pooling is meaningless", and raises without it)."""
+        self.stderr.seek(position)
+        text = self.stderr.read().decode("utf-8", "replace")
+        return " ".join(line.strip() for line in text.splitlines() if "error" in line.lower())
 
     def _death(self) -> tuple[str, str]:
         """How the child ended and the tail of its stderr; forgets the child."""

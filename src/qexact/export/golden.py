@@ -41,6 +41,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import FormatError, QexactError, ShapeError
 from ..graph import Net, Ref
+from ..jsonable import JsonDocument
 from ..qparams import QParams, QuantizedArray
 from ..serialization import load, read_safetensors, save, write_safetensors
 from ..trace import tap
@@ -206,11 +207,11 @@ def _manifest(net: Net, cases: list, tensors: dict[str, np.ndarray]) -> dict:
                  "inputs": [_input_key(ref, net) for ref in node.inputs],
                  "attrs": node.attrs,
                  "output_qparams": None if item.output_qparams is None
-                 else item.output_qparams.to_json(),
+                 else item.output_qparams.to_dict(),
                  "arrays": sorted(key for key in tensors if key.startswith(prefix))}
         if hasattr(params, "requantization"):
             if getattr(params, "input_qparams", None) is not None:
-                entry["input_qparams"] = params.input_qparams.to_json()
+                entry["input_qparams"] = params.input_qparams.to_dict()
             mode = getattr(params, "bias_mode", None)
             entry["bias_mode"] = "float32" if mode is None else getattr(mode, "value", str(mode))
             entry["pair_saturation"] = bool(getattr(params, "pair_saturation", False))
@@ -372,7 +373,7 @@ class LayerCheck:
 
 
 @dataclass(frozen=True)
-class CheckReport:
+class CheckReport(JsonDocument):
     """``check_golden``'s result: every node's comparison in execution order, the first differing
     layer (and its diagnosis, where a diagnosis applies)."""
 
@@ -394,7 +395,7 @@ class CheckReport:
     def equal(self) -> bool:
         return self.first_difference is None and any(not layer.missing for layer in self.layers)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         first = self.first_difference
         return {"schema": "qexact-check", "schema_version": 1, "directory": self.directory,
                 "against": self.against, "engine": self.engine, "isa": self.isa,
@@ -403,12 +404,12 @@ class CheckReport:
                 "layers": [{"name": layer.name, "op": layer.op, "missing": layer.missing,
                             "compared": layer.compared, "differing": layer.differing,
                             "equal": layer.equal} for layer in self.layers],
-                "diagnosis": None if self.diagnosis is None else self.diagnosis.to_json(),
+                "diagnosis": None if self.diagnosis is None else self.diagnosis.to_dict(),
                 "notes": list(self.notes)}
 
     def render(self, format: str = "text") -> str:
         if format == "json":
-            return json.dumps(self.to_json(), indent=1)
+            return self.to_json(indent=1)
         lines = [f"check {self.directory} against {self.against} (engine {self.engine}, isa "
                  f"{self.isa}, {self.cases} call(s))"]
         for layer in self.layers:

@@ -75,6 +75,7 @@ import numpy as np
 
 from .. import requantize as rq
 from ..errors import UnsupportedError
+from ..jsonable import JsonDocument
 from ._integer_range import accumulator_range
 from ._integer_steps import OPERAND_STEPS, TABLE, constant_refusal, domain_refusal
 
@@ -132,7 +133,7 @@ class IntegerRequantization:
 
 
 @dataclass(frozen=True)
-class LayerCertificate:
+class LayerCertificate(JsonDocument):
     """One GEMM layer's certificate: how many channels are exact over their whole range
     [acc_low, acc_high] (min/max over the channels). A layer that has no integer
     requantization at all (a float32 output) has ``requantization`` None, the reason in
@@ -179,7 +180,7 @@ class LayerCertificate:
             return f"exact with the threshold table (the closest multiplier: {closest})"
         return f"closest: {closest}"
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"name": self.name, "op": self.op, "engine": self.engine, "isa": self.isa,
                 "certified_channels": self.certified, "channels": self.channels,
                 "acc_low": self.acc_low, "acc_high": self.acc_high, "exact": self.exact,

@@ -14,13 +14,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...jsonable import JsonDocument
 from ._model import build_model
 
 RESOURCES = Path(__file__).parent
 
 
 @dataclass(frozen=True)
-class CExport:
+class CExport(JsonDocument):
     """What ``export_c`` wrote: paths, the byte sizes of ``model.c``/``model.h``, per-layer notes
     (layer name -> how it is computed), and the integer-only layers whose certificate is not
     exact (name -> worst case)."""
@@ -37,7 +38,7 @@ class CExport:
     integer_only: bool = False
     uncertified: dict[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {"directory": str(self.directory), "c_bytes": self.c_bytes,
                 "h_bytes": self.h_bytes, "integer_only": self.integer_only,
                 "layers": dict(self.notes), "uncertified": dict(self.uncertified)}
