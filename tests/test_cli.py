@@ -400,6 +400,30 @@ def test_conformance_keeps_torch_prints_off_the_terminal_and_says_why_it_refused
     assert refused and all("1x1 pooling is meaningless" in item["message"] for item in refused)
 
 
+@pytest.mark.torch
+def test_a_torch_save_checkpoint_is_named_as_such(tmp_path):
+    """``torch.save(model)`` or ``torch.save(model.state_dict())`` is a zip archive as TorchScript
+    is: the command says which it is and what to give instead, not torch.jit.load's "corrupted
+    checkpoint"."""
+    import torch
+
+    torch.save({"fc.weight": torch.zeros(5, 10)}, tmp_path / "state.pth")
+    result = qexact_cli("run", tmp_path / "state.pth", "--input", tmp_path / "x.npy")
+    assert_usage_error(result)
+    assert "written by torch.save" in result.stderr and "never unpickles" in result.stderr
+    assert "corrupted" not in result.stderr
+
+
+@pytest.mark.torch
+def test_run_says_which_arithmetic_it_ran(saved):
+    directory, net, x = saved
+    result = qexact_cli("run", directory / "m.qexact", "--input", directory / "x.npy")
+    assert result.stdout.startswith("engine: qnnpack, isa: "), result.stdout
+    document = json.loads(qexact_cli("run", directory / "m.qexact", "--input",
+                                     directory / "x.npy", "--json").stdout)
+    assert document["engine"] == "qnnpack" and document["isa"] == net.engine.isa
+
+
 def test_layers_is_an_alias_of_inspect():
     listing = qexact_cli("--help").stdout
     assert "inspect (layers)" in listing and "\n    layers " not in listing

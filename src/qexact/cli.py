@@ -137,14 +137,16 @@ def command_demo(arguments) -> int:
 def command_run(arguments) -> int:
     net = _load_model(arguments.model, arguments.engine, arguments.isa, arguments.backend)
     inputs = _load_inputs(arguments.input)
+    # the arithmetic the values are exact for: a TorchScript file does not record its engine
+    summary = {"engine": net.engine.name, "isa": net.engine.isa}
     if arguments.quantized:
         result = net.run_quantized(*inputs)
         values = result.values
-        summary = {"shape": list(values.shape), "dtype": result.dtype.name,
-                   "scale": result.scale, "zero_point": result.zero_point}
+        summary |= {"shape": list(values.shape), "dtype": result.dtype.name,
+                    "scale": result.scale, "zero_point": result.zero_point}
     else:
         values = net(*inputs)
-        summary = {"shape": list(values.shape), "dtype": str(values.dtype)}
+        summary |= {"shape": list(values.shape), "dtype": str(values.dtype)}
     if arguments.out:
         np.save(arguments.out, values, allow_pickle=False)
         summary["written"] = arguments.out

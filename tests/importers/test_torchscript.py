@@ -182,3 +182,41 @@ def test_a_refused_op_is_placed_in_the_users_model_and_file(tmp_path):
                              r"aten::cumsum is not supported") as info:
         qexact.from_torch(str(tmp_path / "m.pt"), engine="x86")
     assert "site-packages" not in str(info.value).split("supported TorchScript kinds")[0]
+
+
+class _QuantizedMLP(torch.nn.Module):
+    """Eager quantization's stubs around Linear + ReLU, Linear: scriptable (no control flow)."""
+
+    def __init__(self):
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.fc1, self.relu = torch.nn.Linear(10, 16), torch.nn.ReLU()
+        self.fc2 = torch.nn.Linear(16, 5)
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):
+        return self.dequant(self.fc2(self.relu(self.fc1(self.quant(x)))))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_scripted_eager_model_is_exact(engine, tmp_path):
+    """``torch.jit.script`` (not trace) of an eager-converted model: the converted Quantize
+    module computes ``float(self.scale)`` and ``int(self.zero_point)`` from its buffers, which
+    the importer folds into constants."""
+    from torch.ao.quantization import convert, get_default_qconfig, prepare
+
+    torch.backends.quantized.engine = engine
+    torch.manual_seed(3)
+    model = _QuantizedMLP().eval()
+    model.qconfig = get_default_qconfig(engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(model, inplace=True)
+        model(torch.randn(64, 10))
+        convert(model, inplace=True)
+        torch.jit.save(torch.jit.script(model), str(tmp_path / "scripted.pt"))
+        scripted = torch.jit.load(str(tmp_path / "scripted.pt"))
+    assert "aten::Float" in str(scripted.quant.graph)
+    for scale in (1.0, 8.0):
+        _assert_script_exact(tmp_path / "scripted.pt", scripted, (torch.randn(7, 10) * scale,),
+                             engine, f"scripted eager MLP on {engine}, scale {scale}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import zipfile
 
 from ..dtypes import dtype_named
 from ..errors import ImporterError, UnsupportedError
@@ -45,6 +46,9 @@ _FIRST_OUTPUT_ONLY = {"aten::adaptive_max_pool1d", "aten::adaptive_max_pool2d",
 ``F.adaptive_max_pool2d``): the node is the first output; reading another is refused."""
 
 _INT64_MAX = 2 ** 63 - 1
+
+_SCALAR_CASTS = {"aten::Float": float, "aten::Int": int, "prim::NumToTensor": lambda v: v}
+"""Casts folded when their operand is a constant number (not a value computed in forward)."""
 
 
 @torchscript_handler("aten::quantize_per_tensor")
@@ -177,6 +181,13 @@ def is_script_module(model) -> bool:
 
 def load_script(path: str | os.PathLike):
     """``torch.jit.load`` a file on the CPU, with qexact errors."""
+    if _is_torch_save_archive(path):
+        raise ImporterError(
+            f"{os.fspath(path)!r} was written by torch.save (a pickled model or state_dict), not "
+            "by torch.jit.save; qexact never unpickles (loading a pickle can run code). Give "
+            "qexact a TorchScript file (torch.jit.save(torch.jit.trace(model, example), path)), "
+            "FILE.py:FACTORY (a function of your script returning the quantized model), or in "
+            "Python: qexact.save(qexact.from_torch(model, example_inputs=...), 'model.qexact')")
     torch = _import_torch()
     try:
         return torch.jit.load(os.fspath(path), map_location="cpu")
@@ -184,6 +195,18 @@ def load_script(path: str | os.PathLike):
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ImporterError(f"cannot load {os.fspath(path)!r} as a TorchScript model: "
                             f"{first_line}") from None
+
+
+def _is_torch_save_archive(path) -> bool:
+    """A zip archive of ``torch.save`` (``<root>/data.pkl``, no ``code/``), told apart from a
+    TorchScript archive without reading any pickle in it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return (any(name.endswith("/data.pkl") for name in names)
+            and not any("/code/" in name or name.endswith("/constants.pkl") for name in names))
 
 
 class _Unavailable:
@@ -264,6 +287,10 @@ def capture_script(module) -> Graph:
             continue
         if kind == "prim::TupleConstruct":
             values[outputs[0].unique()] = tuple(arguments)
+            continue
+        if kind in _SCALAR_CASTS and isinstance(arguments[0], (bool, int, float)):
+            # a scripted eager module's float(self.scale), int(self.zero_point): constants
+            values[outputs[0].unique()] = _SCALAR_CASTS[kind](arguments[0])
             continue
         module_path = _module_path(ts_node, paths)
         location = _user_line(ts_node)
