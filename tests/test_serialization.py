@@ -314,7 +314,8 @@ def test_truncated_at_every_offset(valid_file, tmp_path):
 def test_header_length_larger_than_file(valid_file, tmp_path):
     _, data = valid_file
     for length in (len(data) - 7, len(data), 2**40, 2**64 - 1):
-        with pytest.raises(qexact.FormatError, match="header length .* is impossible"):
+        with pytest.raises(qexact.FormatError, match="not a qexact model file .* or it is "
+                           "truncated: its header length would be"):
             qexact.load(write(tmp_path, struct.pack("<Q", length) + data[8:]))
 
 
@@ -327,6 +328,18 @@ def test_random_bytes_and_foreign_files(tmp_path):
                  struct.pack("<Q", 2) + b"{}", struct.pack("<Q", 4) + b"null",
                  struct.pack("<Q", 2) + b"[]", struct.pack("<Q", 3) + b"\xff\xfe{"):
         with pytest.raises(qexact.FormatError):
+            qexact.load(write(tmp_path, data))
+
+
+def test_files_mistaken_for_models_are_named(tmp_path):
+    """A .npy input, an ExecuTorch program or a TFLite model given where a model goes: the error
+    says what the file is (and for a .pte, how qexact reads it)."""
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    with pytest.raises(qexact.FormatError, match="is a NumPy array file"):
+        qexact.load(tmp_path / "x.npy")
+    for data, kind in ((b"\x1c\0\0\0ET12" + bytes(64), "an ExecuTorch program.*from_torch"),
+                       (b"\x1c\0\0\0TFL3" + bytes(64), "a TensorFlow Lite model")):
+        with pytest.raises(qexact.FormatError, match=kind):
             qexact.load(write(tmp_path, data))
 
 

@@ -120,6 +120,16 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
         raise QexactError(f"cannot write {os.fspath(path)!r}: {error.strerror}") from None
 
 
+_FOREIGN_FORMATS = (
+    (b"\x93NUMPY", 0, "a NumPy array file (np.save)", ""),
+    (b"ET", 4, "an ExecuTorch program",
+     "; import it with qexact.from_torch(path) (XNNPACK delegates; no torch needed)"),
+    (b"TFL3", 4, "a TensorFlow Lite model", ""),
+    (b"\x89HDF", 0, "an HDF5 file", ""),
+)
+"""(magic bytes, offset, what the file is, what to do) of files mistaken for models."""
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """Metadata and arrays of a safetensors file, validated; ``FormatError`` on any defect."""
     try:
@@ -137,10 +147,15 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarra
             "the model in Python with net = qexact.from_torch(model, example_inputs=...) and "
             "write it with qexact.save(net, path); or give the command line a TorchScript file "
             "(torch.jit.save), which it imports with torch")
+    for magic, offset, kind, hint in _FOREIGN_FORMATS:
+        if data[offset:offset + len(magic)] == magic:
+            raise FormatError(f"{os.fspath(path)!r} is {kind}, not a qexact model file "
+                              f"(qexact.save writes those){hint}")
     (header_length,) = struct.unpack("<Q", data[:8])
     if header_length > min(MAX_HEADER_BYTES, len(data) - 8):
-        raise FormatError(f"{os.fspath(path)!r}: header length {header_length} is impossible "
-                          "(truncated or not a qexact model file)")
+        raise FormatError(f"{os.fspath(path)!r} is not a qexact model file (qexact.save writes "
+                          "those; qexact.from_torch reads TorchScript, .pt2 and .pte files), or it "
+                          f"is truncated: its header length would be {header_length} bytes")
     try:
         header = json.loads(data[8:8 + header_length].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -93,3 +93,49 @@ def test_one_blocker_keeps_its_own_message():
                        r"test_blockers.py:\d+\): function torch.cumsum is not supported; "
                        r"supported functions: "):
         qexact.from_torch(One())
+
+
+@pytest.mark.parametrize("mode", ["eager", "fx", "qat", "pt2e"])
+def test_a_prepared_model_not_converted_is_named_as_such(mode):
+    """A newcomer imports the prepared model (observers still in it) instead of the converted
+    one: the error says so and what to call, not what observers do to a tracer."""
+    import warnings
+
+    from torch.ao.quantization import get_default_qat_qconfig, get_default_qconfig, prepare
+    from torch.ao.quantization import prepare_qat
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant, self.fc = torch.ao.quantization.QuantStub(), nn.Linear(4, 3)
+            self.dequant = torch.ao.quantization.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.fc(self.quant(x)))
+
+    example = (torch.rand(2, 4),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode == "pt2e":
+            pytest.importorskip("torchao")
+            from support.pt2e import _quantizer
+            from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+            model = prepare_pt2e(torch.export.export(nn.Sequential(nn.Linear(4, 3)).eval(),
+                                                     example).module(), _quantizer("x86"))
+        elif mode == "fx":
+            model = prepare_fx(nn.Sequential(nn.Linear(4, 3)).eval(),
+                               {"": get_default_qconfig("x86")}, example)
+        elif mode == "qat":
+            model = Small().train()
+            model.qconfig = get_default_qat_qconfig("x86")
+            model = prepare_qat(model)
+        else:
+            model = Small().eval()
+            model.qconfig = get_default_qconfig("x86")
+            model = prepare(model)
+        model(*example)
+    with pytest.raises(qexact.UnsupportedError, match=r"prepared but not converted: it still "
+                       r"holds \d+ observer\(s\), the first '[\w.]+' \(\w+\).*convert"):
+        qexact.from_torch(model, example_inputs=example, engine="x86")

@@ -56,6 +56,7 @@ def requantization(layer: LayerQuantization) -> Requantization:
     output = layer.output_qparams
     scale = f32(f32(f32(weight.scale) * f32(layer.input_scale))
                 * f32(np.float32(1.0) / f32(output.scale)))
+    _refuse_unusable_scale(scale, layer)
     steps = []
     bias = None
     if layer.bias is not None:
@@ -65,6 +66,21 @@ def requantization(layer: LayerQuantization) -> Requantization:
               MultiplyFloat32("scale = (s_w*s_x) * (1/s_out)", factor=scale)]
     steps += integer_output_steps(output, layer.relu)
     return Requantization(tuple(steps), bias, BiasMode.INT32_AT_INPUT_SCALE, (scale,))
+
+
+def _refuse_unusable_scale(scale, layer: LayerQuantization) -> None:
+    """PyTorch refuses to create the QNNPACK operator unless every requantization scale is a
+    normal float32 (``scale > 0 && std::isnormal(scale)``: 0 or subnormal by underflow, inf when
+    1/s_out overflows): QnnpackUtils.h ``generate_requantization_scales``, "requantization scale
+    must be finite and positive"."""
+    bad = np.ravel(~(np.isfinite(scale) & (scale >= np.finfo(np.float32).tiny)))
+    if bad.any():
+        value = float(np.ravel(scale)[np.argmax(bad)])
+        raise UnsupportedError(
+            f"QNNPACK refuses this layer, as PyTorch does: its requantization scale "
+            f"(s_w*s_x)*(1/s_out) is {value:g} (s_x={layer.input_scale:g}, "
+            f"s_out={layer.output_qparams.scale:g}); it must be a normal float32 (finite, "
+            "positive, at least 1.2e-38)")
 
 
 QNNPACK_GEMM = GemmNumerics(

@@ -473,6 +473,25 @@ def _refuse_torchao_subclass(model) -> None:
                 "or X86InductorQuantizer) and import the converted model")
 
 
+def _refuse_unconverted(model) -> None:
+    """A prepared model still holds its observers (or fake quantizers): its forward is float.
+    Say it needs converting, rather than what its observers do to a tracer."""
+    torch = _import_torch()
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return
+    # torch.ao's and torchao's (PT2E) observer classes alike, by their bases' names
+    observers = [(name, type(module).__name__) for name, module in model.named_modules()
+                 if any(base.__name__ in ("ObserverBase", "FakeQuantizeBase")
+                        for base in type(module).__mro__)]
+    if observers:
+        name, kind = observers[0]
+        raise UnsupportedError(
+            f"the model was prepared but not converted: it still holds {len(observers)} "
+            f"observer(s), the first {name!r} ({kind}). Run it on calibration data, then convert "
+            "it (torch.ao.quantization.convert for eager models, convert_fx for FX, torchao's "
+            "convert_pt2e for PT2E) and import the converted model")
+
+
 def from_torch(model, example_inputs: tuple | None = None, engine: str | None = None,
                isa: str | None = None, allow_inexact=(), backend: str | None = None) -> Net:
     """Import a quantized PyTorch model; returns a ``Net`` that computes what ``model`` does.
@@ -500,6 +519,7 @@ def from_torch(model, example_inputs: tuple | None = None, engine: str | None = 
     torch = _import_torch()
     if isinstance(model, (str, os.PathLike)):
         model = load_pt2(model) if os.fspath(model).endswith(".pt2") else load_script(model)
+    _refuse_unconverted(model)
     if is_pt2e(model):
         graph = capture_pt2e(model)
         engine = engine or default_engine(graph)
