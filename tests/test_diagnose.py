@@ -254,6 +254,25 @@ def test_equal_counts_fall_back_to_catalog_order():
     assert bias[0].explained_count == max(f.explained_count for f in bias)
 
 
+@pytest.mark.parametrize("attribute,value,identifier", [
+    ("scale", 1e-40, "degenerate_scale"), ("zero_point", 255, "zero_point_at_top")])
+def test_degenerate_qparams_are_named_first(torch1, attribute, value, identifier):
+    """A subnormal output scale (x86 runs it; QNNPACK refuses it) and a zero point at the top
+    of the quint8 range (no positive output representable): named from the model alone, before
+    any mistake, with the layer; the net still equals PyTorch."""
+    model, _ = build(forum_model, "x86")
+    setattr(model.fc_1, attribute, value)
+    net = qexact.from_torch(model, engine="x86")
+    x = np.random.default_rng(1).random((6, 10), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.array_equal(net(x).view(np.uint32), expected.view(np.uint32))
+    diagnosis = qexact.diagnose(net, x, expected + 0.5)
+    assert [item.id for item in diagnosis.qparams_findings] == [identifier]
+    assert diagnosis.qparams_findings[0].layers == ("fc_1",)
+    assert diagnosis.summary.startswith("First, the model itself:")
+
+
 def test_an_uncalibrated_model_is_named_first(torch1):
     """The forum code as pasted: the calibration loop never calls the prepared model, so every
     observer keeps its defaults (scale 1.0, zero point 0) and PyTorch outputs almost all zeros.
