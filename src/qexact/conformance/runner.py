@@ -160,7 +160,7 @@ class ConformanceReport(JsonDocument):
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
-        return json.loads(self.to_json())
+        return json.loads(self.to_json())  # asdict keeps NumPy values; the encoder makes them plain
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(asdict(self) | {"mismatches": self.mismatches}, indent=indent,
