@@ -25,3 +25,4 @@ def test_quickstart_runs_verbatim(tmp_path, monkeypatch, torch1):
     assert (tmp_path / "model.qexact").exists()
     assert "array(" not in text and "dtype=" not in text   # numbers print as numbers
     assert "qnnpack" in text.lower() and "int32" in text
+    assert "{" not in text and "round_half_even(v)" in text   # steps with their constants

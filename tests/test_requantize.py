@@ -84,6 +84,14 @@ def test_add_int_and_clamp_int():
                     np.array([3, 3, 255, 77], np.int64))
 
 
+def test_a_step_prints_with_its_constants():
+    assert str(MultiplyFloat32("scale", factor=F(0.1))) == "scale: f32(v * 0.1)"
+    assert str(ClampInt("range", low=0, high=255)) == "range: clamp(v, 0, 255)"
+    assert str(AddInt32("bias", term=np.arange(6, dtype=np.int64))) == \
+        "bias: v + [0, 1, 2, 3, ... (6 values)] (int32, wraps)"
+    assert str(FusedMultiplyAdd("fma", a=F(2.5), b=F(-1))) == "fma: fmaf(2.5, -1.0, v)"
+
+
 def test_requantize_and_trace():
     steps = (ToFloat32("f"), MultiplyFloat32("m", factor=F([0.5])),
              RoundHalfEvenToInt32("r"), AddInt("zp", term=10), ClampInt("c", low=0, high=255))

@@ -66,6 +66,26 @@ class Step:
                 shown[name] = getattr(self, name)
         return shown
 
+    def __str__(self) -> str:
+        """``label: formula`` with the constants written in (per-channel ones abbreviated)."""
+        try:
+            body = self.formula.format(**{name: _constant_text(value)
+                                          for name, value in self.shown().items()})
+        except (KeyError, IndexError):
+            body = self.formula
+        return f"{self.label}: {body}"
+
+
+def _constant_text(value) -> str:
+    """A constant as its dtype prints it (float32 shortest); arrays: the first few values."""
+    if isinstance(value, np.ndarray):
+        flat = value.reshape(-1)
+        if flat.size == 1:
+            return str(flat[0])
+        more = f", ... ({flat.size} values)" if flat.size > 4 else ""
+        return "[" + ", ".join(str(item) for item in flat[:4]) + more + "]"
+    return repr(value) if isinstance(value, float) else str(value)
+
 
 @dataclass(frozen=True, eq=False)
 class AddInt32(Step):
