@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .rounding import f32, fma_float32, round_half_even_to_int32, wrap_int32
+from .stages import constant_text
 from .trace import report, tapping
 
 # Float32 steps compute in float32 where NumPy does: an IEEE float32 +, -, *, / of two float32
@@ -69,22 +70,12 @@ class Step:
     def __str__(self) -> str:
         """``label: formula`` with the constants written in (per-channel ones abbreviated)."""
         try:
-            body = self.formula.format(**{name: _constant_text(value)
+            body = self.formula.format(**{name: constant_text(value)
                                           for name, value in self.shown().items()})
         except (KeyError, IndexError):
             body = self.formula
         return f"{self.label}: {body}"
 
-
-def _constant_text(value) -> str:
-    """A constant as its dtype prints it (float32 shortest); arrays: the first few values."""
-    if isinstance(value, np.ndarray):
-        flat = value.reshape(-1)
-        if flat.size == 1:
-            return str(flat[0])
-        more = f", ... ({flat.size} values)" if flat.size > 4 else ""
-        return "[" + ", ".join(str(item) for item in flat[:4]) + more + "]"
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True, eq=False)

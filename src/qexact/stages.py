@@ -1,9 +1,12 @@
-"""``Stage``: one event of an explanation (see ``qexact.explain``). Ops build these."""
+"""``Stage``: one event of an explanation (see ``qexact.explain``). Ops build these;
+``constant_text`` writes a constant into a formula."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -21,3 +24,14 @@ class Stage:
     node: str = ""
     op: str = ""
     note: str = ""
+
+
+def constant_text(value) -> str:
+    """A constant as its dtype prints it (float32 shortest); arrays: the first few values."""
+    if isinstance(value, np.ndarray):
+        flat = value.reshape(-1)
+        if flat.size == 1:
+            return str(flat[0])
+        more = f", ... ({flat.size} values)" if flat.size > 4 else ""
+        return "[" + ", ".join(str(item) for item in flat[:4]) + more + "]"
+    return repr(value) if isinstance(value, float) else str(value)

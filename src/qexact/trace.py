@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .stages import Stage
+from .stages import Stage, constant_text
 
 _ACTIVE: ContextVar["Trace | None"] = ContextVar("qexact_trace", default=None)
 
@@ -90,10 +90,8 @@ def _pick(value, per_element, position: int):
 def _fill(formula: str, values: dict) -> str:
     """``formula`` with ``{name}`` replaced by the element's values (left as is when it names
     something else)."""
-    shown = {name: str(value) if isinstance(value, (np.floating, np.integer, int, float)) else
-             repr(value) for name, value in values.items()}
     try:
-        return formula.format(**shown)
+        return formula.format(**{name: constant_text(value) for name, value in values.items()})
     except (KeyError, IndexError, ValueError):
         return formula
 

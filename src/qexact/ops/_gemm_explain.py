@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..requantize import Step, trace_requantize
-from ..stages import Stage
+from ..stages import Stage, constant_text
 
 
 def per_channel(value, channel: int):
@@ -44,10 +44,7 @@ def requantization_stages(steps: tuple[Step, ...], acc: int, channel: int,
     for step, after in trace_requantize(acc_row, steps):
         constants = {name: per_channel(value, channel) for name, value in step.constants().items()}
         shown = {name: per_channel(value, channel) for name, value in step.shown().items()}
-        formula = step.formula.format(**{key: _text(value) for key, value in shown.items()})
+        formula = step.formula.format(**{key: constant_text(value) for key, value in shown.items()})
         stages.append(Stage(step.label, formula, constants, after[0, channel]))
     return stages
 
-
-def _text(value) -> str:
-    return str(value) if isinstance(value, (np.floating, np.integer)) else repr(value)
