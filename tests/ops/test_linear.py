@@ -516,6 +516,32 @@ def test_linear_rank3_equals_rank2(isa):
     assert_bitexact(qexact_linear(x, *args), flat.reshape(3, 5, 7), "rank 3")
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("relu", [False, True])
+def test_linear_on_a_vector_as_torch(engine, relu):
+    """A 1-D input: oneDNN's Linear takes it as one row (output 1-D); FBGEMM and QNNPACK refuse
+    it, and so does qexact, naming the kernel."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(40,)).astype(np.uint8)
+    w = rng.integers(-128, 128, size=(9, 40)).astype(np.int8)
+    bias = rng.standard_normal(9).astype(np.float32)
+    args = (QParams.per_tensor(0.02, 9, QUINT8), w, QParams.per_tensor(0.01, 0, QINT8), bias,
+            QParams.per_tensor(0.3, 100, QUINT8), relu)
+    try:
+        expected = torch_linear(x, *args)
+    except RuntimeError as error:
+        assert "dimension" in str(error) or "rank" in str(error)
+        with pytest.raises(ShapeError, match="rank >= 2"):
+            qexact_linear(x, *args, engine)
+        return
+    assert engine == "onednn" and expected.shape == (9,)
+    for isa in ("avx512_vnni", "avx2"):
+        actual = qexact_linear(x, *args, engine, isa=isa)
+        assert_bitexact(actual, qexact_linear(x[None], *args, engine, isa=isa)[0], isa)
+        if isa == qexact.detect_isa():
+            assert_bitexact(actual, expected, f"onednn vector input on {isa}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------

@@ -178,6 +178,9 @@ class GemmNumerics:
     not_run_for: Callable[[tuple[int, ...], int], str] | None = None
     """``not_run_for(input_shape, out_features)``: why the deployment runs another computation
     than this kernel for a Linear of that input ("" or None: it runs this one)."""
+    linear_min_rank: int = 2
+    """The lowest input rank a Linear on this kernel takes (FBGEMM and QNNPACK: "The dimension
+    of input tensor should be larger than or equal to 2"; oneDNN's takes a vector)."""
 
     def saturates_pairs(self, isa: str) -> bool:
         return isa in self.pair_saturation_isas

@@ -124,6 +124,7 @@ ONEDNN_BRGEMM_MATMUL = GemmNumerics(
     allows_weight_zero_point=False,
     requantization=requantization,
     dynamic=ONEDNN_DYNAMIC,
+    linear_min_rank=1,  # qlinear.cpp PackedLinearWeightsOnednn::apply_impl: a vector is one row
 )
 
 ONEDNN_GEMM_JIT_MATMUL = GemmNumerics(
@@ -135,6 +136,7 @@ ONEDNN_GEMM_JIT_MATMUL = GemmNumerics(
     requantization=partial(requantization, combined_scales=True),
     pair_block_starts=k_block_starts,
     dynamic=ONEDNN_AVX2_DYNAMIC,
+    linear_min_rank=1,
 )
 
 

@@ -90,6 +90,8 @@ class LinearParams(QuantizedLayerAccessors):
     quantized::linear_leaky_relu / linear_tanh); empty: none."""
     not_run_for: object = None
     """The kernel's ``GemmNumerics.not_run_for``: sizes the deployment computes otherwise."""
+    min_rank: int = 2
+    """The kernel's ``GemmNumerics.linear_min_rank``: the lowest input rank it takes."""
 
     @property
     def in_features(self) -> int:
@@ -192,7 +194,7 @@ def prepare_linear(weight, weight_qparams: QParams, bias, input_qparams: QParams
         exact_blocks=exact_block_starts(weight_centered_t, centered_bound(
             input_qparams.dtype.numpy_dtype, int(input_qparams.zero_point))),
         inexact=inexact, float_residual=bool(float_residual), eltwise=eltwise,
-        not_run_for=numerics.not_run_for,
+        not_run_for=numerics.not_run_for, min_rank=numerics.linear_min_rank,
     )
 
 
@@ -221,10 +223,10 @@ def linear(x: QuantizedArray, params: LinearParams, residual=None) -> QuantizedA
     (a layer prepared with ``float_residual``): the float32 tensor of the output's shape added
     before the activation."""
     values = x.values
-    if values.ndim < 2 or values.shape[-1] != params.in_features:
+    if values.ndim < params.min_rank or values.shape[-1] != params.in_features:
         raise ShapeError(
-            f"Linear expects input of shape (..., {params.in_features}) with rank >= 2, "
-            f"got {values.shape}"
+            f"Linear ({params.kernel}) expects input of shape (..., {params.in_features}) with "
+            f"rank >= {params.min_rank}, got {values.shape}"
         )
     if x.qparams != params.input_qparams:
         raise QuantParamError(
