@@ -239,6 +239,10 @@ def test_cases_from_a_list_and_shape_errors(tmp_path):
         export_golden(net, [], tmp_path / "none")
     with pytest.raises(ShapeError, match="another shape|other shapes"):
         export_golden(net, [calls[0], np.zeros((2, 10), np.float32)], tmp_path / "mixed")
+    # one call of shape (4, 10) given without its calls axis: four calls of shape (10,)
+    with pytest.raises(ShapeError, match=r"call 0 \(input shape \(10,\)\): .*rank >= 2.* for "
+                       r"one call of x, give x\[None\]"):
+        export_golden(net, np.zeros((4, 10), np.float32), tmp_path / "unstacked")
 
 
 def qexact_cli(*args) -> subprocess.CompletedProcess:

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._version import __version__
-from ..errors import FormatError, QexactError, ShapeError
+from ..errors import DTypeError, FormatError, QexactError, ShapeError
 from ..graph import Net, Ref
 from ..jsonable import JsonDocument
 from ..qparams import QParams, QuantizedArray
@@ -112,7 +112,15 @@ def export_golden(net: Net, inputs, out_dir: str | os.PathLike, *,
     for number, case in enumerate(cases):
         if progress:
             progress(number, len(cases), "running the model")
-        per_case.append(_run_case(net, case))
+        try:
+            per_case.append(_run_case(net, case))
+        except DTypeError:
+            raise
+        except ShapeError as error:  # most often a stacked input given without its calls axis
+            shapes = ", ".join(str(tuple(np.shape(item))) for item in case)
+            raise ShapeError(f"call {number} (input shape {shapes}): {error}. Inputs stack the "
+                             "calls along their first axis: for one call of x, give x[None]") \
+                from None
     if progress:
         progress(len(cases), len(cases), "writing")
     keys = list(per_case[0])
