@@ -271,6 +271,14 @@ def test_cli_export_and_check(tmp_path):
     assert missing.returncode == 2 and "qexact: error" in missing.stderr
 
 
+def test_theirs_without_a_layer_of_the_model_is_an_error(golden_dirs, tmp_path):
+    """Nothing to compare is not a difference: the check names the layers it expects."""
+    (tmp_path / "dumps").mkdir()
+    np.save(tmp_path / "dumps" / "layer1.npy", np.zeros(3, np.float32))
+    with pytest.raises(qexact.QexactError, match=r"names a layer of this model.*layer1\.npy"):
+        check_golden(golden_dirs("fbgemm"), theirs=tmp_path / "dumps")
+
+
 def test_check_refuses_both_comparisons(golden_dirs, tmp_path):
     with pytest.raises(QexactError, match="not both"):
         check_golden(golden_dirs("qnnpack"), theirs=tmp_path, c_build=tmp_path)

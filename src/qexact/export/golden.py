@@ -522,6 +522,12 @@ def _read_theirs(golden: Golden, folder: Path) -> tuple[dict[str, np.ndarray], s
         if exact is not None and array.shape == exact.shape[1:] and golden.manifest["cases"] == 1:
             array = array[None]
         provided[f"{name}.output"] = array
+    if not provided:
+        found = ", ".join(sorted(path.name for path in folder.glob("*.npy"))[:8]) or "none"
+        raise QexactError(
+            f"no file in {os.fspath(folder)!r} names a layer of this model: give one "
+            f"<layer>.npy per layer you dumped, of {[n['name'] for n in golden.manifest['nodes']]} "
+            f"(.npy files found: {found})")
     return provided, unknown
 
 
