@@ -359,6 +359,10 @@ def test_golden_mode_reports_ok_and_the_first_difference(tmp_path):
     assert done.returncode == 1
     assert "dw: first difference: case 0, element 37" in done.stdout
     assert "fc: ok" in done.stdout
+    np.save(tmp_path / "x.npy", inputs[0])   # a .npy where raw float32 goes: said so
+    done = subprocess.run([str(binary), str(tmp_path / "x.npy"), str(tmp_path / "y.bin")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "is a .npy file" in done.stderr and "tofile" in done.stderr
 
 
 # --- the test models (torch) -------------------------------------------------------------------

@@ -22,7 +22,11 @@ static int read_exact(const char *path, void *data, size_t bytes) {
     if (!file) { fprintf(stderr, "cannot open %s\n", path); return 0; }
     got = fread(data, 1, bytes, file);
     if (got != bytes || fgetc(file) != EOF) {
-        fprintf(stderr, "%s: expected exactly %lu bytes\n", path, (unsigned long)bytes);
+        fprintf(stderr, "%s: expected exactly %lu bytes (raw little-endian float32)\n", path,
+                (unsigned long)bytes);
+        if (got >= 6 && memcmp(data, "\x93NUMPY", 6) == 0)
+            fprintf(stderr, "%s is a .npy file; write raw bytes with x.astype('<f4').tofile(path)\n",
+                    path);
         fclose(file);
         return 0;
     }
