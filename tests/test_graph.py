@@ -206,7 +206,7 @@ def test_prepare_error_carries_node_name():
     graph, _ = exact_graph()
     graph.nodes[4].arrays["weight"] = graph.nodes[4].arrays["weight"][:, :5]   # 5 != 8 inputs
     net = Net(graph, "qnnpack")  # shapes are not known until run time
-    with pytest.raises(qexact.ShapeError, match=r"^node 'fc2' \[linear\]: Linear expects input of "
+    with pytest.raises(qexact.ShapeError, match=r"^node 'fc2' \[linear\]: Linear \(qnnpack\) expects input of "
                                                 r"shape \(\.\.\., 5\).*got \(4, 8\)"):
         net(np.zeros((4, 2, 3), np.float32))
 
