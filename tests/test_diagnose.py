@@ -300,6 +300,10 @@ def test_an_uncalibrated_model_is_named_first(torch1):
     text = diagnosis.render("text")
     assert "not calibrated" in text and "never ran the prepared model" in text.replace("\n", " ")
     assert json.loads(diagnosis.render("json"))["qparams_findings"][0]["id"] == ids[0]
+    from qexact.report import render_diagnosis_html
+
+    page = render_diagnosis_html(diagnosis)
+    assert "First, the model itself" in page and "never ran the prepared model" in page
     calibrated = case("bias_float_vs_int32")
     assert qexact.diagnose(calibrated.net, calibrated.x, calibrated.theirs,
                            layer="fc").qparams_findings == ()

@@ -123,6 +123,12 @@ def render_diagnosis_html(diagnosis, explanation=None) -> str:
         for rank, f in enumerate(diagnosis.findings, 1))
     findings = (f"<table><tr><th>#</th><th>id</th><th>explains</th><th>share</th><th>with</th>"
                 f"<th>what it means</th></tr>{rows}</table>" if rows else "")
+    model_rows = "".join(
+        f"<tr><td><code>{escape(item.id)}</code></td><td>{escape(', '.join(item.layers))}</td>"
+        f"<td>{escape(item.message)}</td></tr>"
+        for item in getattr(diagnosis, "qparams_findings", ()))
+    model = (f"<h2>First, the model itself</h2><table><tr><th>id</th><th>layers</th>"
+             f"<th>what it means</th></tr>{model_rows}</table>" if model_rows else "")
     worst = ""
     if diagnosis.differing and diagnosis.exact is not None and diagnosis.theirs is not None:
         gap = np.abs(np.asarray(diagnosis.theirs, np.float64) - np.asarray(diagnosis.exact,
@@ -150,6 +156,7 @@ pre {{ background: #fff; border: 1px solid #ccc; padding: 1em; font-size: 12px; 
 <tr><td><code>{escape(diagnosis.layer)}</code></td><td>{escape(diagnosis.engine)}</td>
 <td>{escape(diagnosis.isa)}</td><td>{diagnosis.elements}</td><td>{diagnosis.differing}</td></tr></table>
 <p class="summary">{escape(diagnosis.summary)}</p>
+{model}
 <h2>How far your numbers are from the exact ones</h2>
 {_histogram_svg(diagnosis.step_differences)}
 {worst}
