@@ -3,20 +3,20 @@
 ``gemm_requantize_fast(x, packed, x_zero_point, weight_zero_point, method, epilogue)`` returns
 ``epilogue.run(accumulate_u8s8(x, packed, x_zero_point, weight_zero_point, method))``, the same
 (M, N) array, without writing the int32 (M, N) accumulator to memory and reading it back: a
-numba driver per method walks chunks of rows; for each chunk it runs the GEMM's register tiles
-(``_numba_gemm._tile_*``, the same intrinsics the GEMM drivers call, with the same arguments:
-zero-point corrections applied in the tile's store) into a chunk-sized int32 buffer (at most
-``CHUNK_ACC_BYTES``, so it stays in L2 between the two halves), then the epilogue's program
-(``_numba_epilogue.run_block``, the function ``Epilogue.run`` calls per block) on that buffer,
-block of ``epilogue.block_rows`` rows by block, writing the output rows of the chunk.
+numba driver per method walks chunks of rows; for each chunk it runs the method's GEMM driver
+(``_numba_gemm._drive_*``, the function ``accumulate_u8s8`` runs, with the same arguments and an
+output row origin: zero-point corrections applied in the tile's store) into a chunk-sized int32
+buffer (at most ``CHUNK_ACC_BYTES``, so it stays in L2 between the two halves), then the
+epilogue's program (``_numba_epilogue.run_block``, the function ``Epilogue.run`` calls per block)
+on that buffer, block of ``epilogue.block_rows`` rows by block, writing the output rows of the
+chunk.
 
 Why it is exact: nothing per element changes, only the schedule.
-- Accumulator: each element ``acc[m, n]`` is computed by one register tile over the whole depth
-  and stored once, with ``out = raw + bias[n] - zw[n] * rowsum[m]`` in wrapping int32, exactly as
-  in ``accumulate_u8s8`` (same tile intrinsic, same packed panels, same ``bias``/``zero_points``
-  from ``PackedWeights.corrections``, the same row sums: ``_row_sums`` or summed in the vnni tile
-  under the same condition ``depth <= _TILE_SUM_DEPTH``, none when every zw[n] = 0,
-  the tile then adding ``bias[n]`` alone, as ``accumulate_u8s8`` does; the same wide tiles).
+- Accumulator: each element ``acc[m, n]`` is computed by the same driver code as in
+  ``accumulate_u8s8``: one register tile over the whole depth, stored once with
+  ``out = raw + bias[n] - zw[n] * rowsum[m]`` in wrapping int32 (same packed panels, same
+  ``bias``/``zero_points`` from ``PackedWeights.corrections``, the same row sums; none when every
+  zw[n] = 0, the tile then adding ``bias[n]`` alone, as ``accumulate_u8s8`` does).
   Which rows share a tile, or where a chunk ends, does not enter any element's value
   (``_numba_gemm``'s argument holds for any tile and block split: each lane sums its own
   products, wrapping int32 addition is associative).
@@ -39,9 +39,9 @@ import numpy as np
 from ..errors import ShapeError, UnsupportedError
 from . import refresh_compiled_cache
 from ._numba_epilogue import run_block
-from ._numba_gemm import (_GEOMETRY, _TILE_SUM_DEPTH, _VNNI_ROW_QUANTUM, MAX_CENTERED_DEPTH,
-                          _check, _chunks, _flat, _row_sums, _thread_pool, _tile_avx2_exact,
-                          _tile_avx2_saturate, _tile_vnni, _vnni_wide_rows)
+from ._numba_gemm import (_GEOMETRY, _VNNI_ROW_QUANTUM, MAX_CENTERED_DEPTH, _check, _chunks,
+                          _drive_avx2_exact, _drive_avx2_saturate, _drive_vnni, _flat,
+                          _thread_pool)
 
 refresh_compiled_cache()  # before any cached kernel loads (see its docstring)
 
@@ -65,126 +65,59 @@ def _epilogue_chunk(acc, chunk_begin, chunk_end, channels, out_bytes, program, c
                   operand0, strides0, operand1, strides1, operand2, strides2)
 
 
+# One per method, as the GEMM drivers (numba's cache keys a function by its source location):
+# each chunk's rows run through the method's GEMM driver into ``acc``, then the epilogue.
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _fused_vnni(x, x_stride, depth, panels, channels, bias, zero_points, row_sums, sum_rows,
-                chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
+def _fused_vnni(x, x_stride, depth, panels, channels, panel_count, bias, zero_points, row_sums,
+                sum_rows, chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
                 operand0, strides0, operand1, strides1, operand2, strides2, row_begin, row_end):
-    tile_rows, lanes, panel_width = 4, 16, 64
-    steps = depth // 4
-    panel_bytes = panel_width * depth
-    panel_count = (channels + panel_width - 1) // panel_width
     acc = np.empty(chunk_rows * channels, np.int32)
     fval = np.empty(block_rows * channels, np.float32)
     ival = np.empty(block_rows * channels, np.int64)
     correction = 2 if sum_rows else 1  # the tile's store: 1 = bias only (every zw = 0)
-    # as _drive_vnni
-    sums_in_tile = sum_rows and depth <= _TILE_SUM_DEPTH
     for chunk_begin in range(row_begin, row_end, chunk_rows):
         chunk_end = min(chunk_begin + chunk_rows, row_end)
-        if sum_rows and not sums_in_tile:
-            _row_sums(x, x_stride, depth, row_sums, chunk_begin, chunk_end)
-        for panel in range(panel_count):
-            column = panel * panel_width
-            valid = min(panel_width, channels - column)
-            vectors = (valid + lanes - 1) // lanes
-            panel_address = panels.ctypes.data + panel * panel_bytes
-            wide_rows = _vnni_wide_rows(vectors)
-            row = chunk_begin
-            while row < chunk_end:
-                rows = min(tile_rows, chunk_end - row)
-                tile_sums = sums_in_tile and panel == 0
-                if tile_sums and rows < tile_rows:
-                    _row_sums(x, x_stride, depth, row_sums, row, row + rows)
-                    tile_sums = False
-                if not tile_sums and chunk_end - row >= wide_rows:
-                    rows = wide_rows
-                _tile_vnni(rows, vectors, tile_sums, x.ctypes.data + row * x_stride, x_stride,
-                           panel_address, steps,
-                           acc.ctypes.data + ((row - chunk_begin) * channels + column) * 4,
-                           channels * 4, valid, correction,
-                           bias.ctypes.data + column * 4,
-                           zero_points.ctypes.data + column * 4, row_sums.ctypes.data + row * 4)
-                row += rows
+        _drive_vnni(x, x_stride, depth, panels, acc, channels, channels, correction, bias,
+                    zero_points, row_sums, sum_rows, chunk_begin, chunk_end, 0, panel_count,
+                    chunk_begin)
         _epilogue_chunk(acc, chunk_begin, chunk_end, channels, out_bytes, program, c32, c64,
                         i64, s32, block_rows, fval, ival, operand0, strides0, operand1,
                         strides1, operand2, strides2)
 
 
-# One driver per instruction sequence, written out (see _numba_gemm: numba's cache is keyed by
-# source location, a factory's drivers would share an entry).
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _fused_avx2_saturate(x, x_stride, depth, panels, channels, bias, zero_points, row_sums,
-                         sum_rows, chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
-                         operand0, strides0, operand1, strides1, operand2, strides2,
+def _fused_avx2_saturate(x, x_stride, depth, panels, channels, panel_count, bias, zero_points,
+                         row_sums, sum_rows, chunk_rows, out_bytes, program, c32, c64, i64, s32,
+                         block_rows, operand0, strides0, operand1, strides1, operand2, strides2,
                          row_begin, row_end):
-    tile_rows, lanes, panel_width = 6, 8, 16
-    steps = depth // 4
-    panel_bytes = panel_width * depth
-    panel_count = (channels + panel_width - 1) // panel_width
     acc = np.empty(chunk_rows * channels, np.int32)
     fval = np.empty(block_rows * channels, np.float32)
     ival = np.empty(block_rows * channels, np.int64)
-    correction = 2 if sum_rows else 1  # the tile's store: 1 = bias only (every zw = 0)
+    correction = 2 if sum_rows else 1
     for chunk_begin in range(row_begin, row_end, chunk_rows):
         chunk_end = min(chunk_begin + chunk_rows, row_end)
-        if sum_rows:
-            _row_sums(x, x_stride, depth, row_sums, chunk_begin, chunk_end)
-        for panel in range(panel_count):
-            column = panel * panel_width
-            valid = min(panel_width, channels - column)
-            vectors = (valid + lanes - 1) // lanes
-            panel_address = panels.ctypes.data + panel * panel_bytes
-            row = chunk_begin
-            while row < chunk_end:
-                rows = min(tile_rows, chunk_end - row)
-                _tile_avx2_saturate(rows, vectors, False, x.ctypes.data + row * x_stride,
-                                    x_stride, panel_address, steps,
-                                    acc.ctypes.data + ((row - chunk_begin) * channels
-                                                       + column) * 4,
-                                    channels * 4, valid, correction,
-                           bias.ctypes.data + column * 4,
-                                    zero_points.ctypes.data + column * 4,
-                                    row_sums.ctypes.data + row * 4)
-                row += rows
+        _drive_avx2_saturate(x, x_stride, depth, panels, acc, channels, channels, correction,
+                             bias, zero_points, row_sums, sum_rows, chunk_begin, chunk_end, 0,
+                             panel_count, chunk_begin)
         _epilogue_chunk(acc, chunk_begin, chunk_end, channels, out_bytes, program, c32, c64,
                         i64, s32, block_rows, fval, ival, operand0, strides0, operand1,
                         strides1, operand2, strides2)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _fused_avx2_exact(x, x_stride, depth, panels, channels, bias, zero_points, row_sums, sum_rows,
-                      chunk_rows, out_bytes, program, c32, c64, i64, s32, block_rows,
-                      operand0, strides0, operand1, strides1, operand2, strides2,
+def _fused_avx2_exact(x, x_stride, depth, panels, channels, panel_count, bias, zero_points,
+                      row_sums, sum_rows, chunk_rows, out_bytes, program, c32, c64, i64, s32,
+                      block_rows, operand0, strides0, operand1, strides1, operand2, strides2,
                       row_begin, row_end):
-    tile_rows, lanes, panel_width = 6, 8, 16
-    steps = depth // 2
-    panel_bytes = panel_width * depth * 2  # int16 weights
-    panel_count = (channels + panel_width - 1) // panel_width
     acc = np.empty(chunk_rows * channels, np.int32)
     fval = np.empty(block_rows * channels, np.float32)
     ival = np.empty(block_rows * channels, np.int64)
-    correction = 2 if sum_rows else 1  # the tile's store: 1 = bias only (every zw = 0)
+    correction = 2 if sum_rows else 1
     for chunk_begin in range(row_begin, row_end, chunk_rows):
         chunk_end = min(chunk_begin + chunk_rows, row_end)
-        if sum_rows:
-            _row_sums(x, x_stride, depth, row_sums, chunk_begin, chunk_end)
-        for panel in range(panel_count):
-            column = panel * panel_width
-            valid = min(panel_width, channels - column)
-            vectors = (valid + lanes - 1) // lanes
-            panel_address = panels.ctypes.data + panel * panel_bytes
-            row = chunk_begin
-            while row < chunk_end:
-                rows = min(tile_rows, chunk_end - row)
-                _tile_avx2_exact(rows, vectors, False, x.ctypes.data + row * x_stride,
-                                 x_stride, panel_address, steps,
-                                 acc.ctypes.data + ((row - chunk_begin) * channels
-                                                    + column) * 4,
-                                 channels * 4, valid, correction,
-                           bias.ctypes.data + column * 4,
-                                 zero_points.ctypes.data + column * 4,
-                                 row_sums.ctypes.data + row * 4)
-                row += rows
+        _drive_avx2_exact(x, x_stride, depth, panels, acc, channels, channels, correction,
+                          bias, zero_points, row_sums, sum_rows, chunk_begin, chunk_end, 0,
+                          panel_count, chunk_begin)
         _epilogue_chunk(acc, chunk_begin, chunk_end, channels, out_bytes, program, c32, c64,
                         i64, s32, block_rows, fval, ival, operand0, strides0, operand1,
                         strides1, operand2, strides2)
@@ -238,8 +171,9 @@ def gemm_requantize_fast(x: np.ndarray, packed, x_zero_point: int, weight_zero_p
     sum_rows = bool(zero_points.any())
     row_sums = np.empty(rows + 8, np.int32)
     quantum = _VNNI_ROW_QUANTUM if method == "vnni" else geometry.rows
-    arguments = (x_flat, x_stride, x.shape[1], packed.panels(method), channels, bias,
-                 zero_points, row_sums, sum_rows, chunk_rows(x.shape[1], channels, quantum),
+    panel_count = -(-channels // geometry.panel_width)
+    arguments = (x_flat, x_stride, x.shape[1], packed.panels(method), channels, panel_count,
+                 bias, zero_points, row_sums, sum_rows, chunk_rows(x.shape[1], channels, quantum),
                  out.reshape(-1).view(np.uint8), program, epilogue.c32, epilogue.c64,
                  epilogue.i64, epilogue.s32, epilogue.block_rows, *slots)
     driver = _FUSED[method]

@@ -552,6 +552,8 @@ _tile_avx2_exact = _make_tile(_Avx2Exact)
 # Drivers: blocks of rows, panels of columns, register tiles. One per method (a method the host
 # lacks is never compiled). ``parallel=True`` runs the same driver on row chunks in threads
 # (``numba.get_num_threads()`` of them; the drivers release the GIL): no second compilation.
+# ``out`` row r holds the result of x row ``out_row0 + r`` (0 here; _numba_fused fills a buffer
+# of one chunk's rows).
 
 _ROW_BLOCK_BYTES = 1 << 18  # x rows of one block stay in L2 while every panel passes over them
 _TILE_SUM_DEPTH = 128  # up to this padded depth the vnni tile sums x's rows itself
@@ -588,7 +590,7 @@ def _row_block(padded_depth, tile_rows):
 @numba.njit(cache=True, nogil=True)
 def _drive_vnni(x, x_stride, depth, panels, out, out_stride, output_channels,
                 centered, bias, zero_points, row_sums, sum_rows, row_begin, row_end,
-                panel_begin, panel_end):
+                panel_begin, panel_end, out_row0):
     tile_rows, lanes, panel_width = 4, 16, 64
     steps = depth // 4
     panel_bytes = panel_width * depth
@@ -617,8 +619,8 @@ def _drive_vnni(x, x_stride, depth, panels, out, out_stride, output_channels,
                     rows = wide_rows
                 _tile_vnni(rows, vectors, tile_sums, x.ctypes.data + row * x_stride, x_stride,
                            panel_address, steps,
-                           out.ctypes.data + (row * out_stride + column) * 4, out_stride * 4,
-                           valid, centered, bias.ctypes.data + column * 4,
+                           out.ctypes.data + ((row - out_row0) * out_stride + column) * 4,
+                           out_stride * 4, valid, centered, bias.ctypes.data + column * 4,
                            zero_points.ctypes.data + column * 4, row_sums.ctypes.data + row * 4)
                 row += rows
 
@@ -629,7 +631,7 @@ def _drive_vnni(x, x_stride, depth, panels, out, out_stride, output_channels,
 @numba.njit(cache=True, nogil=True)
 def _drive_avx2_saturate(x, x_stride, depth, panels, out, out_stride, output_channels,
                          centered, bias, zero_points, row_sums, sum_rows, row_begin, row_end,
-                         panel_begin, panel_end):
+                         panel_begin, panel_end, out_row0):
     tile_rows, lanes, panel_width = 6, 8, 16
     steps = depth // 4
     panel_bytes = panel_width * depth
@@ -648,7 +650,7 @@ def _drive_avx2_saturate(x, x_stride, depth, panels, out, out_stride, output_cha
                 rows = min(tile_rows, block_end - row)
                 _tile_avx2_saturate(rows, vectors, False, x.ctypes.data + row * x_stride,
                                     x_stride, panel_address, steps,
-                                    out.ctypes.data + (row * out_stride + column) * 4,
+                                    out.ctypes.data + ((row - out_row0) * out_stride + column) * 4,
                                     out_stride * 4,
                                     valid, centered, bias.ctypes.data + column * 4,
                                     zero_points.ctypes.data + column * 4,
@@ -659,7 +661,7 @@ def _drive_avx2_saturate(x, x_stride, depth, panels, out, out_stride, output_cha
 @numba.njit(cache=True, nogil=True)
 def _drive_avx2_exact(x, x_stride, depth, panels, out, out_stride, output_channels,
                       centered, bias, zero_points, row_sums, sum_rows, row_begin, row_end,
-                      panel_begin, panel_end):
+                      panel_begin, panel_end, out_row0):
     tile_rows, lanes, panel_width = 6, 8, 16
     steps = depth // 2
     panel_bytes = panel_width * depth * 2  # int16 weights
@@ -678,7 +680,7 @@ def _drive_avx2_exact(x, x_stride, depth, panels, out, out_stride, output_channe
                 rows = min(tile_rows, block_end - row)
                 _tile_avx2_exact(rows, vectors, False, x.ctypes.data + row * x_stride,
                                  x_stride, panel_address, steps,
-                                 out.ctypes.data + (row * out_stride + column) * 4,
+                                 out.ctypes.data + ((row - out_row0) * out_stride + column) * 4,
                                  out_stride * 4,
                                  valid, centered, bias.ctypes.data + column * 4,
                                  zero_points.ctypes.data + column * 4,
@@ -759,14 +761,14 @@ def _run(x, packed, method, out, parallel, centered, bias, zero_points, row_sums
     panel_count = -(-out.shape[1] // geometry.panel_width)
     chunks = _chunks(x.shape[0], panel_count, geometry.rows, threads) if threads > 1 else ()
     if len(chunks) <= 1:
-        driver(*arguments, 0, x.shape[0], 0, panel_count)
+        driver(*arguments, 0, x.shape[0], 0, panel_count, 0)
         return out
     if sum_rows and chunks[0][3] < panel_count:  # panels split: every chunk reads all row sums
         _row_sums(x_flat, x_stride, x.shape[1], row_sums, 0, x.shape[0])
         arguments = arguments[:-1] + (False,)
     # the drivers release the GIL (nogil): chunks run concurrently on disjoint parts of out
     pool = _thread_pool(threads)
-    futures = [pool.submit(driver, *arguments, *chunk) for chunk in chunks]
+    futures = [pool.submit(driver, *arguments, *chunk, 0) for chunk in chunks]
     for future in futures:
         future.result()
     return out
